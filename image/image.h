@@ -1,0 +1,33 @@
+// Decoded pixels and the errors raised while decoding.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lookalike::image {
+
+// 8-bit RGB pixels: height x width x 3, row-major, interleaved (R, G, B), no row padding.
+struct RgbImage {
+  int width = 0;
+  int height = 0;
+  std::vector<std::uint8_t> pixels;  // size width * height * 3
+};
+
+// Raised for any file that cannot become an RgbImage: not an image, truncated, corrupt,
+// unsupported, or over the pixel limit. what() reads "<file>: <reason>".
+class DecodeError : public std::runtime_error {
+ public:
+  DecodeError(std::string file, std::string reason)
+      : std::runtime_error(file + ": " + reason), file_(std::move(file)), reason_(std::move(reason)) {}
+  const std::string& file() const { return file_; }
+  const std::string& reason() const { return reason_; }
+
+ private:
+  std::string file_;
+  std::string reason_;
+};
+
+}  // namespace lookalike::image

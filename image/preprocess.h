@@ -1,0 +1,37 @@
+// Model input preparation that reproduces torchvision's
+//   Resize(resize_shorter) -> CenterCrop(crop) -> ToTensor -> Normalize(mean, std)
+// on a PIL image, where Resize is PIL's bilinear filter with antialiasing (the triangle filter
+// widened by the downscale factor, Pillow's ImagingResample) and CenterCrop rounds offsets with
+// Python's round-half-to-even.
+#pragma once
+
+#include <array>
+#include <string>
+
+#include "image/image.h"
+
+namespace lookalike::image {
+
+struct PreprocessSpec {
+  int resize_shorter = 256;  // pixels; the shorter side is resized to this (0 = no resize)
+  int crop = 224;            // pixels; square center crop
+  std::string interpolation = "bilinear";  // "bilinear" or "bicubic" (Pillow's filters)
+  std::array<float, 3> mean = {0.485f, 0.456f, 0.406f};  // ImageNet, on 0..1 RGB
+  std::array<float, 3> std = {0.229f, 0.224f, 0.225f};
+};
+
+// torchvision's output size for Resize(shorter) of a w x h image: the shorter side becomes
+// `shorter`, the longer int(shorter * long / short) (truncation, as torchvision does).
+std::array<int, 2> resized_size(int width, int height, int shorter);
+
+// Pillow-compatible separable resample (8-bit intermediate, as Pillow does) to w x h.
+RgbImage resize(const RgbImage& src, int width, int height, const std::string& interpolation);
+
+// Writes the model input: 3 x crop x crop float32, CHW (planar R, G, B), row-major, normalised.
+// `out` must hold 3 * crop * crop floats. `source_width`/`source_height` are the full-resolution
+// upright size (the decoder may have DCT-downscaled `img`); torchvision's sizes are computed
+// from them so that downscaled and full decodes resize to the same geometry.
+void preprocess(const RgbImage& img, int source_width, int source_height,
+                const PreprocessSpec& spec, float* out);
+
+}  // namespace lookalike::image
