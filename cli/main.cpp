@@ -1,0 +1,114 @@
+// lookalike: index folders or CSV catalogues of images with a pretrained network and search
+// them by example. Usage: docs/cli.md, or `lookalike --help`.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
+#include <exception>
+#include <iostream>
+
+#include "cli/commands.h"
+
+namespace {
+
+using namespace lookalike::cli;
+
+std::filesystem::path default_collection() {
+  const char* env = std::getenv("LOOKALIKE_COLLECTION");
+  return env != nullptr && *env != '\0' ? std::filesystem::path(env) : "lookalike-data";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_pattern("lookalike: %l: %v");
+  CLI::App app{"lookalike: find similar images with a pretrained network, exact or approximate "
+               "vector search, from one binary"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.set_version_flag("--version", "lookalike 0.1.0");
+
+  GlobalOptions g;
+  g.collection = default_collection();
+  app.add_option("-c,--collection", g.collection,
+                 "Collection folder (default: $LOOKALIKE_COLLECTION, else ./lookalike-data)");
+  app.add_option("-m,--model", g.model,
+                 "Model name (looked up in $LOOKALIKE_MODELS, ~/.local/share/lookalike/models) or "
+                 "path to a .pt archive; default: the collection's model, else mobilenet_v2");
+  app.add_option("--threads", g.threads, "Inference threads (0 = all cores)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--decode-threads", g.decode_threads, "Image decoding threads")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--batch-size", g.batch_size, "Images per forward pass")
+      ->check(CLI::Range(1, 1024));
+  app.add_option("--max-pixels", g.max_pixels,
+                 "Refuse images with more pixels (decompression-bomb guard)")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--json", g.json, "Machine-readable JSON output on stdout");
+  app.add_flag("-q,--quiet", g.quiet, "No progress output");
+
+  IndexArgs ia;
+  auto* index = app.add_subcommand("index", "Add or update folders, image files or CSV manifests");
+  index->add_option("paths", ia.inputs, "Folders (recursive), image files or CSV manifests")
+      ->required();
+  index->add_flag("--prune", ia.prune, "Remove entries whose file no longer exists");
+  index->add_option("--metric", ia.metric, "New collections: cosine or l2")
+      ->check(CLI::IsMember({"cosine", "l2"}));
+  index->add_option("--index-factory", ia.factory, "New collections: FAISS factory string");
+  index->add_option("--file-column", ia.file_column, "CSV manifests: column with the image path");
+  index->add_flag("--hidden", ia.hidden, "Include hidden files and folders");
+
+  SearchArgs sa;
+  auto* search = app.add_subcommand("search", "Find the images most similar to a query image");
+  search->add_option("images", sa.images, "Query image files");
+  search->add_option("--id", sa.ids, "Query with an indexed image's id (repeatable)");
+  search->add_option("-k,--top-k", sa.k, "Results per query")->check(CLI::PositiveNumber);
+  search->add_flag("--include-self", sa.include_self,
+                   "With --id: keep the query image itself in the results");
+
+  EmbedArgs ea;
+  auto* embed = app.add_subcommand("embed", "Print the embeddings of image files, in input order");
+  embed->add_option("images", ea.images, "Image files")->required();
+  embed->add_option("--npy", ea.npy, "Write an n x dim float32 NumPy .npy file instead");
+
+  auto* info = app.add_subcommand("info", "Describe the collection");
+
+  RemoveArgs ra;
+  auto* remove = app.add_subcommand("remove", "Remove images (a file, or every file under a folder)");
+  remove->add_option("paths", ra.paths, "Indexed files or folders");
+  remove->add_option("--id", ra.ids, "Image ids (repeatable)");
+
+  auto* models = app.add_subcommand("models", "List installed models and their cards");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? kOk : kUsage;
+  }
+
+  try {
+    if (*index) return run_index(g, ia);
+    if (*search) {
+      if (sa.images.empty() && sa.ids.empty()) {
+        std::cerr << "lookalike search: give a query image or --id ID\n";
+        return kUsage;
+      }
+      return run_search(g, sa);
+    }
+    if (*embed) return run_embed(g, ea);
+    if (*info) return run_info(g);
+    if (*remove) {
+      if (ra.paths.empty() && ra.ids.empty()) {
+        std::cerr << "lookalike remove: give a path or --id ID\n";
+        return kUsage;
+      }
+      return run_remove(g, ra);
+    }
+    if (*models) return run_models(g);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return kError;
+  }
+  return kUsage;
+}

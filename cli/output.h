@@ -1,0 +1,40 @@
+// Terminal and file output shared by the commands.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "pipeline/indexer.h"
+
+namespace lookalike::cli {
+
+// Writes an n x dim float32 little-endian array in NumPy's .npy format (version 1.0), atomically
+// (temp file + rename). Throws std::runtime_error naming the file on I/O failure.
+void write_npy(const std::filesystem::path& path, const std::vector<float>& data, std::size_t n,
+               std::size_t dim);
+
+// A progress bar with rate and ETA on a terminal (stderr), else a plain line every 5 s.
+class ProgressPrinter {
+ public:
+  explicit ProgressPrinter(bool enabled);
+  void update(const pipeline::Progress& p);
+  void finish();
+
+ private:
+  bool enabled_;
+  bool tty_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point last_;
+};
+
+std::string human_bytes(std::int64_t bytes);
+std::string format_seconds(double s);
+// "key=value key=value" for a JSON object of metadata (strings unquoted).
+std::string metadata_line(const nlohmann::json& metadata);
+
+}  // namespace lookalike::cli

@@ -1,0 +1,39 @@
+// The decode -> embed pipeline: worker threads decode and preprocess images while the calling
+// thread embeds full batches, so that both cores stay busy (decode is ~10-20% of the work).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <functional>
+#include <vector>
+
+#include "model/embedding_model.h"
+
+namespace lookalike::pipeline {
+
+enum class Prepared {
+  Embed,    // the worker wrote the model input; embed it
+  NoEmbed,  // hand the job to the consumer without an embedding (e.g. reuse a stored one)
+  Drop,     // nothing more to do for this job (unchanged, or failed and recorded)
+};
+
+struct RunOptions {
+  int workers = 1;         // decode threads
+  int batch_size = 32;     // images per forward pass
+  const std::atomic<bool>* cancel = nullptr;  // when set, no new job starts
+};
+
+// prepare(job, input): runs on a worker thread for each job in [0, n); `input` holds
+// 3 x input_size x input_size floats (CHW) to fill when returning Prepared::Embed.
+using PrepareFn = std::function<Prepared(std::size_t job, float* input)>;
+// consume(jobs, embeddings): runs on the calling thread with up to batch_size jobs in the order
+// they were prepared; `embeddings` is jobs.size() x dim row-major, with rows of NoEmbed jobs
+// left as zeros. Exceptions thrown here stop the workers and propagate out of run_batched.
+using ConsumeFn =
+    std::function<void(const std::vector<std::size_t>& jobs, const std::vector<Prepared>& kinds,
+                       const std::vector<float>& embeddings)>;
+
+void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& options,
+                 const PrepareFn& prepare, const ConsumeFn& consume);
+
+}  // namespace lookalike::pipeline

@@ -1,0 +1,204 @@
+#include "pipeline/indexer.h"
+
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+#include "image/preprocess.h"
+#include "pipeline/batch_runner.h"
+#include "pipeline/files.h"
+
+namespace lookalike::pipeline {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+enum class Change { Failed, Unchanged, Refresh, Added, Updated };
+
+// What a worker learned about one file; read by the consumer after the queue hands it over.
+struct JobState {
+  Change change = Change::Failed;
+  store::ImageRecord record;
+  std::int64_t reuse_id = 0;  // copy this image's embedding instead of embedding
+  std::string error;
+  bool committed = false;
+};
+
+struct Known {
+  std::unordered_map<std::string, const store::ImageRecord*> by_path;
+  std::unordered_map<std::string, const store::ImageRecord*> by_hash;
+};
+
+Known index_records(const std::vector<store::ImageRecord>& records) {
+  Known known;
+  for (const auto& r : records) {
+    known.by_path.emplace(r.path, &r);
+    known.by_hash.emplace(r.content_hash, &r);
+  }
+  return known;
+}
+
+bool same_record(const store::ImageRecord& a, const store::ImageRecord& b) {
+  return a.mtime_ns == b.mtime_ns && a.bytes == b.bytes &&
+         nlohmann::json::parse(a.metadata) == nlohmann::json::parse(b.metadata);
+}
+
+// Runs on a decode worker: hash the file, compare with the catalog, decode only if needed.
+Prepared prepare_file(const SourceFile& src, const Known& known, const IndexOptions& options,
+                      const image::PreprocessSpec& spec, JobState& state, float* input) {
+  store::ImageRecord& rec = state.record;
+  rec.path = src.path.string();
+  rec.metadata = src.metadata.dump();
+  try {
+    auto bytes = read_file(src.path);
+    rec.bytes = static_cast<std::int64_t>(bytes.size());
+    rec.mtime_ns = mtime_ns(src.path);
+    rec.content_hash = content_hash(bytes);
+    rec.updated_at_ms = now_ms();
+    auto old = known.by_path.find(rec.path);
+    if (old != known.by_path.end()) {
+      rec.id = old->second->id;
+      rec.added_at_ms = old->second->added_at_ms;
+      if (old->second->content_hash == rec.content_hash) {
+        rec.width = old->second->width;
+        rec.height = old->second->height;
+        state.change = same_record(*old->second, rec) ? Change::Unchanged : Change::Refresh;
+        state.reuse_id = rec.id;
+        return state.change == Change::Unchanged ? Prepared::Drop : Prepared::NoEmbed;
+      }
+    }
+    state.change = old == known.by_path.end() ? Change::Added : Change::Updated;
+    if (rec.added_at_ms == 0) rec.added_at_ms = rec.updated_at_ms;
+    if (auto twin = known.by_hash.find(rec.content_hash); twin != known.by_hash.end()) {
+      rec.width = twin->second->width;
+      rec.height = twin->second->height;
+      state.reuse_id = twin->second->id;
+      return Prepared::NoEmbed;
+    }
+    auto decoded = image::decode_buffer(bytes, rec.path, options.decode);
+    rec.width = decoded.source_width;
+    rec.height = decoded.source_height;
+    image::preprocess(decoded.rgb, decoded.source_width, decoded.source_height, spec, input);
+    return Prepared::Embed;
+  } catch (const image::DecodeError& e) {
+    state.error = e.reason();
+  } catch (const std::exception& e) {
+    state.error = e.what();
+  }
+  state.change = Change::Failed;
+  return Prepared::Drop;
+}
+
+void find_vanished(store::Collection& collection, const std::vector<store::ImageRecord>& records,
+                   const IndexOptions& options, IndexSummary& summary) {
+  std::vector<std::int64_t> ids;
+  for (const auto& r : records) {
+    std::error_code ec;
+    if (!std::filesystem::exists(r.path, ec)) {
+      summary.vanished.push_back(r.path);
+      ids.push_back(r.id);
+    }
+  }
+  if (options.prune && !ids.empty()) {
+    collection.apply({}, ids);
+    summary.removed = static_cast<std::int64_t>(ids.size());
+  }
+}
+
+}  // namespace
+
+IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& model,
+                         const ScanResult& scan, const IndexOptions& options) {
+  const auto start = Clock::now();
+  IndexSummary summary;
+  summary.scanned = static_cast<std::int64_t>(scan.files.size());
+  summary.decode_threads = options.decode_threads;
+  summary.model_threads = model.threads();
+  for (const auto& p : scan.problems) summary.failures.push_back({p.where, p.reason});
+
+  const auto records = collection.catalog().list();
+  const Known known = index_records(records);
+  const auto spec = model::preprocess_spec(model.card());
+  std::vector<JobState> states(scan.files.size());
+  collection.index();  // load or rebuild the cache before timing-sensitive work starts
+
+  Progress progress;
+  progress.total = summary.scanned;
+  std::atomic<std::int64_t> examined{0};
+
+  auto prepare = [&](std::size_t job, float* input) {
+    Prepared p = prepare_file(scan.files[job], known, options, spec, states[job], input);
+    ++examined;
+    return p;
+  };
+  auto consume = [&](const std::vector<std::size_t>& jobs, const std::vector<Prepared>& kinds,
+                     const std::vector<float>& embeddings) {
+    const int dim = model.dim();
+    std::vector<store::Put> puts;
+    std::vector<JobState*> put_states;
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      JobState& s = states[jobs[i]];
+      store::Put put{s.record, {}};
+      if (kinds[i] == Prepared::Embed) {
+        put.embedding.assign(&embeddings[i * dim], &embeddings[(i + 1) * dim]);
+        ++summary.embedded;
+      } else if (auto stored = collection.catalog().embedding(s.reuse_id)) {
+        put.embedding = std::move(*stored);
+        if (s.change != Change::Refresh) ++summary.reused;
+      } else {
+        s.change = Change::Failed;
+        s.error = "the stored embedding to reuse vanished during the run";
+        continue;
+      }
+      puts.push_back(std::move(put));
+      put_states.push_back(&s);
+    }
+    collection.apply(puts, {});
+    for (JobState* s : put_states) s->committed = true;
+    progress.done = examined.load();
+    progress.embedded = summary.embedded;
+    if (options.on_progress) {
+      progress.elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
+      progress.files_per_s = progress.done / std::max(progress.elapsed_s, 1e-9);
+      progress.eta_s = (progress.total - progress.done) / std::max(progress.files_per_s, 1e-9);
+      options.on_progress(progress);
+    }
+  };
+
+  RunOptions run{options.decode_threads, options.batch_size, options.cancel};
+  run_batched(scan.files.size(), model, run, prepare, consume);
+  summary.interrupted = options.cancel != nullptr && options.cancel->load();
+
+  // Tally after the run: a job whose batch was never committed (Ctrl-C) counts as nothing.
+  for (std::size_t i = 0; i < states.size(); ++i) {
+    const JobState& s = states[i];
+    if (s.change == Change::Failed && !s.error.empty()) {
+      summary.failures.push_back({scan.files[i].path.string(), s.error});
+    } else if (s.change == Change::Unchanged) {
+      ++summary.unchanged;
+    } else if (!s.committed) {
+      continue;
+    } else if (s.change == Change::Added) {
+      ++summary.added;
+    } else if (s.change == Change::Updated) {
+      ++summary.updated;
+    } else if (s.change == Change::Refresh) {
+      ++summary.unchanged;
+    }
+  }
+  if (!summary.interrupted) find_vanished(collection, records, options, summary);
+  collection.save_index();
+  summary.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  summary.images_per_s = summary.embedded / std::max(summary.seconds, 1e-9);
+  return summary;
+}
+
+}  // namespace lookalike::pipeline

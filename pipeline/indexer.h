@@ -1,0 +1,63 @@
+// `lookalike index`: bring a collection up to date with a set of files.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "image/decode.h"
+#include "model/embedding_model.h"
+#include "pipeline/scan.h"
+#include "store/collection.h"
+
+namespace lookalike::pipeline {
+
+struct Progress {
+  std::int64_t done = 0;   // files examined so far
+  std::int64_t total = 0;  // files to examine
+  std::int64_t embedded = 0;
+  double elapsed_s = 0;
+  double files_per_s = 0;
+  double eta_s = 0;  // estimated seconds left, at the current rate
+};
+
+struct IndexOptions {
+  bool prune = false;      // remove catalog entries whose file no longer exists
+  int batch_size = 32;     // images per forward pass and per catalog transaction
+  int decode_threads = 1;  // workers decoding while the calling thread embeds
+  image::DecodeOptions decode;
+  const std::atomic<bool>* cancel = nullptr;  // Ctrl-C: stop, keep what is committed
+  std::function<void(const Progress&)> on_progress;  // called after each committed batch
+};
+
+struct Failure {
+  std::string where;  // file path, or "<manifest> row N"
+  std::string reason;
+};
+
+struct IndexSummary {
+  std::int64_t scanned = 0;    // files found in the inputs
+  std::int64_t added = 0;      // new paths
+  std::int64_t updated = 0;    // known paths whose content changed (re-embedded)
+  std::int64_t unchanged = 0;  // same content hash as stored (metadata/mtime may be refreshed)
+  std::int64_t reused = 0;     // of added+updated: embedding copied from identical content
+  std::int64_t removed = 0;    // vanished files removed (--prune)
+  std::vector<std::string> vanished;  // catalog paths whose file is gone
+  std::vector<Failure> failures;
+  std::int64_t embedded = 0;   // images that went through the network
+  double seconds = 0;          // wall time of the whole run
+  double images_per_s = 0;     // embedded / seconds
+  bool interrupted = false;
+  int decode_threads = 0;
+  int model_threads = 0;
+};
+
+// Scans nothing itself: `scan` comes from scan_inputs(). Catalog writes are committed one batch
+// at a time, so an interrupted or killed run keeps every batch it reported. Throws only for
+// collection or model failures; a bad image file becomes a Failure and the run goes on.
+IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& model,
+                         const ScanResult& scan, const IndexOptions& options);
+
+}  // namespace lookalike::pipeline

@@ -1,0 +1,31 @@
+# End-to-end tests through the real `lookalike` binary, written in Python (Debian's python3 with
+# torch, torchvision, numpy, PIL). They share two fixtures: the exported MobileNetV2
+# (model_mobilenet_v2, from tests/model.cmake) and the indexed clothing-small gallery.
+set(E2E_ENV
+  "LOOKALIKE_BIN=$<TARGET_FILE:lookalike>"
+  "LOOKALIKE_TEST_MODEL=${LOOKALIKE_FIXTURES}/models/mobilenet_v2.pt"
+  "LOOKALIKE_FIXTURES=${LOOKALIKE_FIXTURES}"
+  "LOOKALIKE_SHARED_DIR=${LOOKALIKE_SHARED_DIR}"
+  "LOOKALIKE_SOURCE_DIR=${LOOKALIKE_ROOT}"
+  "LOOKALIKE_MODELS=${LOOKALIKE_FIXTURES}/models"
+  "PYTHONDONTWRITEBYTECODE=1")
+
+function(lookalike_e2e name script)
+  cmake_parse_arguments(E "" "TIMEOUT" "SETUP;REQUIRES" ${ARGN})
+  add_test(NAME ${name}
+           COMMAND ${LOOKALIKE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/e2e/${script})
+  set_tests_properties(${name} PROPERTIES ENVIRONMENT "${E2E_ENV}" LABELS e2e
+                       TIMEOUT ${E_TIMEOUT} FIXTURES_REQUIRED "${E_REQUIRES}")
+  if(E_SETUP)
+    set_tests_properties(${name} PROPERTIES FIXTURES_SETUP "${E_SETUP}")
+  endif()
+endfunction()
+
+lookalike_e2e(e2e_index_gallery index_gallery.py TIMEOUT 900
+              SETUP gallery REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_retrieval retrieval.py TIMEOUT 600 REQUIRES "gallery;model_mobilenet_v2")
+lookalike_e2e(e2e_reindex_noop reindex_noop.py TIMEOUT 300 REQUIRES "gallery;model_mobilenet_v2")
+lookalike_e2e(e2e_fidelity fidelity.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_incremental incremental.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_crash crash.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_cli cli_errors.py TIMEOUT 600 REQUIRES model_mobilenet_v2)

@@ -1,0 +1,86 @@
+"""Errors name the file and the cause, exit codes mean something, nothing stored is lost."""
+import json
+import shutil
+from harness import FIXTURES, MODEL, copy_images, images, run, run_json, tempdir
+
+work = tempdir("cli")
+coll = work / "collection"
+photos = copy_images(images("train", classes=["shoes"], per_class=6), work / "photos")
+bad_text = work / "readme.jpg"
+bad_text.write_text("hello, not an image\n")
+truncated = work / "cut.jpg"
+truncated.write_bytes(photos[0].read_bytes()[:1500])
+
+# Usage errors: exit 2.
+assert run(model=False).returncode == 2
+assert run("search", collection=coll, model=False).returncode == 2
+assert run("search", photos[0], "-k", "0", collection=coll).returncode == 2
+assert run("frobnicate", model=False).returncode == 2
+
+# No collection yet: exit 1, names the folder.
+proc = run("search", photos[0], collection=coll, check=1)
+assert str(coll) in proc.stderr and "no collection" in proc.stderr, proc.stderr
+proc = run("info", collection=coll, model=False, check=1)
+assert str(coll) in proc.stderr, proc.stderr
+
+# Unknown model: exit 1, says where it looked.
+proc = run("embed", photos[0], "--model", "no_such_model", model=False, check=1)
+assert "no_such_model" in proc.stderr, proc.stderr
+
+run("index", work / "photos", collection=coll, check=0)
+info, _ = run_json("info", collection=coll, model=False, check=0)
+assert info["count"] == 6
+
+# Bad query files: named, with the cause; a mix gives exit 3 and the good results.
+proc = run("search", bad_text, collection=coll, check=1)
+assert str(bad_text) in proc.stderr, proc.stderr
+proc = run("search", truncated, photos[1], "--json", collection=coll, check=3)
+assert str(truncated) in proc.stderr, proc.stderr
+assert json.loads(proc.stdout)["query"] == str(photos[1])
+proc = run("search", work / "absent.jpg", collection=coll, check=1)
+assert "absent.jpg" in proc.stderr, proc.stderr
+
+# embed: input order kept, failures named, zero rows for them.
+import numpy as np
+npy = work / "e.npy"
+proc = run("embed", photos[2], bad_text, photos[3], "--npy", npy, check=3)
+assert str(bad_text) in proc.stderr, proc.stderr
+e = np.load(npy)
+assert e.shape == (3, 1280) and np.allclose(np.linalg.norm(e[[0, 2]], axis=1), 1, atol=1e-4)
+assert not e[1].any()
+out, _ = run_json("embed", photos[2], check=0)
+assert np.allclose(np.array(out["embeddings"][0]["embedding"]), e[0], atol=1e-5), "json != npy"
+
+# A different model on an existing collection is refused, naming both.
+other = work / "models"
+other.mkdir()
+shutil.copy(MODEL, other / "other_net.pt")
+card = json.loads(open(MODEL[:-3] + ".json").read())
+card["name"] = "other_net"
+(other / "other_net.json").write_text(json.dumps(card))
+proc = run("index", work / "photos", "--model", other / "other_net.pt", collection=coll,
+           model=False, check=1)
+assert "does not match" in proc.stderr and "other_net" in proc.stderr, proc.stderr
+
+# CSV manifest without a file column: reported naming the CSV; nothing else changes.
+csv = work / "bad.csv"
+csv.write_text("name,category\nfoo,shoes\n")
+summary, proc = run_json("index", csv, collection=coll, check=3)
+assert summary["failed"] == 1 and "bad.csv" in summary["failures"][0]["reason"], summary
+assert "file column" in summary["failures"][0]["reason"], summary
+assert summary["count"] == 6
+
+# A corrupt catalog is refused with its path, and left untouched.
+broken = work / "broken"
+broken.mkdir()
+(broken / "catalog.db").write_bytes(b"garbage " * 100)
+before = (broken / "catalog.db").read_bytes()
+proc = run("search", photos[0], collection=broken, check=1)
+assert "catalog.db" in proc.stderr, proc.stderr
+assert (broken / "catalog.db").read_bytes() == before
+
+# models lists the exported model with its card.
+models, _ = run_json("models", model=False, check=0)
+names = {m["name"]: m for m in models}
+assert "mobilenet_v2" in names and names["mobilenet_v2"]["embedding_dim"] == 1280, models
+print("CLI error checks passed")

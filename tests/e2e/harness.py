@@ -1,0 +1,84 @@
+"""Shared helpers for the end-to-end tests: run the real binary, read its JSON, score rankings."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BIN = os.environ["LOOKALIKE_BIN"]
+MODEL = os.environ["LOOKALIKE_TEST_MODEL"]
+FIXTURES = Path(os.environ["LOOKALIKE_FIXTURES"])
+SHARED = Path(os.environ["LOOKALIKE_SHARED_DIR"])
+DATASET = SHARED / "datasets" / "clothing-small"
+GALLERY_COLLECTION = FIXTURES / "gallery-collection"
+
+
+def run(*args, check=None, collection=None, model=True, timeout=900, env=None):
+    """Runs lookalike; returns CompletedProcess. check=int asserts the exit code."""
+    cmd = [BIN, *map(str, args)]
+    if collection is not None:
+        cmd += ["--collection", str(collection)]
+    if model:
+        cmd += ["--model", MODEL]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check is not None and proc.returncode != check:
+        raise AssertionError(f"{' '.join(cmd)}\nexit {proc.returncode}, expected {check}\n"
+                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def run_json(*args, **kw):
+    proc = run(*args, "--json", **kw)
+    return json.loads(proc.stdout), proc
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def label_of(path):
+    return Path(path).parent.name
+
+
+def images(split, classes=None, per_class=None):
+    out = []
+    for cls in sorted(os.listdir(DATASET / split)):
+        if classes and cls not in classes:
+            continue
+        files = sorted((DATASET / split / cls).glob("*.jpg"))
+        out += files[:per_class] if per_class else files
+    return out
+
+
+def average_precision(hits, n_relevant):
+    """hits: 0/1 relevance of the full ranking, best first."""
+    found, total = 0, 0.0
+    for rank, h in enumerate(hits, 1):
+        if h:
+            found += 1
+            total += found / rank
+    return total / n_relevant if n_relevant else 0.0
+
+
+def tempdir(name):
+    d = Path(tempfile.mkdtemp(prefix=f"lookalike-{name}-", dir=FIXTURES))
+    return d
+
+
+def copy_images(files, dest):
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in files:
+        target = dest / label_of(f) / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+        out.append(target)
+    return out
+
+
+def fail(msg):
+    print("FAIL:", msg, file=sys.stderr)
+    sys.exit(1)
