@@ -1,9 +1,13 @@
 // Decoding image files to upright 8-bit RGB.
 //
-// Formats: JPEG (libjpeg-turbo through libvips, with DCT-domain downscaling when the image is
-// much larger than needed), PNG, WebP, BMP, TIFF, GIF (first frame), HEIF where libvips has it.
+// Formats: JPEG (libjpeg-turbo, with DCT-domain downscaling when the image is much larger than
+// needed; plain JPEGs through its own API, CMYK or EXIF-rotated ones through libvips), PNG,
+// WebP, BMP (libvips' ImageMagick loader), TIFF, GIF (first frame), HEIF where libvips has it.
+// The format is sniffed from the bytes (never the file name) against that whitelist.
 // The EXIF orientation is applied; greyscale, 16-bit and CMYK sources become 8-bit RGB, and an
-// alpha channel is dropped, as PIL's Image.convert("RGB") does (the reference pipeline).
+// alpha channel is dropped, as PIL's Image.convert("RGB") does (the reference pipeline). For
+// plain RGB/greyscale JPEGs, CMYK and 16-bit RGB the pixels are PIL's exactly; 16-bit greyscale
+// keeps the high byte (PIL would clip the 16-bit value to 255).
 #pragma once
 
 #include <cstdint>
@@ -18,7 +22,7 @@ namespace lookalike::image {
 struct DecodeOptions {
   // Refuse images with more pixels than this (width x height of the stored image, read from
   // the header before any pixel is decoded): a decompression-bomb guard. Default 89,478,485 is
-  // PIL's Image.MAX_IMAGE_PIXELS.
+  // PIL's Image.MAX_IMAGE_PIXELS. Must be > 0 (std::invalid_argument otherwise).
   std::int64_t max_pixels = 89'478'485;
   // When > 0, JPEGs may be decoded at 1/2, 1/4 or 1/8 scale (DCT-domain, libjpeg-turbo) as long
   // as the shorter side of the decoded image stays >= 2 * min_shorter_side, so a later
@@ -27,11 +31,11 @@ struct DecodeOptions {
 };
 
 struct Decoded {
-  RgbImage rgb;           // upright (EXIF orientation applied), possibly DCT-downscaled
-  int source_width = 0;   // upright size of the full-resolution image, in pixels
+  RgbImage rgb;          // upright (EXIF orientation applied), possibly DCT-downscaled
+  int source_width = 0;  // upright size of the full-resolution image, in pixels
   int source_height = 0;
-  int shrink = 1;         // DCT downscale factor used: 1, 2, 4 or 8
-  std::string format;     // "jpeg", "png", "webp", "bmp", "tiff", "gif", "heif"
+  int shrink = 1;      // DCT downscale factor used: 1, 2, 4 or 8
+  std::string format;  // "jpeg", "png", "webp", "bmp", "tiff", "gif", "heif"
 };
 
 // Header only: upright width and height and format, without decoding pixels.
@@ -41,12 +45,14 @@ struct ImageHeader {
   std::string format;
 };
 
-// Must be called once before any decoding (thread-safe, idempotent). Sets libvips to one
-// worker thread per call: lookalike parallelises across images itself.
+// Starts libvips (thread-safe, idempotent; the decode functions call it too). Sets libvips to
+// one worker thread per call, since lookalike parallelises across images itself, and turns off
+// its operation cache. All functions below may be called from several threads at once.
 void init_decoder();
 
 // Throws DecodeError naming `path` and the cause (missing file, empty file, not an image,
-// truncated, corrupt, over max_pixels, unsupported format).
+// truncated, corrupt, over max_pixels, unsupported format). max_pixels is checked against the
+// header before any pixel is decoded.
 Decoded decode_file(const std::filesystem::path& path, const DecodeOptions& options = {});
 // Same for bytes already in memory; `name` is used in error messages.
 Decoded decode_buffer(std::span<const std::uint8_t> bytes, const std::string& name,

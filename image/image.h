@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lookalike::image {
@@ -21,7 +22,9 @@ struct RgbImage {
 class DecodeError : public std::runtime_error {
  public:
   DecodeError(std::string file, std::string reason)
-      : std::runtime_error(file + ": " + reason), file_(std::move(file)), reason_(std::move(reason)) {}
+      : std::runtime_error(file + ": " + reason),
+        file_(std::move(file)),
+        reason_(std::move(reason)) {}
   const std::string& file() const { return file_; }
   const std::string& reason() const { return reason_; }
 

@@ -24,13 +24,18 @@ struct PreprocessSpec {
 // `shorter`, the longer int(shorter * long / short) (truncation, as torchvision does).
 std::array<int, 2> resized_size(int width, int height, int shorter);
 
-// Pillow-compatible separable resample (8-bit intermediate, as Pillow does) to w x h.
+// Pillow-compatible separable resample (8-bit intermediate, as Pillow does) to w x h: the same
+// bytes as PIL's Image.resize((width, height), BILINEAR or BICUBIC). Throws
+// std::invalid_argument for an empty image, a non-positive size or another interpolation.
 RgbImage resize(const RgbImage& src, int width, int height, const std::string& interpolation);
 
 // Writes the model input: 3 x crop x crop float32, CHW (planar R, G, B), row-major, normalised.
 // `out` must hold 3 * crop * crop floats. `source_width`/`source_height` are the full-resolution
 // upright size (the decoder may have DCT-downscaled `img`); torchvision's sizes are computed
-// from them so that downscaled and full decodes resize to the same geometry.
+// from them so that downscaled and full decodes resize to the same geometry. Bit-identical to
+// torchvision 0.14 on PIL for full-size decodes (test_preprocess). Only the cropped window is
+// resampled. Throws std::invalid_argument for an empty or inconsistent image, a non-positive
+// source size, crop <= 0, resize_shorter < 0, a zero std or an unknown interpolation.
 void preprocess(const RgbImage& img, int source_width, int source_height,
                 const PreprocessSpec& spec, float* out);
 

@@ -1,0 +1,108 @@
+#include "image/jpeg_fast.h"
+
+// jpeglib.h needs FILE and size_t declared first.
+#include <jerror.h>
+#include <jpeglib.h>
+#include <spdlog/spdlog.h>
+
+#include <csetjmp>
+#include <cstdio>
+#include <vector>
+
+namespace lookalike::image::detail {
+namespace {
+
+// libjpeg reports fatal errors through error_exit, which must not return; longjmp back to
+// run() is the documented way out (an exception through C frames is not).
+struct Job {
+  jpeg_error_mgr err;  // first member: libjpeg hands back &err, which is also the Job
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX] = {};
+  bool truncated = false;
+  bool unsupported = false;
+  const std::uint8_t* data = nullptr;
+  unsigned long size = 0;
+  int shrink = 1;
+  std::vector<std::uint8_t>* pixels = nullptr;
+  int width = 0;
+  int height = 0;
+};
+
+Job& job_of(j_common_ptr cinfo) { return *reinterpret_cast<Job*>(cinfo->err); }
+
+[[noreturn]] void on_error(j_common_ptr cinfo) {
+  Job& job = job_of(cinfo);
+  cinfo->err->format_message(cinfo, job.message);
+  std::longjmp(job.jump, 1);
+}
+
+void on_message(j_common_ptr cinfo, int level) {
+  if (level >= 0) return;  // trace output
+  Job& job = job_of(cinfo);
+  cinfo->err->format_message(cinfo, job.message);
+  // Running out of data makes libjpeg grey-fill the rest: refuse, as a truncated file.
+  if (cinfo->err->msg_code == JWRN_JPEG_EOF) {
+    job.truncated = true;
+    std::longjmp(job.jump, 1);
+  }
+  ++cinfo->err->num_warnings;
+  spdlog::debug("libjpeg warning: {}", job.message);
+}
+
+// Only trivially destructible locals here: longjmp skips destructors.
+bool run(Job& job) {
+  jpeg_decompress_struct cinfo;
+  cinfo.err = jpeg_std_error(&job.err);
+  job.err.error_exit = on_error;
+  job.err.emit_message = on_message;
+  jpeg_create_decompress(&cinfo);
+  if (setjmp(job.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  jpeg_mem_src(&cinfo, job.data, job.size);
+  jpeg_read_header(&cinfo, TRUE);
+  const J_COLOR_SPACE in = cinfo.jpeg_color_space;
+  if (in != JCS_YCbCr && in != JCS_RGB && in != JCS_GRAYSCALE) {
+    job.unsupported = true;
+    jpeg_destroy_decompress(&cinfo);
+    return false;
+  }
+  cinfo.out_color_space = JCS_RGB;  // libjpeg-turbo replicates greyscale into R, G, B
+  cinfo.scale_num = 1;
+  cinfo.scale_denom = job.shrink;
+  jpeg_start_decompress(&cinfo);
+  job.width = int(cinfo.output_width);
+  job.height = int(cinfo.output_height);
+  const std::size_t stride = std::size_t(job.width) * 3;
+  job.pixels->resize(stride * job.height);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = job.pixels->data() + cinfo.output_scanline * stride;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return true;
+}
+
+}  // namespace
+
+std::optional<RgbImage> decode_plain_jpeg(std::span<const std::uint8_t> bytes, int shrink,
+                                          const std::string& name) {
+  RgbImage out;
+  Job job;
+  job.data = bytes.data();
+  job.size = static_cast<unsigned long>(bytes.size());
+  job.shrink = shrink;
+  job.pixels = &out.pixels;
+  if (run(job)) {
+    out.width = job.width;
+    out.height = job.height;
+    return out;
+  }
+  if (job.unsupported) return std::nullopt;
+  throw DecodeError(name, std::string(job.truncated ? "truncated file" : "corrupt image data") +
+                              " (jpeg: " + job.message + ")");
+}
+
+}  // namespace lookalike::image::detail

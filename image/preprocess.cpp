@@ -1,0 +1,278 @@
+#include "image/preprocess.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+// The resampler follows Pillow's ImagingResample (src/libImaging/Resample.c, Pillow 9.x) step
+// by step, because the model's reference pipeline is PIL + torchvision and bit-identical
+// inputs are the goal: double-precision filter weights, normalised, then rounded to
+// fixed point with PRECISION_BITS; a horizontal pass to an 8-bit intermediate, then a
+// vertical pass; each output sample rounded and clipped to 0..255.
+
+namespace lookalike::image {
+namespace {
+
+constexpr int kPrecisionBits = 32 - 8 - 2;  // Pillow: 8 result bits, 2 for overflow of negatives
+
+struct Filter {
+  double (*weight)(double);
+  double support;
+};
+
+double triangle(double x) {
+  x = std::fabs(x);
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+double cubic(double x) {  // Keys' cubic with a = -0.5, as Pillow's BICUBIC
+  constexpr double a = -0.5;
+  x = std::fabs(x);
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+Filter filter_for(const std::string& interpolation) {
+  if (interpolation == "bilinear") return {triangle, 1.0};
+  if (interpolation == "bicubic") return {cubic, 2.0};
+  throw std::invalid_argument("interpolation must be \"bilinear\" or \"bicubic\", got \"" +
+                              interpolation + "\"");
+}
+
+// For each output sample along one axis: the first input sample and the fixed-point weights
+// of the input samples it reads.
+struct Taps {
+  int ksize = 0;
+  std::vector<int> first;
+  std::vector<int> count;
+  std::vector<std::int32_t> weights;  // out_size x ksize
+};
+
+Taps compute_taps(int in_size, int out_size, const Filter& filter) {
+  const double scale = double(in_size) / out_size;
+  // Downscaling widens the filter (antialiasing); upscaling keeps its natural width.
+  const double filter_scale = std::max(scale, 1.0);
+  const double support = filter.support * filter_scale;
+  Taps t;
+  t.ksize = int(std::ceil(support)) * 2 + 1;
+  t.first.resize(out_size);
+  t.count.resize(out_size);
+  t.weights.assign(std::size_t(out_size) * t.ksize, 0);
+  std::vector<double> w(t.ksize);
+  for (int o = 0; o < out_size; ++o) {
+    const double center = (o + 0.5) * scale;
+    // Truncation toward zero matches Pillow's (int) casts.
+    const int lo = std::max(int(center - support + 0.5), 0);
+    const int hi = std::min(int(center + support + 0.5), in_size);
+    const int n = hi - lo;
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) {
+      w[i] = filter.weight((i + lo - center + 0.5) * (1.0 / filter_scale));
+      total += w[i];
+    }
+    for (int i = 0; i < n; ++i) {
+      double k = total != 0.0 ? w[i] / total : w[i];
+      k *= (1 << kPrecisionBits);
+      t.weights[std::size_t(o) * t.ksize + i] = std::int32_t(k < 0 ? k - 0.5 : k + 0.5);
+    }
+    t.first[o] = lo;
+    t.count[o] = n;
+  }
+  return t;
+}
+
+std::uint8_t clip8(std::int32_t acc) {
+  return std::uint8_t(std::clamp(acc >> kPrecisionBits, 0, 255));
+}
+
+constexpr std::int32_t kHalf = 1 << (kPrecisionBits - 1);
+
+// A rectangle of interleaved RGB rows.
+struct View {
+  const std::uint8_t* data;
+  std::size_t stride;  // bytes per row
+};
+
+// Output columns [x0, x0 + width) for input rows [y0, y0 + height).
+void horizontal_pass(View in, int y0, int height, const Taps& taps, int x0, int width,
+                     std::uint8_t* out) {
+  for (int y = 0; y < height; ++y) {
+    const std::uint8_t* row = in.data + std::size_t(y0 + y) * in.stride;
+    std::uint8_t* dst = out + std::size_t(y) * width * 3;
+    for (int x = 0; x < width; ++x) {
+      const int o = x0 + x;
+      const std::int32_t* k = &taps.weights[std::size_t(o) * taps.ksize];
+      const std::uint8_t* src = row + std::size_t(taps.first[o]) * 3;
+      std::int32_t r = kHalf, g = kHalf, b = kHalf;
+      for (int i = 0; i < taps.count[o]; ++i) {
+        r += src[i * 3] * k[i];
+        g += src[i * 3 + 1] * k[i];
+        b += src[i * 3 + 2] * k[i];
+      }
+      dst[x * 3] = clip8(r);
+      dst[x * 3 + 1] = clip8(g);
+      dst[x * 3 + 2] = clip8(b);
+    }
+  }
+}
+
+// Output rows [y0, y0 + height); `in` row 0 is input row `in_row0`; rows are `samples` wide.
+void vertical_pass(View in, int in_row0, const Taps& taps, int y0, int height, int samples,
+                   std::uint8_t* out) {
+  std::vector<std::int32_t> acc(samples);
+  for (int y = 0; y < height; ++y) {
+    const int o = y0 + y;
+    const std::int32_t* k = &taps.weights[std::size_t(o) * taps.ksize];
+    std::fill(acc.begin(), acc.end(), kHalf);
+    for (int i = 0; i < taps.count[o]; ++i) {
+      const std::uint8_t* row = in.data + std::size_t(taps.first[o] + i - in_row0) * in.stride;
+      const std::int32_t ki = k[i];
+      for (int s = 0; s < samples; ++s) acc[s] += row[s] * ki;
+    }
+    std::uint8_t* dst = out + std::size_t(y) * samples;
+    for (int s = 0; s < samples; ++s) dst[s] = clip8(acc[s]);
+  }
+}
+
+struct Window {
+  int x0, y0, width, height;
+};
+
+// Pillow's resample of `src` to out_w x out_h, computing only the pixels inside `win` (every
+// output pixel depends only on its own taps, so a window is bit-identical to cropping the
+// full result, and a 224 crop of a 256 resize skips a third of the work).
+RgbImage resample_window(const RgbImage& src, int out_w, int out_h, Window win,
+                         const Filter& filter) {
+  const bool need_h = out_w != src.width;
+  const bool need_v = out_h != src.height;
+  const View source{src.pixels.data(), std::size_t(src.width) * 3};
+
+  // Input rows the window's vertical taps read (all window rows when there is no vertical pass).
+  int row_first = win.y0, row_last = win.y0 + win.height;
+  Taps vtaps;
+  if (need_v) {
+    vtaps = compute_taps(src.height, out_h, filter);
+    row_first = vtaps.first[win.y0];
+    row_last = 0;
+    for (int y = win.y0; y < win.y0 + win.height; ++y) {
+      row_last = std::max(row_last, vtaps.first[y] + vtaps.count[y]);
+    }
+  }
+
+  std::vector<std::uint8_t> columns;
+  View mid = source;
+  int mid_row0 = 0;
+  if (need_h) {
+    const Taps htaps = compute_taps(src.width, out_w, filter);
+    columns.resize(std::size_t(row_last - row_first) * win.width * 3);
+    horizontal_pass(source, row_first, row_last - row_first, htaps, win.x0, win.width,
+                    columns.data());
+    mid = {columns.data(), std::size_t(win.width) * 3};
+    mid_row0 = row_first;
+  } else {
+    mid.data += std::size_t(win.x0) * 3;
+  }
+
+  RgbImage out{win.width, win.height,
+               std::vector<std::uint8_t>(std::size_t(win.width) * win.height * 3)};
+  if (need_v) {
+    vertical_pass(mid, mid_row0, vtaps, win.y0, win.height, win.width * 3, out.pixels.data());
+  } else {
+    for (int y = 0; y < win.height; ++y) {
+      const std::uint8_t* row = mid.data + std::size_t(win.y0 + y - mid_row0) * mid.stride;
+      std::copy(row, row + win.width * 3, out.pixels.begin() + std::size_t(y) * win.width * 3);
+    }
+  }
+  return out;
+}
+
+void check_image(const RgbImage& img, const char* what) {
+  if (img.width <= 0 || img.height <= 0 ||
+      img.pixels.size() != std::size_t(img.width) * img.height * 3) {
+    throw std::invalid_argument(std::string(what) + ": image is empty or its pixel buffer (" +
+                                std::to_string(img.pixels.size()) + " bytes) does not match " +
+                                std::to_string(img.width) + "x" + std::to_string(img.height) +
+                                "x3");
+  }
+}
+
+// One axis of torchvision's CenterCrop: where the kept span starts in the resized image, how
+// long it is, and where it lands in the crop (non-zero when the image is smaller and padded).
+struct Span {
+  int src_start, length, dst_start;
+};
+
+Span center_crop_span(int size, int crop) {
+  if (crop > size) return {0, size, (crop - size) / 2};
+  // Python's round() rounds halves to even; so does nearbyint in the default rounding mode.
+  return {int(std::nearbyint((size - crop) / 2.0)), crop, 0};
+}
+
+}  // namespace
+
+std::array<int, 2> resized_size(int width, int height, int shorter) {
+  if (width <= 0 || height <= 0 || shorter <= 0) {
+    throw std::invalid_argument("resized_size: width, height and shorter must be > 0, got " +
+                                std::to_string(width) + ", " + std::to_string(height) + ", " +
+                                std::to_string(shorter));
+  }
+  const int short_side = std::min(width, height);
+  const int long_side = std::max(width, height);
+  const int new_long = int(double(std::int64_t(shorter) * long_side) / short_side);
+  return width <= height ? std::array<int, 2>{shorter, new_long}
+                         : std::array<int, 2>{new_long, shorter};
+}
+
+RgbImage resize(const RgbImage& src, int width, int height, const std::string& interpolation) {
+  check_image(src, "resize");
+  if (width <= 0 || height <= 0) {
+    throw std::invalid_argument("resize: target size must be > 0, got " + std::to_string(width) +
+                                "x" + std::to_string(height));
+  }
+  return resample_window(src, width, height, {0, 0, width, height}, filter_for(interpolation));
+}
+
+void preprocess(const RgbImage& img, int source_width, int source_height,
+                const PreprocessSpec& spec, float* out) {
+  check_image(img, "preprocess");
+  const Filter filter = filter_for(spec.interpolation);
+  if (spec.crop <= 0 || spec.resize_shorter < 0) {
+    throw std::invalid_argument("preprocess: crop must be > 0 and resize_shorter >= 0");
+  }
+  if (source_width <= 0 || source_height <= 0) {
+    throw std::invalid_argument("preprocess: source size must be > 0");
+  }
+  for (float s : spec.std) {
+    if (s == 0.0f) throw std::invalid_argument("preprocess: std must not be 0");
+  }
+  const auto [rw, rh] = spec.resize_shorter > 0
+                            ? resized_size(source_width, source_height, spec.resize_shorter)
+                            : std::array<int, 2>{source_width, source_height};
+  const Span sx = center_crop_span(rw, spec.crop);
+  const Span sy = center_crop_span(rh, spec.crop);
+  const RgbImage window =
+      resample_window(img, rw, rh, {sx.src_start, sy.src_start, sx.length, sy.length}, filter);
+
+  // ToTensor then Normalize, in float32 and in torchvision's order: (v / 255 - mean) / std.
+  std::array<std::array<float, 256>, 3> lut;
+  for (int c = 0; c < 3; ++c) {
+    for (int v = 0; v < 256; ++v) lut[c][v] = (float(v) / 255.0f - spec.mean[c]) / spec.std[c];
+  }
+  const std::size_t plane = std::size_t(spec.crop) * spec.crop;
+  for (int c = 0; c < 3; ++c) {
+    float* dst = out + c * plane;
+    if (sx.length < spec.crop || sy.length < spec.crop) {
+      std::fill(dst, dst + plane, lut[c][0]);  // torchvision pads with 0 before normalising
+    }
+    for (int y = 0; y < sy.length; ++y) {
+      const std::uint8_t* src = window.pixels.data() + std::size_t(y) * sx.length * 3 + c;
+      float* row = dst + std::size_t(sy.dst_start + y) * spec.crop + sx.dst_start;
+      for (int x = 0; x < sx.length; ++x) row[x] = lut[c][src[x * 3]];
+    }
+  }
+}
+
+}  // namespace lookalike::image

@@ -1,0 +1,187 @@
+// Preprocessing (and decoding) against the real PIL + torchvision pipeline: the cases and the
+// reference outputs come from tests/preprocess_reference.py (fixture preprocess_reference).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "image/decode.h"
+#include "image/preprocess.h"
+
+namespace fs = std::filesystem;
+namespace img = lookalike::image;
+
+namespace {
+
+const fs::path kRefDir = fs::path(LOOKALIKE_FIXTURES) / "preprocess_reference";
+
+using Row = std::vector<std::string>;
+
+std::vector<Row> manifest(const std::string& kind) {
+  std::ifstream in(kRefDir / "manifest.tsv");
+  EXPECT_TRUE(in) << "missing " << kRefDir / "manifest.tsv";
+  std::vector<Row> rows;
+  std::string line;
+  while (std::getline(in, line)) {
+    Row row;
+    std::stringstream fields(line);
+    std::string field;
+    while (std::getline(fields, field, '\t')) row.push_back(field);
+    if (!row.empty() && row[0] == kind) rows.push_back(row);
+  }
+  EXPECT_FALSE(rows.empty()) << "no '" << kind << "' cases in the manifest";
+  return rows;
+}
+
+template <typename T>
+std::vector<T> read_raw(const std::string& id, const char* ext) {
+  std::ifstream in(kRefDir / (id + ext), std::ios::binary | std::ios::ate);
+  EXPECT_TRUE(in) << "missing reference " << id << ext;
+  std::vector<T> data(std::size_t(in.tellg()) / sizeof(T));
+  in.seekg(0);
+  in.read(reinterpret_cast<char*>(data.data()), std::streamsize(data.size() * sizeof(T)));
+  return data;
+}
+
+struct Diff {
+  double max = 0, mean = 0;
+};
+
+template <typename A, typename B>
+Diff difference(const std::vector<A>& a, const std::vector<B>& b) {
+  Diff d;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    const double e = std::fabs(double(a[i]) - double(b[i]));
+    d.max = std::max(d.max, e);
+    d.mean += e;
+  }
+  d.mean /= double(std::max<std::size_t>(a.size(), 1));
+  return d;
+}
+
+std::vector<float> run_preprocess(const img::Decoded& d, const img::PreprocessSpec& spec) {
+  std::vector<float> out(std::size_t(3) * spec.crop * spec.crop, -1e9f);
+  img::preprocess(d.rgb, d.source_width, d.source_height, spec, out.data());
+  return out;
+}
+
+class PreprocessTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { img::init_decoder(); }
+};
+
+}  // namespace
+
+TEST_F(PreprocessTest, DecodedPixelsEqualPil) {
+  double worst = 0;
+  for (const Row& r : manifest("decode")) {
+    const img::Decoded d = img::decode_file(r[1]);
+    ASSERT_EQ(d.rgb.width, std::stoi(r[3])) << r[1];
+    ASSERT_EQ(d.rgb.height, std::stoi(r[4])) << r[1];
+    const auto want = read_raw<std::uint8_t>(r[2], ".rgb");
+    ASSERT_EQ(d.rgb.pixels.size(), want.size()) << r[1];
+    const Diff diff = difference(d.rgb.pixels, want);
+    worst = std::max(worst, diff.max);
+    EXPECT_EQ(diff.max, 0) << r[1] << ": mean abs " << diff.mean;
+  }
+  RecordProperty("max_abs_pixel_difference", std::to_string(worst));
+}
+
+TEST_F(PreprocessTest, TensorsEqualTorchvision) {
+  double worst = 0;
+  for (const Row& r : manifest("preprocess")) {
+    img::PreprocessSpec spec;
+    spec.resize_shorter = std::stoi(r[3]);
+    spec.crop = std::stoi(r[4]);
+    spec.interpolation = r[5];
+    const auto got = run_preprocess(img::decode_file(r[1]), spec);
+    const auto want = read_raw<float>(r[2], ".f32");
+    ASSERT_EQ(got.size(), want.size()) << r[2];
+    const Diff diff = difference(got, want);
+    worst = std::max(worst, diff.max);
+    EXPECT_LE(diff.max, 1e-5) << r[2] << " (" << r[1] << ", " << r[5] << ")";
+  }
+  RecordProperty("max_abs_tensor_difference", std::to_string(worst));
+}
+
+TEST_F(PreprocessTest, ResizeEqualsPil) {
+  for (const Row& r : manifest("resize")) {
+    const int w = std::stoi(r[3]), h = std::stoi(r[4]);
+    const img::RgbImage out = img::resize(img::decode_file(r[1]).rgb, w, h, r[5]);
+    ASSERT_EQ(out.width, w);
+    ASSERT_EQ(out.height, h);
+    const Diff diff = difference(out.pixels, read_raw<std::uint8_t>(r[2], ".rgb"));
+    EXPECT_EQ(diff.max, 0) << r[2] << ": mean abs " << diff.mean;
+  }
+}
+
+TEST_F(PreprocessTest, ResizedSizeFollowsTorchvision) {
+  for (const Row& r : manifest("size")) {
+    const auto size = img::resized_size(std::stoi(r[1]), std::stoi(r[2]), std::stoi(r[3]));
+    EXPECT_EQ(size[0], std::stoi(r[4])) << r[1] << "x" << r[2] << " -> " << r[3];
+    EXPECT_EQ(size[1], std::stoi(r[5])) << r[1] << "x" << r[2] << " -> " << r[3];
+  }
+  EXPECT_THROW(img::resized_size(0, 10, 256), std::invalid_argument);
+}
+
+// DCT-domain downscaling changes pixels slightly; the tensor must stay close to the
+// full-resolution reference (normalised units: 1/255 of the range is about 0.017).
+TEST_F(PreprocessTest, DctShrinkStaysCloseToFullResolution) {
+  for (const Row& r : manifest("shrink")) {
+    img::DecodeOptions options;
+    options.min_shorter_side = std::stoi(r[3]);
+    const img::Decoded d = img::decode_file(r[1], options);
+    EXPECT_GT(d.shrink, 1) << "min_shorter_side " << r[3] << " did not shrink";
+    const Diff diff =
+        difference(run_preprocess(d, img::PreprocessSpec{}), read_raw<float>(r[2], ".f32"));
+    RecordProperty("shrink" + std::to_string(d.shrink) + "_mean_abs", std::to_string(diff.mean));
+    RecordProperty("shrink" + std::to_string(d.shrink) + "_max_abs", std::to_string(diff.max));
+    std::cout << "DCT shrink " << d.shrink << ": mean abs " << diff.mean << ", max abs " << diff.max
+              << " (normalised units)\n";
+    EXPECT_LT(diff.mean, 0.05) << "shrink " << d.shrink;
+    EXPECT_GT(diff.max, 0.0) << "shrink " << d.shrink << " gave identical output: not shrunk?";
+  }
+}
+
+TEST_F(PreprocessTest, PaddingUsesNormalisedZero) {
+  // A 10x6 image, no resize, crop 16: torchvision pads with 0 before Normalize.
+  img::RgbImage tiny{10, 6, std::vector<std::uint8_t>(10 * 6 * 3, 255)};
+  img::PreprocessSpec spec;
+  spec.resize_shorter = 0;
+  spec.crop = 16;
+  std::vector<float> out(3 * 16 * 16);
+  img::preprocess(tiny, 10, 6, spec, out.data());
+  for (int c = 0; c < 3; ++c) {
+    const float pad = (0.0f - spec.mean[c]) / spec.std[c];
+    const float white = (1.0f - spec.mean[c]) / spec.std[c];
+    // Left pad (16 - 10) / 2 = 3 columns, top pad (16 - 6) / 2 = 5 rows.
+    EXPECT_EQ(out[c * 256 + 0], pad);
+    EXPECT_EQ(out[c * 256 + 5 * 16 + 2], pad);
+    EXPECT_EQ(out[c * 256 + 5 * 16 + 3], white);
+    EXPECT_EQ(out[c * 256 + 10 * 16 + 12], white);
+    EXPECT_EQ(out[c * 256 + 10 * 16 + 13], pad);
+    EXPECT_EQ(out[c * 256 + 11 * 16 + 3], pad);
+  }
+}
+
+TEST_F(PreprocessTest, BadArgumentsAreRefused) {
+  img::RgbImage pixel{1, 1, {1, 2, 3}};
+  std::vector<float> out(3 * 224 * 224);
+  img::PreprocessSpec spec;
+  spec.interpolation = "lanczos";
+  EXPECT_THROW(img::preprocess(pixel, 1, 1, spec, out.data()), std::invalid_argument);
+  spec = {};
+  spec.crop = 0;
+  EXPECT_THROW(img::preprocess(pixel, 1, 1, spec, out.data()), std::invalid_argument);
+  spec = {};
+  spec.std = {0.2f, 0.0f, 0.2f};
+  EXPECT_THROW(img::preprocess(pixel, 1, 1, spec, out.data()), std::invalid_argument);
+  img::RgbImage broken{4, 4, std::vector<std::uint8_t>(5)};
+  EXPECT_THROW(img::preprocess(broken, 4, 4, {}, out.data()), std::invalid_argument);
+  EXPECT_THROW(img::preprocess(pixel, 0, 1, {}, out.data()), std::invalid_argument);
+  EXPECT_THROW(img::resize(pixel, 0, 5, "bilinear"), std::invalid_argument);
+}
