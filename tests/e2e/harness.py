@@ -10,7 +10,7 @@ from pathlib import Path
 BIN = os.environ["LOOKALIKE_BIN"]
 MODEL = os.environ["LOOKALIKE_TEST_MODEL"]
 FIXTURES = Path(os.environ["LOOKALIKE_FIXTURES"])
-SHARED = Path(os.environ["LOOKALIKE_SHARED_DIR"])
+SHARED = Path(os.path.normpath(os.path.abspath(os.environ["LOOKALIKE_SHARED_DIR"])))
 DATASET = SHARED / "datasets" / "clothing-small"
 GALLERY_COLLECTION = FIXTURES / "gallery-collection"
 
