@@ -154,11 +154,15 @@ void print_results(const std::string& query, const std::vector<store::SearchResu
 }  // namespace
 
 int run_index(const GlobalOptions& g, const IndexArgs& a) {
+  // Installed first so that a Ctrl-C during model loading also ends cleanly with 130.
+  std::signal(SIGINT, on_interrupt);
+  std::signal(SIGTERM, on_interrupt);
   std::optional<store::CatalogConfig> existing;
   if (store::Collection::exists(g.collection)) {
     existing = store::Collection::open(g.collection, store::Collection::Mode::Read)->config();
   }
   auto m = load_model(g, existing ? &*existing : nullptr);
+  if (g_interrupted) return kInterrupted;
   store::CatalogConfig config =
       existing ? *existing
                : store::CatalogConfig{m->id(), model_reference(g, *m), m->dim(), a.metric, a.factory};
@@ -177,8 +181,6 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   options.cancel = &g_interrupted;
   options.on_progress = [&](const pipeline::Progress& p) { progress.update(p); };
 
-  std::signal(SIGINT, on_interrupt);
-  std::signal(SIGTERM, on_interrupt);
   auto summary = pipeline::index_files(*collection, *m, scan, options);
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);

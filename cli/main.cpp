@@ -1,6 +1,7 @@
 // lookalike: index folders or CSV catalogues of images with a pretrained network and search
 // them by example. Usage: docs/cli.md, or `lookalike --help`.
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
@@ -21,7 +22,9 @@ std::filesystem::path default_collection() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  spdlog::set_pattern("lookalike: %l: %v");
+  // Messages go to stderr: stdout carries results (and JSON) only.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("lookalike"));
+  spdlog::set_pattern("lookalike: %^%l%$: %v");
   CLI::App app{"lookalike: find similar images with a pretrained network, exact or approximate "
                "vector search, from one binary"};
   app.require_subcommand(1);

@@ -1,6 +1,7 @@
 """kill -9 at any moment leaves a collection that opens, is consistent, and has lost no committed
 image; Ctrl-C stops cleanly (exit 130) keeping what was committed; a rerun completes with exactly
 one entry per file."""
+import json
 import os
 import signal
 import sqlite3
@@ -81,22 +82,26 @@ for target in (0, 16, 100, 200, 232):
     print(f"kill -9 with >= {target} committed: reopened consistent with {count} images, "
           f"none of the {len(seen)} seen committed lost")
 
-# Ctrl-C (SIGINT): clean stop, exit 130, summary says interrupted, committed work kept.
+# Ctrl-C (SIGINT) on a fresh collection: clean stop, exit 130, summary says interrupted,
+# committed work kept; the interrupted collection then completes like the killed one.
+killed_coll, coll = coll, work / "collection-sigint"
 proc = start_index()
-while proc.poll() is None and len(committed_paths()) < 240:
+while proc.poll() is None and len(committed_paths()) < 32:
     time.sleep(0.02)
-    if len(committed_paths()) >= 1:
-        break
 seen = committed_paths()
 proc.send_signal(signal.SIGINT)
 out, err = proc.communicate(timeout=120)
-if proc.returncode == 0:
-    print("index finished before SIGINT arrived; interrupt check skipped")
-else:
-    assert proc.returncode == 130, (proc.returncode, err)
-    assert '"interrupted": true' in out, out
-    check_consistent(seen)
-    print(f"SIGINT: exit 130, {len(committed_paths())} images kept")
+assert proc.returncode == 130, (proc.returncode, err)
+summary = json.loads(out)
+assert summary["interrupted"] is True and summary["count"] >= len(seen), summary
+assert summary["count"] < n, "the run finished before SIGINT; the check proves nothing"
+assert check_consistent(seen) == summary["count"]
+kept = summary["count"]
+print(f"SIGINT: exit 130 with {kept} of {n} images committed and kept")
+summary, _ = run_json("index", folder, collection=coll, check=0)
+assert summary["added"] == n - kept and summary["unchanged"] == kept, summary
+assert summary["count"] == n, summary
+coll = killed_coll
 
 # A rerun completes: exactly one entry per file; another run embeds nothing.
 summary, _ = run_json("index", folder, collection=coll, check=0)
