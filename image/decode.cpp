@@ -344,7 +344,13 @@ Decoded decode_buffer(std::span<const std::uint8_t> bytes, const std::string& na
   if (opened.format == Format::jpeg) {
     result.shrink = choose_shrink(im->Xsize, im->Ysize, options.min_shorter_side);
     if (vips_image_get_orientation(im.get()) == 1) {
-      if (auto rgb = detail::decode_plain_jpeg(bytes, result.shrink, name)) {
+      detail::RowRange rows;
+      if (options.rows_for != nullptr) {
+        rows = [&](int w, int h) {
+          return rows_read(w, h, result.source_width, result.source_height, *options.rows_for);
+        };
+      }
+      if (auto rgb = detail::decode_plain_jpeg(bytes, result.shrink, name, rows)) {
         result.rgb = std::move(*rgb);
         return result;
       }

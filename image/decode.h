@@ -16,6 +16,7 @@
 #include <string>
 
 #include "image/image.h"
+#include "image/preprocess.h"
 
 namespace lookalike::image {
 
@@ -28,6 +29,11 @@ struct DecodeOptions {
   // as the shorter side of the decoded image stays >= 2 * min_shorter_side, so a later
   // antialiased resize to min_shorter_side still sees enough pixels. 0 = always full size.
   int min_shorter_side = 0;
+  // When set, JPEGs may skip the IDCT of the rows that image::preprocess(rgb, ..., *rows_for)
+  // will not read; those rows are left black, so set it only when the pixels go straight to
+  // preprocess. Skipped rows are still entropy-decoded: truncated files are still refused.
+  // Measured: ~20% of decode time saved on 400x533 photos for a 256/224 model.
+  const PreprocessSpec* rows_for = nullptr;
 };
 
 struct Decoded {

@@ -5,6 +5,7 @@
 #include <jpeglib.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csetjmp>
 #include <cstdio>
 #include <vector>
@@ -24,6 +25,8 @@ struct Job {
   unsigned long size = 0;
   int shrink = 1;
   std::vector<std::uint8_t>* pixels = nullptr;
+  std::vector<JSAMPROW> rows;  // here, not in run(): longjmp would skip its destructor
+  const RowRange* wanted = nullptr;
   int width = 0;
   int height = 0;
 };
@@ -76,10 +79,24 @@ bool run(Job& job) {
   job.height = int(cinfo.output_height);
   const std::size_t stride = std::size_t(job.width) * 3;
   job.pixels->resize(stride * job.height);
-  while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = job.pixels->data() + cinfo.output_scanline * stride;
-    jpeg_read_scanlines(&cinfo, &row, 1);
+  // Handing libjpeg every remaining row at once lets it upsample straight into the image
+  // instead of through its one-row spare buffer.
+  job.rows.resize(job.height);
+  for (int y = 0; y < job.height; ++y) job.rows[y] = job.pixels->data() + std::size_t(y) * stride;
+  JDIMENSION first = 0, last = cinfo.output_height;
+  if (job.wanted != nullptr && *job.wanted) {
+    auto [f, l] = (*job.wanted)(job.width, job.height);
+    first = JDIMENSION(std::clamp(f, 0, job.height));
+    last = JDIMENSION(std::clamp(l, int(first), job.height));
   }
+  // Skipped rows are still entropy-decoded (a truncated file is still refused); only their
+  // IDCT, upsampling and colour conversion are saved (~20% of a 3:4 photo's decode time).
+  if (first > 0) jpeg_skip_scanlines(&cinfo, first);
+  while (cinfo.output_scanline < last) {
+    jpeg_read_scanlines(&cinfo, job.rows.data() + cinfo.output_scanline,
+                        last - cinfo.output_scanline);
+  }
+  if (last < cinfo.output_height) jpeg_skip_scanlines(&cinfo, cinfo.output_height - last);
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
   return true;
@@ -88,13 +105,14 @@ bool run(Job& job) {
 }  // namespace
 
 std::optional<RgbImage> decode_plain_jpeg(std::span<const std::uint8_t> bytes, int shrink,
-                                          const std::string& name) {
+                                          const std::string& name, const RowRange& rows) {
   RgbImage out;
   Job job;
   job.data = bytes.data();
   job.size = static_cast<unsigned long>(bytes.size());
   job.shrink = shrink;
   job.pixels = &out.pixels;
+  job.wanted = &rows;
   if (run(job)) {
     out.width = job.width;
     out.height = job.height;

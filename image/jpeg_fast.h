@@ -6,7 +6,9 @@
 // uses (ISLOW IDCT, fancy upsampling), straight into the output buffer.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -19,7 +21,10 @@ namespace lookalike::image::detail {
 // not handle (CMYK, YCCK), which go through libvips. Throws DecodeError naming `name` for
 // truncated files (libjpeg's premature-end warning) and fatal libjpeg errors; other libjpeg
 // warnings (recoverable corrupt data) are accepted, as PIL accepts them.
+// `rows`, when set, maps the decoded size to the rows [first, last) worth decoding; the others
+// are entropy-decoded only (so truncation is still detected) and left black.
+using RowRange = std::function<std::array<int, 2>(int width, int height)>;
 std::optional<RgbImage> decode_plain_jpeg(std::span<const std::uint8_t> bytes, int shrink,
-                                          const std::string& name);
+                                          const std::string& name, const RowRange& rows = {});
 
 }  // namespace lookalike::image::detail

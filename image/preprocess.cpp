@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -96,32 +97,40 @@ struct View {
   std::size_t stride;  // bytes per row
 };
 
-// Output columns [x0, x0 + width) for input rows [y0, y0 + height).
-void horizontal_pass(View in, int y0, int height, const Taps& taps, int x0, int width,
-                     std::uint8_t* out) {
-  for (int y = 0; y < height; ++y) {
-    const std::uint8_t* row = in.data + std::size_t(y0 + y) * in.stride;
-    std::uint8_t* dst = out + std::size_t(y) * width * 3;
-    for (int x = 0; x < width; ++x) {
-      const int o = x0 + x;
-      const std::int32_t* k = &taps.weights[std::size_t(o) * taps.ksize];
-      const std::uint8_t* src = row + std::size_t(taps.first[o]) * 3;
-      std::int32_t r = kHalf, g = kHalf, b = kHalf;
-      for (int i = 0; i < taps.count[o]; ++i) {
-        r += src[i * 3] * k[i];
-        g += src[i * 3 + 1] * k[i];
-        b += src[i * 3 + 2] * k[i];
+// Transposes 3-byte pixels: out row c (stride out_stride >= rows * 3 + 1) holds in column c.
+// Turning the horizontal pass into a vertical one lets it run as contiguous, vectorised row
+// arithmetic instead of a per-pixel gather. Pixels move as 4-byte words: the 4th byte lands on
+// the next pixel, which is written later (r0 is the outer loop), or on the row's padding byte.
+// The last input column is copied bytewise so that no read passes the end of its row.
+void transpose_pixels(const std::uint8_t* in, std::size_t in_stride, int rows, int cols,
+                      std::uint8_t* out, std::size_t out_stride) {
+  constexpr int kBlock = 32;
+  for (int r0 = 0; r0 < rows; r0 += kBlock) {
+    const int r1 = std::min(rows, r0 + kBlock);
+    for (int c0 = 0; c0 < cols; c0 += kBlock) {
+      const int c1 = std::min(cols - 1, c0 + kBlock);
+      for (int c = c0; c < c1; ++c) {
+        std::uint8_t* dst = out + std::size_t(c) * out_stride;
+        const std::uint8_t* src = in + std::size_t(c) * 3;
+        for (int r = r0; r < r1; ++r) {
+          std::uint32_t px;
+          std::memcpy(&px, src + std::size_t(r) * in_stride, 4);
+          std::memcpy(dst + std::size_t(r) * 3, &px, 4);
+        }
       }
-      dst[x * 3] = clip8(r);
-      dst[x * 3 + 1] = clip8(g);
-      dst[x * 3 + 2] = clip8(b);
+    }
+    std::uint8_t* last = out + std::size_t(cols - 1) * out_stride;
+    for (int r = r0; r < r1; ++r) {
+      std::memcpy(last + std::size_t(r) * 3, in + std::size_t(r) * in_stride + (cols - 1) * 3, 3);
     }
   }
 }
 
 // Output rows [y0, y0 + height); `in` row 0 is input row `in_row0`; rows are `samples` wide.
-void vertical_pass(View in, int in_row0, const Taps& taps, int y0, int height, int samples,
-                   std::uint8_t* out) {
+// AVX2's 8-lane vpmulld doubles the throughput of this loop; target_clones picks it at load
+// time where the CPU has it, and the plain SSE2 build elsewhere.
+__attribute__((target_clones("avx2", "default"))) void vertical_pass(
+    View in, int in_row0, const Taps& taps, int y0, int height, int samples, std::uint8_t* out) {
   std::vector<std::int32_t> acc(samples);
   for (int y = 0; y < height; ++y) {
     const int o = y0 + y;
@@ -141,6 +150,17 @@ struct Window {
   int x0, y0, width, height;
 };
 
+// Input rows [first, last) that output rows [win.y0, win.y0 + win.height) read: through the
+// vertical taps, or the window rows themselves when there is no vertical pass.
+std::array<int, 2> window_rows(const Taps& vtaps, bool need_v, Window win) {
+  if (!need_v) return {win.y0, win.y0 + win.height};
+  int last = 0;
+  for (int y = win.y0; y < win.y0 + win.height; ++y) {
+    last = std::max(last, vtaps.first[y] + vtaps.count[y]);
+  }
+  return {vtaps.first[win.y0], last};
+}
+
 // Pillow's resample of `src` to out_w x out_h, computing only the pixels inside `win` (every
 // output pixel depends only on its own taps, so a window is bit-identical to cropping the
 // full result, and a 224 crop of a 256 resize skips a third of the work).
@@ -150,27 +170,35 @@ RgbImage resample_window(const RgbImage& src, int out_w, int out_h, Window win,
   const bool need_v = out_h != src.height;
   const View source{src.pixels.data(), std::size_t(src.width) * 3};
 
-  // Input rows the window's vertical taps read (all window rows when there is no vertical pass).
-  int row_first = win.y0, row_last = win.y0 + win.height;
   Taps vtaps;
-  if (need_v) {
-    vtaps = compute_taps(src.height, out_h, filter);
-    row_first = vtaps.first[win.y0];
-    row_last = 0;
-    for (int y = win.y0; y < win.y0 + win.height; ++y) {
-      row_last = std::max(row_last, vtaps.first[y] + vtaps.count[y]);
-    }
-  }
+  if (need_v) vtaps = compute_taps(src.height, out_h, filter);
+  const auto [row_first, row_last] = window_rows(vtaps, need_v, win);
 
   std::vector<std::uint8_t> columns;
   View mid = source;
   int mid_row0 = 0;
   if (need_h) {
+    // Horizontal pass = vertical pass over the transposed rows, transposed back.
     const Taps htaps = compute_taps(src.width, out_w, filter);
-    columns.resize(std::size_t(row_last - row_first) * win.width * 3);
-    horizontal_pass(source, row_first, row_last - row_first, htaps, win.x0, win.width,
-                    columns.data());
-    mid = {columns.data(), std::size_t(win.width) * 3};
+    const int rows = row_last - row_first;
+    // Only the input columns the window's taps read.
+    const int col_first = htaps.first[win.x0];
+    int col_last = 0;
+    for (int x = win.x0; x < win.x0 + win.width; ++x) {
+      col_last = std::max(col_last, htaps.first[x] + htaps.count[x]);
+    }
+    const std::size_t t_stride = std::size_t(rows) * 3 + 1;
+    std::vector<std::uint8_t> transposed(std::size_t(col_last - col_first) * t_stride);
+    transpose_pixels(source.data + std::size_t(row_first) * source.stride + col_first * 3,
+                     source.stride, rows, col_last - col_first, transposed.data(), t_stride);
+    std::vector<std::uint8_t> filtered(std::size_t(win.width) * rows * 3);
+    vertical_pass({transposed.data(), t_stride}, col_first, htaps, win.x0, win.width, rows * 3,
+                  filtered.data());
+    const std::size_t c_stride = std::size_t(win.width) * 3 + 1;
+    columns.resize(std::size_t(rows) * c_stride);
+    transpose_pixels(filtered.data(), std::size_t(rows) * 3, win.width, rows, columns.data(),
+                     c_stride);
+    mid = {columns.data(), c_stride};
     mid_row0 = row_first;
   } else {
     mid.data += std::size_t(win.x0) * 3;
@@ -211,6 +239,15 @@ Span center_crop_span(int size, int crop) {
   return {int(std::nearbyint((size - crop) / 2.0)), crop, 0};
 }
 
+// torchvision's geometry: the resized size and the crop spans in it.
+struct Geometry {
+  int width, height;
+  Span sx, sy;
+  Window window() const { return {sx.src_start, sy.src_start, sx.length, sy.length}; }
+};
+
+Geometry geometry(int source_width, int source_height, const PreprocessSpec& spec);
+
 }  // namespace
 
 std::array<int, 2> resized_size(int width, int height, int shorter) {
@@ -235,6 +272,26 @@ RgbImage resize(const RgbImage& src, int width, int height, const std::string& i
   return resample_window(src, width, height, {0, 0, width, height}, filter_for(interpolation));
 }
 
+namespace {
+
+Geometry geometry(int source_width, int source_height, const PreprocessSpec& spec) {
+  const auto [rw, rh] = spec.resize_shorter > 0
+                            ? resized_size(source_width, source_height, spec.resize_shorter)
+                            : std::array<int, 2>{source_width, source_height};
+  return {rw, rh, center_crop_span(rw, spec.crop), center_crop_span(rh, spec.crop)};
+}
+
+}  // namespace
+
+std::array<int, 2> rows_read(int width, int height, int source_width, int source_height,
+                             const PreprocessSpec& spec) {
+  const Geometry geo = geometry(source_width, source_height, spec);
+  const bool need_v = geo.height != height;
+  Taps vtaps;
+  if (need_v) vtaps = compute_taps(height, geo.height, filter_for(spec.interpolation));
+  return window_rows(vtaps, need_v, geo.window());
+}
+
 void preprocess(const RgbImage& img, int source_width, int source_height,
                 const PreprocessSpec& spec, float* out) {
   check_image(img, "preprocess");
@@ -248,13 +305,9 @@ void preprocess(const RgbImage& img, int source_width, int source_height,
   for (float s : spec.std) {
     if (s == 0.0f) throw std::invalid_argument("preprocess: std must not be 0");
   }
-  const auto [rw, rh] = spec.resize_shorter > 0
-                            ? resized_size(source_width, source_height, spec.resize_shorter)
-                            : std::array<int, 2>{source_width, source_height};
-  const Span sx = center_crop_span(rw, spec.crop);
-  const Span sy = center_crop_span(rh, spec.crop);
-  const RgbImage window =
-      resample_window(img, rw, rh, {sx.src_start, sy.src_start, sx.length, sy.length}, filter);
+  const Geometry geo = geometry(source_width, source_height, spec);
+  const Span sx = geo.sx, sy = geo.sy;
+  const RgbImage window = resample_window(img, geo.width, geo.height, geo.window(), filter);
 
   // ToTensor then Normalize, in float32 and in torchvision's order: (v / 255 - mean) / std.
   std::array<std::array<float, 256>, 3> lut;

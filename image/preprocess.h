@@ -29,6 +29,11 @@ std::array<int, 2> resized_size(int width, int height, int shorter);
 // std::invalid_argument for an empty image, a non-positive size or another interpolation.
 RgbImage resize(const RgbImage& src, int width, int height, const std::string& interpolation);
 
+// Rows [first, last) of a width x height image (a decode of a source_width x source_height
+// image, possibly DCT-downscaled) that preprocess(spec) reads; decoders may skip the others.
+std::array<int, 2> rows_read(int width, int height, int source_width, int source_height,
+                             const PreprocessSpec& spec);
+
 // Writes the model input: 3 x crop x crop float32, CHW (planar R, G, B), row-major, normalised.
 // `out` must hold 3 * crop * crop floats. `source_width`/`source_height` are the full-resolution
 // upright size (the decoder may have DCT-downscaled `img`); torchvision's sizes are computed

@@ -29,7 +29,9 @@ EmbeddedFiles embed_files(model::EmbeddingModel& model,
   auto prepare = [&](std::size_t job, float* input) {
     try {
       auto bytes = read_file(files[job]);
-      auto img = image::decode_buffer(bytes, files[job].string(), decode);
+      image::DecodeOptions options = decode;
+      options.rows_for = &spec;  // the pixels go straight to preprocess
+      auto img = image::decode_buffer(bytes, files[job].string(), options);
       out.widths[job] = img.source_width;
       out.heights[job] = img.source_height;
       image::preprocess(img.rgb, img.source_width, img.source_height, spec, input);

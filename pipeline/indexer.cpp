@@ -83,7 +83,9 @@ Prepared prepare_file(const SourceFile& src, const Known& known, const IndexOpti
       state.reuse_id = twin->second->id;
       return Prepared::NoEmbed;
     }
-    auto decoded = image::decode_buffer(bytes, rec.path, options.decode);
+    image::DecodeOptions decode = options.decode;
+    decode.rows_for = &spec;  // the pixels go straight to preprocess
+    auto decoded = image::decode_buffer(bytes, rec.path, decode);
     rec.width = decoded.source_width;
     rec.height = decoded.source_height;
     image::preprocess(decoded.rgb, decoded.source_width, decoded.source_height, spec, input);

@@ -1,3 +1,4 @@
+#include <algorithm>
 // Preprocessing (and decoding) against the real PIL + torchvision pipeline: the cases and the
 // reference outputs come from tests/preprocess_reference.py (fixture preprocess_reference).
 #include <gtest/gtest.h>
@@ -106,6 +107,32 @@ TEST_F(PreprocessTest, TensorsEqualTorchvision) {
     EXPECT_LE(diff.max, 1e-5) << r[2] << " (" << r[1] << ", " << r[5] << ")";
   }
   RecordProperty("max_abs_tensor_difference", std::to_string(worst));
+}
+
+// The indexer lets the JPEG decoder skip rows that preprocess will not read
+// (DecodeOptions::rows_for): the tensors must stay exactly torchvision's, and rows really are
+// skipped (left black) for photos taller than the crop needs.
+TEST_F(PreprocessTest, TensorsEqualTorchvisionWhenDecoderSkipsRows) {
+  int skipped_somewhere = 0;
+  for (const Row& r : manifest("preprocess")) {
+    img::PreprocessSpec spec;
+    spec.resize_shorter = std::stoi(r[3]);
+    spec.crop = std::stoi(r[4]);
+    spec.interpolation = r[5];
+    img::DecodeOptions options;
+    options.rows_for = &spec;
+    const img::Decoded d = img::decode_file(r[1], options);
+    const auto want = read_raw<float>(r[2], ".f32");
+    const Diff diff = difference(run_preprocess(d, spec), want);
+    EXPECT_LE(diff.max, 1e-5) << r[2] << " (" << r[1] << ", " << r[5] << ")";
+    const auto rows = img::rows_read(d.rgb.width, d.rgb.height, d.source_width, d.source_height,
+                                     spec);
+    if (d.format == "jpeg" && rows[0] > 0) {
+      const auto* row0 = d.rgb.pixels.data();
+      skipped_somewhere += std::all_of(row0, row0 + d.rgb.width * 3, [](auto v) { return v == 0; });
+    }
+  }
+  EXPECT_GT(skipped_somewhere, 0) << "no JPEG in the manifest had rows skipped";
 }
 
 TEST_F(PreprocessTest, ResizeEqualsPil) {
