@@ -76,8 +76,7 @@ int main(int argc, char** argv) {
     auto t0 = Clock::now();
     auto img = image::decode_buffer(bytes[i], files[i], decode);
     auto t1 = Clock::now();
-    image::preprocess(img.rgb, img.source_width, img.source_height, spec,
-                      &inputs[i * per_image]);
+    image::preprocess(img.rgb, img.source_width, img.source_height, spec, &inputs[i * per_image]);
     jpeg_s += std::chrono::duration<double>(t1 - t0).count();
     preprocess_s += seconds_since(t1);
   }

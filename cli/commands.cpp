@@ -65,7 +65,8 @@ std::string model_reference(const GlobalOptions& g, const model::EmbeddingModel&
   return is_path ? pipeline::normalize_path(m.archive()).string() : g.model;
 }
 
-std::unique_ptr<store::Collection> open_existing(const GlobalOptions& g, store::Collection::Mode mode) {
+std::unique_ptr<store::Collection> open_existing(const GlobalOptions& g,
+                                                 store::Collection::Mode mode) {
   if (!store::Collection::exists(g.collection)) {
     throw store::StoreError(fmt::format(
         "{}: no collection here; create one with `lookalike index PATH` (or set --collection / "
@@ -163,9 +164,9 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   }
   auto m = load_model(g, existing ? &*existing : nullptr);
   if (g_interrupted) return kInterrupted;
-  store::CatalogConfig config =
-      existing ? *existing
-               : store::CatalogConfig{m->id(), model_reference(g, *m), m->dim(), a.metric, a.factory};
+  store::CatalogConfig config = existing ? *existing
+                                         : store::CatalogConfig{m->id(), model_reference(g, *m),
+                                                                m->dim(), a.metric, a.factory};
   index::parse_metric(config.metric);  // fail early on a bad metric
   auto collection = store::Collection::create_or_open(g.collection, config);
 
@@ -258,8 +259,8 @@ int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
     for (std::size_t i = 0; i < n; ++i) {
       json row = {{"path", a.images[i].string()}};
       if (embedded.errors[i].empty()) {
-        row["embedding"] = std::vector<float>(&embedded.embeddings[i * dim],
-                                              &embedded.embeddings[(i + 1) * dim]);
+        row["embedding"] =
+            std::vector<float>(&embedded.embeddings[i * dim], &embedded.embeddings[(i + 1) * dim]);
       } else {
         row["error"] = embedded.errors[i];
       }
@@ -302,8 +303,8 @@ int run_info(const GlobalOptions& g) {
   std::cout << fmt::format(
       "collection  {}\nimages      {}\nmodel       {} ({})\ndimension   {}\nmetric      {}\n"
       "index       {} (FAISS factory string)\ndisk        {} ({} catalog, {} index)\n",
-      info.dir.string(), info.count, info.config.model_name, info.config.model_id,
-      info.config.dim, info.config.metric, info.config.factory, human_bytes(info.total_bytes),
+      info.dir.string(), info.count, info.config.model_name, info.config.model_id, info.config.dim,
+      info.config.metric, info.config.factory, human_bytes(info.total_bytes),
       human_bytes(info.catalog_bytes), human_bytes(info.index_bytes));
   return kOk;
 }
@@ -335,7 +336,8 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
   }
   for (const auto& nf : not_found) spdlog::error("{}: not in the collection", nf);
   if (g.json) {
-    std::cout << json{{"removed", ids.size()}, {"not_found", not_found},
+    std::cout << json{{"removed", ids.size()},
+                      {"not_found", not_found},
                       {"count", collection->catalog().count()}}
                      .dump(2)
               << "\n";
@@ -369,10 +371,10 @@ int run_models(const GlobalOptions& g) {
   std::cout << fmt::format("{:<16} {:<14} {:>5}  {:<8}  {}\n", "name", "architecture", "dim",
                            "input", "archive");
   for (const auto& m : models) {
-    std::cout << fmt::format("{:<16} {:<14} {:>5}  {:<8}  {}\n", m.card.name,
-                             m.card.architecture + (m.card.variant.empty() ? "" : " " + m.card.variant),
-                             m.card.embedding_dim, fmt::format("{}px", m.card.input_size),
-                             m.archive.string());
+    std::cout << fmt::format(
+        "{:<16} {:<14} {:>5}  {:<8}  {}\n", m.card.name,
+        m.card.architecture + (m.card.variant.empty() ? "" : " " + m.card.variant),
+        m.card.embedding_dim, fmt::format("{}px", m.card.input_size), m.archive.string());
     std::cout << fmt::format("{:<16} weights: {} ({})\n", "", m.card.weights_source,
                              m.card.license);
   }

@@ -1,6 +1,7 @@
 // The `lookalike` subcommands. Each returns the process exit code (see docs/cli.md):
 //   0 ok, 1 error (collection, model or I/O; nothing half-done is kept), 2 usage,
-//   3 partial (some inputs failed, the rest was done), 130 interrupted (Ctrl-C; committed work kept).
+//   3 partial (some inputs failed, the rest was done), 130 interrupted (Ctrl-C; committed work
+//   kept).
 #pragma once
 
 #include <cstdint>

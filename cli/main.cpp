@@ -1,11 +1,10 @@
 // lookalike: index folders or CSV catalogues of images with a pretrained network and search
 // them by example. Usage: docs/cli.md, or `lookalike --help`.
-#include <CLI/CLI.hpp>
+#include <malloc.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <malloc.h>
-
+#include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <exception>
 #include <iostream>
@@ -33,8 +32,9 @@ int main(int argc, char** argv) {
   // Messages go to stderr: stdout carries results (and JSON) only.
   spdlog::set_default_logger(spdlog::stderr_color_mt("lookalike"));
   spdlog::set_pattern("lookalike: %^%l%$: %v");
-  CLI::App app{"lookalike: find similar images with a pretrained network, exact or approximate "
-               "vector search, from one binary"};
+  CLI::App app{
+      "lookalike: find similar images with a pretrained network, exact or approximate "
+      "vector search, from one binary"};
   app.require_subcommand(1);
   app.fallthrough();
   app.set_version_flag("--version", "lookalike 0.1.0");
@@ -85,7 +85,8 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "Describe the collection");
 
   RemoveArgs ra;
-  auto* remove = app.add_subcommand("remove", "Remove images (a file, or every file under a folder)");
+  auto* remove =
+      app.add_subcommand("remove", "Remove images (a file, or every file under a folder)");
   remove->add_option("paths", ra.paths, "Indexed files or folders");
   remove->add_option("--id", ra.ids, "Image ids (repeatable)");
 

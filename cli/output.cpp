@@ -1,9 +1,9 @@
 #include "cli/output.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdio>
-#include <fmt/format.h>
 #include <fstream>
 #include <stdexcept>
 
@@ -36,7 +36,9 @@ void write_npy(const std::filesystem::path& path, const std::vector<float>& data
 }
 
 ProgressPrinter::ProgressPrinter(bool enabled)
-    : enabled_(enabled), tty_(isatty(STDERR_FILENO) == 1), last_(std::chrono::steady_clock::now()) {}
+    : enabled_(enabled),
+      tty_(isatty(STDERR_FILENO) == 1),
+      last_(std::chrono::steady_clock::now()) {}
 
 void ProgressPrinter::update(const pipeline::Progress& p) {
   if (!enabled_ || p.total == 0) return;

@@ -129,8 +129,10 @@ void transpose_pixels(const std::uint8_t* in, std::size_t in_stride, int rows, i
 // Output rows [y0, y0 + height); `in` row 0 is input row `in_row0`; rows are `samples` wide.
 // AVX2's 8-lane vpmulld doubles the throughput of this loop; target_clones picks it at load
 // time where the CPU has it, and the plain SSE2 build elsewhere.
-__attribute__((target_clones("avx2", "default"))) void vertical_pass(
-    View in, int in_row0, const Taps& taps, int y0, int height, int samples, std::uint8_t* out) {
+__attribute__((target_clones("avx2", "default"))) void vertical_pass(View in, int in_row0,
+                                                                     const Taps& taps, int y0,
+                                                                     int height, int samples,
+                                                                     std::uint8_t* out) {
   std::vector<std::int32_t> acc(samples);
   for (int y = 0; y < height; ++y) {
     const int o = y0 + y;

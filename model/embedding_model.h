@@ -17,10 +17,15 @@ struct ModelOptions {
   // torch::jit::optimize_for_inference (freezing + oneDNN fusion) at load: 2x-10x faster on
   // Debian's build (../shared/STACK.md). Off only for debugging.
   bool optimize = true;
+  // embed() runs at most this many images per forward pass, so activation memory stays bounded
+  // whatever n the caller passes (VGG-16 needs about 60 MB of activations an image). > 0.
+  int max_batch = 32;
 };
 
 // Where a model lives: `name_or_path` is either a path to a .pt archive or a .json card, or a
 // model name looked up as <dir>/<name>.pt in each of `search_dirs`.
+// It is taken as a path when it names an existing file, ends in .pt/.json, or contains a '/';
+// a .json path resolves to the .pt beside it. Returns the archive's path.
 // Throws ModelError listing the places tried when nothing is found.
 std::filesystem::path resolve_model(const std::string& name_or_path,
                                     const std::vector<std::filesystem::path>& search_dirs);
@@ -32,14 +37,18 @@ struct InstalledModel {
   std::filesystem::path archive;
   ModelCard card;
 };
-// All <name>.pt with a readable <name>.json card in `dirs` (unreadable cards are skipped).
+// All <name>.pt with a readable <name>.json card in `dirs` (unreadable cards are skipped), in
+// `dirs` order and by name within a directory. A name found in an earlier directory hides the
+// same name in later ones, as it does for resolve_model.
 std::vector<InstalledModel> list_models(const std::vector<std::filesystem::path>& dirs);
 
 class EmbeddingModel {
  public:
   // Loads <stem>.pt and <stem>.json (archive path or card path accepted). Applies
   // optimize_for_inference, sets the thread count, and checks one forward pass returns
-  // n x card.embedding_dim. Throws ModelError naming the file and the cause.
+  // n x card.embedding_dim. Throws ModelError naming the file and the cause: missing archive or
+  // card, invalid card, corrupt archive (truncated, not TorchScript), the card's method missing
+  // from the archive, or an output that is not n x embedding_dim float.
   static std::unique_ptr<EmbeddingModel> load(const std::filesystem::path& archive_or_card,
                                               const ModelOptions& options = {});
   ~EmbeddingModel();
@@ -56,6 +65,9 @@ class EmbeddingModel {
 
   // input: n x 3 x input_size x input_size float32, row-major (NCHW), preprocessed as the card
   // says (image::preprocess). Returns n x dim float32, row-major, each row L2-normalised.
+  // n = 0 returns an empty vector. Throws ModelError for n < 0, a null input, or a forward pass
+  // that fails or returns the wrong shape. Sets LibTorch's thread count to threads() first (the
+  // setting is process-wide and OpenMP's is per calling thread).
   // Not thread-safe: one caller at a time.
   std::vector<float> embed(const float* input, int n);
 

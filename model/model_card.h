@@ -4,10 +4,9 @@
 
 #include <array>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "image/preprocess.h"
 
@@ -20,37 +19,49 @@ class ModelError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Bumped when a card's meaning changes; cards with a newer format are refused, not guessed at.
 inline constexpr int kModelCardFormat = 1;
 
+// Fields marked (optional) may be absent from the JSON and then take the default shown; every
+// other field is required. docs/model-card.md has the format and an example.
 struct ModelCard {
   int format = kModelCardFormat;
-  std::string name;           // e.g. "mobilenet_v2"; also the file stem of the archive
-  std::string architecture;   // torchvision builder, e.g. "mobilenet_v2", "resnet50"
-  std::string variant;        // e.g. "v1" for the original ResNet-50 stride layout; may be empty
-  std::string weights_source; // URL or description of where the weights came from
-  std::string weights_sha256; // of the weights file the archive was exported from
-  std::string paper;          // citation or URL of the architecture's paper
-  std::string license;        // licence of the weights
-  int input_size = 224;       // crop size, pixels
-  int resize_shorter = 256;   // shorter side before the center crop, pixels
-  std::string resize_policy = "resize_shorter_center_crop";
-  std::string interpolation = "bilinear";
+  std::string name;             // e.g. "mobilenet_v2"; also the file stem of the archive
+  std::string architecture;     // torchvision builder, e.g. "mobilenet_v2", "resnet50"
+  std::string variant;          // (optional) e.g. "v1" / "v1.5" for ResNet-50's stride layout
+  std::string weights_source;   // URL or description of where the weights came from
+  std::string weights_sha256;   // (optional) of the weights file the archive was exported from
+  bool random_weights = false;  // (optional) untrained weights: for tests only, not for search
+  std::string paper;            // (optional) citation or URL of the architecture's paper
+  std::string license;          // licence of the weights
+  int input_size = 224;         // crop size, pixels
+  int resize_shorter = 256;     // shorter side before the center crop, pixels (0 = no resize)
+  std::string resize_policy = "resize_shorter_center_crop";  // the only policy so far
+  std::string interpolation = "bilinear";                    // "bilinear" or "bicubic"
   bool antialias = true;
-  std::array<float, 3> mean = {0.485f, 0.456f, 0.406f};
-  std::array<float, 3> std = {0.229f, 0.224f, 0.225f};
-  std::string color_order = "RGB";
-  int embedding_dim = 0;
-  bool normalized = false;     // whether the archive's output is already L2-normalised
-  std::string embedding_output;  // which output gives the embedding, in words
-  std::string method = "forward";  // TorchScript method that returns n x embedding_dim
-  std::string tower = "image";     // modality of this archive; a text tower comes later
-  std::string exported_by;         // tool and versions that wrote the archive
+  std::array<float, 3> mean = {0.485f, 0.456f, 0.406f};  // per channel, on 0..1 values
+  std::array<float, 3> std = {0.229f, 0.224f, 0.225f};   // per channel, > 0
+  std::string color_order = "RGB";  // "RGB" or "BGR"; image::preprocess feeds RGB only
+  int embedding_dim = 0;            // > 0
+  bool normalized = false;          // whether the archive's output is already L2-normalised
+  std::string embedding_output;     // (optional) which output gives the embedding, in words
+  std::string method = "forward";   // TorchScript method that returns n x embedding_dim
+  std::string tower = "image";      // (optional) modality of this archive
+  std::string exported_by;          // (optional) tool and versions that wrote the archive
+
+  bool operator==(const ModelCard&) const = default;
 };
 
-// Throws ModelError naming `path` and the field for any missing or invalid field.
+// Throws ModelError naming `path` (and the field, for a missing or invalid field) when the file
+// is missing, unreadable, not JSON, or not a valid card.
 ModelCard load_model_card(const std::filesystem::path& path);
+// `source` names the card in error messages (usually its path).
 ModelCard model_card_from_json(const nlohmann::json& j, const std::string& source);
 nlohmann::json model_card_to_json(const ModelCard& card);
+// Writes the card as indented JSON. Throws ModelError naming `path` when it cannot be written.
+void save_model_card(const ModelCard& card, const std::filesystem::path& path);
+// The image::preprocess settings the card asks for. Throws ModelError (naming the card and the
+// field) for settings image::preprocess cannot reproduce, e.g. antialias = false.
 image::PreprocessSpec preprocess_spec(const ModelCard& card);
 
 }  // namespace lookalike::model

@@ -18,8 +18,8 @@ enum class Prepared {
 };
 
 struct RunOptions {
-  int workers = 1;         // decode threads
-  int batch_size = 32;     // images per forward pass
+  int workers = 1;                            // decode threads
+  int batch_size = 32;                        // images per forward pass
   const std::atomic<bool>* cancel = nullptr;  // when set, no new job starts
 };
 

@@ -15,8 +15,7 @@ std::size_t EmbeddedFiles::failed() const {
 
 EmbeddedFiles embed_files(model::EmbeddingModel& model,
                           const std::vector<std::filesystem::path>& files,
-                          const image::DecodeOptions& decode, int decode_threads,
-                          int batch_size) {
+                          const image::DecodeOptions& decode, int decode_threads, int batch_size) {
   const std::size_t n = files.size();
   EmbeddedFiles out;
   out.dim = model.dim();

@@ -12,8 +12,8 @@ namespace lookalike::pipeline {
 
 struct EmbeddedFiles {
   int dim = 0;
-  std::vector<float> embeddings;   // n x dim row-major, L2-normalised; zero rows where failed
-  std::vector<std::string> errors;  // n entries; empty string = embedded
+  std::vector<float> embeddings;     // n x dim row-major, L2-normalised; zero rows where failed
+  std::vector<std::string> errors;   // n entries; empty string = embedded
   std::vector<int> widths, heights;  // upright full-resolution size, 0 where failed
   std::size_t failed() const;
 };

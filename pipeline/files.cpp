@@ -1,12 +1,12 @@
 #include "pipeline/files.h"
 
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <xxhash.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fmt/format.h>
 #include <memory>
 #include <stdexcept>
 
@@ -25,7 +25,8 @@ std::vector<std::uint8_t> read_file(const std::filesystem::path& path) {
   std::vector<std::uint8_t> bytes(static_cast<std::size_t>(st.st_size));
   std::size_t got = bytes.empty() ? 0 : std::fread(bytes.data(), 1, bytes.size(), f.get());
   if (got != bytes.size()) {
-    throw std::runtime_error(fmt::format("{}: read {} of {} bytes", path.string(), got, bytes.size()));
+    throw std::runtime_error(
+        fmt::format("{}: read {} of {} bytes", path.string(), got, bytes.size()));
   }
   return bytes;
 }

@@ -28,7 +28,7 @@ struct IndexOptions {
   int batch_size = 32;     // images per forward pass and per catalog transaction
   int decode_threads = 1;  // workers decoding while the calling thread embeds
   image::DecodeOptions decode;
-  const std::atomic<bool>* cancel = nullptr;  // Ctrl-C: stop, keep what is committed
+  const std::atomic<bool>* cancel = nullptr;         // Ctrl-C: stop, keep what is committed
   std::function<void(const Progress&)> on_progress;  // called after each committed batch
 };
 
@@ -46,9 +46,9 @@ struct IndexSummary {
   std::int64_t removed = 0;    // vanished files removed (--prune)
   std::vector<std::string> vanished;  // catalog paths whose file is gone
   std::vector<Failure> failures;
-  std::int64_t embedded = 0;   // images that went through the network
-  double seconds = 0;          // wall time of the whole run
-  double images_per_s = 0;     // embedded / seconds
+  std::int64_t embedded = 0;  // images that went through the network
+  double seconds = 0;         // wall time of the whole run
+  double images_per_s = 0;    // embedded / seconds
   bool interrupted = false;
   int decode_threads = 0;
   int model_threads = 0;

@@ -52,7 +52,8 @@ struct Collector {
 
 void walk_folder(const fs::path& root, const ScanOptions& options, Collector& out) {
   std::error_code ec;
-  auto it = fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied, ec);
+  auto it =
+      fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied, ec);
   if (ec) {
     out.result.problems.push_back({root.string(), ec.message()});
     return;
@@ -124,17 +125,16 @@ std::size_t find_file_column(const std::vector<std::string>& header, const fs::p
       if (lower(header[i]) == w) return i;
     }
   }
-  throw std::runtime_error(fmt::format(
-      "{}: no file column in the header (looked for {}); name it with --file-column",
-      csv.string(), fmt::join(wanted, ", ")));
+  throw std::runtime_error(
+      fmt::format("{}: no file column in the header (looked for {}); name it with --file-column",
+                  csv.string(), fmt::join(wanted, ", ")));
 }
 
 }  // namespace
 
 const std::vector<std::string>& image_extensions() {
-  static const std::vector<std::string> exts = {".jpg",  ".jpeg", ".jpe", ".png",  ".webp",
-                                                ".bmp",  ".tif",  ".tiff", ".gif", ".heic",
-                                                ".heif", ".avif"};
+  static const std::vector<std::string> exts = {".jpg", ".jpeg", ".jpe", ".png",  ".webp", ".bmp",
+                                                ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"};
   return exts;
 }
 

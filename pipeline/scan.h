@@ -2,20 +2,19 @@
 #pragma once
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace lookalike::pipeline {
 
 struct SourceFile {
-  std::filesystem::path path;  // absolute, lexically normal
+  std::filesystem::path path;                          // absolute, lexically normal
   nlohmann::json metadata = nlohmann::json::object();  // manifest columns, as strings
 };
 
 struct ScanProblem {
-  std::string where;   // a file path, or "<manifest.csv> row N"
+  std::string where;  // a file path, or "<manifest.csv> row N"
   std::string reason;
 };
 
