@@ -1,0 +1,253 @@
+// The only translation unit that includes LibTorch: its headers cost seconds per file to parse.
+#include "model/embedding_model.h"
+
+#include <ATen/Parallel.h>
+#include <torch/script.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <thread>
+
+namespace lookalike::model {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// Content identity of the archive: a renamed or copied file keeps its id, a re-export changes it.
+std::string archive_digest(const fs::path& archive) {
+  std::ifstream in(archive, std::ios::binary);
+  if (!in) throw ModelError(archive.string() + ": cannot read archive");
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_128bits_reset(state);
+  std::vector<char> buf(1 << 20);
+  while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0)
+    XXH3_128bits_update(state, buf.data(), static_cast<size_t>(in.gcount()));
+  const XXH128_hash_t hash = XXH3_128bits_digest(state);
+  XXH3_freeState(state);
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, hash);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 8; ++i) {
+    out += hex[canonical.digest[i] >> 4];
+    out += hex[canonical.digest[i] & 15];
+  }
+  return out;
+}
+
+int resolve_threads(int requested) {
+  if (requested > 0) return requested;
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+bool looks_like_path(const std::string& s) {
+  const fs::path p(s);
+  std::error_code ec;
+  return s.find('/') != std::string::npos || p.extension() == ".pt" || p.extension() == ".json" ||
+         fs::is_regular_file(p, ec);
+}
+
+}  // namespace
+
+struct EmbeddingModel::Impl {
+  fs::path archive;
+  ModelCard card;
+  std::string id;
+  int threads = 1;
+  int max_batch = 32;
+  torch::jit::Module module;
+  torch::jit::Method method() { return module.get_method(card.method); }
+
+  void apply_threads() const {
+    if (at::get_num_threads() != threads) at::set_num_threads(threads);
+  }
+
+  // One forward pass of `n` images; checks the output is n x embedding_dim and returns it as
+  // contiguous float32.
+  torch::Tensor forward(const float* input, int n) {
+    const int s = card.input_size;
+    auto x = torch::from_blob(const_cast<float*>(input), {n, 3, s, s}, torch::kFloat32);
+    torch::IValue out;
+    try {
+      out = method()({x});
+    } catch (const c10::Error& e) {
+      throw ModelError(archive.string() + ": forward pass of '" + card.method +
+                       "' failed: " + first_line(e.what_without_backtrace()));
+    }
+    if (!out.isTensor())
+      throw ModelError(archive.string() + ": '" + card.method + "' returned " + out.tagKind() +
+                       ", expected a tensor of n x embedding_dim");
+    torch::Tensor t = out.toTensor();
+    if (t.dim() != 2 || t.size(0) != n || t.size(1) != card.embedding_dim) {
+      std::string shape;
+      for (auto d : t.sizes()) shape += (shape.empty() ? "" : " x ") + std::to_string(d);
+      throw ModelError(archive.string() + ": '" + card.method + "' returned " + shape + " for " +
+                       std::to_string(n) + " images, expected " + std::to_string(n) + " x " +
+                       std::to_string(card.embedding_dim) + " (embedding_dim in the model card)");
+    }
+    return t.to(torch::kFloat32).contiguous();
+  }
+};
+
+fs::path resolve_model(const std::string& name_or_path, const std::vector<fs::path>& search_dirs) {
+  std::error_code ec;
+  if (looks_like_path(name_or_path)) {
+    fs::path p(name_or_path);
+    if (p.extension() == ".json") p.replace_extension(".pt");
+    if (fs::is_regular_file(p, ec)) return p;
+    throw ModelError(name_or_path + ": no model archive at " + p.string());
+  }
+  std::string tried;
+  for (const auto& dir : search_dirs) {
+    const fs::path p = dir / (name_or_path + ".pt");
+    if (fs::is_regular_file(p, ec)) return p;
+    tried += "\n  " + p.string();
+  }
+  throw ModelError("model '" + name_or_path + "' not found; tried:" +
+                   (tried.empty() ? std::string(" (no model directories)") : tried));
+}
+
+std::vector<fs::path> default_model_dirs() {
+  std::vector<fs::path> dirs;
+  if (const char* env = std::getenv("LOOKALIKE_MODELS")) {
+    std::string list = env;
+    size_t start = 0;
+    while (start <= list.size()) {
+      size_t end = list.find(':', start);
+      if (end == std::string::npos) end = list.size();
+      if (end > start) dirs.emplace_back(list.substr(start, end - start));
+      start = end + 1;
+    }
+  }
+  const char* xdg = std::getenv("XDG_DATA_HOME");
+  const char* home = std::getenv("HOME");
+  if (xdg && *xdg)
+    dirs.push_back(fs::path(xdg) / "lookalike" / "models");
+  else if (home && *home)
+    dirs.push_back(fs::path(home) / ".local" / "share" / "lookalike" / "models");
+  return dirs;
+}
+
+std::vector<InstalledModel> list_models(const std::vector<fs::path>& dirs) {
+  std::vector<InstalledModel> out;
+  std::set<std::string> seen;
+  for (const auto& dir : dirs) {
+    std::error_code ec;
+    std::vector<fs::path> archives;
+    for (const auto& entry : fs::directory_iterator(dir, ec))
+      if (entry.path().extension() == ".pt" && entry.is_regular_file(ec))
+        archives.push_back(entry.path());
+    std::sort(archives.begin(), archives.end());
+    for (const auto& archive : archives) {
+      const std::string stem = archive.stem().string();
+      if (seen.count(stem)) continue;
+      try {
+        out.push_back({archive, load_model_card(fs::path(archive).replace_extension(".json"))});
+        seen.insert(stem);
+      } catch (const ModelError&) {
+        // A half-installed or foreign file is not a model; listing must not fail because of it.
+      }
+    }
+  }
+  return out;
+}
+
+std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_card,
+                                                     const ModelOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  fs::path archive = archive_or_card;
+  if (archive.extension() == ".json") archive.replace_extension(".pt");
+  const fs::path card_path = fs::path(archive).replace_extension(".json");
+  std::error_code ec;
+  if (!fs::is_regular_file(archive, ec))
+    throw ModelError(archive.string() + ": missing model archive (no such file)");
+  if (!fs::is_regular_file(card_path, ec))
+    throw ModelError(card_path.string() + ": missing model card for " + archive.string());
+  if (options.max_batch <= 0)
+    throw ModelError(archive.string() + ": ModelOptions.max_batch must be > 0");
+
+  impl->archive = archive;
+  impl->card = load_model_card(card_path);
+  if (impl->card.tower != "image")
+    throw ModelError(card_path.string() + ": model card field 'tower': '" + impl->card.tower +
+                     "' is not an image model");
+  impl->id = impl->card.name + "@" + archive_digest(archive);
+  impl->threads = resolve_threads(options.threads);
+  impl->max_batch = options.max_batch;
+  impl->apply_threads();
+
+  try {
+    impl->module = torch::jit::load(archive.string(), torch::kCPU);
+  } catch (const c10::Error& e) {
+    throw ModelError(archive.string() +
+                     ": not a loadable TorchScript archive (corrupt, truncated, or not written by "
+                     "torch.jit.save): " +
+                     first_line(e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    throw ModelError(archive.string() +
+                     ": cannot load TorchScript archive: " + first_line(e.what()));
+  }
+  const std::string& method = impl->card.method;
+  if (!impl->module.find_method(method))
+    throw ModelError(archive.string() + ": has no TorchScript method '" + method +
+                     "' (model card field 'method' in " + card_path.string() + ")");
+
+  impl->module.eval();
+  if (options.optimize) {
+    try {
+      // Freezing keeps only forward unless told otherwise, so a non-forward method is preserved.
+      if (method == "forward") {
+        impl->module = torch::jit::optimize_for_inference(impl->module);
+      } else {
+        auto frozen = torch::jit::freeze(impl->module, std::vector<std::string>{method});
+        impl->module = torch::jit::optimize_for_inference(frozen, {method});
+      }
+    } catch (const c10::Error& e) {
+      throw ModelError(archive.string() + ": optimize_for_inference failed: " +
+                       first_line(e.what_without_backtrace()));
+    }
+  }
+
+  // A zero image is enough to prove the card's shape promise before anyone relies on it.
+  c10::InferenceMode guard;
+  std::vector<float> probe(3 * static_cast<size_t>(impl->card.input_size) * impl->card.input_size);
+  impl->forward(probe.data(), 1);
+  return std::unique_ptr<EmbeddingModel>(new EmbeddingModel(std::move(impl)));
+}
+
+EmbeddingModel::EmbeddingModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+EmbeddingModel::~EmbeddingModel() = default;
+
+const ModelCard& EmbeddingModel::card() const { return impl_->card; }
+int EmbeddingModel::dim() const { return impl_->card.embedding_dim; }
+int EmbeddingModel::threads() const { return impl_->threads; }
+const std::string& EmbeddingModel::id() const { return impl_->id; }
+const fs::path& EmbeddingModel::archive() const { return impl_->archive; }
+
+std::vector<float> EmbeddingModel::embed(const float* input, int n) {
+  if (n < 0) throw ModelError(impl_->archive.string() + ": embed: negative image count");
+  if (n == 0) return {};
+  if (!input) throw ModelError(impl_->archive.string() + ": embed: null input");
+  const size_t dim = static_cast<size_t>(impl_->card.embedding_dim);
+  const size_t image_floats =
+      3 * static_cast<size_t>(impl_->card.input_size) * impl_->card.input_size;
+  std::vector<float> out(static_cast<size_t>(n) * dim);
+  impl_->apply_threads();
+  c10::InferenceMode guard;
+  for (int start = 0; start < n; start += impl_->max_batch) {
+    const int count = std::min(impl_->max_batch, n - start);
+    torch::Tensor t = impl_->forward(input + start * image_floats, count);
+    // The archive may or may not normalise (card.normalized); doing it here always is cheap and
+    // makes every model's output ready for inner-product search.
+    t = t.div(t.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12));
+    std::copy_n(t.data_ptr<float>(), count * dim, out.begin() + start * dim);
+  }
+  return out;
+}
+
+}  // namespace lookalike::model

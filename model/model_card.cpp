@@ -1,0 +1,188 @@
+#include "model/model_card.h"
+
+#include <fstream>
+#include <initializer_list>
+#include <sstream>
+
+namespace lookalike::model {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void fail(const std::string& source, const std::string& field,
+                       const std::string& cause) {
+  throw ModelError(source + ": model card field '" + field + "': " + cause);
+}
+
+// Typed access with the field named in every error: a card is hand-editable, so a wrong type
+// must say where it is rather than surface as nlohmann's generic type_error.
+const json* find(const json& j, const std::string& source, const char* field, bool required) {
+  auto it = j.find(field);
+  if (it == j.end()) {
+    if (required) fail(source, field, "missing");
+    return nullptr;
+  }
+  return &*it;
+}
+
+void read(const json& j, const std::string& source, const char* field, bool required,
+          std::string& out) {
+  const json* v = find(j, source, field, required);
+  if (!v) return;
+  if (!v->is_string()) fail(source, field, std::string("expected a string, got ") + v->type_name());
+  out = v->get<std::string>();
+}
+
+void read(const json& j, const std::string& source, const char* field, bool required, int& out) {
+  const json* v = find(j, source, field, required);
+  if (!v) return;
+  if (!v->is_number_integer())
+    fail(source, field, std::string("expected an integer, got ") + v->type_name());
+  out = v->get<int>();
+}
+
+void read(const json& j, const std::string& source, const char* field, bool required, bool& out) {
+  const json* v = find(j, source, field, required);
+  if (!v) return;
+  if (!v->is_boolean())
+    fail(source, field, std::string("expected true/false, got ") + v->type_name());
+  out = v->get<bool>();
+}
+
+void read(const json& j, const std::string& source, const char* field, bool required,
+          std::array<float, 3>& out) {
+  const json* v = find(j, source, field, required);
+  if (!v) return;
+  if (!v->is_array() || v->size() != 3)
+    fail(source, field, "expected an array of 3 numbers (R, G, B)");
+  for (size_t i = 0; i < 3; ++i) {
+    if (!(*v)[i].is_number()) fail(source, field, "expected an array of 3 numbers (R, G, B)");
+    out[i] = (*v)[i].get<float>();
+  }
+}
+
+void require_one_of(const std::string& source, const char* field, const std::string& value,
+                    std::initializer_list<const char*> allowed) {
+  std::string list;
+  for (const char* a : allowed) {
+    if (value == a) return;
+    list += std::string(list.empty() ? "" : ", ") + "'" + a + "'";
+  }
+  fail(source, field, "'" + value + "' is not one of " + list);
+}
+
+void validate(const ModelCard& c, const std::string& source) {
+  if (c.format < 1 || c.format > kModelCardFormat)
+    fail(source, "format",
+         std::to_string(c.format) + " is not supported (this build reads format " +
+             std::to_string(kModelCardFormat) + ")");
+  if (c.name.empty()) fail(source, "name", "empty");
+  if (c.architecture.empty()) fail(source, "architecture", "empty");
+  if (c.input_size <= 0) fail(source, "input_size", "must be > 0");
+  if (c.resize_shorter != 0 && c.resize_shorter < c.input_size)
+    fail(source, "resize_shorter", "must be 0 (no resize) or >= input_size");
+  require_one_of(source, "resize_policy", c.resize_policy, {"resize_shorter_center_crop"});
+  require_one_of(source, "interpolation", c.interpolation, {"bilinear", "bicubic"});
+  require_one_of(source, "color_order", c.color_order, {"RGB", "BGR"});
+  for (float s : c.std)
+    if (!(s > 0.0f)) fail(source, "std", "every value must be > 0");
+  if (c.embedding_dim <= 0) fail(source, "embedding_dim", "must be > 0");
+  if (c.method.empty()) fail(source, "method", "empty");
+}
+
+}  // namespace
+
+ModelCard model_card_from_json(const json& j, const std::string& source) {
+  if (!j.is_object()) throw ModelError(source + ": model card must be a JSON object");
+  ModelCard c;
+  read(j, source, "format", true, c.format);
+  read(j, source, "name", true, c.name);
+  read(j, source, "architecture", true, c.architecture);
+  read(j, source, "variant", false, c.variant);
+  read(j, source, "weights_source", true, c.weights_source);
+  read(j, source, "weights_sha256", false, c.weights_sha256);
+  read(j, source, "random_weights", false, c.random_weights);
+  read(j, source, "paper", false, c.paper);
+  read(j, source, "license", true, c.license);
+  read(j, source, "input_size", true, c.input_size);
+  read(j, source, "resize_shorter", true, c.resize_shorter);
+  read(j, source, "resize_policy", true, c.resize_policy);
+  read(j, source, "interpolation", true, c.interpolation);
+  read(j, source, "antialias", true, c.antialias);
+  read(j, source, "mean", true, c.mean);
+  read(j, source, "std", true, c.std);
+  read(j, source, "color_order", true, c.color_order);
+  read(j, source, "embedding_dim", true, c.embedding_dim);
+  read(j, source, "normalized", true, c.normalized);
+  read(j, source, "embedding_output", false, c.embedding_output);
+  read(j, source, "method", true, c.method);
+  read(j, source, "tower", false, c.tower);
+  read(j, source, "exported_by", false, c.exported_by);
+  validate(c, source);
+  return c;
+}
+
+json model_card_to_json(const ModelCard& c) {
+  return json{{"format", c.format},
+              {"name", c.name},
+              {"architecture", c.architecture},
+              {"variant", c.variant},
+              {"weights_source", c.weights_source},
+              {"weights_sha256", c.weights_sha256},
+              {"random_weights", c.random_weights},
+              {"paper", c.paper},
+              {"license", c.license},
+              {"input_size", c.input_size},
+              {"resize_shorter", c.resize_shorter},
+              {"resize_policy", c.resize_policy},
+              {"interpolation", c.interpolation},
+              {"antialias", c.antialias},
+              {"mean", c.mean},
+              {"std", c.std},
+              {"color_order", c.color_order},
+              {"embedding_dim", c.embedding_dim},
+              {"normalized", c.normalized},
+              {"embedding_output", c.embedding_output},
+              {"method", c.method},
+              {"tower", c.tower},
+              {"exported_by", c.exported_by}};
+}
+
+ModelCard load_model_card(const std::filesystem::path& path) {
+  const std::string source = path.string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    std::error_code ec;
+    throw ModelError(source + ": cannot read model card (" +
+                     (std::filesystem::exists(path, ec) ? "unreadable" : "no such file") + ")");
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) throw ModelError(source + ": model card is not valid JSON");
+  return model_card_from_json(j, source);
+}
+
+void save_model_card(const ModelCard& card, const std::filesystem::path& path) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << model_card_to_json(card).dump(2) << '\n';
+  out.close();
+  if (!out) throw ModelError(path.string() + ": cannot write model card");
+}
+
+image::PreprocessSpec preprocess_spec(const ModelCard& c) {
+  const std::string source = "model card of '" + c.name + "'";
+  if (!c.antialias)
+    fail(source, "antialias", "false is not supported (image::preprocess always antialiases)");
+  if (c.color_order != "RGB")
+    fail(source, "color_order", "'" + c.color_order + "' is not supported (RGB only)");
+  image::PreprocessSpec spec;
+  spec.resize_shorter = c.resize_shorter;
+  spec.crop = c.input_size;
+  spec.interpolation = c.interpolation;
+  spec.mean = c.mean;
+  spec.std = c.std;
+  return spec;
+}
+
+}  // namespace lookalike::model

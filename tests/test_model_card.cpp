@@ -1,0 +1,316 @@
+// Model cards (format in docs/model-card.md), model lookup, and archives that must be refused.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "model/embedding_model.h"
+#include "model/model_card.h"
+#include "tests/model_test_util.h"
+
+namespace lookalike::model {
+namespace {
+
+using namespace lookalike::model::testing;
+using nlohmann::json;
+
+// Calls `fn`, expects ModelError, and returns its message for the caller to inspect.
+template <typename Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const ModelError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected ModelError";
+  return "";
+}
+
+const std::vector<std::string> kRequired = {
+    "format",         "name",          "architecture",  "weights_source", "license", "input_size",
+    "resize_shorter", "resize_policy", "interpolation", "antialias",      "mean",    "std",
+    "color_order",    "embedding_dim", "normalized",    "method"};
+
+TEST(ModelCard, DocumentedExampleParses) {
+  const ModelCard c = model_card_from_json(documented_card(), "docs/model-card.md");
+  EXPECT_EQ(c.name, "mobilenet_v2");
+  EXPECT_EQ(c.architecture, "mobilenet_v2");
+  EXPECT_EQ(c.embedding_dim, 1280);
+  EXPECT_EQ(c.input_size, 224);
+  EXPECT_EQ(c.resize_shorter, 256);
+  EXPECT_FLOAT_EQ(c.mean[2], 0.406f);
+  EXPECT_FLOAT_EQ(c.std[0], 0.229f);
+  EXPECT_FALSE(c.normalized);
+  EXPECT_FALSE(c.random_weights);
+  EXPECT_EQ(c.method, "forward");
+}
+
+TEST(ModelCard, ExportedCardMatchesTheDocumentedExample) {
+  // The exporter and the documentation must describe the same format.
+  const ModelCard exported =
+      load_model_card(fs::path(kMobileNetArchive).replace_extension(".json"));
+  EXPECT_EQ(exported, model_card_from_json(documented_card(), "docs/model-card.md"));
+}
+
+TEST(ModelCard, EachMissingRequiredFieldIsNamed) {
+  ScratchDir dir;
+  for (const auto& field : kRequired) {
+    json j = documented_card();
+    ASSERT_EQ(j.erase(field), 1u) << field;
+    const fs::path p = dir / ("no_" + field + ".json");
+    write_text(p, j.dump());
+    const std::string msg = error_of([&] { load_model_card(p); });
+    EXPECT_NE(msg.find("'" + field + "'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+    EXPECT_NE(msg.find("missing"), std::string::npos) << msg;
+  }
+}
+
+TEST(ModelCard, OptionalFieldsTakeTheirDefaults) {
+  json j = documented_card();
+  for (const char* f : {"variant", "weights_sha256", "random_weights", "paper", "embedding_output",
+                        "tower", "exported_by"})
+    j.erase(f);
+  const ModelCard c = model_card_from_json(j, "card");
+  EXPECT_EQ(c.variant, "");
+  EXPECT_EQ(c.weights_sha256, "");
+  EXPECT_FALSE(c.random_weights);
+  EXPECT_EQ(c.tower, "image");
+  EXPECT_EQ(c.embedding_dim, 1280);
+}
+
+TEST(ModelCard, EachWrongTypeIsNamed) {
+  ScratchDir dir;
+  const std::vector<std::pair<std::string, json>> cases = {{"format", "1"},
+                                                           {"name", 5},
+                                                           {"architecture", json::array()},
+                                                           {"variant", false},
+                                                           {"weights_source", 1},
+                                                           {"weights_sha256", 2},
+                                                           {"random_weights", "no"},
+                                                           {"license", nullptr},
+                                                           {"input_size", 224.5},
+                                                           {"input_size", "224"},
+                                                           {"resize_shorter", true},
+                                                           {"resize_policy", 1},
+                                                           {"interpolation", 2},
+                                                           {"antialias", 1},
+                                                           {"mean", "imagenet"},
+                                                           {"mean", {0.5, 0.5}},
+                                                           {"std", {0.2, "x", 0.2}},
+                                                           {"color_order", json::object()},
+                                                           {"embedding_dim", "1280"},
+                                                           {"normalized", "false"},
+                                                           {"method", 0},
+                                                           {"tower", 1},
+                                                           {"exported_by", 3},
+                                                           {"paper", 4},
+                                                           {"embedding_output", 5}};
+  for (const auto& [field, value] : cases) {
+    json j = documented_card();
+    j[field] = value;
+    const fs::path p = dir / ("bad_" + field + ".json");
+    write_text(p, j.dump());
+    const std::string msg = error_of([&] { load_model_card(p); });
+    EXPECT_NE(msg.find("'" + field + "'"), std::string::npos)
+        << field << " = " << value << ": " << msg;
+    EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+  }
+}
+
+TEST(ModelCard, InvalidValuesAreNamed) {
+  const std::vector<std::pair<std::string, json>> cases = {{"format", 2},
+                                                           {"format", 0},
+                                                           {"name", ""},
+                                                           {"input_size", 0},
+                                                           {"resize_shorter", 100},
+                                                           {"resize_policy", "squash"},
+                                                           {"interpolation", "nearest"},
+                                                           {"color_order", "RGBA"},
+                                                           {"std", {0.2, 0.0, 0.2}},
+                                                           {"embedding_dim", -3},
+                                                           {"method", ""}};
+  for (const auto& [field, value] : cases) {
+    json j = documented_card();
+    j[field] = value;
+    const std::string msg = error_of([&] { model_card_from_json(j, "cards/x.json"); });
+    EXPECT_NE(msg.find("'" + field + "'"), std::string::npos)
+        << field << " = " << value << ": " << msg;
+    EXPECT_NE(msg.find("cards/x.json"), std::string::npos) << msg;
+  }
+  json ok = documented_card();
+  ok["resize_shorter"] = 0;  // 0 means "no resize", which is valid
+  EXPECT_EQ(model_card_from_json(ok, "card").resize_shorter, 0);
+}
+
+TEST(ModelCard, UnreadableFilesAreNamed) {
+  ScratchDir dir;
+  const fs::path missing = dir / "missing.json";
+  std::string msg = error_of([&] { load_model_card(missing); });
+  EXPECT_NE(msg.find(missing.string()), std::string::npos) << msg;
+
+  const fs::path truncated = dir / "truncated.json";
+  const std::string text = documented_card().dump(2);
+  write_text(truncated, text.substr(0, text.size() / 2));
+  msg = error_of([&] { load_model_card(truncated); });
+  EXPECT_NE(msg.find(truncated.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not valid JSON"), std::string::npos) << msg;
+
+  const fs::path array = dir / "array.json";
+  write_text(array, "[1, 2, 3]");
+  msg = error_of([&] { load_model_card(array); });
+  EXPECT_NE(msg.find(array.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("JSON object"), std::string::npos) << msg;
+}
+
+TEST(ModelCard, RoundTripsThroughJsonAndFiles) {
+  ModelCard c = model_card_from_json(documented_card(), "card");
+  c.name = "resnet50_v1";
+  c.architecture = "resnet50";
+  c.variant = "v1";
+  c.random_weights = true;
+  c.interpolation = "bicubic";
+  c.mean = {0.5f, 0.25f, 0.125f};
+  c.embedding_dim = 2048;
+  c.normalized = true;
+  EXPECT_EQ(model_card_from_json(model_card_to_json(c), "round trip"), c);
+
+  ScratchDir dir;
+  save_model_card(c, dir / "resnet50_v1.json");
+  EXPECT_EQ(load_model_card(dir / "resnet50_v1.json"), c);
+  EXPECT_THROW(save_model_card(c, dir / "no_such_dir" / "x.json"), ModelError);
+}
+
+TEST(ModelCard, PreprocessSpecFollowsTheCard) {
+  ModelCard c = model_card_from_json(documented_card(), "card");
+  c.input_size = 240;
+  c.resize_shorter = 272;
+  c.interpolation = "bicubic";
+  c.std = {0.5f, 0.5f, 0.5f};
+  const image::PreprocessSpec s = preprocess_spec(c);
+  EXPECT_EQ(s.crop, 240);
+  EXPECT_EQ(s.resize_shorter, 272);
+  EXPECT_EQ(s.interpolation, "bicubic");
+  EXPECT_EQ(s.mean, c.mean);
+  EXPECT_EQ(s.std, c.std);
+
+  c.antialias = false;
+  EXPECT_NE(error_of([&] { preprocess_spec(c); }).find("'antialias'"), std::string::npos);
+  c.antialias = true;
+  c.color_order = "BGR";
+  EXPECT_NE(error_of([&] { preprocess_spec(c); }).find("'color_order'"), std::string::npos);
+}
+
+TEST(ModelLookup, ResolvesNamesAndPaths) {
+  ScratchDir dir;
+  const fs::path a = dir / "a", b = dir / "b";
+  fs::create_directories(a);
+  fs::create_directories(b);
+  write_text(b / "foo.pt", "archive");
+  write_text(b / "foo.json", documented_card().dump());
+  write_text(a / "bar.pt", "archive");
+
+  EXPECT_EQ(resolve_model("foo", {a, b}), b / "foo.pt");
+  EXPECT_EQ(resolve_model("bar", {a, b}), a / "bar.pt");
+  EXPECT_EQ(resolve_model((b / "foo.json").string(), {}), b / "foo.pt");
+  EXPECT_EQ(resolve_model((b / "foo.pt").string(), {}), b / "foo.pt");
+
+  const std::string msg = error_of([&] { resolve_model("baz", {a, b}); });
+  EXPECT_NE(msg.find((a / "baz.pt").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find((b / "baz.pt").string()), std::string::npos) << msg;
+  const std::string by_path = error_of([&] { resolve_model((a / "gone.json").string(), {b}); });
+  EXPECT_NE(by_path.find((a / "gone.pt").string()), std::string::npos) << by_path;
+}
+
+TEST(ModelLookup, DefaultDirsFollowTheEnvironment) {
+  const char* old_models = std::getenv("LOOKALIKE_MODELS");
+  const char* old_xdg = std::getenv("XDG_DATA_HOME");
+  const std::string saved_models = old_models ? old_models : "";
+  const std::string saved_xdg = old_xdg ? old_xdg : "";
+
+  setenv("LOOKALIKE_MODELS", "/opt/m1::/opt/m2", 1);
+  setenv("XDG_DATA_HOME", "/xdg", 1);
+  EXPECT_EQ(default_model_dirs(),
+            (std::vector<fs::path>{"/opt/m1", "/opt/m2", "/xdg/lookalike/models"}));
+  unsetenv("LOOKALIKE_MODELS");
+  unsetenv("XDG_DATA_HOME");
+  const std::vector<fs::path> dirs = default_model_dirs();
+  ASSERT_EQ(dirs.size(), 1u);
+  EXPECT_EQ(dirs[0], fs::path(std::getenv("HOME")) / ".local/share/lookalike/models");
+
+  if (old_models) setenv("LOOKALIKE_MODELS", saved_models.c_str(), 1);
+  if (old_xdg) setenv("XDG_DATA_HOME", saved_xdg.c_str(), 1);
+}
+
+TEST(ModelLookup, ListsOnlyArchivesWithReadableCards) {
+  ScratchDir dir;
+  const fs::path a = dir / "a", b = dir / "b";
+  fs::create_directories(a);
+  fs::create_directories(b);
+  json card = documented_card();
+  auto install = [&](const fs::path& d, const std::string& name) {
+    card["name"] = name;
+    write_text(d / (name + ".pt"), "archive");
+    write_text(d / (name + ".json"), card.dump());
+  };
+  install(a, "zeta");
+  install(a, "alpha");
+  install(b, "alpha");  // hidden by a/alpha
+  install(b, "beta");
+  write_text(a / "broken.pt", "archive");
+  write_text(a / "broken.json", "{\"name\": ");
+  write_text(a / "nocard.pt", "archive");
+  write_text(b / "noarchive.json", card.dump());
+
+  const auto models = list_models({a, b, dir / "does_not_exist"});
+  std::vector<fs::path> archives;
+  for (const auto& m : models) archives.push_back(m.archive);
+  EXPECT_EQ(archives, (std::vector<fs::path>{a / "alpha.pt", a / "zeta.pt", b / "beta.pt"}));
+  EXPECT_EQ(models[2].card.name, "beta");
+  EXPECT_EQ(models[0].card.embedding_dim, 1280);
+}
+
+// Each archive here is a real bad file next to a valid card.
+TEST(ModelArchive, CorruptArchivesAreRefusedNamingTheFile) {
+  ScratchDir dir;
+  const std::string good = read_text(kMobileNetArchive);
+  const json card = documented_card();
+  const std::vector<std::pair<std::string, std::string>> archives = {
+      {"truncated", good.substr(0, good.size() / 2)},
+      {"text", "this is a text file, not a TorchScript archive\n"},
+      {"empty", ""},
+      // A torch.save state dict is a zip too, but not a TorchScript program.
+      {"state_dict", read_text(kMobileNetWeights)},
+  };
+  for (const auto& [name, bytes] : archives) {
+    const fs::path p = dir / (name + ".pt");
+    write_text(p, bytes);
+    write_text(dir / (name + ".json"), card.dump());
+    const std::string msg = error_of([&] { EmbeddingModel::load(p, {.threads = 1}); });
+    EXPECT_NE(msg.find(p.string()), std::string::npos) << name << ": " << msg;
+    EXPECT_NE(msg.find("TorchScript"), std::string::npos) << name << ": " << msg;
+  }
+}
+
+TEST(ModelArchive, MissingArchiveOrCardIsNamed) {
+  ScratchDir dir;
+  write_text(dir / "lonely.json", documented_card().dump());
+  std::string msg = error_of([&] { EmbeddingModel::load(dir / "lonely.json"); });
+  EXPECT_NE(msg.find((dir / "lonely.pt").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("missing model archive"), std::string::npos) << msg;
+
+  fs::copy_file(kMobileNetArchive, dir / "nocard.pt");
+  msg = error_of([&] { EmbeddingModel::load(dir / "nocard.pt"); });
+  EXPECT_NE(msg.find((dir / "nocard.json").string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("missing model card"), std::string::npos) << msg;
+
+  // A real archive with an invalid card: the card's error, not the archive's, is reported.
+  json bad = documented_card();
+  bad.erase("embedding_dim");
+  write_text(dir / "nocard.json", bad.dump());
+  msg = error_of([&] { EmbeddingModel::load(dir / "nocard.pt"); });
+  EXPECT_NE(msg.find("'embedding_dim'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find((dir / "nocard.json").string()), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace lookalike::model

@@ -1,0 +1,186 @@
+// tools/export_model.py for every architecture, checked through the C++ loader, and its refusals.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+
+#include "model/embedding_model.h"
+#include "tests/model_test_util.h"
+
+namespace lookalike::model {
+namespace {
+
+using namespace lookalike::model::testing;
+
+struct CommandResult {
+  int status = -1;
+  std::string output;  // stdout and stderr together
+};
+
+std::string quoted(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+CommandResult run(const std::string& command) {
+  CommandResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  const int w = pclose(pipe);
+  r.status = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
+  return r;
+}
+
+CommandResult export_model(const std::string& args, const std::string& env = "") {
+  return run(env + " " + LOOKALIKE_PYTHON + " " +
+             quoted(std::string(LOOKALIKE_SOURCE_DIR) + "/tools/export_model.py") + " " + args);
+}
+
+// Loads the exported model and embeds the first `n` reference photos.
+std::vector<float> embed_reference(const fs::path& archive, int n, int expected_dim) {
+  const Reference ref = load_reference();
+  auto model = EmbeddingModel::load(archive, {.threads = 2});
+  EXPECT_EQ(model->dim(), expected_dim);
+  std::vector<float> out = model->embed(ref.input.data(), n);
+  EXPECT_EQ(out.size(), static_cast<size_t>(n) * expected_dim);
+  for (int i = 0; i < n; ++i) {
+    const float* r = out.data() + static_cast<size_t>(i) * expected_dim;
+    EXPECT_NEAR(dot(r, r, expected_dim), 1.0, 1e-5) << archive << " row " << i;
+  }
+  return out;
+}
+
+const fs::path kResNetV1Weights = kShared / "models" / "resnet50" / "resnet50_v1_imagenet_fp16.pth";
+
+TEST(ExportModel, ResNet50SharedWeightsAreDetectedAsV1) {
+  ScratchDir dir;
+  const CommandResult v1 = export_model("resnet50 --weights " + quoted(kResNetV1Weights.string()) +
+                                        " --out " + quoted(dir.path.string()));
+  ASSERT_EQ(v1.status, 0) << v1.output;
+  EXPECT_NE(v1.output.find("variant v1"), std::string::npos) << v1.output;
+  EXPECT_NE(v1.output.find("min cosine"), std::string::npos) << v1.output;
+  const ModelCard card = load_model_card(dir / "resnet50.json");
+  EXPECT_EQ(card.variant, "v1");
+  EXPECT_EQ(card.architecture, "resnet50");
+  EXPECT_EQ(card.embedding_dim, 2048);
+  EXPECT_EQ(card.weights_sha256,
+            "693700aef179fd5dcb60c8450cdc23a29c306d485aaf48d401b3ecda7c9dfba9");
+  EXPECT_FALSE(card.random_weights);
+
+  // The same weights forced into torchvision's v1.5 layout: a different network, which proves
+  // the variant reached the archive.
+  const CommandResult v15 =
+      export_model("resnet50 --variant v1.5 --name resnet50_v15 --weights " +
+                   quoted(kResNetV1Weights.string()) + " --out " + quoted(dir.path.string()));
+  ASSERT_EQ(v15.status, 0) << v15.output;
+  EXPECT_EQ(load_model_card(dir / "resnet50_v15.json").variant, "v1.5");
+
+  const auto a = embed_reference(dir / "resnet50.pt", 4, 2048);
+  const auto b = embed_reference(dir / "resnet50_v15.pt", 4, 2048);
+  double worst = 1;
+  for (int i = 0; i < 4; ++i) worst = std::min(worst, cosine(&a[i * 2048], &b[i * 2048], 2048));
+  EXPECT_LT(worst, 0.99) << "v1 and v1.5 archives embed alike: the variant was not applied";
+}
+
+// vit_b_16 (343 MB) and vgg16 (537 MB) with random weights; the scratch dir is deleted after.
+TEST(ExportModel, VitB16AndVgg16WithRandomWeights) {
+  ScratchDir dir;
+  for (const auto& [arch, dim] :
+       std::vector<std::pair<std::string, int>>{{"vit_b_16", 768}, {"vgg16", 4096}}) {
+    const CommandResult r =
+        export_model(arch + " --random-weights --out " + quoted(dir.path.string()));
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("min cosine"), std::string::npos) << r.output;
+    const ModelCard card = load_model_card(dir / (arch + ".json"));
+    EXPECT_EQ(card.architecture, arch);
+    EXPECT_EQ(card.embedding_dim, dim);
+    EXPECT_TRUE(card.random_weights);
+    EXPECT_NE(card.weights_source.find("random"), std::string::npos) << card.weights_source;
+    embed_reference(dir / (arch + ".pt"), 2, dim);
+    fs::remove(dir / (arch + ".pt"));
+  }
+}
+
+// Every refusal: exit status 1, the weights file named, and nothing written.
+void expect_refused(const CommandResult& r, const fs::path& weights, const std::string& cause,
+                    const fs::path& out) {
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find(weights.string()), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(cause), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("Traceback"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out / "resnet50.pt") || fs::exists(out / "mobilenet_v2.pt"));
+}
+
+TEST(ExportModel, WeightsOfAnotherArchitectureAreRefused) {
+  ScratchDir dir;
+  const fs::path out = dir / "out";
+  CommandResult r = export_model("resnet50 --weights " + quoted(kMobileNetWeights.string()) +
+                                 " --out " + quoted(out.string()));
+  expect_refused(r, kMobileNetWeights, "does not fit resnet50", out);
+
+  // A state dict the exporter has never seen: the key comparison must catch it.
+  const fs::path partial = dir / "mobilenet_v2_without_classifier_bias.pth";
+  const CommandResult made =
+      run(std::string(LOOKALIKE_PYTHON) +
+          " -c \"import sys, torch; sd = torch.load(sys.argv[1]); "
+          "del sd['classifier.1.bias']; torch.save(sd, sys.argv[2])\" " +
+          quoted(kMobileNetWeights.string()) + " " + quoted(partial.string()));
+  ASSERT_EQ(made.status, 0) << made.output;
+  r = export_model("mobilenet_v2 --weights " + quoted(partial.string()) + " --out " +
+                   quoted(out.string()));
+  expect_refused(r, partial, "1 missing keys (e.g. classifier.1.bias)", out);
+  r = export_model("vgg16 --weights " + quoted(partial.string()) + " --out " +
+                   quoted(out.string()));
+  expect_refused(r, partial, "does not fit vgg16", out);
+}
+
+TEST(ExportModel, CorruptOrMissingWeightsFilesAreRefused) {
+  ScratchDir dir;
+  const fs::path out = dir / "out";
+  const std::string good = read_text(kMobileNetWeights);
+  const std::vector<std::pair<std::string, std::string>> files = {
+      {"truncated.pth", good.substr(0, good.size() / 3)},
+      {"text.pth", "not a checkpoint\n"},
+      {"empty.pth", ""}};
+  for (const auto& [name, bytes] : files) {
+    write_text(dir / name, bytes);
+    const CommandResult r = export_model("mobilenet_v2 --weights " + quoted((dir / name).string()) +
+                                         " --out " + quoted(out.string()));
+    expect_refused(r, dir / name, "cannot be read as a PyTorch state dict", out);
+  }
+  const CommandResult r =
+      export_model("mobilenet_v2 --weights " + quoted((dir / "absent.pth").string()) + " --out " +
+                   quoted(out.string()));
+  expect_refused(r, dir / "absent.pth", "no such file", out);
+}
+
+TEST(ExportModel, OfficialWeightsNeedTheNetworkOrSaySo) {
+  ScratchDir dir;
+  // An empty torch hub cache, so nothing downloaded before can stand in.
+  const CommandResult r = export_model("mobilenet_v2 --out " + quoted((dir / "out").string()),
+                                       "TORCH_HOME=" + quoted((dir / "hub").string()));
+  if (r.status == 0) {  // an online machine: the card must then name torchvision's weights
+    EXPECT_NE(load_model_card(dir / "out" / "mobilenet_v2.json").weights_source.find("torchvision"),
+              std::string::npos);
+  } else {
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("download.pytorch.org"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("--weights PATH"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("Traceback"), std::string::npos) << r.output;
+  }
+}
+
+TEST(ExportModel, VariantIsForResNet50Only) {
+  ScratchDir dir;
+  const CommandResult r =
+      export_model("mobilenet_v2 --variant v1 --random-weights --out " + quoted(dir.path.string()));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("--variant applies to resnet50 only"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace lookalike::model

