@@ -104,7 +104,7 @@ void print_summary(const pipeline::IndexSummary& s, const store::Collection& c) 
       s.interrupted ? "interrupted after" : "indexed", s.scanned, s.seconds, s.added, s.updated,
       s.unchanged, s.removed, s.failures.size());
   std::cout << fmt::format(
-      "embedded {} images at {:.1f} images/s ({} inference threads, {} decode threads); "
+      "embedded {} images at {:.1f} images/s (inference threads: {}, decode threads: {}); "
       "collection {} now holds {} images\n",
       s.embedded, s.images_per_s, s.model_threads, s.decode_threads, c.dir().string(),
       c.catalog().count());
@@ -161,6 +161,14 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   std::optional<store::CatalogConfig> existing;
   if (store::Collection::exists(g.collection)) {
     existing = store::Collection::open(g.collection, store::Collection::Mode::Read)->config();
+  }
+  if (existing && ((a.metric_given && a.metric != existing->metric) ||
+                   (a.factory_given && a.factory != existing->factory))) {
+    spdlog::error(
+        "{}: the collection uses metric {} and index factory \"{}\", fixed when it "
+        "was created; use another --collection for {} / \"{}\"",
+        g.collection.string(), existing->metric, existing->factory, a.metric, a.factory);
+    return kUsage;
   }
   auto m = load_model(g, existing ? &*existing : nullptr);
   if (g_interrupted) return kInterrupted;

@@ -29,6 +29,8 @@ struct IndexArgs {
   bool prune = false;
   std::string metric = "cosine";
   std::string factory = "Flat";
+  bool metric_given = false;  // --metric/--index-factory only shape new collections
+  bool factory_given = false;
   std::string file_column;
   bool hidden = false;
 };

@@ -100,7 +100,11 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (*index) return run_index(g, ia);
+    if (*index) {
+      ia.metric_given = index->count("--metric") > 0;
+      ia.factory_given = index->count("--index-factory") > 0;
+      return run_index(g, ia);
+    }
     if (*search) {
       if (sa.images.empty() && sa.ids.empty()) {
         std::cerr << "lookalike search: give a query image or --id ID\n";

@@ -79,6 +79,23 @@ proc = run("search", photos[0], collection=broken, check=1)
 assert "catalog.db" in proc.stderr, proc.stderr
 assert (broken / "catalog.db").read_bytes() == before
 
+# An L2 collection: the factory string and metric are stored, scores are distances, ascending.
+l2 = work / "l2-collection"
+run("index", work / "photos", "--metric", "l2", "--index-factory", "Flat", collection=l2, check=0)
+info, _ = run_json("info", collection=l2, model=False, check=0)
+assert info["metric"] == "l2" and info["index_factory"] == "Flat", info
+res, _ = run_json("search", photos[0], "-k", 6, collection=l2, check=0)
+dists = [r["score"] for r in res["results"]]
+assert res["results"][0]["path"] == str(photos[0]) and dists[0] < 1e-3, res
+assert dists == sorted(dists) and 0 < dists[1] <= 2.0, dists  # unit vectors: distance <= 2
+human = run("search", photos[0], "-k", 2, collection=l2, check=0).stdout
+assert "distance" in human, human
+proc = run("index", work / "photos", "--metric", "cosine", collection=l2, check=2)
+assert "metric l2" in proc.stderr and str(l2) in proc.stderr, proc.stderr
+proc = run("index", work / "photos", "--metric", "cosine", "--index-factory", "NotAFactory",
+           collection=work / "bad-factory", check=1)
+assert "NotAFactory" in proc.stderr, proc.stderr
+
 # models lists the exported model with its card.
 models, _ = run_json("models", model=False, check=0)
 names = {m["name"]: m for m in models}
