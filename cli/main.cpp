@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <iostream>
@@ -22,7 +23,7 @@ std::filesystem::path default_collection() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   // LibTorch frees each batch's activation buffers (tens of MB) after the forward pass; glibc
   // serves chunks over 32 MB with mmap and returns them with munmap, so every batch page-faults
   // its activations in again. Measured on 640 clothing-small images at batch 32: 2.4 M page
@@ -127,4 +128,13 @@ int main(int argc, char** argv) {
     return kError;
   }
   return kUsage;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {  // set-up failures outside the commands' own handling
+    std::fprintf(stderr, "lookalike: error: %s\n", e.what());
+    return kError;
+  }
 }

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <stdexcept>
@@ -79,7 +80,7 @@ std::string human_bytes(std::int64_t bytes) {
 
 std::string format_seconds(double s) {
   if (!(s >= 0) || s > 1e7) return "?";
-  auto t = static_cast<long long>(s + 0.5);
+  const long long t = std::llround(s);
   return t >= 3600 ? fmt::format("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
                    : fmt::format("{}:{:02}", t / 60, t % 60);
 }

@@ -184,16 +184,12 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     const JobState& s = states[i];
     if (s.change == Change::Failed && !s.error.empty()) {
       summary.failures.push_back({scan.files[i].path.string(), s.error});
-    } else if (s.change == Change::Unchanged) {
-      ++summary.unchanged;
-    } else if (!s.committed) {
-      continue;
-    } else if (s.change == Change::Added) {
+    } else if (s.change == Change::Unchanged || (s.change == Change::Refresh && s.committed)) {
+      ++summary.unchanged;  // a refresh rewrites mtime or metadata, not the embedding
+    } else if (s.committed && s.change == Change::Added) {
       ++summary.added;
-    } else if (s.change == Change::Updated) {
+    } else if (s.committed && s.change == Change::Updated) {
       ++summary.updated;
-    } else if (s.change == Change::Refresh) {
-      ++summary.unchanged;
     }
   }
   if (!summary.interrupted) find_vanished(collection, records, options, summary);
