@@ -24,6 +24,7 @@ endfunction()
 lookalike_e2e(e2e_index_gallery index_gallery.py TIMEOUT 900
               SETUP gallery REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_retrieval retrieval.py TIMEOUT 600 REQUIRES "gallery;model_mobilenet_v2")
+lookalike_e2e(e2e_retrieval_resnet50 retrieval_resnet50.py TIMEOUT 1500 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_reindex_noop reindex_noop.py TIMEOUT 300 REQUIRES "gallery;model_mobilenet_v2")
 lookalike_e2e(e2e_fidelity fidelity.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_incremental incremental.py TIMEOUT 600 REQUIRES model_mobilenet_v2)

@@ -16,12 +16,13 @@ GALLERY_COLLECTION = FIXTURES / "gallery-collection"
 
 
 def run(*args, check=None, collection=None, model=True, timeout=900, env=None):
-    """Runs lookalike; returns CompletedProcess. check=int asserts the exit code."""
+    """Runs lookalike; returns CompletedProcess. check=int asserts the exit code.
+    model: True = the exported MobileNetV2 fixture, False = none, a path = that model."""
     cmd = [BIN, *map(str, args)]
     if collection is not None:
         cmd += ["--collection", str(collection)]
     if model:
-        cmd += ["--model", MODEL]
+        cmd += ["--model", MODEL if model is True else str(model)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     if check is not None and proc.returncode != check:
@@ -82,3 +83,30 @@ def copy_images(files, dest):
 def fail(msg):
     print("FAIL:", msg, file=sys.stderr)
     sys.exit(1)
+
+
+def evaluate(collection, model=True, chunk=93):
+    """Queries `collection` with every clothing-small test photo through `lookalike search`,
+    ranking the whole gallery. Returns ({k: Recall@k for k in 1, 5, 10}, mAP, results by query)."""
+    from collections import Counter
+    queries = images("test")
+    gallery_labels = Counter(label_of(p) for p in images("train"))
+    n_gallery = sum(gallery_labels.values())
+    results = {}
+    for start in range(0, len(queries), chunk):
+        proc = run("search", *queries[start:start + chunk], "-k", n_gallery, "--json",
+                   collection=collection, model=model, check=0)
+        for obj in json_lines(proc.stdout):
+            results[obj["query"]] = obj["results"]
+    assert len(results) == len(queries), (len(results), len(queries))
+    hits_at = {1: 0, 5: 0, 10: 0}
+    aps = []
+    for q in queries:
+        ranking = results[str(q)]
+        assert len(ranking) == n_gallery, len(ranking)
+        hits = [label_of(r["path"]) == label_of(q) for r in ranking]
+        for k in hits_at:
+            hits_at[k] += any(hits[:k])
+        aps.append(average_precision(hits, gallery_labels[label_of(q)]))
+    recall = {k: v / len(queries) for k, v in hits_at.items()}
+    return recall, sum(aps) / len(aps), results
