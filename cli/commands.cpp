@@ -76,6 +76,12 @@ std::unique_ptr<store::Collection> open_existing(const GlobalOptions& g,
   return store::Collection::open(g.collection, mode);
 }
 
+// The config of the collection at --collection, if there is one (without taking the lock).
+std::optional<store::CatalogConfig> existing_config(const GlobalOptions& g) {
+  if (!store::Collection::exists(g.collection)) return std::nullopt;
+  return store::Collection::open(g.collection, store::Collection::Mode::Read)->config();
+}
+
 json summary_json(const pipeline::IndexSummary& s, const store::Collection& c) {
   json failures = json::array();
   for (const auto& f : s.failures) failures.push_back({{"file", f.where}, {"reason", f.reason}});
@@ -158,10 +164,7 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   // Installed first so that a Ctrl-C during model loading also ends cleanly with 130.
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
-  std::optional<store::CatalogConfig> existing;
-  if (store::Collection::exists(g.collection)) {
-    existing = store::Collection::open(g.collection, store::Collection::Mode::Read)->config();
-  }
+  const auto existing = existing_config(g);
   if (existing && ((a.metric_given && a.metric != existing->metric) ||
                    (a.factory_given && a.factory != existing->factory))) {
     spdlog::error(
@@ -244,10 +247,7 @@ int run_search(const GlobalOptions& g, const SearchArgs& a) {
 }
 
 int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
-  std::optional<store::CatalogConfig> config;
-  if (g.model.empty() && store::Collection::exists(g.collection)) {
-    config = store::Collection::open(g.collection, store::Collection::Mode::Read)->config();
-  }
+  const auto config = g.model.empty() ? existing_config(g) : std::nullopt;
   auto m = load_model(g, config ? &*config : nullptr);
   auto embedded = pipeline::embed_files(*m, a.images, decode_options(g, m->card()),
                                         g.decode_threads, g.batch_size);

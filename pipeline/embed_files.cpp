@@ -5,7 +5,6 @@
 
 #include "image/preprocess.h"
 #include "pipeline/batch_runner.h"
-#include "pipeline/files.h"
 
 namespace lookalike::pipeline {
 
@@ -27,10 +26,9 @@ EmbeddedFiles embed_files(model::EmbeddingModel& model,
 
   auto prepare = [&](std::size_t job, float* input) {
     try {
-      auto bytes = read_file(files[job]);
       image::DecodeOptions options = decode;
       options.rows_for = &spec;  // the pixels go straight to preprocess
-      auto img = image::decode_buffer(bytes, files[job].string(), options);
+      auto img = image::decode_file(files[job], options);
       out.widths[job] = img.source_width;
       out.heights[job] = img.source_height;
       image::preprocess(img.rgb, img.source_width, img.source_height, spec, input);
