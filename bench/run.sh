@@ -4,6 +4,9 @@
 #   2. decode-only and embed-only rates of lookalike's stages (bench_stages)
 #   3. the Python reference: PIL + torchvision transforms + eager MobileNetV2 + FAISS, same weights,
 #      same thread count; and the same with an optimised TorchScript model, for honesty.
+#   4. the engine: commit cost against collection size, search QPS with and without a writer,
+#      dynamic batching of concurrent embeds (bench_engine; a few minutes: it builds a 1M-vector
+#      collection). BENCH_ENGINE=0 skips it; BENCH_ENGINE_ARGS adds flags (e.g. "--only embed").
 # usage: bench/run.sh [N_IMAGES (default 640; 0 = all 3068)] [THREADS (default: all cores)]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,3 +63,11 @@ print(f"decode + preprocess time / embed time:  {100 * share:.1f}%  "
       f"({st['decode_ms_per_image']:.2f} ms vs {st['embed_ms_per_image']:.2f} ms an image; "
       f"target <= 20%: {'PASS' if share <= 0.20 else 'FAIL'})")
 PY
+
+if [ "${BENCH_ENGINE:-1}" != 0 ]; then
+  echo >&2
+  echo "bench: engine (bench_engine, $threads threads)" >&2
+  # shellcheck disable=SC2086  # BENCH_ENGINE_ARGS is a list of flags
+  "$build/bench/bench_engine" --threads "$threads" --model "$model" --work "$work/engine" \
+    ${BENCH_ENGINE_ARGS:-}
+fi

@@ -1,7 +1,8 @@
-// The `lookalike` subcommands. Each returns the process exit code (see docs/cli.md):
-//   0 ok, 1 error (collection, model or I/O; nothing half-done is kept), 2 usage,
-//   3 partial (some inputs failed, the rest was done), 130 interrupted (Ctrl-C; committed work
-//   kept).
+// The `lookalike` subcommands: argument structs in, engine calls, printing out. Each returns the
+// process exit code (see docs/cli.md):
+//   0 ok; 1 error, nothing stored was changed; 2 usage; 3 partial (some inputs failed, the rest
+//   was done); 4 error after some batches were committed (they are kept; run again to finish);
+//   130 interrupted (Ctrl-C or SIGTERM; committed work kept).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +12,14 @@
 
 namespace lookalike::cli {
 
-enum ExitCode : int { kOk = 0, kError = 1, kUsage = 2, kPartial = 3, kInterrupted = 130 };
+enum ExitCode : int {
+  kOk = 0,
+  kError = 1,
+  kUsage = 2,
+  kPartial = 3,
+  kCommittedThenFailed = 4,
+  kInterrupted = 130
+};
 
 struct GlobalOptions {
   std::filesystem::path collection;  // --collection, $LOOKALIKE_COLLECTION, ./lookalike-data
@@ -39,6 +47,8 @@ struct SearchArgs {
   std::vector<std::int64_t> ids;
   int k = 10;
   bool include_self = false;
+  double min_score = 0;
+  bool min_score_given = false;
 };
 struct EmbedArgs {
   std::vector<std::filesystem::path> images;

@@ -1,6 +1,5 @@
 // lookalike: index folders or CSV catalogues of images with a pretrained network and search
 // them by example. Usage: docs/cli.md, or `lookalike --help`.
-#include <malloc.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -11,6 +10,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "engine/engine.h"
 
 namespace {
 
@@ -24,12 +24,6 @@ std::filesystem::path default_collection() {
 }  // namespace
 
 static int run(int argc, char** argv) {
-  // LibTorch frees each batch's activation buffers (tens of MB) after the forward pass; glibc
-  // serves chunks over 32 MB with mmap and returns them with munmap, so every batch page-faults
-  // its activations in again. Measured on 640 clothing-small images at batch 32: 2.4 M page
-  // faults, a third of CPU time in the kernel, 98 images/s; with heap reuse 158 images/s.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   // Messages go to stderr: stdout carries results (and JSON) only.
   spdlog::set_default_logger(spdlog::stderr_color_mt("lookalike"));
   spdlog::set_pattern("lookalike: %^%l%$: %v");
@@ -48,9 +42,9 @@ static int run(int argc, char** argv) {
                  "Model name (looked up in $LOOKALIKE_MODELS, ~/.local/share/lookalike/models) or "
                  "path to a .pt archive; default: the collection's model, else mobilenet_v2");
   app.add_option("--threads", g.threads, "Inference threads (0 = all cores)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--decode-threads", g.decode_threads, "Image decoding threads")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(0, 1024));
+  app.add_option("--decode-threads", g.decode_threads, "Image decoding threads (1-64)")
+      ->check(CLI::Range(1, 64));
   app.add_option("--batch-size", g.batch_size, "Images per forward pass")
       ->check(CLI::Range(1, 1024));
   app.add_option("--max-pixels", g.max_pixels,
@@ -73,8 +67,14 @@ static int run(int argc, char** argv) {
   SearchArgs sa;
   auto* search = app.add_subcommand("search", "Find the images most similar to a query image");
   search->add_option("images", sa.images, "Query image files");
-  search->add_option("--id", sa.ids, "Query with an indexed image's id (repeatable)");
-  search->add_option("-k,--top-k", sa.k, "Results per query")->check(CLI::PositiveNumber);
+  // expected(1): `--id 1 photo.jpg` is id 1 and the query photo.jpg, not two ids.
+  search->add_option("--id", sa.ids, "Query with an indexed image's id (repeatable)")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  search->add_option("-k,--top-k", sa.k, "Results per query (1-10000; default 10)");
+  search->add_option("--min-score", sa.min_score,
+                     "Only results with cosine similarity >= this (l2: distance <= this)");
   search->add_flag("--include-self", sa.include_self,
                    "With --id: keep the query image itself in the results");
 
@@ -89,7 +89,10 @@ static int run(int argc, char** argv) {
   auto* remove =
       app.add_subcommand("remove", "Remove images (a file, or every file under a folder)");
   remove->add_option("paths", ra.paths, "Indexed files or folders");
-  remove->add_option("--id", ra.ids, "Image ids (repeatable)");
+  remove->add_option("--id", ra.ids, "Image ids (repeatable)")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 
   auto* models = app.add_subcommand("models", "List installed models and their cards");
 
@@ -107,6 +110,7 @@ static int run(int argc, char** argv) {
       return run_index(g, ia);
     }
     if (*search) {
+      sa.min_score_given = search->count("--min-score") > 0;
       if (sa.images.empty() && sa.ids.empty()) {
         std::cerr << "lookalike search: give a query image or --id ID\n";
         return kUsage;
@@ -123,6 +127,12 @@ static int run(int argc, char** argv) {
       return run_remove(g, ra);
     }
     if (*models) return run_models(g);
+  } catch (const lookalike::engine::EngineError& e) {
+    spdlog::error("{}", e.what());
+    return e.kind() == lookalike::engine::EngineError::Kind::Invalid ? kUsage : kError;
+  } catch (const std::bad_alloc&) {
+    spdlog::error("out of memory");
+    return kError;
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     return kError;

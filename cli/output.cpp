@@ -6,9 +6,26 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <iostream>
 #include <stdexcept>
 
+#include "pipeline/files.h"
+
 namespace lookalike::cli {
+
+void set_path(nlohmann::json& obj, const std::string& key, const std::string& name) {
+  if (pipeline::is_valid_utf8(name)) {
+    obj[key] = name;
+    return;
+  }
+  obj[key] = pipeline::utf8_display(name);
+  obj[key + "_bytes"] = pipeline::base64(name);
+}
+
+void print_record(const nlohmann::json& record) {
+  // replace: a stray invalid byte in metadata becomes U+FFFD instead of failing the output.
+  std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+}
 
 void write_npy(const std::filesystem::path& path, const std::vector<float>& data, std::size_t n,
                std::size_t dim) {

@@ -31,6 +31,13 @@ class ProgressPrinter {
   std::chrono::steady_clock::time_point last_;
 };
 
+// Sets obj[key] to a file name. JSON strings are Unicode, file names are bytes: a name that is
+// not valid UTF-8 is written as its display form (invalid bytes as U+FFFD) under `key` and,
+// losslessly, as base64 of the raw bytes under key + "_bytes" (as ripgrep's --json does).
+void set_path(nlohmann::json& obj, const std::string& key, const std::string& name);
+// Prints one JSON Lines record (one object, one line) on stdout.
+void print_record(const nlohmann::json& record);
+
 std::string human_bytes(std::int64_t bytes);
 std::string format_seconds(double s);
 // "key=value key=value" for a JSON object of metadata (strings unquoted).

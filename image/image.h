@@ -17,12 +17,13 @@ struct RgbImage {
   std::vector<std::uint8_t> pixels;  // size width * height * 3
 };
 
-// Raised for any file that cannot become an RgbImage: not an image, truncated, corrupt,
-// unsupported, or over the pixel limit. what() reads "<file>: <reason>".
+// Raised for any file that cannot become an RgbImage (or a model input): not a regular file, not
+// an image, truncated, corrupt, unsupported, over a size limit, or out of memory. what() reads
+// "<file>: <reason>" ("<reason>" alone when no file name was given).
 class DecodeError : public std::runtime_error {
  public:
   DecodeError(std::string file, std::string reason)
-      : std::runtime_error(file + ": " + reason),
+      : std::runtime_error(file.empty() ? reason : file + ": " + reason),
         file_(std::move(file)),
         reason_(std::move(reason)) {}
   const std::string& file() const { return file_; }

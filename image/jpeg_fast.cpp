@@ -52,6 +52,15 @@ void on_message(j_common_ptr cinfo, int level) {
   spdlog::debug("libjpeg warning: {}", job.message);
 }
 
+// Handing libjpeg every remaining row at once lets it upsample straight into the image
+// instead of through its one-row spare buffer.
+void allocate_rows(Job& job) {
+  const std::size_t stride = std::size_t(job.width) * 3;
+  job.pixels->resize(stride * job.height);
+  job.rows.resize(job.height);
+  for (int y = 0; y < job.height; ++y) job.rows[y] = job.pixels->data() + std::size_t(y) * stride;
+}
+
 // Only trivially destructible locals here: longjmp skips destructors.
 bool run(Job& job) {
   jpeg_decompress_struct cinfo;
@@ -77,17 +86,19 @@ bool run(Job& job) {
   jpeg_start_decompress(&cinfo);
   job.width = int(cinfo.output_width);
   job.height = int(cinfo.output_height);
-  const std::size_t stride = std::size_t(job.width) * 3;
-  job.pixels->resize(stride * job.height);
-  // Handing libjpeg every remaining row at once lets it upsample straight into the image
-  // instead of through its one-row spare buffer.
-  job.rows.resize(job.height);
-  for (int y = 0; y < job.height; ++y) job.rows[y] = job.pixels->data() + std::size_t(y) * stride;
   JDIMENSION first = 0, last = cinfo.output_height;
-  if (job.wanted != nullptr && *job.wanted) {
-    auto [f, l] = (*job.wanted)(job.width, job.height);
-    first = JDIMENSION(std::clamp(f, 0, job.height));
-    last = JDIMENSION(std::clamp(l, int(first), job.height));
+  // A C++ exception (std::bad_alloc, or one from the row callback) must not leave libjpeg's
+  // memory behind; no libjpeg call is made in here, so no longjmp can cross the try.
+  try {
+    allocate_rows(job);
+    if (job.wanted != nullptr && *job.wanted) {
+      auto [f, l] = (*job.wanted)(job.width, job.height);
+      first = JDIMENSION(std::clamp(f, 0, job.height));
+      last = JDIMENSION(std::clamp(l, int(first), job.height));
+    }
+  } catch (...) {
+    jpeg_destroy_decompress(&cinfo);
+    throw;
   }
   // Skipped rows are still entropy-decoded (a truncated file is still refused); only their
   // IDCT, upsampling and colour conversion are saved (~20% of a 3:4 photo's decode time).
@@ -96,7 +107,15 @@ bool run(Job& job) {
     jpeg_read_scanlines(&cinfo, job.rows.data() + cinfo.output_scanline,
                         last - cinfo.output_scanline);
   }
-  if (last < cinfo.output_height) jpeg_skip_scanlines(&cinfo, cinfo.output_height - last);
+  // libjpeg-turbo's jpeg_skip_scanlines does not decode at all when the skip reaches the last
+  // row, so a corrupt tail would pass unseen: skip to the last row, then decode that one.
+  if (last < cinfo.output_height) {
+    if (cinfo.output_height - last > 1) {
+      jpeg_skip_scanlines(&cinfo, cinfo.output_height - last - 1);
+    }
+    JSAMPROW tail = job.rows[cinfo.output_height - 1];
+    jpeg_read_scanlines(&cinfo, &tail, 1);
+  }
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
   return true;

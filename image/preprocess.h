@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <string>
 
 #include "image/image.h"
@@ -20,9 +21,11 @@ struct PreprocessSpec {
   std::array<float, 3> std = {0.229f, 0.224f, 0.225f};
 };
 
-// torchvision's output size for Resize(shorter) of a w x h image: the shorter side becomes
-// `shorter`, the longer int(shorter * long / short) (truncation, as torchvision does).
-std::array<int, 2> resized_size(int width, int height, int shorter);
+// torchvision's output size {width, height} for Resize(shorter) of a width x height image: the
+// shorter side becomes `shorter`, the longer int(shorter * long / short) (truncation, as
+// torchvision does). 64-bit: the long side can pass 2^31 (1 x 9,000,000 -> 256 x 2.3e9).
+// Throws std::invalid_argument unless all three are > 0.
+std::array<std::int64_t, 2> resized_size(int width, int height, int shorter);
 
 // Pillow-compatible separable resample (8-bit intermediate, as Pillow does) to w x h: the same
 // bytes as PIL's Image.resize((width, height), BILINEAR or BICUBIC). Throws
@@ -38,10 +41,18 @@ std::array<int, 2> rows_read(int width, int height, int source_width, int source
 // `out` must hold 3 * crop * crop floats. `source_width`/`source_height` are the full-resolution
 // upright size (the decoder may have DCT-downscaled `img`); torchvision's sizes are computed
 // from them so that downscaled and full decodes resize to the same geometry. Bit-identical to
-// torchvision 0.14 on PIL for full-size decodes (test_preprocess). Only the cropped window is
-// resampled. Throws std::invalid_argument for an empty or inconsistent image, a non-positive
-// source size, crop <= 0, resize_shorter < 0, a zero std or an unknown interpolation.
+// torchvision 0.14 on PIL for full-size decodes (test_preprocess).
+// Only the cropped window is resampled, and only its filter taps are computed, so any image
+// the decoder returns can be preprocessed, however elongated (a 4 x 2,000,000 image resizes to
+// 256 x 128,000,000; torchvision would produce that whole image, we only its 224 x 224 crop).
+// Memory: 3 bytes for each input pixel the crop's filter taps reach (at most the image again;
+// for 256/224 on a 4000 x 3000 photo about 3500 x 3000 of it), 6 x crop bytes for each input
+// row they reach, and 12 x crop x (filter width) bytes of taps; it does not grow with the
+// resized size.
+// Throws std::invalid_argument for an empty or inconsistent image, a non-positive source size,
+// crop <= 0, resize_shorter < 0, a zero std or an unknown interpolation, and DecodeError
+// naming `name` ("out of memory preprocessing a W x H image") for an allocation failure.
 void preprocess(const RgbImage& img, int source_width, int source_height,
-                const PreprocessSpec& spec, float* out);
+                const PreprocessSpec& spec, float* out, const std::string& name = {});
 
 }  // namespace lookalike::image

@@ -1,8 +1,57 @@
-// Vector indexes over FAISS, built from a factory string ("Flat", later "IVF1024,Flat",
-// "HNSW32", "IVF256,PQ16", ...; see faiss/index_factory.h). Ids are caller-chosen int64
-// (the catalog's image ids): the FAISS index is wrapped in IndexIDMap2.
-// Not thread-safe for writes: add/remove/train/save need exclusive access; concurrent search()
-// calls on an unchanging index are safe (FAISS's guarantee for const search).
+// Vector indexes over FAISS 1.7.3, built from a factory string ("Flat", "HNSW32", "IVF1024,Flat",
+// "IVF256,PQ16", "SQ8", ...; see faiss/index_factory.h). Ids are caller-chosen int64 (the
+// catalog's image ids).
+//
+// Slots. The FAISS index built by faiss::index_factory is used as is (no IndexIDMap2: its
+// remove_ids is O(N) and, in 1.7.3, its search rejects every SearchParameters; HNSW has no
+// remove_ids at all). FAISS labels are slots, the insertion positions 0..slots-1. This class keeps
+// the catalog id of every slot (-1 once the slot is deleted) and a hash map id -> live slot.
+// add() appends, remove() only marks slots deleted (tombstones), and search() never returns a
+// deleted slot. Deleted slots still cost memory and scan time, so the owner (store::Collection)
+// rebuilds the index from the catalog once deleted_fraction() exceeds kCompactFraction.
+//
+// Filtering during search. Where the FAISS index type honours SearchParameters::sel, a selector
+// over the slot table (deleted slots and the caller's exclude set are not members) is passed to
+// FAISS: IndexFlat, IndexScalarQuantizer, IndexIVFFlat / IndexIVFPQ / IndexIVFScalarQuantizer
+// (through SearchParametersIVF), IndexHNSWFlat / PQ / SQ (only through SearchParametersHNSW),
+// and an
+// IndexPreTransform ("PCA64,...", "L2norm,...") around one of these. Every other type (IndexPQ,
+// IndexRefine "...,RFlat", fast-scan "PQ16x4fs", LSH, additive quantizers, IVF variants outside
+// the three above) rejects a selector in 1.7.3 (FAISS throws), and is searched by over-fetching:
+// FAISS is asked for k' hits, filtered here, and asked again with 2k' while a query has fewer
+// than k left and FAISS filled all k' places (capped at the slot count). k' starts at
+// (k + excluded) / (1 - deleted_fraction()) + k, not at k + excluded + deleted: that would always
+// suffice in one pass, but costs a result heap (for a refine stage, exact distances) of up to
+// kCompactFraction of the slots per query, and fast-scan ranks worse at large k. search_path()
+// says which path an index takes; tests/test_index.cpp checks each, and that a selector path
+// returns a full k after the query's nearest neighbours are deleted (so FAISS really filtered).
+//
+// Training. A factory whose index needs training (IVF, PQ, SQ4/6/8, OPQ/PCA transforms, ...)
+// starts as an exact IndexFlat of the same metric: vectors go there and search is exact. When an
+// add brings the live count to training_threshold(), the factory's index is trained on all the
+// live vectors held (FAISS's k-means itself samples at most 256 points per centroid), the live
+// vectors are moved into it in slot order (re-slotted 0..size()-1, tombstones dropped; ids are
+// kept), and it serves every later search. The rule for the threshold is at training_threshold().
+// Two departures from index_factory's defaults: polysemous training of PQ codes is turned off
+// (index_factory enables it unless the factory says "np"; only polysemous search, which
+// index_factory leaves off, uses it, and its annealing took minutes for PQ16 on 12,000 vectors),
+// and a training job under about 4e9 multiply-adds (k-means: vectors x dim x centroids x 25
+// iterations) runs on one OpenMP thread: FAISS's k-means opens several OpenMP regions per
+// iteration, and on a busy machine each barrier can wait out a time slice (PQ32x4 on 12,000
+// vectors: 0.46 s alone, 11 s next to two compilers).
+//
+// Concurrency. const methods (search, size, deleted, contains, status, save, ...) may run from
+// many threads at once while no non-const method runs; add, remove and assignment need exclusive
+// access (the owner holds a shared/exclusive lock). search() with nq == 1 runs FAISS with one
+// OpenMP thread on the calling thread: in 1.7.3 IndexHNSW, IndexPQ and IndexScalarQuantizer open
+// an OpenMP team even for one query (IndexFlat and IndexIVF* do not; measured by counting the
+// threads of a fresh calling thread before and after one search), so concurrent single-query
+// searches would each start a team and oversubscribe the cores. With nq > 1 FAISS uses its OpenMP
+// team (omp_get_max_threads() threads) on the calling thread: issue batch searches from one thread
+// at a time. HNSW searches synchronise internally on hnsw.efSearch (see search()).
+//
+// Errors: failures are IndexError; FAISS's exceptions (FaissException, and std::bad_alloc when it
+// allocates) are wrapped with FAISS's message. Allocations made here may throw std::bad_alloc.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +59,8 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace faiss {
@@ -35,10 +86,38 @@ struct Hit {
   float score = 0;  // cosine similarity, or L2 distance; see Metric
 };
 
+// The owner (store::Collection) rebuilds the index from the catalog when deleted_fraction()
+// exceeds this. Amortised cost O(removed): a rebuild of N slots needs at least N * 0.2 removals
+// since the last rebuild, so each removal pays for 5 re-added vectors.
+inline constexpr double kCompactFraction = 0.2;
+
+// How search() applies tombstones and the exclude set for this index type (see the top comment).
+enum class SearchPath {
+  Selector,   // an IDSelector in FAISS's SearchParameters: FAISS never returns a filtered slot
+  OverFetch,  // FAISS returns k' >= k hits, filtered here; k' grows until k survive
+};
+std::string to_string(SearchPath p);  // "selector" | "over-fetch"
+
 class VectorIndex {
  public:
-  // Throws IndexError when dim < 1, or when FAISS rejects the factory string (message includes
-  // FAISS's). The factory must not itself add an IDMap: ids are mapped here.
+  // Checks a factory string without keeping anything built. Throws IndexError, naming the
+  // factory, when dim is not in 1..65536, or the factory
+  //  - contains IDMap (ids are mapped here),
+  //  - has IVF with a list count that is not in 1..2^20 (IVF0 passes index_factory in 1.7.3 and
+  //    the first add aborts the process: assertion list_no < nlist in
+  //    ArrayInvertedLists::add_entries; 2^20 lists already cost 48 MiB of empty lists, and
+  //    IVF1048576 is the largest size in FAISS's own guidelines),
+  //  - has a PQ/OPQ whose sub-quantizer count m does not divide the dimension it encodes, or
+  //    bits per code outside 1..16 (PQ0 divides by zero inside FAISS: SIGFPE),
+  //  - has HNSW with M outside 2..512 (HNSW0 and HNSW1 kill the process inside FAISS),
+  //  - has any other number that is 0 or above 2^24 (several FAISS constructors crash on 0),
+  //  - names NSG (IndexNSG cannot grow incrementally), or
+  //  - is rejected by faiss::index_factory (FAISS's message is included).
+  // The checks on the string run before FAISS builds anything; then the index is built once
+  // (cheap: nothing is trained) and discarded.
+  static void validate_factory(int dim, Metric metric, const std::string& factory);
+
+  // Calls validate_factory (same errors).
   VectorIndex(int dim, Metric metric, const std::string& factory = "Flat");
   ~VectorIndex();
   VectorIndex(VectorIndex&&) noexcept;
@@ -47,40 +126,123 @@ class VectorIndex {
   int dim() const { return dim_; }
   Metric metric() const { return metric_; }
   const std::string& factory() const { return factory_; }
-  std::int64_t size() const;
-  bool needs_training() const;
+  std::int64_t size() const { return static_cast<std::int64_t>(id_slot_.size()); }  // live
+  std::int64_t deleted() const { return slots() - size(); }  // tombstoned slots
+  std::int64_t slots() const { return static_cast<std::int64_t>(slot_id_.size()); }
+  double deleted_fraction() const;  // deleted() / slots(), 0 when there are no slots
+  bool contains(std::int64_t id) const { return id_slot_.count(id) != 0; }
 
-  // vectors: n x dim float32, row-major; ids: n. For Cosine the vectors must be L2-normalised.
-  // Throws IndexError when FAISS fails (e.g. too few training points for IVF), or on add to
-  // an index that needs training and has not been trained. Adding an id twice stores it twice.
-  void train(const float* vectors, std::int64_t n);
+  // True when the factory's own index is in use (always for a factory that needs no training);
+  // false while vectors go to the exact fallback.
+  bool trained() const { return fallback_ == nullptr; }
+  // Live vectors at which the factory's index is trained; 0 for a factory that needs no
+  // training. The max over the trainable parts of the factory, each needing 39 points (FAISS's
+  // ClusteringParameters::min_points_per_centroid, below which its k-means warns) per centroid:
+  //  - IVF<n> (and IMI): 39 * n for the coarse quantizer's k-means,
+  //  - PQ<m>x<b> / OPQ (alone, in IVF, as HNSW storage, in a refine stage; also RQ/LSQ):
+  //    39 * 2^b (b = 8 by default: 9,984) for each sub-quantizer's codebook,
+  //  - SQ4 / SQ6 / SQ8: 39 * 2^bits, the same rule for lack of one in FAISS (its trainer only
+  //    takes per-dimension min/max, which a small sample underestimates); SQfp16 needs none,
+  //  - PCA / ITQ: the input dimension; any other untrained part: 9,984.
+  std::int64_t training_threshold() const { return threshold_; }
+  // One line for people, e.g. "exact search until 1,560 vectors (IVF40,Flat trains then); 40
+  // now", "IVF40,Flat, trained; 1,600 vectors, 3 deleted", "Flat; 40 vectors".
+  std::string status() const;
+  SearchPath search_path() const;  // for the index in use now (the fallback: Selector)
+
+  // Upsert. vectors: n x dim float32, row-major; ids: n. For Cosine the vectors must be
+  // L2-normalised. An id already present has its old slot deleted and the new vector appended;
+  // within one call a repeated id keeps its last row. Cost O(n) plus FAISS's own add cost (which
+  // for IVF/HNSW depends on nlist / log N, never on a scan of all slots), except once: the add
+  // that reaches training_threshold() trains and moves all live vectors. When that training fails
+  // (FAISS error, out of memory) nothing is lost: the vectors stay in the exact fallback,
+  // status() says why, and training is retried when the live count has doubled. n == 0 is a
+  // no-op. Throws IndexError when n < 0, or when FAISS fails to add: the rows of the failing
+  // FAISS call are then not added and their ids keep their previous vectors (slots FAISS may
+  // have appended are marked deleted); rows of the same call placed before a training step
+  // stay added.
   void add(const float* vectors, const std::int64_t* ids, std::int64_t n);
-  // Returns how many were removed; unknown ids are ignored. Throws IndexError when the
-  // factory's index does not support removal (e.g. HNSW).
+  // Deletes the ids' slots; returns how many were present. Unknown ids are ignored. O(ids.size()).
   std::int64_t remove(const std::vector<std::int64_t>& ids);
 
-  // queries: nq x dim float32, row-major. Returns nq lists of at most k hits, best first
-  // (fewer when the index holds fewer than k). Throws IndexError when k < 1 or nq < 0.
-  std::vector<std::vector<Hit>> search(const float* queries, std::int64_t nq, int k) const;
+  // queries: nq x dim float32, row-major. Returns nq lists of at most k hits, best first, with
+  // catalog ids; never a deleted or excluded id. k is capped at size() (minus the excluded ids
+  // present) before anything is allocated. Throws IndexError when k < 1 or nq < 0, or when FAISS
+  // fails. Results are exact for Flat and for every factory until it is trained; after that they
+  // are FAISS's approximation: IVF searches nprobe = nlist / 16 lists, clamped to 16..256 and to
+  // nlist (set when trained or loaded; FAISS's default of 1 has poor recall), and HNSW uses
+  // efSearch = max(64, k) (FAISS's default is 16; measured filtered HNSW recall 0.28 at 16, 0.67
+  // at 64, see STACK.md "FAISS 1.7.3"). In 1.7.3 the HNSW candidate heap is sized from the member
+  // hnsw.efSearch, not the per-query parameter, so the member is set to exactly that value for
+  // each search: searches wanting the current value share an internal lock, one wanting another
+  // value takes it exclusively. Results depend only on the query, k and the index contents.
+  std::vector<std::vector<Hit>> search(
+      const float* queries, std::int64_t nq, int k,
+      const std::unordered_set<std::int64_t>* exclude = nullptr) const;
 
-  // File format: FAISS's own serialisation (faiss.read_index reads it) followed by a 24-byte
-  // trailer: "LKLKIDX1", payload size (u64 LE), XXH3-64 of the payload (u64 LE). The trailer
-  // lets load() reject a damaged file before FAISS parses it (a corrupt length field can make
-  // FAISS allocate without bound).
+  // File format (all integers little-endian):
+  //   payload (8 + F + 8 * S bytes):
+  //     u8       state: 0 = the FAISS part is the exact IndexFlat fallback (the factory's index
+  //              is not trained yet), 1 = it is the factory's own index
+  //     u8[7]    zero
+  //     F bytes  faiss::write_index of that index (faiss.read_index reads these bytes alone)
+  //     S x i64  the catalog id of each slot (FAISS label), -1 for a deleted slot
+  //   trailer (64 bytes):
+  //     [0, 8)   "LKLKIDX2"
+  //     [8, 24)  collection id: the 32 hex digits given to save, as 16 bytes
+  //     [24, 32) generation, i64
+  //     [32, 40) F, u64
+  //     [40, 48) S, u64
+  //     [48, 56) payload size, u64 (= 8 + F + 8 * S)
+  //     [56, 64) XXH3-64 (seed 0) of every byte before this field: the payload and the
+  //              trailer's first 56 bytes
+  // The trailer lets load() reject a damaged or foreign file before FAISS parses a byte (a
+  // corrupt length field can make FAISS allocate without bound).
+  // collection_id: 32 lowercase hex digits (store keeps a random 128-bit id per collection).
   // Atomic: writes <path>.tmp, fsyncs it, renames it over <path>, fsyncs the directory.
-  // Throws IndexError on I/O failure (the .tmp file is removed).
-  void save(const std::filesystem::path& path) const;
-  // Throws IndexError when the file is missing, truncated, fails its checksum, or is not an
-  // id-mapped FAISS index of this dim and metric. `factory` is recorded, not checked.
+  // Throws IndexError on a malformed collection_id, or on I/O failure (the .tmp file is removed).
+  void save(const std::filesystem::path& path, const std::string& collection_id,
+            std::int64_t generation) const;
+  // Throws IndexError when collection_id is malformed or the factory invalid (validate_factory),
+  // or (the message naming the path) when the file is missing, truncated, fails its checksum,
+  // belongs to another collection ("index file X belongs to another collection (...)") or
+  // generation ("index file X is for generation A, expected B"), does not match dim or metric,
+  // was built by another factory (compared: index types through the wrappers, dim, code size,
+  // list count, HNSW M), or its slot table is inconsistent (a slot count other than the FAISS
+  // index's, a repeated id). Order: trailer and size, checksum, collection, generation, layout,
+  // then FAISS parses its part, bounded to its F bytes.
   static VectorIndex load(const std::filesystem::path& path, int dim, Metric metric,
-                          const std::string& factory);
+                          const std::string& factory, const std::string& collection_id,
+                          std::int64_t generation);
+
+  // True when compact() can rebuild this index exactly from what it stores: the exact fallback,
+  // Flat, HNSW with Flat storage ("HNSW32", "HNSW32,Flat") and IVF with flat lists
+  // ("IVF1024,Flat"; read from the inverted lists, no direct map needed).
+  bool can_compact() const;
+  // A copy without deleted slots (slots renumbered in order, ids kept), same factory; trained
+  // parts (IVF centroids) are reused, HNSW graphs are rebuilt. Throws IndexError when
+  // !can_compact(): lossy codes (PQ, SQ) cannot be re-encoded exactly; rebuild from the catalog.
+  VectorIndex compact() const;
 
  private:
-  VectorIndex() = default;
+  struct Shared;  // the lock guarding hnsw.efSearch; heap-allocated so the index stays movable
+  VectorIndex();
+  faiss::Index& active() const;  // the fallback while untrained, else the factory's index
+  void append(const float* vectors, const std::int64_t* ids, std::int64_t n);
+  void train_and_move();
+  void apply_search_defaults();
+
   int dim_ = 0;
   Metric metric_ = Metric::Cosine;
   std::string factory_;
-  std::unique_ptr<faiss::Index> index_;
+  std::unique_ptr<faiss::Index> index_;     // the factory's index (untrained until threshold_)
+  std::unique_ptr<faiss::Index> fallback_;  // exact IndexFlat while index_ is untrained
+  std::int64_t threshold_ = 0;
+  std::int64_t retry_at_ = 0;  // after a failed training: the live count to retry at
+  std::string training_error_;
+  std::vector<std::int64_t> slot_id_;                       // catalog id per slot, -1 deleted
+  std::unordered_map<std::int64_t, std::int64_t> id_slot_;  // live id -> slot
+  std::unique_ptr<Shared> shared_;
 };
 
 }  // namespace lookalike::index

@@ -6,6 +6,9 @@
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 
 namespace lookalike::pipeline {
@@ -110,14 +113,27 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
     }
   };
 
-  int n_workers = std::max(1, options.workers);
+  const int n_workers = options.workers;
+  if (n_workers < 1 || n_workers > kMaxDecodeThreads) {
+    throw std::invalid_argument("decode threads must be between 1 and " +
+                                std::to_string(kMaxDecodeThreads) + ", got " +
+                                std::to_string(n_workers));
+  }
   std::vector<std::thread> threads;
   std::atomic<int> running{n_workers};
   for (int i = 0; i < n_workers; ++i) {
-    threads.emplace_back([&] {
-      worker();
-      if (--running == 0) queue.producers_done();
-    });
+    try {
+      threads.emplace_back([&] {
+        worker();
+        if (--running == 0) queue.producers_done();
+      });
+    } catch (const std::system_error& e) {
+      failed = true;
+      queue.stop();
+      for (auto& t : threads) t.join();
+      throw std::runtime_error("cannot start decode thread " + std::to_string(i + 1) + " of " +
+                               std::to_string(n_workers) + ": " + e.what());
+    }
   }
 
   std::exception_ptr consumer_error;
@@ -142,7 +158,9 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
       }
       embeddings.assign(jobs.size() * dim, 0.0f);
       if (!embed_rows.empty()) {
-        auto out = model.embed(inputs.data(), static_cast<int>(embed_rows.size()));
+        const int rows = static_cast<int>(embed_rows.size());
+        auto out =
+            options.embed ? options.embed(inputs.data(), rows) : model.embed(inputs.data(), rows);
         for (std::size_t r = 0; r < embed_rows.size(); ++r) {
           std::memcpy(&embeddings[embed_rows[r] * dim], &out[r * dim], dim * sizeof(float));
         }

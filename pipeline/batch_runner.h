@@ -17,10 +17,18 @@ enum class Prepared {
   Drop,     // nothing more to do for this job (unchanged, or failed and recorded)
 };
 
+// embed(inputs, n): n x 3 x S x S floats in, n x dim L2-normalised floats out.
+using EmbedFn = std::function<std::vector<float>(const float* inputs, int n)>;
+
+// Decode threads beyond this are refused: each holds a batch of decoded inputs, and more than
+// a few per core only adds memory.
+inline constexpr int kMaxDecodeThreads = 64;
+
 struct RunOptions {
-  int workers = 1;                            // decode threads
+  int workers = 1;                            // decode threads, 1..kMaxDecodeThreads
   int batch_size = 32;                        // images per forward pass
   const std::atomic<bool>* cancel = nullptr;  // when set, no new job starts
+  EmbedFn embed;  // empty = model.embed on the calling thread (e.g. the engine's batcher)
 };
 
 // prepare(job, input): runs on a worker thread for each job in [0, n); `input` holds
@@ -33,6 +41,9 @@ using ConsumeFn =
     std::function<void(const std::vector<std::size_t>& jobs, const std::vector<Prepared>& kinds,
                        const std::vector<float>& embeddings)>;
 
+// Throws std::invalid_argument for workers outside [1, kMaxDecodeThreads], and
+// std::runtime_error "cannot start decode thread N of M: <cause>" when the system refuses a
+// thread (the threads already started are stopped and joined first).
 void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& options,
                  const PrepareFn& prepare, const ConsumeFn& consume);
 

@@ -14,7 +14,8 @@ std::size_t EmbeddedFiles::failed() const {
 
 EmbeddedFiles embed_files(model::EmbeddingModel& model,
                           const std::vector<std::filesystem::path>& files,
-                          const image::DecodeOptions& decode, int decode_threads, int batch_size) {
+                          const image::DecodeOptions& decode, int decode_threads, int batch_size,
+                          const EmbedFn& embed) {
   const std::size_t n = files.size();
   EmbeddedFiles out;
   out.dim = model.dim();
@@ -31,8 +32,12 @@ EmbeddedFiles embed_files(model::EmbeddingModel& model,
       auto img = image::decode_file(files[job], options);
       out.widths[job] = img.source_width;
       out.heights[job] = img.source_height;
-      image::preprocess(img.rgb, img.source_width, img.source_height, spec, input);
+      image::preprocess(img.rgb, img.source_width, img.source_height, spec, input,
+                        files[job].string());
       return Prepared::Embed;
+    } catch (const std::bad_alloc&) {
+      out.errors[job] = files[job].string() + ": out of memory while decoding";
+      return Prepared::Drop;
     } catch (const std::exception& e) {
       out.errors[job] = e.what();
       return Prepared::Drop;
@@ -45,7 +50,7 @@ EmbeddedFiles embed_files(model::EmbeddingModel& model,
                   out.dim * sizeof(float));
     }
   };
-  run_batched(n, model, {decode_threads, batch_size, nullptr}, prepare, consume);
+  run_batched(n, model, {decode_threads, batch_size, nullptr, embed}, prepare, consume);
   return out;
 }
 

@@ -7,6 +7,7 @@
 
 #include "image/decode.h"
 #include "model/embedding_model.h"
+#include "pipeline/batch_runner.h"
 
 namespace lookalike::pipeline {
 
@@ -24,6 +25,6 @@ struct EmbeddedFiles {
 EmbeddedFiles embed_files(model::EmbeddingModel& model,
                           const std::vector<std::filesystem::path>& files,
                           const image::DecodeOptions& decode = {}, int decode_threads = 1,
-                          int batch_size = 32);
+                          int batch_size = 32, const EmbedFn& embed = {});
 
 }  // namespace lookalike::pipeline

@@ -5,13 +5,41 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace lookalike::pipeline {
 
-// Whole file in memory. Throws std::runtime_error "<path>: <cause>" (missing, unreadable,
-// a directory).
-std::vector<std::uint8_t> read_file(const std::filesystem::path& path);
+// read_file's default size limit: 256 MiB, as image::DecodeOptions::max_file_bytes.
+inline constexpr std::int64_t kDefaultMaxReadBytes = std::int64_t(256) << 20;
+
+// Whole file in memory. `path` (symlinks followed) must be a regular file of at most
+// `max_bytes`: both are checked with stat() before the file is opened, so a FIFO, socket or
+// device is never opened (cannot block) and an oversized (or sparse) file is never read. For
+// images prefer image::read_image_file, which also checks the format and pixel count first.
+// Throws std::runtime_error "<path>: <cause>", the cause one of "<errno text>" (missing,
+// unreadable), "broken symlink (its target T does not exist)", "symlink loop (too many levels
+// of symbolic links)", "not a regular file (a directory|FIFO|socket|character device|block
+// device)", "file is N bytes, over the limit of M", "read error: <errno text>".
+std::vector<std::uint8_t> read_file(const std::filesystem::path& path,
+                                    std::int64_t max_bytes = kDefaultMaxReadBytes);
+
+// File names and manifest cells are bytes; JSON needs UTF-8. lookalike's JSON outputs carry a
+// path as "path": utf8_display(bytes), plus "path_bytes": base64(bytes) only when
+// !is_valid_utf8(bytes) (like ripgrep's {"bytes": ...} for non-UTF-8 paths), so that the exact
+// name can be recovered.
+
+// True when `bytes` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates
+// U+D800..U+DFFF, nothing above U+10FFFF, no truncated sequence).
+bool is_valid_utf8(std::string_view bytes);
+
+// `bytes` as valid UTF-8 for display: each ill-formed sequence becomes U+FFFD, one per maximal
+// subpart (Unicode 15 section 3.9, "U+FFFD Substitution of Maximal Subparts", as Python's
+// bytes.decode("utf-8", "replace") and the WHATWG decoder do). Valid input comes back as is.
+std::string utf8_display(std::string_view bytes);
+
+// Base64 (RFC 4648 section 4: A-Z a-z 0-9 + /, '=' padding, no line breaks) of `bytes`.
+std::string base64(std::string_view bytes);
 
 // XXH3-128 of `bytes` (xxHash, Yann Collet), as 32 lowercase hex digits: the catalog's content
 // hash. Non-cryptographic: it detects changed files, it does not authenticate them.

@@ -5,7 +5,9 @@
 #include <mutex>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 
+#include "image/decode.h"
 #include "image/preprocess.h"
 #include "pipeline/batch_runner.h"
 #include "pipeline/files.h"
@@ -27,22 +29,25 @@ enum class Change { Failed, Unchanged, Refresh, Added, Updated };
 struct JobState {
   Change change = Change::Failed;
   store::ImageRecord record;
-  std::int64_t reuse_id = 0;  // copy this image's embedding instead of embedding
+  std::vector<float> reused;  // the embedding of identical content, read at prepare time
   std::string error;
   bool committed = false;
 };
 
 struct Known {
   std::unordered_map<std::string, const store::ImageRecord*> by_path;
-  std::unordered_map<std::string, const store::ImageRecord*> by_hash;
+  std::unordered_map<std::string, const store::ImageRecord*> by_hash;  // for the pixel size
+  std::unordered_set<std::int64_t> corrupt;
 };
 
-Known index_records(const std::vector<store::ImageRecord>& records) {
+Known index_records(const std::vector<store::ImageRecord>& records,
+                    std::unordered_set<std::int64_t> corrupt) {
   Known known;
   for (const auto& r : records) {
     known.by_path.emplace(r.path, &r);
     known.by_hash.emplace(r.content_hash, &r);
   }
+  known.corrupt = std::move(corrupt);
   return known;
 }
 
@@ -52,46 +57,64 @@ bool same_record(const store::ImageRecord& a, const store::ImageRecord& b) {
 }
 
 // Runs on a decode worker: hash the file, compare with the catalog, decode only if needed.
-Prepared prepare_file(const SourceFile& src, const Known& known, const IndexOptions& options,
+Prepared prepare_file(const SourceFile& src, const Known& known,
+                      const store::Collection& collection, const IndexOptions& options,
                       const image::PreprocessSpec& spec, JobState& state, float* input) {
   store::ImageRecord& rec = state.record;
   rec.path = src.path.string();
-  rec.metadata = src.metadata.dump();
+  rec.metadata = src.metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   try {
-    auto bytes = read_file(src.path);
+    // Type, size and pixel count are checked from the header before the rest is read.
+    auto bytes = image::read_image_file(src.path, options.decode);
     rec.bytes = static_cast<std::int64_t>(bytes.size());
     rec.mtime_ns = mtime_ns(src.path);
     rec.content_hash = content_hash(bytes);
     rec.updated_at_ms = now_ms();
     auto old = known.by_path.find(rec.path);
-    if (old != known.by_path.end()) {
+    const bool known_path = old != known.by_path.end();
+    if (known_path) {
       rec.id = old->second->id;
       rec.added_at_ms = old->second->added_at_ms;
-      if (old->second->content_hash == rec.content_hash) {
-        rec.width = old->second->width;
-        rec.height = old->second->height;
-        state.change = same_record(*old->second, rec) ? Change::Unchanged : Change::Refresh;
-        state.reuse_id = rec.id;
-        return state.change == Change::Unchanged ? Prepared::Drop : Prepared::NoEmbed;
+      // A folder brings no metadata: what a manifest stored earlier stays.
+      if (src.metadata.empty()) rec.metadata = old->second->metadata;
+    }
+    const bool corrupt = known_path && known.corrupt.count(rec.id) > 0;
+    if (known_path && !corrupt && old->second->content_hash == rec.content_hash) {
+      rec.width = old->second->width;
+      rec.height = old->second->height;
+      if (same_record(*old->second, rec)) {
+        state.change = Change::Unchanged;
+        return Prepared::Drop;
+      }
+      if (auto v = collection.embedding_by_hash(rec.content_hash)) {
+        state.change = Change::Refresh;
+        state.reused = std::move(*v);
+        return Prepared::NoEmbed;
       }
     }
-    state.change = old == known.by_path.end() ? Change::Added : Change::Updated;
+    state.change = known_path ? Change::Updated : Change::Added;
     if (rec.added_at_ms == 0) rec.added_at_ms = rec.updated_at_ms;
-    if (auto twin = known.by_hash.find(rec.content_hash); twin != known.by_hash.end()) {
-      rec.width = twin->second->width;
-      rec.height = twin->second->height;
-      state.reuse_id = twin->second->id;
-      return Prepared::NoEmbed;
+    if (auto same = known.by_hash.find(rec.content_hash); same != known.by_hash.end()) {
+      // Same bytes, same pixel size; the vector is read by hash now, not from that record.
+      if (auto twin = collection.embedding_by_hash(rec.content_hash)) {
+        rec.width = same->second->width;
+        rec.height = same->second->height;
+        state.reused = std::move(*twin);
+        return Prepared::NoEmbed;
+      }
     }
     image::DecodeOptions decode = options.decode;
     decode.rows_for = &spec;  // the pixels go straight to preprocess
     auto decoded = image::decode_buffer(bytes, rec.path, decode);
     rec.width = decoded.source_width;
     rec.height = decoded.source_height;
-    image::preprocess(decoded.rgb, decoded.source_width, decoded.source_height, spec, input);
+    image::preprocess(decoded.rgb, decoded.source_width, decoded.source_height, spec, input,
+                      rec.path);
     return Prepared::Embed;
   } catch (const image::DecodeError& e) {
     state.error = e.reason();
+  } catch (const std::bad_alloc&) {
+    state.error = "out of memory while decoding or preprocessing";
   } catch (const std::exception& e) {
     state.error = e.what();
   }
@@ -126,18 +149,18 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   summary.model_threads = model.threads();
   for (const auto& p : scan.problems) summary.failures.push_back({p.where, p.reason});
 
-  const auto records = collection.catalog().list();
-  const Known known = index_records(records);
+  const auto records = collection.list();
+  const Known known = index_records(records, collection.corrupt_ids());
   const auto spec = model::preprocess_spec(model.card());
   std::vector<JobState> states(scan.files.size());
-  collection.index();  // load or rebuild the cache before timing-sensitive work starts
 
   Progress progress;
   progress.total = summary.scanned;
   std::atomic<std::int64_t> examined{0};
 
   auto prepare = [&](std::size_t job, float* input) {
-    Prepared p = prepare_file(scan.files[job], known, options, spec, states[job], input);
+    Prepared p =
+        prepare_file(scan.files[job], known, collection, options, spec, states[job], input);
     ++examined;
     return p;
   };
@@ -150,20 +173,18 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
       JobState& s = states[jobs[i]];
       store::Put put{s.record, {}};
       if (kinds[i] == Prepared::Embed) {
-        put.embedding.assign(&embeddings[i * dim], &embeddings[(i + 1) * dim]);
+        const float* row = embeddings.data() + i * dim;
+        put.embedding.assign(row, row + dim);
         ++summary.embedded;
-      } else if (auto stored = collection.catalog().embedding(s.reuse_id)) {
-        put.embedding = std::move(*stored);
-        if (s.change != Change::Refresh) ++summary.reused;
       } else {
-        s.change = Change::Failed;
-        s.error = "the stored embedding to reuse vanished during the run";
-        continue;
+        put.embedding = std::move(s.reused);
+        if (s.change != Change::Refresh) ++summary.reused;
       }
       puts.push_back(std::move(put));
       put_states.push_back(&s);
     }
     collection.apply(puts, {});
+    ++summary.committed_batches;
     for (JobState* s : put_states) s->committed = true;
     progress.done = examined.load();
     progress.embedded = summary.embedded;
@@ -175,8 +196,13 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     }
   };
 
-  RunOptions run{options.decode_threads, options.batch_size, options.cancel};
-  run_batched(scan.files.size(), model, run, prepare, consume);
+  RunOptions run{options.decode_threads, options.batch_size, options.cancel, options.embed};
+  try {
+    run_batched(scan.files.size(), model, run, prepare, consume);
+  } catch (const std::exception& e) {
+    if (summary.committed_batches == 0) throw;
+    summary.fatal_error = e.what();
+  }
   summary.interrupted = options.cancel != nullptr && options.cancel->load();
 
   // Tally after the run: a job whose batch was never committed (Ctrl-C) counts as nothing.
@@ -192,8 +218,15 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
       ++summary.updated;
     }
   }
-  if (!summary.interrupted) find_vanished(collection, records, options, summary);
-  collection.save_index();
+  if (!summary.interrupted && summary.fatal_error.empty()) {
+    find_vanished(collection, records, options, summary);
+  }
+  try {
+    collection.save_index();
+  } catch (const std::exception& e) {
+    // The catalog holds every committed batch; a missing cache is rebuilt on the next open.
+    if (summary.fatal_error.empty()) summary.fatal_error = e.what();
+  }
   summary.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   summary.images_per_s = summary.embedded / std::max(summary.seconds, 1e-9);
   return summary;

@@ -9,6 +9,7 @@
 
 #include "image/decode.h"
 #include "model/embedding_model.h"
+#include "pipeline/batch_runner.h"
 #include "pipeline/scan.h"
 #include "store/collection.h"
 
@@ -30,6 +31,7 @@ struct IndexOptions {
   image::DecodeOptions decode;
   const std::atomic<bool>* cancel = nullptr;         // Ctrl-C: stop, keep what is committed
   std::function<void(const Progress&)> on_progress;  // called after each committed batch
+  EmbedFn embed;  // empty = model.embed on the calling thread (the engine passes its batcher)
 };
 
 struct Failure {
@@ -52,11 +54,20 @@ struct IndexSummary {
   bool interrupted = false;
   int decode_threads = 0;
   int model_threads = 0;
+  std::int64_t committed_batches = 0;
+  // Set when a collection or model failure stopped the run after some batches were committed
+  // (they are kept); a failure before the first commit is thrown instead.
+  std::string fatal_error;
 };
 
 // Scans nothing itself: `scan` comes from scan_inputs(). Catalog writes are committed one batch
-// at a time, so an interrupted or killed run keeps every batch it reported. Throws only for
-// collection or model failures; a bad image file becomes a Failure and the run goes on.
+// at a time, so an interrupted or killed run keeps every batch it reported. A bad image file
+// becomes a Failure and the run goes on. A collection or model failure throws when nothing was
+// committed yet, else ends the run with summary.fatal_error set.
+// Metadata: a file that comes with none (from a folder, not a manifest) keeps what is stored.
+// Embeddings are reused by content hash from whatever image holds that content at the time
+// (never from a record whose content may have changed in the same run); an image whose stored
+// vector is corrupt (Collection::corrupt_ids) is embedded again.
 IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& model,
                          const ScanResult& scan, const IndexOptions& options);
 

@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <fstream>
+#include <optional>
 #include <stdexcept>
 #include <system_error>
 #include <unordered_map>
@@ -50,32 +50,97 @@ struct Collector {
   }
 };
 
-void walk_folder(const fs::path& root, const ScanOptions& options, Collector& out) {
-  std::error_code ec;
-  auto it =
-      fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied, ec);
-  if (ec) {
-    out.result.problems.push_back({root.string(), ec.message()});
-    return;
+std::string file_kind(fs::file_type type) {
+  switch (type) {
+    case fs::file_type::directory:
+      return "a directory";
+    case fs::file_type::fifo:
+      return "a FIFO";
+    case fs::file_type::socket:
+      return "a socket";
+    case fs::file_type::character:
+      return "a character device";
+    case fs::file_type::block:
+      return "a block device";
+    default:
+      return "an unknown kind of file";
   }
+}
+
+// Why following the symlink at `p` failed (`ec` from fs::status).
+std::string symlink_problem(const fs::path& p, const std::error_code& ec) {
+  if (ec == std::errc::too_many_symbolic_link_levels) {
+    return "symlink loop (too many levels of symbolic links)";
+  }
+  if (ec == std::errc::no_such_file_or_directory) {
+    std::error_code ignored;
+    const auto target = fs::read_symlink(p, ignored);
+    return "broken symlink (its target " + (ignored ? "?" : target.string()) + " does not exist)";
+  }
+  return ec.message();
+}
+
+// One folder walk: entries found, folders still to read, problems met.
+struct Walk {
+  const ScanOptions& options;
+  std::vector<fs::path> pending;
   std::vector<fs::path> found;
-  for (auto end = fs::recursive_directory_iterator(); it != end; it.increment(ec)) {
-    if (ec) {
-      out.result.problems.push_back({root.string(), ec.message()});
-      break;
+  std::vector<ScanProblem> problems;
+
+  void problem(const fs::path& p, std::string reason) {
+    problems.push_back({p.string(), std::move(reason)});
+  }
+
+  // Decides from lstat (and stat, for a symlink with an image name) what `entry` is.
+  void visit(const fs::directory_entry& entry) {
+    const fs::path& p = entry.path();
+    if (!options.include_hidden && is_hidden(p)) return;
+    std::error_code ec;
+    const fs::file_status own = entry.symlink_status(ec);
+    if (ec) return problem(p, ec.message());
+    if (fs::is_directory(own)) {
+      pending.push_back(p);
+      return;
     }
-    const auto& entry = *it;
-    if (!options.include_hidden && is_hidden(entry.path())) {
-      if (entry.is_directory(ec)) it.disable_recursion_pending();
-      continue;
+    if (!is_image_name(p)) return;
+    fs::file_status target = own;
+    if (fs::is_symlink(own)) {
+      target = fs::status(p, ec);
+      if (ec) return problem(p, symlink_problem(p, ec));
+      if (fs::is_directory(target)) return;  // not followed (like fd): no loops, no escapes
     }
-    if (entry.is_regular_file(ec) && is_image_name(entry.path())) {
-      found.push_back(normalize_path(entry.path()));
+    if (fs::is_regular_file(target)) {
+      found.push_back(normalize_path(p));
+    } else {
+      problem(p, "not a regular file (" + file_kind(target.type()) + ")");
     }
   }
-  // Directory order is arbitrary; sorted input makes runs and ids reproducible.
-  std::sort(found.begin(), found.end());
-  for (auto& p : found) out.add({std::move(p), nlohmann::json::object()});
+
+  void read_folder(const fs::path& dir) {
+    std::error_code ec;
+    fs::directory_iterator it(dir, ec);
+    if (ec) return problem(dir, "cannot read folder: " + ec.message());
+    for (const fs::directory_iterator end; it != end; it.increment(ec)) visit(*it);
+    // A failed increment leaves the iterator at end: the rest of this folder is lost.
+    if (ec) problem(dir, "cannot list folder: " + ec.message());
+  }
+};
+
+// Our own walk rather than recursive_directory_iterator: that one either skips unreadable
+// folders silently (skip_permission_denied) or, on the first error, ends the whole walk.
+void walk_folder(const fs::path& root, const ScanOptions& options, Collector& out) {
+  Walk walk{options, {root}, {}, {}};
+  while (!walk.pending.empty()) {
+    const fs::path dir = std::move(walk.pending.back());
+    walk.pending.pop_back();
+    walk.read_folder(dir);
+  }
+  // Directory order is arbitrary; sorted output makes runs and ids reproducible.
+  std::sort(walk.found.begin(), walk.found.end());
+  std::sort(walk.problems.begin(), walk.problems.end(),
+            [](const ScanProblem& a, const ScanProblem& b) { return a.where < b.where; });
+  for (auto& p : walk.found) out.add({std::move(p), nlohmann::json::object()});
+  for (auto& p : walk.problems) out.result.problems.push_back(std::move(p));
 }
 
 // libcsv callbacks collect rows of fields.
@@ -130,6 +195,27 @@ std::size_t find_file_column(const std::vector<std::string>& header, const fs::p
                   csv.string(), fmt::join(wanted, ", ")));
 }
 
+std::optional<std::size_t> first_invalid_cell(const std::vector<std::string>& row) {
+  for (std::size_t c = 0; c < row.size(); ++c) {
+    if (!is_valid_utf8(row[c])) return c;
+  }
+  return std::nullopt;
+}
+
+// Why `p` cannot be listed as an image file, or nullopt when it is a regular file (or a
+// symlink to one).
+std::optional<std::string> not_a_file(const fs::path& p) {
+  std::error_code ec, link_ec;
+  const fs::file_status st = fs::status(p, ec);
+  if (ec) {
+    if (fs::is_symlink(fs::symlink_status(p, link_ec))) return symlink_problem(p, ec);
+    if (ec == std::errc::no_such_file_or_directory) return "file not found";
+    return ec.message();
+  }
+  if (!fs::is_regular_file(st)) return "not a regular file (" + file_kind(st.type()) + ")";
+  return std::nullopt;
+}
+
 }  // namespace
 
 const std::vector<std::string>& image_extensions() {
@@ -142,6 +228,10 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
   auto rows = parse_csv(csv);
   if (rows.empty()) throw std::runtime_error(fmt::format("{}: empty manifest", csv.string()));
   const auto& header = rows.front();
+  if (auto bad = first_invalid_cell(header)) {
+    throw std::runtime_error(
+        fmt::format("{}: header, column {}: not valid UTF-8", csv.string(), *bad + 1));
+  }
   std::size_t file_col = find_file_column(header, csv, options);
   fs::path base = normalize_path(csv).parent_path();
 
@@ -155,15 +245,21 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
           {where, fmt::format("{} fields, the header has {}", row.size(), header.size())});
       continue;
     }
+    // nlohmann::json refuses to serialise invalid UTF-8 (type_error.316), which would fail the
+    // whole run later: such a row is refused here, alone.
+    if (auto bad = first_invalid_cell(row)) {
+      out.result.problems.push_back(
+          {fmt::format("{}, column {}", where, *bad + 1), "not valid UTF-8"});
+      continue;
+    }
     if (row[file_col].empty()) {
       out.result.problems.push_back({where, fmt::format("empty '{}' field", header[file_col])});
       continue;
     }
     fs::path p = row[file_col];
     p = normalize_path(p.is_absolute() ? p : base / p);
-    std::error_code ec;
-    if (!fs::is_regular_file(p, ec)) {
-      out.result.problems.push_back({where, fmt::format("{}: file not found", p.string())});
+    if (auto why = not_a_file(p)) {
+      out.result.problems.push_back({where, fmt::format("{}: {}", p.string(), *why)});
       continue;
     }
     nlohmann::json meta = nlohmann::json::object();
@@ -178,17 +274,23 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
 ScanResult scan_inputs(const std::vector<fs::path>& inputs, const ScanOptions& options) {
   Collector out;
   for (const auto& input : inputs) {
-    std::error_code ec;
+    std::error_code ec, link_ec;
     auto status = fs::status(input, ec);
     if (ec || !fs::exists(status)) {
-      out.result.problems.push_back({input.string(), "no such file or folder"});
+      const bool link = ec && fs::is_symlink(fs::symlink_status(input, link_ec));
+      out.result.problems.push_back(
+          {input.string(), link ? symlink_problem(input, ec) : "no such file or folder"});
     } else if (fs::is_directory(status)) {
       walk_folder(input, options, out);
     } else if (lower(input.extension().string()) == ".csv") {
       try {
         out.merge(read_manifest(input, options));
       } catch (const std::exception& e) {
-        out.result.problems.push_back({input.string(), e.what()});
+        // read_manifest's messages start with the manifest's path, which `where` already is.
+        std::string reason = e.what();
+        const std::string prefix = input.string() + ": ";
+        if (reason.starts_with(prefix)) reason.erase(0, prefix.size());
+        out.result.problems.push_back({input.string(), std::move(reason)});
       }
     } else {
       out.add({normalize_path(input), nlohmann::json::object()});

@@ -13,8 +13,10 @@ struct SourceFile {
   nlohmann::json metadata = nlohmann::json::object();  // manifest columns, as strings
 };
 
+// Shown as "<where>: <reason>". Both hold raw bytes (paths may not be UTF-8): use
+// utf8_display (files.h) before putting them in JSON.
 struct ScanProblem {
-  std::string where;  // a file path, or "<manifest.csv> row N"
+  std::string where;  // a path, "<manifest.csv> row N" or "<manifest.csv> row N, column C"
   std::string reason;
 };
 
@@ -30,19 +32,42 @@ struct ScanOptions {
   bool include_hidden = false;  // hidden files and folders are skipped by default, like fd
 };
 
-// File extensions treated as images when walking a folder (lower case, with the dot).
+// File extensions treated as images when walking a folder (lower case, with the dot), matched
+// case-insensitively. All decode (image/decode.h): .heic/.heif/.avif through libheif.
 const std::vector<std::string>& image_extensions();
 
-// Each input is a folder (walked recursively; files with an image extension), a CSV manifest
-// (".csv": header row, one image per row; paths relative to the manifest's folder; the other
-// columns become metadata), or an image file. A missing input, an unreadable folder, a
-// malformed manifest or a manifest row naming a missing file becomes a ScanProblem; scanning
-// goes on. When the same path is listed twice, the later metadata wins.
+// Each input is a folder, a CSV manifest (".csv") or an image file; paths may hold any bytes
+// (they need not be UTF-8). Scanning goes on past every problem.
+//
+// A folder is walked recursively for entries with an image extension that are regular files
+// or symlinks to regular files (listed under the symlink's own path). Not followed, like fd:
+// symlinks to folders (so a symlink loop cannot recurse). Skipped silently: hidden entries
+// (unless include_hidden), entries without an image extension, and folders, even ones named
+// like an image ("x.jpg/" is walked into, never listed). Reported as a ScanProblem naming the
+// path: a subfolder that cannot be read ("cannot read folder: Permission denied"; the walk goes
+// on without it), and, among entries with an image extension, a broken symlink ("broken
+// symlink (its target T does not exist)"), a symlink loop ("symlink loop (too many levels of
+// symbolic links)") and anything not a regular file ("not a regular file (a FIFO)", ...).
+// Folder results are sorted by path (bytewise); problems too.
+//
+// A missing input, a malformed manifest or a manifest row naming a missing file also becomes
+// a ScanProblem. When the same path is listed twice, it keeps its first position and the later
+// (non-empty) metadata wins.
 ScanResult scan_inputs(const std::vector<std::filesystem::path>& inputs,
                        const ScanOptions& options = {});
 
-// Parses a CSV manifest (RFC 4180 through libcsv). Throws std::runtime_error naming the file
-// and the cause for an unreadable file, bad quoting, or a header without a file column.
+// Parses a CSV manifest (RFC 4180 through libcsv: quoted fields may hold commas, quotes as "",
+// and newlines; a UTF-8 byte order mark is skipped). The manifest must be UTF-8 and at most
+// kDefaultMaxReadBytes (files.h, 256 MiB); a single field may be as large as that.
+// Rows are numbered as CSV records, the header being row 1 (a newline inside a quoted field
+// does not start a row). The file column's paths are resolved against the manifest's folder
+// ("../x.jpg" and "sub/../x.jpg" included) and made lexically normal; absolute paths are kept.
+// A row with a cell that is not valid UTF-8 is skipped, with the ScanProblem "<manifest> row N,
+// column C: not valid UTF-8" (C counted from 1); a row with the wrong number of fields, an
+// empty file cell, or naming a missing or non-regular file is skipped with its problem too;
+// the other rows load. Duplicate rows: as scan_inputs (first position, later metadata).
+// Throws std::runtime_error naming the file and the cause for an unreadable file, bad quoting,
+// an empty manifest, a header cell that is not UTF-8, or a header without a file column.
 ScanResult read_manifest(const std::filesystem::path& csv, const ScanOptions& options = {});
 
 }  // namespace lookalike::pipeline

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Installs what lookalike needs, builds it, exports the ImageNet-pretrained MobileNetV2 from
-# ../shared, indexes the clothing-small gallery and searches it with a test photo.
+# ../shared into the folder the binary searches by default
+# (${XDG_DATA_HOME:-~/.local/share}/lookalike/models), indexes the clothing-small gallery into
+# ./lookalike-data (the default collection) and searches it with a test photo. Afterwards the
+# README's commands work as written, from the project root, with no environment variables.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
 shared=${LOOKALIKE_SHARED_DIR:-$root/../shared}
 build=${BUILD_DIR:-$root/build}
-export LOOKALIKE_MODELS=${LOOKALIKE_MODELS:-$root/models}
-export LOOKALIKE_COLLECTION=${LOOKALIKE_COLLECTION:-$root/lookalike-data}
+models=${XDG_DATA_HOME:-$HOME/.local/share}/lookalike/models
 
 "$root/scripts/install-deps.sh"
 "$root/scripts/build.sh"
-if [ ! -f "$LOOKALIKE_MODELS/mobilenet_v2.pt" ]; then
+if [ ! -f "$models/mobilenet_v2.pt" ]; then
   /usr/bin/python3 "$root/tools/export_model.py" mobilenet_v2 \
-    --weights "$shared/models/mobilenet_v2/mobilenet_v2_imagenet_float.pth" --out "$LOOKALIKE_MODELS"
+    --weights "$shared/models/mobilenet_v2/mobilenet_v2_imagenet_float.pth" --out "$models"
 fi
 lookalike="$build/cli/lookalike"
 set -x

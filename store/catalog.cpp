@@ -1,11 +1,14 @@
 #include "store/catalog.h"
 
 #include <SQLiteCpp/SQLiteCpp.h>
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <bit>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
@@ -44,8 +47,13 @@ CREATE TABLE embeddings(
 );
 )sql";
 
-// Migrations: kMigrations[v - 1] upgrades schema version v to v + 1. None yet.
-constexpr const char* kMigrations[] = {nullptr};
+// Migrations: kMigrations[v - 1] upgrades schema version v to v + 1. A new catalog is the v1
+// schema plus every migration, so both paths give the same tables.
+constexpr const char* kMigrations[] = {
+    // 1 -> 2: the collection id that index cache files carry in their trailer.
+    "INSERT OR IGNORE INTO meta(key, value) VALUES('collection_id', lower(hex(randomblob(16))));",
+};
+static_assert(std::size(kMigrations) == kCatalogSchemaVersion - 1);
 
 constexpr const char* kImageColumns =
     "id, path, content_hash, bytes, width, height, mtime_ns, metadata, added_at_ms, "
@@ -94,6 +102,21 @@ void decode_vector(const void* blob, std::size_t floats, float* out) {
   }
 }
 
+// The checks made on every vector read back (a flipped byte must not be used silently).
+std::optional<std::string> vector_problem(const float* v, int dim, bool cosine) {
+  double sq = 0;
+  for (int i = 0; i < dim; ++i) {
+    if (!std::isfinite(v[i])) return "embedding has a non-finite value";
+    sq += double{v[i]} * v[i];
+  }
+  if (cosine && std::abs(std::sqrt(sq) - 1.0) > 1e-3) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "embedding norm %.4f, not 1 (cosine collection)", std::sqrt(sq));
+    return std::string(buf);
+  }
+  return std::nullopt;
+}
+
 ImageRecord read_record(SQLite::Statement& q) {
   ImageRecord r;
   r.id = q.getColumn(0).getInt64();
@@ -129,10 +152,11 @@ bool has_table(SQLite::Database& db, const char* name) {
   return q.executeStep();
 }
 
-void initialise(SQLite::Database& db) {
-  db.exec("PRAGMA journal_mode = WAL");
+void initialise(SQLite::Database& db, bool wal = true) {
+  if (wal) db.exec("PRAGMA journal_mode = WAL");
   SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
   db.exec(kSchemaV1);
+  for (const char* step : kMigrations) db.exec(step);
   db.exec("PRAGMA application_id = " + std::to_string(kApplicationId));
   set_meta(db, "schema_version", std::to_string(kCatalogSchemaVersion));
   set_meta(db, "created_at", std::to_string(now_ms()));
@@ -153,8 +177,10 @@ void migrate(SQLite::Database& db, const std::filesystem::path& path, int from) 
   tx.commit();
 }
 
-// Refuses files that are not ours before anything is written to them.
-void check_identity(SQLite::Database& db, const std::filesystem::path& path) {
+// Refuses files that are not ours before anything is written to them. A read-only connection
+// reads an older schema as it is (only a writer migrates).
+void check_identity(SQLite::Database& db, const std::filesystem::path& path,
+                    bool may_migrate = true) {
   if (!has_table(db, "meta") || !has_table(db, "images") || !has_table(db, "embeddings")) {
     throw error(path, "not a lookalike catalog (no lookalike meta/images/embeddings tables)");
   }
@@ -173,7 +199,7 @@ void check_identity(SQLite::Database& db, const std::filesystem::path& path) {
                           std::to_string(kCatalogSchemaVersion) + "); upgrade lookalike");
   }
   if (version < 1) throw error(path, "invalid catalog schema version " + *version_text);
-  if (version < kCatalogSchemaVersion) migrate(db, path, version);
+  if (version < kCatalogSchemaVersion && may_migrate) migrate(db, path, version);
 }
 
 CatalogConfig parse_config(const std::filesystem::path& path, const std::string& text) {
@@ -251,6 +277,14 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path, bool c
       throw error(path, "not a lookalike catalog (empty database)");
     } else {
       check_identity(db, path);
+      // A writer must not build on a damaged file: quick_check reads every page, O(file size),
+      // paid once per write-mode open (readers skip it; `info` runs it, see check_integrity).
+      auto verdict = db.execAndGet("PRAGMA quick_check(1)").getString();
+      if (verdict != "ok") {
+        throw error(path, "catalog is damaged (SQLite quick_check: " + verdict +
+                              "); nothing was written. Restore a backup, or recover the rows with "
+                              "`sqlite3 catalog.db .recover`");
+      }
     }
     db.exec("PRAGMA journal_mode = WAL");  // persistent; a no-op once set
   } catch (const SQLite::Exception& e) {
@@ -262,7 +296,146 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path, bool c
   return c;
 }
 
+std::unique_ptr<Catalog> Catalog::open_read_only(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw error(path, "no such catalog");
+  std::unique_ptr<Catalog> c(new Catalog());
+  c->path_ = path;
+  try {
+    c->db_ = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY, 5000);
+    if (c->db_->execAndGet("SELECT count(*) FROM sqlite_master").getInt() == 0) {
+      throw error(path, "not a lookalike catalog (empty database)");
+    }
+    check_identity(*c->db_, path, /*may_migrate=*/false);
+  } catch (const SQLite::Exception& e) {
+    if (e.getErrorCode() == SQLITE_NOTADB) {
+      throw error(path, std::string("not a lookalike catalog (") + e.what() + ")");
+    }
+    throw error(path, std::string("cannot open catalog: ") + e.what());
+  }
+  return c;
+}
+
+void Catalog::create_atomic(const std::filesystem::path& path, const CatalogConfig& config) {
+  validate_config(config);
+  auto tmp = path;
+  tmp += ".tmp";
+  std::error_code ec;
+  std::filesystem::remove(tmp, ec);
+  for (const char* suffix : {"-journal", "-wal", "-shm"}) {
+    std::filesystem::remove(tmp.string() + suffix, ec);
+  }
+  try {
+    {
+      SQLite::Database db(tmp, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE, 5000);
+      db.exec("PRAGMA synchronous = FULL");
+      initialise(db, /*wal=*/false);  // a rollback journal: the file is complete on its own
+      nlohmann::json j = {{"model_id", config.model_id},
+                          {"model_name", config.model_name},
+                          {"dim", config.dim},
+                          {"metric", config.metric},
+                          {"factory", config.factory}};
+      set_meta(db, "config", j.dump());
+      // WAL before the rename: switched later, on catalog.db itself, the header would be
+      // rewritten through a rollback journal, and a kill then leaves a hot journal that no
+      // read-only connection can roll back ("attempt to write a readonly database").
+      db.exec("PRAGMA journal_mode = WAL");
+    }  // the last connection closes: the -wal is checkpointed and deleted
+    int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || ::fsync(fd) != 0) {
+      if (fd >= 0) ::close(fd);
+      throw error(tmp, std::string("cannot sync: ") + std::strerror(errno));
+    }
+    ::close(fd);
+    std::filesystem::rename(tmp, path);
+    auto dir = path.parent_path();
+    int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+  } catch (const SQLite::Exception& e) {
+    std::filesystem::remove(tmp, ec);
+    throw error(path, std::string("cannot create catalog: ") + e.what());
+  } catch (const std::filesystem::filesystem_error& e) {
+    std::filesystem::remove(tmp, ec);
+    throw error(path, std::string("cannot create catalog: ") + e.what());
+  } catch (const StoreError&) {
+    std::filesystem::remove(tmp, ec);
+    throw;
+  }
+}
+
 Catalog::~Catalog() = default;
+
+std::string Catalog::quick_check() const {
+  return reading(path_, [&] { return db_->execAndGet("PRAGMA quick_check(1)").getString(); });
+}
+
+std::string Catalog::collection_id() const {
+  return reading(path_, [&] {
+    // A v1 catalog opened read-only has none yet: zeros never match a saved index file.
+    return meta_value(*db_, "collection_id").value_or(std::string(32, '0'));
+  });
+}
+
+std::vector<ImageRecord> Catalog::list_page(std::int64_t after_id, int limit) const {
+  return reading(path_, [&] {
+    SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns +
+                                  " FROM images WHERE id > ? ORDER BY id LIMIT ?");
+    q.bind(1, after_id);
+    q.bind(2, limit);
+    std::vector<ImageRecord> out;
+    while (q.executeStep()) out.push_back(read_record(q));
+    return out;
+  });
+}
+
+Snapshot Catalog::snapshot(const std::vector<std::int64_t>& ids) const {
+  return reading(path_, [&] {
+    SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::DEFERRED);
+    Snapshot s;
+    s.generation = generation();
+    s.records = get_many(ids);
+    tx.commit();
+    return s;
+  });
+}
+
+std::vector<std::int64_t> Catalog::ids_under(const std::string& path) const {
+  return reading(path_, [&] {
+    // [path + "/", path + "0") is every string with the prefix path + "/" ('0' follows '/').
+    SQLite::Statement q(*db_,
+                        "SELECT id FROM images WHERE path = ?1 OR (path >= ?2 AND path < ?3) "
+                        "ORDER BY id");
+    q.bind(1, path);
+    q.bind(2, path + "/");
+    q.bind(3, path + "0");
+    std::vector<std::int64_t> out;
+    while (q.executeStep()) out.push_back(q.getColumn(0).getInt64());
+    return out;
+  });
+}
+
+bool Catalog::set_metadata(std::int64_t id, const std::string& metadata) {
+  auto parsed = nlohmann::json::parse(metadata, nullptr, false);
+  if (parsed.is_discarded() || !parsed.is_object()) {
+    throw StoreError("metadata of image " + std::to_string(id) + ": must be a JSON object");
+  }
+  try {
+    SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
+    SQLite::Statement q(*db_, "UPDATE images SET metadata = ?, updated_at_ms = ? WHERE id = ?");
+    q.bind(1, metadata);
+    q.bind(2, now_ms());
+    q.bind(3, id);
+    if (q.exec() == 0) return false;
+    db_->exec("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'");
+    tx.commit();
+    return true;
+  } catch (const SQLite::Exception& e) {
+    throw error(path_, std::string("metadata update failed, nothing written: ") + e.what());
+  }
+}
 
 std::optional<CatalogConfig> Catalog::config() const {
   return reading(path_, [&]() -> std::optional<CatalogConfig> {
@@ -358,6 +531,21 @@ std::vector<ImageRecord> Catalog::list() const {
   });
 }
 
+namespace {
+// Decodes and checks one stored vector blob; throws StoreError for a wrong size.
+std::vector<float> read_vector(const std::filesystem::path& path, SQLite::Column blob,
+                               std::int64_t id, int dim) {
+  if (blob.getBytes() != dim * 4) {
+    throw error(path, "embedding of image " + std::to_string(id) + " has " +
+                          std::to_string(blob.getBytes()) + " bytes, expected " +
+                          std::to_string(dim * 4));
+  }
+  std::vector<float> v(static_cast<std::size_t>(dim));
+  decode_vector(blob.getBlob(), v.size(), v.data());
+  return v;
+}
+}  // namespace
+
 std::optional<std::vector<float>> Catalog::embedding(std::int64_t id) const {
   return reading(path_, [&]() -> std::optional<std::vector<float>> {
     auto cfg = config();
@@ -366,15 +554,32 @@ std::optional<std::vector<float>> Catalog::embedding(std::int64_t id) const {
     q.bind(1, id);
     q.bind(2, cfg->model_id);
     if (!q.executeStep()) return std::nullopt;
-    auto blob = q.getColumn(0);
-    if (blob.getBytes() != cfg->dim * 4) {
-      throw error(path_, "embedding of image " + std::to_string(id) + " has " +
-                             std::to_string(blob.getBytes()) + " bytes, expected " +
-                             std::to_string(cfg->dim * 4));
+    auto v = read_vector(path_, q.getColumn(0), id, cfg->dim);
+    if (auto why = vector_problem(v.data(), cfg->dim, cfg->metric == "cosine")) {
+      auto rec = get(id);
+      throw error(path_, "image " + std::to_string(id) + (rec ? " (" + rec->path + ")" : "") +
+                             ": stored " + *why + "; re-index the file to repair it");
     }
-    std::vector<float> v(static_cast<std::size_t>(cfg->dim));
-    decode_vector(blob.getBlob(), v.size(), v.data());
     return v;
+  });
+}
+
+std::optional<std::vector<float>> Catalog::embedding_by_hash(
+    const std::string& content_hash) const {
+  return reading(path_, [&]() -> std::optional<std::vector<float>> {
+    auto cfg = config();
+    if (!cfg) return std::nullopt;
+    SQLite::Statement q(*db_,
+                        "SELECT e.image_id, e.vector FROM images i JOIN embeddings e ON "
+                        "e.image_id = i.id AND e.model_id = ? WHERE i.content_hash = ? "
+                        "ORDER BY i.id");
+    q.bind(1, cfg->model_id);
+    q.bind(2, content_hash);
+    while (q.executeStep()) {
+      auto v = read_vector(path_, q.getColumn(1), q.getColumn(0).getInt64(), cfg->dim);
+      if (!vector_problem(v.data(), cfg->dim, cfg->metric == "cosine")) return v;
+    }
+    return std::nullopt;
   });
 }
 
@@ -437,11 +642,12 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
   return ids;
 }
 
-std::int64_t Catalog::for_each_embedding(
-    const std::function<void(std::int64_t, const float*)>& fn) const {
+std::int64_t Catalog::for_each_embedding(const std::function<void(std::int64_t, const float*)>& fn,
+                                         std::vector<CorruptVector>* corrupt) const {
   return reading(path_, [&] {
     auto cfg = config();
     if (!cfg) return generation();
+    const bool cosine = cfg->metric == "cosine";
     // A read transaction pins one WAL snapshot, so the generation matches the vectors.
     SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::DEFERRED);
     std::int64_t gen = generation();
@@ -449,16 +655,14 @@ std::int64_t Catalog::for_each_embedding(
                         "SELECT image_id, vector FROM embeddings WHERE model_id = ? "
                         "ORDER BY image_id");
     q.bind(1, cfg->model_id);
-    std::vector<float> v(static_cast<std::size_t>(cfg->dim));
     while (q.executeStep()) {
-      auto blob = q.getColumn(1);
-      if (blob.getBytes() != cfg->dim * 4) {
-        throw error(path_, "embedding of image " + std::to_string(q.getColumn(0).getInt64()) +
-                               " has " + std::to_string(blob.getBytes()) + " bytes, expected " +
-                               std::to_string(cfg->dim * 4));
+      const std::int64_t id = q.getColumn(0).getInt64();
+      auto v = read_vector(path_, q.getColumn(1), id, cfg->dim);
+      if (auto why = vector_problem(v.data(), cfg->dim, cosine)) {
+        if (corrupt) corrupt->push_back({id, *why});
+        continue;
       }
-      decode_vector(blob.getBlob(), v.size(), v.data());
-      fn(q.getColumn(0).getInt64(), v.data());
+      fn(id, v.data());
     }
     tx.commit();
     return gen;

@@ -26,7 +26,8 @@ class StoreError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-inline constexpr int kCatalogSchemaVersion = 1;
+// 2: meta.collection_id (a random 128-bit id that binds index cache files to their catalog).
+inline constexpr int kCatalogSchemaVersion = 2;
 
 struct ImageRecord {
   std::int64_t id = 0;       // assigned by the catalog, never reused
@@ -50,6 +51,19 @@ struct CatalogConfig {
   std::string factory = "Flat";   // FAISS factory string
 };
 
+// A vector that failed the checks made as vectors are read: finite values, and unit L2 norm
+// (+-1e-3) in a cosine collection. Such a vector is left out of the index and reported.
+struct CorruptVector {
+  std::int64_t id = 0;
+  std::string reason;  // e.g. "embedding has a non-finite value", "embedding norm 0.8711, not 1"
+};
+
+// Records read in one read transaction, with the generation that transaction saw.
+struct Snapshot {
+  std::int64_t generation = 0;
+  std::vector<ImageRecord> records;  // by id
+};
+
 struct Put {
   ImageRecord record;            // matched by path: an existing path is updated (keeps its id)
   std::vector<float> embedding;  // dim floats
@@ -63,6 +77,16 @@ class Catalog {
   // file or a SQLite file without lookalike's meta, and a StoreError naming both versions for a
   // newer schema_version. One Catalog is used from one thread at a time.
   static std::unique_ptr<Catalog> open(const std::filesystem::path& path, bool create);
+  // A read-only connection (SQLITE_OPEN_READONLY) to an existing catalog: every write throws
+  // StoreError. An older schema is read as it is (only a writer migrates); a v1 catalog has no
+  // collection_id yet, and collection_id() returns 32 zeros for it.
+  static std::unique_ptr<Catalog> open_read_only(const std::filesystem::path& path);
+  // Creates a complete catalog (schema and `config`) at `path` atomically: it is written to
+  // <path>.tmp, switched to WAL and closed (checkpointed), fsynced and renamed over `path`, and
+  // the folder fsynced, so
+  // a kill or a full disk leaves either no catalog or a complete one (and a .tmp leftover that
+  // the next writer deletes). Throws StoreError naming `path` and the cause.
+  static void create_atomic(const std::filesystem::path& path, const CatalogConfig& config);
   ~Catalog();
 
   const std::filesystem::path& path() const { return path_; }
@@ -74,7 +98,12 @@ class Catalog {
   // Bumped by every committed write_batch/remove; the FAISS cache records the generation it
   // reflects.
   std::int64_t generation() const;
-  std::int64_t count() const;
+  std::int64_t count() const;  // O(n): SQLite counts rows; keep it off per-batch paths
+  // SQLite's PRAGMA quick_check: "ok", or the first problem found. Reads every page: O(file
+  // size). A write-mode open runs it and refuses a damaged catalog.
+  std::string quick_check() const;
+  // 32 lowercase hex digits, fixed at creation (meta.collection_id).
+  std::string collection_id() const;
 
   std::optional<ImageRecord> get(std::int64_t id) const;
   // The records of `ids` that exist, by id, in one query (unknown ids are skipped).
@@ -82,7 +111,23 @@ class Catalog {
   std::optional<ImageRecord> find_path(const std::string& path) const;
   std::vector<ImageRecord> find_hash(const std::string& content_hash) const;
   std::vector<ImageRecord> list() const;  // by id
+  // Records with id > after_id, by id, at most `limit` (pagination by keyset).
+  std::vector<ImageRecord> list_page(std::int64_t after_id, int limit) const;
+  // The records of `ids` that exist and the generation, in one read transaction.
+  Snapshot snapshot(const std::vector<std::int64_t>& ids) const;
+  // Ids of the image at `path` and of every image under the folder `path` (a prefix match on
+  // "path/", through the unique index on path: O(log n + matches)). `path` is absolute and
+  // normal, without a trailing '/'.
+  std::vector<std::int64_t> ids_under(const std::string& path) const;
+  // The stored embedding of `id`, checked as vectors are read (see CorruptVector): throws
+  // StoreError naming the image and the reason for a corrupt one.
   std::optional<std::vector<float>> embedding(std::int64_t id) const;
+  // The embedding of some image whose current content_hash is `content_hash` (checked), if any:
+  // reuse by content, not by record (a record's content may have changed since it was looked at).
+  std::optional<std::vector<float>> embedding_by_hash(const std::string& content_hash) const;
+  // Replaces the metadata of `id` (a JSON object's text) and bumps the generation; false when
+  // there is no such image. Throws StoreError when `metadata` is not a JSON object.
+  bool set_metadata(std::int64_t id, const std::string& metadata);
 
   // One transaction: deletes `removes` (ids; unknown ids are ignored), then upserts `puts` (by
   // path) with their embeddings. Returns the id of each put, in order. Bumps the generation
@@ -94,7 +139,10 @@ class Catalog {
 
   // Calls fn(id, vector) for every embedding of the config's model, by id. vector: dim floats,
   // valid during the call only. Reads one snapshot and returns the generation it reflects.
-  std::int64_t for_each_embedding(const std::function<void(std::int64_t, const float*)>& fn) const;
+  // Vectors that fail the checks (CorruptVector) are not passed to fn; they are appended to
+  // `corrupt` when given.
+  std::int64_t for_each_embedding(const std::function<void(std::int64_t, const float*)>& fn,
+                                  std::vector<CorruptVector>* corrupt = nullptr) const;
 
  private:
   Catalog() = default;

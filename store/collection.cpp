@@ -7,11 +7,11 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <climits>
 #include <cmath>
 #include <cstring>
+#include <shared_mutex>
+#include <thread>
 #include <unordered_map>
-#include <unordered_set>
 
 namespace lookalike::store {
 
@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 constexpr const char* kCatalogFile = "catalog.db";
 constexpr const char* kLockFile = "lock";
-constexpr std::size_t kAddChunk = 4096;  // vectors per FAISS add during a rebuild
+constexpr std::size_t kAddChunk = 4096;  // vectors per index add during a rebuild
 
 std::int64_t file_bytes(const fs::path& p) {
   std::error_code ec;
@@ -44,21 +44,6 @@ std::string describe(const CatalogConfig& c) {
          " factory=" + c.factory;
 }
 
-// Refuses a config before anything is created for it; building an index proves the factory
-// string parses for this dim and metric.
-void validate(const fs::path& dir, const CatalogConfig& c) {
-  auto refuse = [&](const std::string& why) {
-    return StoreError("collection " + dir.string() + ": invalid config: " + why);
-  };
-  if (c.model_id.empty()) throw refuse("model_id is empty");
-  if (c.dim < 1) throw refuse("dim must be positive, got " + std::to_string(c.dim));
-  try {
-    index::VectorIndex probe(c.dim, index::parse_metric(c.metric), c.factory);
-  } catch (const index::IndexError& e) {
-    throw refuse(e.what());
-  }
-}
-
 void check_normalised(const std::vector<Put>& puts) {
   for (std::size_t i = 0; i < puts.size(); ++i) {
     double sq = 0;
@@ -72,11 +57,56 @@ void check_normalised(const std::vector<Put>& puts) {
   }
 }
 
+// A catalog.db that an interrupted creation by an older version left behind: empty, or
+// without config. Such a file holds nothing to keep.
+bool is_unfinished_catalog(const fs::path& db) {
+  if (file_bytes(db) == 0) return true;
+  try {
+    auto c = Catalog::open_read_only(db);
+    return !c->config();
+  } catch (const StoreError&) {
+    return false;  // someone else's file, or damaged: let open() report it
+  }
+}
+
+index::Metric metric_of(const CatalogConfig& c) { return index::parse_metric(c.metric); }
+
 }  // namespace
+
+RwLock::RwLock() {
+  pthread_rwlockattr_t attr;
+  pthread_rwlockattr_init(&attr);
+  pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init(&lock_, &attr);
+  pthread_rwlockattr_destroy(&attr);
+}
+
+RwLock::~RwLock() { pthread_rwlock_destroy(&lock_); }
+
+// An index built from the catalog, with the generation of the snapshot it was read from.
+struct Collection::Built {
+  std::unique_ptr<index::VectorIndex> index;
+  std::int64_t generation = 0;
+  std::vector<CorruptVector> corrupt;
+  bool from_cache = false;
+};
 
 bool Collection::exists(const fs::path& dir) {
   std::error_code ec;
-  return fs::is_regular_file(dir / kCatalogFile, ec);
+  return fs::is_regular_file(dir / kCatalogFile, ec) && file_bytes(dir / kCatalogFile) > 0;
+}
+
+void Collection::validate_config(const fs::path& dir, const CatalogConfig& c) {
+  auto refuse = [&](const std::string& why) {
+    return StoreError("collection " + dir.string() + ": invalid config: " + why);
+  };
+  if (c.model_id.empty()) throw refuse("model_id is empty");
+  if (c.dim < 1) throw refuse("dim must be positive, got " + std::to_string(c.dim));
+  try {
+    index::VectorIndex::validate_factory(c.dim, index::parse_metric(c.metric), c.factory);
+  } catch (const index::IndexError& e) {
+    throw refuse(e.what());
+  }
 }
 
 fs::path Collection::index_path(std::int64_t generation) const {
@@ -102,14 +132,47 @@ void Collection::lock() {
   }
 }
 
-void Collection::remove_leftovers() {
-  auto keep = index_path(catalog_->generation()).filename().string();
+void Collection::remove_leftovers(std::int64_t generation) {
+  auto keep = index_path(generation).filename().string();
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir_, ec)) {
     auto name = entry.path().filename().string();
-    bool tmp = name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0;
+    bool tmp = (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) ||
+               name.rfind("catalog.db.tmp", 0) == 0;  // and its -journal / -wal / -shm
     if (tmp || (is_index_cache(name) && name != keep)) fs::remove(entry.path(), ec);
   }
+}
+
+void Collection::require_write(const char* what) const {
+  if (mode_ != Mode::Write) {
+    throw StoreError(dir_.string() + ": " + what + " needs the collection opened for writing");
+  }
+}
+
+std::unique_ptr<Catalog> Collection::acquire() const {
+  {
+    std::lock_guard lock(pool_mu_);
+    if (!idle_.empty()) {
+      auto c = std::move(idle_.back());
+      idle_.pop_back();
+      return c;
+    }
+  }
+  return Catalog::open_read_only(dir_ / kCatalogFile);
+}
+
+void Collection::release(std::unique_ptr<Catalog> c) const {
+  std::lock_guard lock(pool_mu_);
+  idle_.push_back(std::move(c));
+}
+
+template <class F>
+auto Collection::reading(F&& f) const {
+  auto c = acquire();
+  // A connection that threw is dropped rather than pooled: it may sit in a failed state.
+  auto result = f(*c);
+  release(std::move(c));
+  return result;
 }
 
 std::unique_ptr<Collection> Collection::open(const fs::path& dir, Mode mode) {
@@ -119,69 +182,105 @@ std::unique_ptr<Collection> Collection::open(const fs::path& dir, Mode mode) {
   std::unique_ptr<Collection> c(new Collection());
   c->dir_ = dir;
   c->mode_ = mode;
-  if (mode == Mode::Write) c->lock();
-  c->catalog_ = Catalog::open(dir / kCatalogFile, false);
-  auto config = c->catalog_->config();
+  if (mode == Mode::Write) {
+    c->lock();
+    c->writer_ = Catalog::open(dir / kCatalogFile, false);  // migrates an older schema
+  }
+  auto primary = mode == Mode::Write ? nullptr : Catalog::open_read_only(dir / kCatalogFile);
+  const Catalog& catalog = mode == Mode::Write ? *c->writer_ : *primary;
+  auto config = catalog.config();
   if (!config) {
     throw StoreError(dir.string() +
-                     ": collection has no config (its creation was interrupted; create it again)");
+                     ": collection has no config (its creation was interrupted; run `lookalike "
+                     "index` on it to create it again)");
   }
   c->config_ = *config;
-  if (mode == Mode::Write) c->remove_leftovers();
+  c->collection_id_ = catalog.collection_id();
+  if (mode == Mode::Write) c->remove_leftovers(catalog.generation());
+  c->load_or_rebuild(catalog);
+  if (primary) c->release(std::move(primary));
   return c;
 }
 
 std::unique_ptr<Collection> Collection::create_or_open(const fs::path& dir,
                                                        const CatalogConfig& config) {
-  validate(dir, config);
+  validate_config(dir, config);
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw StoreError(dir.string() + ": cannot create collection directory: " + ec.message());
-  std::unique_ptr<Collection> c(new Collection());
-  c->dir_ = dir;
-  c->mode_ = Mode::Write;
-  c->lock();  // before the catalog exists, so two creators cannot race
-  c->catalog_ = Catalog::open(dir / kCatalogFile, true);
-  if (auto existing = c->catalog_->config()) {
-    if (!same_identity(*existing, config)) {
-      throw StoreError("collection " + dir.string() + " was created with " + describe(*existing) +
-                       ", not " + describe(config));
+  {
+    // The lock is taken before the catalog exists, so two creators cannot race.
+    std::unique_ptr<Collection> guard(new Collection());
+    guard->dir_ = dir;
+    guard->lock();
+    const auto db = dir / kCatalogFile;
+    if (fs::exists(db, ec) && is_unfinished_catalog(db)) {
+      for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+        fs::remove(db.string() + suffix, ec);
     }
-    c->config_ = *existing;
-  } else {
-    c->catalog_->set_config(config);
-    c->config_ = config;
+    if (!fs::exists(db, ec)) Catalog::create_atomic(db, config);
+  }  // the guard's lock is released; open() takes it again
+  auto c = open(dir, Mode::Write);
+  if (!same_identity(c->config_, config)) {
+    throw StoreError("collection " + dir.string() + " was created with " + describe(c->config_) +
+                     ", not " + describe(config));
   }
-  c->remove_leftovers();
   return c;
 }
 
 Collection::~Collection() {
-  catalog_.reset();  // close SQLite before the lock is released
+  writer_.reset();  // close SQLite before the lock is released
+  idle_.clear();
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
-index::VectorIndex& Collection::index() {
-  auto generation = catalog_->generation();
-  if (!index_ || index_generation_ != generation) load_or_rebuild(generation);
-  return *index_;
+Collection::Built Collection::build_from_catalog(const Catalog& catalog) const {
+  Built b;
+  b.index = std::make_unique<index::VectorIndex>(config_.dim, metric_of(config_), config_.factory);
+  const auto dim = static_cast<std::size_t>(config_.dim);
+  std::vector<float> vectors;
+  std::vector<std::int64_t> ids;
+  auto flush = [&] {
+    b.index->add(vectors.data(), ids.data(), static_cast<std::int64_t>(ids.size()));
+    vectors.clear();
+    ids.clear();
+  };
+  b.generation = catalog.for_each_embedding(
+      [&](std::int64_t id, const float* v) {
+        vectors.insert(vectors.end(), v, v + dim);
+        ids.push_back(id);
+        if (ids.size() == kAddChunk) flush();
+      },
+      &b.corrupt);
+  if (!ids.empty()) flush();
+  for (const auto& bad : b.corrupt) {
+    auto rec = catalog.get(bad.id);
+    spdlog::warn("{}: image {} ({}): stored {}; left out of the index (re-index the file)",
+                 (dir_ / kCatalogFile).string(), bad.id, rec ? rec->path : "?", bad.reason);
+  }
+  return b;
 }
 
-void Collection::load_or_rebuild(std::int64_t generation) {
-  index_.reset();
-  index_from_cache_ = false;
+void Collection::install(Built built) const {
+  std::unique_lock lock(index_lock_);
+  index_ = std::move(built.index);
+  index_generation_ = built.generation;
+  index_saved_ = built.from_cache;
+  index_from_cache_ = built.from_cache;
+  corrupt_ = std::move(built.corrupt);
+}
+
+void Collection::load_or_rebuild(const Catalog& catalog) {
+  const auto generation = catalog.generation();
   auto file = index_path(generation);
   std::error_code ec;
   if (fs::exists(file, ec)) {
     try {
-      auto loaded = index::VectorIndex::load(file, config_.dim, index::parse_metric(config_.metric),
-                                             config_.factory);
-      auto count = catalog_->count();
+      auto loaded = index::VectorIndex::load(file, config_.dim, metric_of(config_), config_.factory,
+                                             collection_id_, generation);
+      auto count = catalog.count();
       if (loaded.size() == count) {
-        index_ = std::move(loaded);
-        index_generation_ = generation;
-        index_from_cache_ = true;
-        index_saved_ = true;
+        install({std::make_unique<index::VectorIndex>(std::move(loaded)), generation, {}, true});
         return;
       }
       spdlog::warn("{}: holds {} vectors, the catalog {} images; rebuilding from the catalog",
@@ -190,40 +289,54 @@ void Collection::load_or_rebuild(std::int64_t generation) {
       spdlog::warn("{}; rebuilding the index from the catalog", e.what());
     }
   }
-  rebuild();
-  if (mode_ == Mode::Write) save_index();
+  install(build_from_catalog(catalog));
+  if (mode_ == Mode::Write) {
+    // A full disk must not keep the writer out (it may be opening to remove images).
+    try {
+      save_index();
+    } catch (const index::IndexError& e) {
+      spdlog::warn("{}; the index stays in memory only until the next save", e.what());
+    }
+  }
 }
 
-void Collection::rebuild() {
-  index::VectorIndex fresh(config_.dim, index::parse_metric(config_.metric), config_.factory);
-  // A trainable factory sees every vector before the first add; Flat streams in chunks.
-  const bool train = fresh.needs_training();
-  const auto dim = static_cast<std::size_t>(config_.dim);
-  std::vector<float> vectors;
-  std::vector<std::int64_t> ids;
-  auto flush = [&] {
-    fresh.add(vectors.data(), ids.data(), static_cast<std::int64_t>(ids.size()));
-    vectors.clear();
-    ids.clear();
-  };
-  auto generation = catalog_->for_each_embedding([&](std::int64_t id, const float* v) {
-    vectors.insert(vectors.end(), v, v + dim);
-    ids.push_back(id);
-    if (!train && ids.size() == kAddChunk) flush();
-  });
-  if (train && !ids.empty()) fresh.train(vectors.data(), static_cast<std::int64_t>(ids.size()));
-  if (!ids.empty()) flush();
-  index_ = std::move(fresh);
-  index_generation_ = generation;
-  index_saved_ = false;
+void Collection::refresh_if_stale(std::int64_t catalog_generation) const {
+  // Only a Read-mode collection gets here: another process committed since the index was read.
+  std::lock_guard guard(refresh_mu_);
+  {
+    std::shared_lock lock(index_lock_);
+    if (index_generation_ >= catalog_generation) return;  // another thread refreshed it
+  }
+  auto catalog = acquire();
+  const auto generation = catalog->generation();
+  auto file = index_path(generation);
+  std::error_code ec;
+  Built built;
+  if (fs::exists(file, ec)) {
+    try {
+      built.index = std::make_unique<index::VectorIndex>(index::VectorIndex::load(
+          file, config_.dim, metric_of(config_), config_.factory, collection_id_, generation));
+      built.generation = generation;
+      built.from_cache = true;
+    } catch (const index::IndexError&) {
+      built.index.reset();
+    }
+  }
+  if (!built.index) built = build_from_catalog(*catalog);
+  release(std::move(catalog));
+  install(std::move(built));
 }
 
-void Collection::update_index(const std::vector<Put>& puts, const std::vector<std::int64_t>& ids,
-                              const std::vector<std::int64_t>& removes) {
-  // Updated images are removed and re-added; a path put twice in one batch keeps its last vector.
-  std::vector<std::int64_t> gone(removes);
-  gone.insert(gone.end(), ids.begin(), ids.end());
-  index_->remove(gone);
+std::vector<std::int64_t> Collection::apply(const std::vector<Put>& puts,
+                                            const std::vector<std::int64_t>& removes) {
+  require_write("apply");
+  if (config_.metric == "cosine") check_normalised(puts);
+  std::lock_guard writer(write_mu_);
+  auto ids = writer_->write_batch(puts, removes);
+  if (puts.empty() && removes.empty()) return ids;
+  const auto after = writer_->generation();
+
+  // Updated images are replaced in the index (upsert); a path put twice keeps its last vector.
   std::unordered_map<std::int64_t, std::size_t> last;
   for (std::size_t i = 0; i < ids.size(); ++i) last[ids[i]] = i;
   std::vector<float> vectors;
@@ -233,43 +346,62 @@ void Collection::update_index(const std::vector<Put>& puts, const std::vector<st
     vectors.insert(vectors.end(), puts[i].embedding.begin(), puts[i].embedding.end());
     add_ids.push_back(ids[i]);
   }
-  index_->add(vectors.data(), add_ids.data(), static_cast<std::int64_t>(add_ids.size()));
-}
-
-std::vector<std::int64_t> Collection::apply(const std::vector<Put>& puts,
-                                            const std::vector<std::int64_t>& removes) {
-  if (config_.metric == "cosine") check_normalised(puts);
-  const auto before = catalog_->generation();
-  const bool current = index_ && index_generation_ == before;
-  auto ids = catalog_->write_batch(puts, removes);
-  const auto after = catalog_->generation();
-  if (after == before) return ids;
-  if (!current) {
-    index_.reset();  // the next index() call loads or rebuilds it
-    return ids;
+  bool failed = false;
+  {
+    std::unique_lock lock(index_lock_);
+    try {
+      index_->remove(removes);
+      index_->add(vectors.data(), add_ids.data(), static_cast<std::int64_t>(add_ids.size()));
+      const std::unordered_set<std::int64_t> removed(removes.begin(), removes.end());
+      std::erase_if(corrupt_, [&](const CorruptVector& c) {
+        return last.count(c.id) > 0 || removed.count(c.id) > 0;
+      });
+      index_generation_ = after;
+      index_saved_ = false;
+      index_from_cache_ = false;
+    } catch (const index::IndexError& e) {
+      spdlog::warn("{}: in-memory index update failed ({}); rebuilding it from the catalog",
+                   dir_.string(), e.what());
+      failed = true;
+    }
   }
-  try {
-    update_index(puts, ids, removes);
-    index_generation_ = after;
-    index_from_cache_ = false;
-    index_saved_ = false;
-  } catch (const index::IndexError& e) {
-    spdlog::warn("{}: in-memory index update failed ({}); it will be rebuilt", dir_.string(),
-                 e.what());
-    index_.reset();
+  if (failed) {
+    install(build_from_catalog(*writer_));
+  } else {
+    maybe_compact();
   }
   return ids;
 }
 
-void Collection::save_index() {
-  if (mode_ != Mode::Write) {
-    throw StoreError(dir_.string() + ": save_index needs the collection opened for writing");
+void Collection::maybe_compact() {
+  {
+    std::shared_lock lock(index_lock_);
+    if (index_->deleted_fraction() <= index::kCompactFraction) return;
   }
-  index();
+  // Built beside the live index (searches go on), swapped in under the exclusive lock. The
+  // writer mutex is held, so the catalog cannot move on meanwhile.
+  install(build_from_catalog(*writer_));
+}
+
+bool Collection::set_metadata(std::int64_t id, const std::string& metadata) {
+  require_write("set_metadata");
+  std::lock_guard writer(write_mu_);
+  if (!writer_->set_metadata(id, metadata)) return false;
+  const auto after = writer_->generation();
+  std::unique_lock lock(index_lock_);
+  index_generation_ = after;  // the vectors are unchanged; the cache file stays valid by content
+  index_saved_ = false;
+  return true;
+}
+
+void Collection::save_index() {
+  require_write("save_index");
+  std::lock_guard writer(write_mu_);
+  std::shared_lock lock(index_lock_);
   auto file = index_path(index_generation_);
   std::error_code ec;
   if (!(index_saved_ && fs::exists(file, ec))) {
-    index_->save(file);
+    index_->save(file, collection_id_, index_generation_);
     index_saved_ = true;
   }
   auto keep = file.filename().string();
@@ -280,41 +412,124 @@ void Collection::save_index() {
 }
 
 std::vector<std::vector<SearchResult>> Collection::search(
-    const float* queries, std::int64_t nq, int k, const std::vector<std::int64_t>& exclude_ids) {
-  if (k < 1) throw index::IndexError("search: k must be at least 1, got " + std::to_string(k));
-  auto& idx = index();
-  std::unordered_set<std::int64_t> excluded(exclude_ids.begin(), exclude_ids.end());
-  // Ask for enough extra hits that k remain after the excluded ones are dropped.
-  auto want = std::min<std::int64_t>(std::int64_t{k} + static_cast<std::int64_t>(excluded.size()),
-                                     std::max<std::int64_t>(idx.size(), k));
-  auto hits = idx.search(queries, nq, static_cast<int>(std::min<std::int64_t>(want, INT_MAX)));
-
-  std::vector<std::int64_t> wanted;
-  for (const auto& list : hits) {
-    for (const auto& h : list) wanted.push_back(h.id);
+    const float* queries, std::int64_t nq, int k, const std::vector<std::int64_t>& exclude_ids,
+    std::int64_t* generation_out) const {
+  if (k < 1 || k > kMaxTopK) {
+    throw StoreError("k must be between 1 and " + std::to_string(kMaxTopK) + ", got " +
+                     std::to_string(k));
   }
-  std::unordered_map<std::int64_t, ImageRecord> records;
-  for (auto& r : catalog_->get_many(wanted)) records.emplace(r.id, std::move(r));
-
-  std::vector<std::vector<SearchResult>> out(hits.size());
-  for (std::size_t q = 0; q < hits.size(); ++q) {
-    for (const auto& h : hits[q]) {
-      if (static_cast<int>(out[q].size()) == k) break;
-      if (excluded.count(h.id)) continue;
-      auto it = records.find(h.id);
-      if (it == records.end()) continue;  // removed by another process since the index was read
-      out[q].push_back({static_cast<int>(out[q].size()) + 1, it->second, h.score});
+  const std::unordered_set<std::int64_t> excluded(exclude_ids.begin(), exclude_ids.end());
+  for (int attempt = 0;; ++attempt) {
+    std::vector<std::vector<index::Hit>> hits;
+    std::int64_t seen = 0;
+    {
+      std::shared_lock lock(index_lock_);
+      hits = index_->search(queries, nq, k, excluded.empty() ? nullptr : &excluded);
+      seen = index_generation_;
     }
+    std::vector<std::int64_t> wanted;
+    for (const auto& list : hits) {
+      for (const auto& h : list) wanted.push_back(h.id);
+    }
+    auto snap = reading([&](const Catalog& c) { return c.snapshot(wanted); });
+    if (snap.generation != seen && attempt < 1000) {
+      // A commit landed between the index search and the catalog read. In this process the
+      // writer swaps the index right after its commit: try again once it has. Elsewhere
+      // (Read mode, another process writes): reload the index first.
+      if (mode_ == Mode::Read) {
+        refresh_if_stale(snap.generation);
+      } else {
+        std::this_thread::yield();
+      }
+      continue;
+    }
+    std::unordered_map<std::int64_t, ImageRecord> records;
+    for (auto& r : snap.records) records.emplace(r.id, std::move(r));
+    std::vector<std::vector<SearchResult>> out(hits.size());
+    for (std::size_t q = 0; q < hits.size(); ++q) {
+      for (const auto& h : hits[q]) {
+        auto it = records.find(h.id);
+        if (it == records.end()) continue;  // only after 1000 attempts lost a race
+        out[q].push_back({static_cast<int>(out[q].size()) + 1, it->second, h.score});
+      }
+    }
+    if (generation_out) *generation_out = seen;
+    return out;
   }
+}
+
+std::optional<ImageRecord> Collection::get(std::int64_t id) const {
+  return reading([&](const Catalog& c) { return c.get(id); });
+}
+std::vector<ImageRecord> Collection::get_many(const std::vector<std::int64_t>& ids) const {
+  return reading([&](const Catalog& c) { return c.get_many(ids); });
+}
+std::optional<ImageRecord> Collection::find_path(const std::string& path) const {
+  return reading([&](const Catalog& c) { return c.find_path(path); });
+}
+std::vector<ImageRecord> Collection::list() const {
+  return reading([&](const Catalog& c) { return c.list(); });
+}
+std::vector<ImageRecord> Collection::list_page(std::int64_t after_id, int limit) const {
+  return reading([&](const Catalog& c) { return c.list_page(after_id, limit); });
+}
+std::vector<std::int64_t> Collection::ids_under(const std::string& path) const {
+  return reading([&](const Catalog& c) { return c.ids_under(path); });
+}
+std::optional<std::vector<float>> Collection::embedding(std::int64_t id) const {
+  return reading([&](const Catalog& c) { return c.embedding(id); });
+}
+std::optional<std::vector<float>> Collection::embedding_by_hash(const std::string& hash) const {
+  return reading([&](const Catalog& c) { return c.embedding_by_hash(hash); });
+}
+std::int64_t Collection::count() const {
+  return reading([&](const Catalog& c) { return c.count(); });
+}
+
+std::int64_t Collection::generation() const {
+  std::shared_lock lock(index_lock_);
+  return index_generation_;
+}
+
+bool Collection::index_from_cache() const {
+  std::shared_lock lock(index_lock_);
+  return index_from_cache_;
+}
+
+std::int64_t Collection::index_size() const {
+  std::shared_lock lock(index_lock_);
+  return index_->size();
+}
+
+std::unordered_set<std::int64_t> Collection::corrupt_ids() const {
+  std::shared_lock lock(index_lock_);
+  std::unordered_set<std::int64_t> out;
+  for (const auto& c : corrupt_) out.insert(c.id);
   return out;
+}
+
+void Collection::check_integrity() const {
+  auto verdict = reading([&](const Catalog& c) { return c.quick_check(); });
+  if (verdict != "ok") {
+    throw StoreError((dir_ / kCatalogFile).string() +
+                     ": catalog is damaged (SQLite quick_check: " + verdict + ")");
+  }
 }
 
 CollectionInfo Collection::info() const {
   CollectionInfo i;
   i.dir = dir_;
-  i.count = catalog_->count();
+  i.collection_id = collection_id_;
   i.config = config_;
-  i.generation = catalog_->generation();
+  {
+    std::shared_lock lock(index_lock_);
+    i.generation = index_generation_;
+    i.index_vectors = index_->size();
+    i.index_deleted = index_->deleted();
+    i.index_status = index_->status();
+    i.corrupt = corrupt_;
+  }
+  i.count = count();
   auto db = dir_ / kCatalogFile;
   i.catalog_bytes =
       file_bytes(db) + file_bytes(db.string() + "-wal") + file_bytes(db.string() + "-shm");

@@ -1,25 +1,43 @@
 // A collection is a directory:
 //   catalog.db            SQLite catalog (source of truth, WAL), see store/catalog.h
-//   index-<gen>.faiss     FAISS index cache for catalog generation <gen>; rebuilt from the
-//                         catalog whenever missing, stale or unreadable
+//   index-<gen>.faiss     index cache for catalog generation <gen>, bound to the catalog's
+//                         collection_id; rebuilt from the catalog whenever missing, stale or
+//                         unreadable
 //   lock                  advisory lock held by the one writer at a time
-// Format and crash-safety argument: docs/collection-format.md.
-// Thread-safety: a Collection (its SQLite connection and in-memory index) is used from one
-// thread at a time; give each thread or request worker its own, or serialise access. Several
-// processes may open one collection: any number of readers (no lock; SQLite WAL snapshots)
-// and at most one writer.
+// Format, crash safety and the concurrency design: docs/collection-format.md, docs/engine.md.
+//
+// Thread-safety (one process): every method may be called from any number of threads at once.
+// Reads (search, get, list, info, ...) run in parallel, each on a pooled read-only SQLite
+// connection; writes (apply, set_metadata, save_index) are serialised by a writer mutex. A
+// search sees exactly one committed generation: its index hits and the catalog rows it returns
+// come from the same generation (it retries when a writer committed in between), so it never
+// returns an id whose row is gone nor half a batch. A search waits for a writer only while the
+// writer swaps the in-memory index (O(batch) work under an exclusive lock), never during its
+// forward pass or its SQLite commit.
+// Several processes: any number of readers (no lock; SQLite WAL snapshots) and at most one
+// writer (flock). A Read-mode collection that finds the catalog newer than its index reloads
+// (or rebuilds) the index before answering.
 #pragma once
 
+#include <pthread.h>
+
+#include <atomic>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "index/vector_index.h"
 #include "store/catalog.h"
 
 namespace lookalike::store {
+
+// Largest top-k a search accepts (Elasticsearch's index.max_result_window is the same 10,000):
+// a bound on the memory a single request may ask for.
+inline constexpr int kMaxTopK = 10'000;
 
 struct SearchResult {
   int rank = 0;  // 1-based
@@ -29,81 +47,148 @@ struct SearchResult {
 
 struct CollectionInfo {
   std::filesystem::path dir;
+  std::string collection_id;
   std::int64_t count = 0;
   CatalogConfig config;
   std::int64_t generation = 0;
-  std::int64_t catalog_bytes = 0;  // catalog.db + -wal + -shm
-  std::int64_t index_bytes = 0;    // current index cache file, 0 when not written yet
-  std::int64_t total_bytes = 0;    // everything in the directory
+  std::int64_t catalog_bytes = 0;      // catalog.db + -wal + -shm
+  std::int64_t index_bytes = 0;        // current index cache file, 0 when not written yet
+  std::int64_t total_bytes = 0;        // everything in the directory
+  std::int64_t index_vectors = 0;      // live vectors in the in-memory index
+  std::int64_t index_deleted = 0;      // tombstoned slots awaiting compaction
+  std::string index_status;            // VectorIndex::status(), e.g. "exact search until ..."
+  std::vector<CorruptVector> corrupt;  // stored vectors left out of the index
+};
+
+// A shared/exclusive lock that prefers writers (glibc's default rwlock prefers readers, so a
+// stream of searches could starve the writer's index swap forever).
+class RwLock {
+ public:
+  RwLock();
+  ~RwLock();
+  RwLock(const RwLock&) = delete;
+  RwLock& operator=(const RwLock&) = delete;
+  void lock_shared() { pthread_rwlock_rdlock(&lock_); }
+  void unlock_shared() { pthread_rwlock_unlock(&lock_); }
+  void lock() { pthread_rwlock_wrlock(&lock_); }
+  void unlock() { pthread_rwlock_unlock(&lock_); }
+
+ private:
+  pthread_rwlock_t lock_;
 };
 
 class Collection {
  public:
   enum class Mode { Read, Write };
-  // Opens an existing collection. Write mode takes the writer lock (throws StoreError
-  // "collection <dir> is locked by another lookalike process" when another writer holds it)
-  // and deletes leftovers of an interrupted run (*.tmp, index caches of other generations).
-  // Throws StoreError when `dir` is not a collection or its catalog is refused (see Catalog).
+  // Opens an existing collection and loads its index (cache file or rebuild). Write mode takes
+  // the writer lock (throws StoreError "collection <dir> is locked by another lookalike
+  // process" when another writer holds it) and deletes leftovers of an interrupted run (*.tmp,
+  // index caches of other generations). Throws StoreError when `dir` is not a collection or its
+  // catalog is refused (see Catalog).
   static std::unique_ptr<Collection> open(const std::filesystem::path& dir, Mode mode);
-  // Creates `dir` (and parents) and an empty catalog with `config` if it is not a collection
-  // yet, else opens it for writing; throws StoreError if its config differs from `config` in
-  // model_id, dim, metric or factory, or if `config` is invalid (empty model_id, dim < 1,
-  // unknown metric, a factory string FAISS rejects): then nothing is created.
+  // Opens `dir` for writing, creating it first when it is not a collection yet: the catalog
+  // appears atomically, complete with `config` (Catalog::create_atomic), so a kill or a full
+  // disk during creation leaves no half collection; an empty or config-less catalog.db left by
+  // an older version is replaced. Throws StoreError if the existing config differs from
+  // `config` in model_id, dim, metric or factory, or if `config` is invalid (empty model_id,
+  // dim < 1, unknown metric, a factory string VectorIndex::validate_factory refuses): then
+  // nothing is created.
   static std::unique_ptr<Collection> create_or_open(const std::filesystem::path& dir,
                                                     const CatalogConfig& config);
   static bool exists(const std::filesystem::path& dir);
+  // Refuses a config before anything is created for it (see create_or_open).
+  static void validate_config(const std::filesystem::path& dir, const CatalogConfig& config);
   ~Collection();
 
   const std::filesystem::path& dir() const { return dir_; }
-  Catalog& catalog() { return *catalog_; }
-  const Catalog& catalog() const { return *catalog_; }
   const CatalogConfig& config() const { return config_; }
+  const std::string& collection_id() const { return collection_id_; }
+  Mode mode() const { return mode_; }
 
-  // The FAISS index for the catalog's current generation: loaded from the cache file if it
-  // loads and holds as many vectors as the catalog, else rebuilt from the catalog's embeddings
-  // (trained on all of them first when the factory needs training) and, in Write mode, saved.
-  // A damaged cache file is logged and rebuilt, never fatal. Throws index::IndexError when the
-  // rebuild itself fails (e.g. fewer vectors than an IVF factory's lists).
-  index::VectorIndex& index();
-  // True when the current in-memory index came from the cache file as is.
-  bool index_from_cache() const { return index_from_cache_; }
+  // Catalog reads on a pooled read-only connection (see Catalog for each).
+  std::optional<ImageRecord> get(std::int64_t id) const;
+  std::vector<ImageRecord> get_many(const std::vector<std::int64_t>& ids) const;
+  std::optional<ImageRecord> find_path(const std::string& path) const;
+  std::vector<ImageRecord> list() const;
+  std::vector<ImageRecord> list_page(std::int64_t after_id, int limit) const;
+  std::vector<std::int64_t> ids_under(const std::string& path) const;
+  std::optional<std::vector<float>> embedding(std::int64_t id) const;
+  std::optional<std::vector<float>> embedding_by_hash(const std::string& content_hash) const;
+  std::int64_t count() const;  // O(n) in SQLite; not for per-batch paths
+  // The generation the in-memory index reflects (what a search sees now).
+  std::int64_t generation() const;
+  // True when the in-memory index came from the cache file as is (not rebuilt).
+  bool index_from_cache() const;
+  std::int64_t index_size() const;  // live vectors in the in-memory index
+  // Ids whose stored vector failed its checks when the index was last built (left out of it).
+  std::unordered_set<std::int64_t> corrupt_ids() const;
 
-  // Commits to the catalog first (source of truth, durable on return), then updates the
-  // in-memory index if it is loaded (if that fails, the next index() call rebuilds it).
-  // Throws StoreError as Catalog::write_batch does, and for a metric cosine collection when an
-  // embedding's L2 norm is not 1 (+-1e-3); nothing is written then.
+  // Write mode only (else StoreError). Commits to the catalog first (durable on return), then
+  // applies the batch to the in-memory index under the exclusive lock: O(puts + removes)
+  // index work, whatever the collection's size. When the index's tombstoned share passes
+  // index::kCompactFraction, the index is rebuilt from the catalog beside the live one and
+  // swapped in. Throws StoreError as Catalog::write_batch does, and for a metric cosine
+  // collection when an embedding's L2 norm is not 1 (+-1e-3); nothing is written then.
   std::vector<std::int64_t> apply(const std::vector<Put>& puts,
                                   const std::vector<std::int64_t>& removes);
+  // Write mode only. Replaces an image's metadata (a JSON object's text); false when no such
+  // id. Bumps the generation.
+  bool set_metadata(std::int64_t id, const std::string& metadata);
   // Writes index-<generation>.faiss atomically and deletes other cache files; does nothing when
-  // that file already holds the in-memory index. Write mode only (else StoreError).
+  // that file already holds the in-memory index. Write mode only (else StoreError). Searches go
+  // on while it writes; writers wait.
   void save_index();
 
   // queries: nq x dim float32 row-major (L2-normalised for cosine). Results best first, at most
-  // k each; `exclude_ids` are skipped (e.g. the query image itself for --id). Throws
-  // index::IndexError when k < 1.
+  // k each (fewer when the collection holds fewer); `exclude_ids` are skipped (e.g. the query
+  // image itself). Throws StoreError "k must be between 1 and 10000" for k outside
+  // [1, kMaxTopK], and index::IndexError when FAISS fails. `generation`, when given, receives
+  // the generation the results come from.
   std::vector<std::vector<SearchResult>> search(const float* queries, std::int64_t nq, int k,
-                                                const std::vector<std::int64_t>& exclude_ids = {});
+                                                const std::vector<std::int64_t>& exclude_ids = {},
+                                                std::int64_t* generation = nullptr) const;
   CollectionInfo info() const;
+  // Reads every page of the catalog (SQLite quick_check, O(file size)); throws StoreError naming
+  // catalog.db and the first problem when it is damaged. Write-mode opens run it already.
+  void check_integrity() const;
 
  private:
+  struct Built;
+  class Lease;
   Collection() = default;
   std::filesystem::path index_path(std::int64_t generation) const;
   void lock();
-  void remove_leftovers();
-  void load_or_rebuild(std::int64_t generation);
-  void rebuild();
-  void update_index(const std::vector<Put>& puts, const std::vector<std::int64_t>& ids,
-                    const std::vector<std::int64_t>& removes);
+  void remove_leftovers(std::int64_t generation);
+  void require_write(const char* what) const;
+  std::unique_ptr<Catalog> acquire() const;
+  void release(std::unique_ptr<Catalog> c) const;
+  template <class F>
+  auto reading(F&& f) const;
+  Built build_from_catalog(const Catalog& catalog) const;
+  void load_or_rebuild(const Catalog& catalog);
+  void refresh_if_stale(std::int64_t catalog_generation) const;
+  void install(Built built) const;
+  void maybe_compact();
 
   std::filesystem::path dir_;
   Mode mode_ = Mode::Read;
   int lock_fd_ = -1;
   CatalogConfig config_;
-  std::unique_ptr<Catalog> catalog_;
-  std::optional<index::VectorIndex> index_;
-  std::int64_t index_generation_ = -1;
-  bool index_from_cache_ = false;
-  bool index_saved_ = false;  // the cache file of index_generation_ holds index_
+  std::string collection_id_;
+  std::unique_ptr<Catalog> writer_;  // Write mode; used under write_mu_
+  std::mutex write_mu_;
+
+  mutable std::mutex pool_mu_;
+  mutable std::vector<std::unique_ptr<Catalog>> idle_;
+
+  // The in-memory index and what it reflects, guarded by index_lock_.
+  mutable RwLock index_lock_;
+  mutable std::unique_ptr<index::VectorIndex> index_;
+  mutable std::int64_t index_generation_ = -1;
+  mutable bool index_saved_ = false;  // the cache file of index_generation_ holds index_
+  mutable bool index_from_cache_ = false;
+  mutable std::vector<CorruptVector> corrupt_;
+  mutable std::mutex refresh_mu_;  // Read mode: one reload at a time
 };
 
 }  // namespace lookalike::store

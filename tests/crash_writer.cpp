@@ -28,11 +28,11 @@ int main(int argc, char** argv) {
   }
   try {
     auto c = store::Collection::create_or_open(argv[1], testing::crash_config());
-    c->index();  // recovery: load the cache or rebuild (and save) it
+    // Opening recovered: the index was loaded from its cache or rebuilt (and saved).
     say("opened");
     for (int n = std::atoi(argv[2]);; ++n) {
       std::vector<std::int64_t> removes;
-      if (auto prev = c->catalog().find_path(testing::crash_path(n - 1, 0))) {
+      if (auto prev = c->find_path(testing::crash_path(n - 1, 0))) {
         removes.push_back(prev->id);
       }
       c->apply(testing::crash_batch(n), removes);

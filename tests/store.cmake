@@ -1,7 +1,13 @@
 # index/ and store/ tests: random seeded vectors, no model needed.
 lookalike_test(test_index SOURCES test_index.cpp LIBS lookalike_index)
 lookalike_test(test_catalog SOURCES test_catalog.cpp LIBS lookalike_store SQLite::SQLite3)
-lookalike_test(test_collection SOURCES test_collection.cpp LIBS lookalike_store)
+# SQLite: the tests damage catalogs and age their schema through raw connections. spdlog: the
+# upkeep test counts index rebuilds through the warnings they log.
+lookalike_test(test_collection SOURCES test_collection.cpp
+  LIBS lookalike_store SQLite::SQLite3 spdlog::spdlog)
+# Threads searching while one writes; LOOKALIKE_STRESS_SECONDS (default 10) bounds it.
+# scripts/tsan.sh builds and runs it under ThreadSanitizer.
+lookalike_test(test_store_stress SOURCES test_store_stress.cpp LIBS lookalike_store Threads::Threads)
 
 # The crash test's child: a separate program, so that the parent forks and execs it rather than
 # forking a process whose OpenMP/BLAS threads would not survive fork().

@@ -1,8 +1,11 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <limits>
 
 #include "store/catalog.h"
 #include "tests/store_test_util.h"
@@ -324,8 +327,348 @@ TEST(Catalog, NewerSchemaIsRefusedWithBothVersions) {
   auto what = open_error(path, false);
   EXPECT_NE(what.find(path.string()), std::string::npos) << what;
   EXPECT_NE(what.find("schema version 99 is newer"), std::string::npos) << what;
-  EXPECT_NE(what.find("(1)"), std::string::npos) << what;
+  EXPECT_NE(what.find("(" + std::to_string(lookalike::store::kCatalogSchemaVersion) + ")"),
+            std::string::npos)
+      << what;
   EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"), "99");
+}
+
+// Replaces the stored vector blob of `image_id` through a plain SQLite connection.
+void raw_set_blob(const std::filesystem::path& db, std::int64_t image_id, const std::string& blob) {
+  sqlite3* h = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(h, "UPDATE embeddings SET vector = ? WHERE image_id = ?", -1, &st,
+                               nullptr),
+            SQLITE_OK);
+  sqlite3_bind_blob(st, 1, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 2, image_id);
+  EXPECT_EQ(sqlite3_step(st), SQLITE_DONE);
+  EXPECT_EQ(sqlite3_changes(h), 1);
+  sqlite3_finalize(st);
+  sqlite3_close(h);
+}
+
+std::string vector_blob(const std::filesystem::path& db, std::int64_t image_id) {
+  return raw_text(db, "SELECT vector FROM embeddings WHERE image_id = " + std::to_string(image_id));
+}
+
+float float_at(const std::string& blob, int i) {
+  float x;
+  std::memcpy(&x, blob.data() + 4 * i, 4);  // little-endian host (x86-64, aarch64)
+  return x;
+}
+
+void set_float_at(std::string& blob, int i, float x) { std::memcpy(blob.data() + 4 * i, &x, 4); }
+
+bool is_hex_id(const std::string& s) {
+  return s.size() == 32 && s.find_first_not_of("0123456789abcdef") == std::string::npos &&
+         s != std::string(32, '0');
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const StoreError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Catalog, CreateAtomicWritesACompleteCatalogAndNothingElse) {
+  auto dir = scratch_dir("catalog_atomic");
+  auto path = dir / "catalog.db";
+  // A leftover of a killed creation is overwritten, not appended to.
+  std::ofstream(dir / "catalog.db.tmp", std::ios::binary) << std::string(5000, 'x');
+  Catalog::create_atomic(path, test_config());
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    names.push_back(e.path().filename().string());
+  }
+  EXPECT_EQ(names, std::vector<std::string>{"catalog.db"});
+  // Already in WAL mode (file format bytes 18-19 of the header are 2): switching a live
+  // catalog.db later rewrites its header through a rollback journal, and a kill in that moment
+  // leaves a hot journal that read-only connections cannot roll back ("attempt to write a
+  // readonly database") until a writer opens it.
+  auto header = read_file(path).substr(0, 20);
+  EXPECT_EQ(header[18], 2) << "catalog created in rollback-journal mode";
+  EXPECT_EQ(header[19], 2) << "catalog created in rollback-journal mode";
+  // Complete on its own: a read-only connection (which never writes) sees schema and config.
+  auto ro = Catalog::open_read_only(path);
+  ASSERT_TRUE(ro->config());
+  EXPECT_EQ(ro->config()->model_id, test_config().model_id);
+  EXPECT_EQ(ro->config()->dim, kDim);
+  EXPECT_EQ(ro->generation(), 0);
+  EXPECT_EQ(ro->count(), 0);
+  EXPECT_TRUE(is_hex_id(ro->collection_id())) << ro->collection_id();
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+            std::to_string(lookalike::store::kCatalogSchemaVersion));
+  ro.reset();
+  auto c = Catalog::open(path, false);
+  auto ids = c->write_batch({make_put("/a.jpg", 1)}, {});
+  EXPECT_EQ(c->embedding(ids[0]), seeded_vector(1, kDim));
+  EXPECT_EQ(raw_text(path, "PRAGMA journal_mode"), "wal");  // the writer switched it to WAL
+  // An invalid config creates nothing, not even the .tmp file.
+  auto other = scratch_dir("catalog_atomic_bad") / "catalog.db";
+  auto bad = test_config();
+  bad.metric = "dot";
+  EXPECT_THROW(Catalog::create_atomic(other, bad), StoreError);
+  EXPECT_TRUE(std::filesystem::is_empty(other.parent_path()));
+  // A folder that does not exist: StoreError naming the path, no stray files.
+  auto missing = scratch_dir("catalog_atomic_missing") / "no" / "catalog.db";
+  auto what = error_of([&] { Catalog::create_atomic(missing, test_config()); });
+  EXPECT_NE(what.find(missing.string()), std::string::npos) << what;
+}
+
+TEST(Catalog, CollectionIdIsRandomAndStable) {
+  auto a = fresh_catalog("catalog_id_a");
+  auto b = fresh_catalog("catalog_id_b");
+  auto id = a->collection_id();
+  EXPECT_TRUE(is_hex_id(id)) << id;
+  EXPECT_TRUE(is_hex_id(b->collection_id())) << b->collection_id();
+  EXPECT_NE(id, b->collection_id());
+  a->write_batch({make_put("/a.jpg", 1)}, {});
+  auto path = a->path();
+  a.reset();
+  EXPECT_EQ(Catalog::open(path, false)->collection_id(), id);
+  EXPECT_EQ(Catalog::open_read_only(path)->collection_id(), id);
+}
+
+TEST(Catalog, SchemaV1IsMigratedByAWriterAndReadAsIsByAReader) {
+  auto path = scratch_dir("catalog_v1") / "catalog.db";
+  std::vector<std::int64_t> ids;
+  {
+    auto c = Catalog::open(path, true);
+    c->set_config(test_config());
+    ids = c->write_batch({make_put("/a.jpg", 1), make_put("/b.jpg", 2)}, {});
+  }
+  // What a version-1 catalog looks like: no collection_id, schema_version 1.
+  raw_sql(path,
+          "DELETE FROM meta WHERE key = 'collection_id';"
+          "UPDATE meta SET value = '1' WHERE key = 'schema_version';");
+  {
+    auto ro = Catalog::open_read_only(path);
+    EXPECT_EQ(ro->count(), 2);
+    EXPECT_EQ(ro->generation(), 1);
+    EXPECT_EQ(ro->get(ids[0])->path, "/a.jpg");
+    EXPECT_EQ(ro->embedding(ids[1]), seeded_vector(2, kDim));
+    // No id yet: zeros, which no index file carries.
+    EXPECT_EQ(ro->collection_id(), std::string(32, '0'));
+  }
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"), "1");
+  EXPECT_EQ(raw_text(path, "SELECT count(*) FROM meta WHERE key = 'collection_id'"), "0");
+  std::string id;
+  {
+    auto c = Catalog::open(path, false);
+    id = c->collection_id();
+    EXPECT_TRUE(is_hex_id(id)) << id;
+    EXPECT_EQ(c->count(), 2);
+    EXPECT_EQ(c->generation(), 1);  // a migration is not a data change
+    EXPECT_EQ(c->embedding(ids[0]), seeded_vector(1, kDim));
+  }
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+            std::to_string(lookalike::store::kCatalogSchemaVersion));
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'collection_id'"), id);
+  EXPECT_EQ(Catalog::open(path, false)->collection_id(), id);  // migrated once, then kept
+  EXPECT_EQ(Catalog::open_read_only(path)->collection_id(), id);
+}
+
+TEST(Catalog, ReadOnlyConnectionRefusesEveryWrite) {
+  auto path = scratch_dir("catalog_ro") / "catalog.db";
+  std::vector<std::int64_t> ids;
+  {
+    auto c = Catalog::open(path, true);
+    c->set_config(test_config());
+    ids = c->write_batch({make_put("/a.jpg", 1, R"({"k":1})")}, {});
+  }
+  auto ro = Catalog::open_read_only(path);
+  EXPECT_THROW(ro->write_batch({make_put("/b.jpg", 2)}, {}), StoreError);
+  EXPECT_THROW(ro->write_batch({}, {ids[0]}), StoreError);
+  EXPECT_THROW(ro->set_metadata(ids[0], R"({"k":2})"), StoreError);
+  auto other = test_config();
+  other.dim = 8;
+  EXPECT_THROW(ro->set_config(other), StoreError);
+  EXPECT_EQ(ro->count(), 1);
+  EXPECT_EQ(ro->generation(), 1);
+  EXPECT_EQ(ro->get(ids[0])->metadata, R"({"k":1})");
+  EXPECT_EQ(ro->config()->dim, kDim);
+  // A read-only connection to a missing or empty file is refused.
+  auto dir = scratch_dir("catalog_ro_missing");
+  EXPECT_NE(error_of([&] { Catalog::open_read_only(dir / "catalog.db"); }).find("no such catalog"),
+            std::string::npos);
+  std::ofstream(dir / "empty.db");
+  EXPECT_NE(
+      error_of([&] { Catalog::open_read_only(dir / "empty.db"); }).find("not a lookalike catalog"),
+      std::string::npos);
+  EXPECT_EQ(std::filesystem::file_size(dir / "empty.db"), 0u);
+}
+
+TEST(Catalog, IdsUnderMatchesTheFolderAndNothingBesideIt) {
+  auto c = fresh_catalog("catalog_under");
+  auto ids = c->write_batch(
+      {make_put("/p/DIR/a.jpg", 1), make_put("/p/DIR/sub/b.jpg", 2), make_put("/p/DIR2/c.jpg", 3),
+       make_put("/p/DIRx.jpg", 4), make_put("/p/DIR.jpg", 5), make_put("/p/DIR-x/d.jpg", 6),
+       make_put("/p/DI_/e.jpg", 7), make_put("/p/DI%/f.jpg", 8), make_put("/p/dir/g.jpg", 9)},
+      {});
+  using Ids = std::vector<std::int64_t>;
+  EXPECT_EQ(c->ids_under("/p/DIR"), (Ids{ids[0], ids[1]}));
+  EXPECT_EQ(c->ids_under("/p/DIR/sub"), (Ids{ids[1]}));
+  EXPECT_EQ(c->ids_under("/p/DIR/a.jpg"), (Ids{ids[0]}));  // the image itself
+  EXPECT_EQ(c->ids_under("/p/DIRx.jpg"), (Ids{ids[3]}));
+  EXPECT_EQ(c->ids_under("/p/DI"), Ids{});           // a prefix of a name is not a folder
+  EXPECT_EQ(c->ids_under("/p/DI_"), (Ids{ids[6]}));  // no LIKE wildcards
+  EXPECT_EQ(c->ids_under("/p/DI%"), (Ids{ids[7]}));
+  EXPECT_EQ(c->ids_under("/p/dir"), (Ids{ids[8]}));  // case-sensitive
+  EXPECT_EQ(c->ids_under("/p"), ids);
+  EXPECT_EQ(c->ids_under("/q"), Ids{});
+}
+
+TEST(Catalog, ListPagePaginatesByIdAcrossGaps) {
+  auto c = fresh_catalog("catalog_pages");
+  std::vector<Put> puts;
+  for (int i = 0; i < 25; ++i) puts.push_back(make_put("/p/" + std::to_string(i) + ".jpg", i));
+  auto ids = c->write_batch(puts, {});
+  c->write_batch({}, {ids[0], ids[10], ids[11], ids[24]});  // gaps, including both ends
+  auto all = c->list();
+  ASSERT_EQ(all.size(), 21u);
+  std::vector<std::int64_t> paged;
+  std::vector<std::size_t> sizes;
+  std::int64_t after = 0;
+  for (int guard = 0; guard < 10; ++guard) {
+    auto page = c->list_page(after, 8);
+    sizes.push_back(page.size());
+    if (page.empty()) break;
+    for (const auto& r : page) {
+      EXPECT_GT(r.id, after);
+      paged.push_back(r.id);
+    }
+    after = page.back().id;
+  }
+  EXPECT_EQ(sizes, (std::vector<std::size_t>{8, 8, 5, 0}));
+  std::vector<std::int64_t> listed;
+  for (const auto& r : all) listed.push_back(r.id);
+  EXPECT_EQ(paged, listed);
+  auto page = c->list_page(ids[9], 2);  // after a removed id's neighbour: skips the gap
+  ASSERT_EQ(page.size(), 2u);
+  EXPECT_EQ(page[0].id, ids[12]);
+  EXPECT_EQ(page[0].path, "/p/12.jpg");
+  EXPECT_EQ(page[1].id, ids[13]);
+  EXPECT_TRUE(c->list_page(ids[24], 10).empty());
+}
+
+TEST(Catalog, SetMetadataReplacesItAndBumpsTheGeneration) {
+  auto c = fresh_catalog("catalog_metadata");
+  auto ids = c->write_batch({make_put("/a.jpg", 1, R"({"old":true})")}, {});
+  auto before = *c->get(ids[0]);
+  EXPECT_EQ(c->generation(), 1);
+  EXPECT_TRUE(c->set_metadata(ids[0], R"({"label":"shoe"})"));
+  EXPECT_EQ(c->generation(), 2);
+  auto after = *c->get(ids[0]);
+  EXPECT_EQ(after.metadata, R"({"label":"shoe"})");
+  EXPECT_EQ(after.content_hash, before.content_hash);
+  EXPECT_EQ(after.added_at_ms, before.added_at_ms);
+  EXPECT_GE(after.updated_at_ms, before.updated_at_ms);
+  EXPECT_EQ(c->embedding(ids[0]), seeded_vector(1, kDim));
+  EXPECT_FALSE(c->set_metadata(ids[0] + 100, R"({"x":1})"));  // no such image
+  EXPECT_EQ(c->generation(), 2);
+  for (const char* bad : {"[1]", "{oops", "3", "\"text\""}) {
+    EXPECT_THROW(c->set_metadata(ids[0], bad), StoreError) << bad;
+  }
+  EXPECT_EQ(c->generation(), 2);
+  EXPECT_EQ(c->get(ids[0])->metadata, R"({"label":"shoe"})");
+}
+
+TEST(Catalog, SnapshotReadsRecordsAndGenerationTogether) {
+  auto c = fresh_catalog("catalog_snapshot");
+  auto ids = c->write_batch({make_put("/a.jpg", 1), make_put("/b.jpg", 2)}, {});
+  c->write_batch({}, {ids[0]});
+  auto s = c->snapshot({ids[1], ids[0], 9999});
+  EXPECT_EQ(s.generation, 2);
+  ASSERT_EQ(s.records.size(), 1u);
+  EXPECT_EQ(s.records[0].id, ids[1]);
+  EXPECT_EQ(c->snapshot({}).generation, 2);
+}
+
+TEST(Catalog, EmbeddingByHashFollowsTheCurrentContent) {
+  auto c = fresh_catalog("catalog_by_hash");
+  c->write_batch({make_put("/a.jpg", 1), make_put("/b.jpg", 2)}, {});
+  EXPECT_EQ(c->embedding_by_hash("hash-of-1"), seeded_vector(1, kDim));
+  EXPECT_FALSE(c->embedding_by_hash("hash-of-3"));
+  c->write_batch({make_put("/a.jpg", 3)}, {});  // a.jpg's content changed
+  EXPECT_FALSE(c->embedding_by_hash("hash-of-1"));
+  EXPECT_EQ(c->embedding_by_hash("hash-of-3"), seeded_vector(3, kDim));
+}
+
+// A flipped byte in a stored vector: never used silently, reported naming the image.
+TEST(Catalog, CorruptStoredVectorsAreReportedNeverUsed) {
+  auto c = fresh_catalog("catalog_corrupt_vector");
+  auto ids =
+      c->write_batch({make_put("/ok.jpg", 1), make_put("/nan.jpg", 2), make_put("/long.jpg", 3),
+                      make_put("/flip.jpg", 4), make_put("/twin.jpg", 4)},
+                     {});
+  const auto path = c->path();
+  auto blob = vector_blob(path, ids[1]);
+  set_float_at(blob, 7, std::nanf(""));
+  raw_set_blob(path, ids[1], blob);
+  blob = vector_blob(path, ids[2]);
+  for (int i = 0; i < kDim; ++i) set_float_at(blob, i, float_at(blob, i) * 1.1f);
+  raw_set_blob(path, ids[2], blob);
+  blob = vector_blob(path, ids[3]);
+  blob[4 * 100 + 3] ^= 0x40;  // one flipped bit in the exponent of element 100
+  ASSERT_TRUE(std::isfinite(float_at(blob, 100)));
+  raw_set_blob(path, ids[3], blob);
+
+  std::vector<std::int64_t> seen;
+  std::vector<lookalike::store::CorruptVector> corrupt;
+  c->for_each_embedding([&](std::int64_t id, const float*) { seen.push_back(id); }, &corrupt);
+  EXPECT_EQ(seen, (std::vector<std::int64_t>{ids[0], ids[4]}));
+  ASSERT_EQ(corrupt.size(), 3u);
+  EXPECT_EQ(corrupt[0].id, ids[1]);
+  EXPECT_NE(corrupt[0].reason.find("non-finite"), std::string::npos) << corrupt[0].reason;
+  EXPECT_EQ(corrupt[1].id, ids[2]);
+  EXPECT_NE(corrupt[1].reason.find("norm 1.1000"), std::string::npos) << corrupt[1].reason;
+  EXPECT_EQ(corrupt[2].id, ids[3]);
+  EXPECT_NE(corrupt[2].reason.find("norm"), std::string::npos) << corrupt[2].reason;
+  // Without the out-parameter the corrupt ones are still skipped.
+  seen.clear();
+  c->for_each_embedding([&](std::int64_t id, const float*) { seen.push_back(id); });
+  EXPECT_EQ(seen.size(), 2u);
+
+  for (int i : {1, 2, 3}) {
+    auto what = error_of([&] { c->embedding(ids[i]); });
+    auto rec = c->get(ids[i]);
+    EXPECT_NE(what.find(rec->path), std::string::npos) << what;
+    EXPECT_NE(what.find("image " + std::to_string(ids[i])), std::string::npos) << what;
+  }
+  EXPECT_EQ(c->embedding(ids[0]), seeded_vector(1, kDim));
+  // By hash: the corrupt copy is skipped, the intact image with the same content is used.
+  EXPECT_EQ(c->embedding_by_hash("hash-of-4"), seeded_vector(4, kDim));
+  EXPECT_FALSE(c->embedding_by_hash("hash-of-2"));
+  // Re-putting the file repairs it.
+  c->write_batch({make_put("/nan.jpg", 2)}, {});
+  EXPECT_EQ(c->embedding(ids[1]), seeded_vector(2, kDim));
+}
+
+// A cosine check is not applied to an l2 catalog: only finiteness.
+TEST(Catalog, L2CatalogChecksOnlyFiniteness) {
+  auto c = Catalog::open(scratch_dir("catalog_corrupt_l2") / "catalog.db", true);
+  auto cfg = test_config();
+  cfg.metric = "l2";
+  c->set_config(cfg);
+  auto p = make_put("/big.jpg", 1);
+  for (auto& x : p.embedding) x *= 3;
+  auto ids = c->write_batch({p, make_put("/nan.jpg", 2)}, {});
+  auto blob = vector_blob(c->path(), ids[1]);
+  set_float_at(blob, 0, std::numeric_limits<float>::infinity());
+  raw_set_blob(c->path(), ids[1], blob);
+  EXPECT_EQ(c->embedding(ids[0]), p.embedding);
+  EXPECT_THROW(c->embedding(ids[1]), StoreError);
+  std::vector<lookalike::store::CorruptVector> corrupt;
+  int n = 0;
+  c->for_each_embedding([&](std::int64_t, const float*) { ++n; }, &corrupt);
+  EXPECT_EQ(n, 1);
+  ASSERT_EQ(corrupt.size(), 1u);
+  EXPECT_EQ(corrupt[0].id, ids[1]);
 }
 
 }  // namespace

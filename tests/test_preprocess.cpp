@@ -1,8 +1,10 @@
-#include <algorithm>
 // Preprocessing (and decoding) against the real PIL + torchvision pipeline: the cases and the
 // reference outputs come from tests/preprocess_reference.py (fixture preprocess_reference).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -212,4 +214,86 @@ TEST_F(PreprocessTest, BadArgumentsAreRefused) {
   EXPECT_THROW(img::preprocess(broken, 4, 4, {}, out.data()), std::invalid_argument);
   EXPECT_THROW(img::preprocess(pixel, 0, 1, {}, out.data()), std::invalid_argument);
   EXPECT_THROW(img::resize(pixel, 0, 5, "bilinear"), std::invalid_argument);
+}
+
+// 1 x 9,000,000 resizes to 256 x 2,304,000,000: past int, which overflowed before.
+TEST_F(PreprocessTest, ResizedSizeIsSixtyFourBit) {
+  EXPECT_EQ(img::resized_size(1, 9'000'000, 256),
+            (std::array<std::int64_t, 2>{256, 2'304'000'000}));
+  EXPECT_EQ(img::resized_size(9'000'000, 1, 256),
+            (std::array<std::int64_t, 2>{2'304'000'000, 256}));
+  EXPECT_EQ(img::resized_size(4, 2'000'000, 256), (std::array<std::int64_t, 2>{256, 128'000'000}));
+}
+
+namespace {
+
+// A w x h image of smooth, position-dependent colours (every tap weight matters).
+img::RgbImage ramp(int w, int h) {
+  img::RgbImage im{w, h, std::vector<std::uint8_t>(std::size_t(w) * h * 3)};
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w; ++x) {
+      auto* p = &im.pixels[(std::size_t(y) * w + x) * 3];
+      p[0] = std::uint8_t((x * 37 + y * 11) % 256);
+      p[1] = std::uint8_t((y * 3) % 256);
+      p[2] = std::uint8_t(128 + 100 * std::sin(x * 0.7 + y * 0.05));
+    }
+  }
+  return im;
+}
+
+// torchvision's pipeline spelled out with the (PIL-exact, ResizeEqualsPil) full resize: what
+// the windowed preprocess must equal.
+std::vector<float> via_full_resize(const img::RgbImage& src, const img::PreprocessSpec& spec) {
+  const auto [rw, rh] = img::resized_size(src.width, src.height, spec.resize_shorter);
+  const img::RgbImage full = img::resize(src, int(rw), int(rh), spec.interpolation);
+  const int x0 = int(std::nearbyint((rw - spec.crop) / 2.0));
+  const int y0 = int(std::nearbyint((rh - spec.crop) / 2.0));
+  std::vector<float> out(std::size_t(3) * spec.crop * spec.crop);
+  for (int c = 0; c < 3; ++c) {
+    for (int y = 0; y < spec.crop; ++y) {
+      for (int x = 0; x < spec.crop; ++x) {
+        const int v = full.pixels[(std::size_t(y0 + y) * full.width + x0 + x) * 3 + c];
+        out[(std::size_t(c) * spec.crop + y) * spec.crop + x] =
+            (float(v) / 255.0f - spec.mean[c]) / spec.std[c];
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+// Only the crop window's taps are computed now (at their offset in the resized image); the
+// result must be the full resize's crop bit for bit, for long images both ways and both filters.
+TEST_F(PreprocessTest, WindowEqualsCropOfTheFullResizeForElongatedImages) {
+  for (const auto& [w, h] : {std::pair{5, 600}, std::pair{600, 5}, std::pair{7, 401},
+                             std::pair{2600, 301}, std::pair{1, 120}}) {
+    for (const char* filter : {"bilinear", "bicubic"}) {
+      img::PreprocessSpec spec;
+      spec.interpolation = filter;
+      const img::RgbImage src = ramp(w, h);
+      std::vector<float> got(std::size_t(3) * spec.crop * spec.crop);
+      img::preprocess(src, w, h, spec, got.data());
+      EXPECT_EQ(got, via_full_resize(src, spec)) << w << "x" << h << " " << filter;
+    }
+  }
+}
+
+// 27 MB of pixels; the old code wanted 2.3e9 x 3 taps (27 GB) and overflowed int first.
+// 1 x 90,000 has the same geometry around the crop (scale 1/256, the colour change 0.4375
+// source rows below the crop's first row), with every size within int: the same tensor.
+TEST_F(PreprocessTest, OneByNineMillionPreprocessesLikeItsSmallAnalogue) {
+  auto tensor = [](int h) {
+    img::RgbImage tall{1, h, std::vector<std::uint8_t>(std::size_t(h) * 3)};
+    for (int y = 0; y < h; ++y) tall.pixels[std::size_t(y) * 3] = y < h / 2 ? 200 : 20;
+    std::vector<float> out(3 * 224 * 224);
+    img::preprocess(tall, 1, h, {}, out.data(), "tall.png");
+    return out;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  const auto huge = tensor(9'000'000);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1.0);
+  const auto small = tensor(90'000);
+  EXPECT_EQ(huge, small);
+  EXPECT_GT(huge[0], huge[223 * 224]) << "the crop should straddle the colour change";
 }

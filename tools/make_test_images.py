@@ -5,9 +5,15 @@ Usage: /usr/bin/python3 tools/make_test_images.py OUTDIR
 
 Everything is generated with PIL (plus hand-built PNG chunks where PIL cannot write the
 case, e.g. 16-bit RGB or a lying header) so the fixtures stay out of the source tree.
+AVIF and HEIC (pattern.avif, pattern.heic) are written through libheif (libheif.so.1, which
+libvips-dev pulls in, with its AOM and x265 encoders) by ctypes, since Debian's PIL has no
+AVIF/HEIF writer; where libheif or an encoder is missing those two files are not written and
+the tests that use them skip.
 The files are small: the whole set is well under 2 MB.
 """
 
+import ctypes
+import ctypes.util
 import io
 import os
 import struct
@@ -107,6 +113,74 @@ def lying_jpeg(data, width, height):
     return data[:i + 5] + struct.pack(">HH", height, width) + data[i + 9:]
 
 
+class _HeifError(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_int), ("subcode", ctypes.c_int), ("message", ctypes.c_char_p)]
+
+
+def _libheif():
+    """libheif's C API (libheif/heif.h, 1.15) by ctypes, or None when it is not installed."""
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("heif") or "libheif.so.1")
+    except OSError:
+        return None
+    vp, c_int = ctypes.c_void_p, ctypes.c_int
+    signatures = {
+        "heif_context_alloc": (vp, []),
+        "heif_context_free": (None, [vp]),
+        "heif_context_get_encoder_for_format": (_HeifError, [vp, c_int, ctypes.POINTER(vp)]),
+        "heif_encoder_set_lossy_quality": (_HeifError, [vp, c_int]),
+        "heif_encoder_release": (None, [vp]),
+        "heif_image_create": (_HeifError, [c_int, c_int, c_int, c_int, ctypes.POINTER(vp)]),
+        "heif_image_add_plane": (_HeifError, [vp, c_int, c_int, c_int, c_int]),
+        "heif_image_get_plane": (ctypes.c_void_p, [vp, c_int, ctypes.POINTER(c_int)]),
+        "heif_image_release": (None, [vp]),
+        "heif_context_encode_image": (_HeifError, [vp, vp, vp, vp, ctypes.POINTER(vp)]),
+        "heif_image_handle_release": (None, [vp]),
+        "heif_context_write_to_file": (_HeifError, [vp, ctypes.c_char_p]),
+    }
+    for name, (res, args) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    return lib
+
+
+HEIF_COMPRESSION = {"heic": 1, "avif": 4}  # enum heif_compression_format: HEVC, AV1
+
+
+def write_heif(img, path, kind, quality=95):
+    """Writes an RGB PIL image as HEIC or AVIF; returns False when libheif cannot."""
+    lib = _libheif()
+    if lib is None:
+        return False
+    vp = ctypes.c_void_p
+    ctx, encoder, image, handle = lib.heif_context_alloc(), vp(), vp(), vp()
+    try:
+        if lib.heif_context_get_encoder_for_format(ctx, HEIF_COMPRESSION[kind],
+                                                   ctypes.byref(encoder)).code:
+            return False
+        lib.heif_encoder_set_lossy_quality(encoder, quality)
+        # heif_colorspace_RGB = 1, heif_chroma_interleaved_RGB = 10, heif_channel_interleaved = 10
+        if lib.heif_image_create(img.width, img.height, 1, 10, ctypes.byref(image)).code:
+            return False
+        lib.heif_image_add_plane(image, 10, img.width, img.height, 8)
+        stride = ctypes.c_int()
+        plane = lib.heif_image_get_plane(image, 10, ctypes.byref(stride))
+        rows = np.asarray(img.convert("RGB"), np.uint8)
+        for y in range(img.height):
+            ctypes.memmove(plane + y * stride.value, rows[y].tobytes(), img.width * 3)
+        if lib.heif_context_encode_image(ctx, image, encoder, None, ctypes.byref(handle)).code:
+            return False
+        return lib.heif_context_write_to_file(ctx, os.fsencode(path)).code == 0
+    finally:
+        if handle:
+            lib.heif_image_handle_release(handle)
+        if image:
+            lib.heif_image_release(image)
+        if encoder:
+            lib.heif_encoder_release(encoder)
+        lib.heif_context_free(ctx)
+
+
 def write_orientations(outdir, upright):
     for tag, inverse in INVERSE_OF_EXIF_TRANSPOSE.items():
         stored = upright if inverse is None else upright.transpose(inverse)
@@ -121,9 +195,18 @@ def write_orientations(outdir, upright):
 def write_formats(outdir, upright):
     upright.save(os.path.join(outdir, "pattern.jpg"), "JPEG", quality=95)
     upright.save(os.path.join(outdir, "pattern.png"))
-    upright.save(os.path.join(outdir, "pattern.webp"), "WEBP", lossless=True)
+    upright.save(os.path.join(outdir, "pattern.webp"), "WEBP", lossless=True)  # a VP8L chunk
+    # The other two WebP layouts, whose headers read_image_file parses: VP8 (lossy), VP8X
+    # (extended, here because of the EXIF block).
+    upright.save(os.path.join(outdir, "pattern_lossy.webp"), "WEBP", quality=90)
+    exif = Image.Exif()
+    exif[0x010E] = "extended WebP"  # ImageDescription
+    upright.save(os.path.join(outdir, "pattern_vp8x.webp"), "WEBP", lossless=True,
+                 exif=exif.tobytes())
     upright.save(os.path.join(outdir, "pattern.bmp"))
     upright.save(os.path.join(outdir, "pattern.tiff"), compression="tiff_lzw")
+    for kind in ("avif", "heic"):
+        write_heif(upright, os.path.join(outdir, "pattern." + kind), kind)
     # Two frames: the decoder must return the first (the pattern), not the solid second.
     second = Image.new("RGB", upright.size, (255, 0, 255))
     upright.save(os.path.join(outdir, "animated.gif"), save_all=True,

@@ -1,7 +1,7 @@
 """Errors name the file and the cause, exit codes mean something, nothing stored is lost."""
 import json
 import shutil
-from harness import FIXTURES, MODEL, copy_images, images, run, run_json, tempdir
+from harness import FIXTURES, MODEL, copy_images, images, json_lines, run, run_json, tempdir
 
 work = tempdir("cli")
 coll = work / "collection"
@@ -36,7 +36,10 @@ proc = run("search", bad_text, collection=coll, check=1)
 assert str(bad_text) in proc.stderr, proc.stderr
 proc = run("search", truncated, photos[1], "--json", collection=coll, check=3)
 assert str(truncated) in proc.stderr, proc.stderr
-assert json.loads(proc.stdout)["query"] == str(photos[1])
+records = json_lines(proc.stdout)  # JSON Lines: the failed query is a record with "error"
+assert [r["type"] for r in records] == ["search", "search"], records
+assert records[0]["query"] == str(truncated) and str(truncated) in records[0]["error"], records
+assert records[1]["query"] == str(photos[1]) and len(records[1]["results"]) == 6, records
 proc = run("search", work / "absent.jpg", collection=coll, check=1)
 assert "absent.jpg" in proc.stderr, proc.stderr
 
@@ -49,7 +52,8 @@ e = np.load(npy)
 assert e.shape == (3, 1280) and np.allclose(np.linalg.norm(e[[0, 2]], axis=1), 1, atol=1e-4)
 assert not e[1].any()
 out, _ = run_json("embed", photos[2], check=0)
-assert np.allclose(np.array(out["embeddings"][0]["embedding"]), e[0], atol=1e-5), "json != npy"
+assert out["type"] == "embedding" and out["path"] == str(photos[2]), out
+assert np.allclose(np.array(out["embedding"]), e[0], atol=1e-5), "json != npy"
 
 # A different model on an existing collection is refused, naming both.
 other = work / "models"
@@ -66,7 +70,7 @@ assert "does not match" in proc.stderr and "other_net" in proc.stderr, proc.stde
 csv = work / "bad.csv"
 csv.write_text("name,category\nfoo,shoes\n")
 summary, proc = run_json("index", csv, collection=coll, check=3)
-assert summary["failed"] == 1 and "bad.csv" in summary["failures"][0]["reason"], summary
+assert summary["failed"] == 1 and summary["failures"][0]["file"].endswith("bad.csv"), summary
 assert "file column" in summary["failures"][0]["reason"], summary
 assert summary["count"] == 6
 
@@ -97,7 +101,8 @@ proc = run("index", work / "photos", "--metric", "cosine", "--index-factory", "N
 assert "NotAFactory" in proc.stderr, proc.stderr
 
 # models lists the exported model with its card.
-models, _ = run_json("models", model=False, check=0)
+models = json_lines(run("models", "--json", model=False, check=0).stdout)
+assert all(m["type"] == "model" for m in models), models
 names = {m["name"]: m for m in models}
 assert "mobilenet_v2" in names and names["mobilenet_v2"]["embedding_dim"] == 1280, models
 print("CLI error checks passed")

@@ -31,7 +31,7 @@ print(f"indexed 3068 images with ResNet-50 at {summary['images_per_s']:.1f} imag
 recall, m_ap, _ = evaluate(coll, model=model)
 print(f"clothing-small, ResNet-50 v1: Recall@1 {recall[1]:.3f}  Recall@5 {recall[5]:.3f}  "
       f"Recall@10 {recall[10]:.3f}  mAP {m_ap:.3f}")
-print("Python reference (SOURCE.md): Recall@1 0.796  Recall@5 0.944  Recall@10 0.976  mAP 0.488")
+print("Python reference (SOURCE.md): Recall@1 0.758  Recall@5 0.935  Recall@10 0.968  mAP 0.490")
 assert recall[1] >= 0.74, f"Recall@1 {recall[1]:.3f} < 0.74"
 assert m_ap >= 0.47, f"mAP {m_ap:.3f} < 0.47: is the v1 stride layout applied?"
 shutil.rmtree(coll, ignore_errors=True)

@@ -1,0 +1,476 @@
+#include "engine/engine.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <malloc.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+#include "image/decode.h"
+#include "image/preprocess.h"
+#include "pipeline/files.h"
+#include "pipeline/scan.h"
+
+namespace lookalike::engine {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using Kind = EngineError::Kind;
+
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+int resolve_threads(int threads) {
+  if (threads > 0) return threads;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// "DIR", "DIR/" and "DIR/." name the same folder.
+std::string remove_target(const fs::path& p) {
+  auto t = pipeline::normalize_path(p);
+  while (!t.empty() && t.filename().empty() && t != t.root_path()) t = t.parent_path();
+  return t.string();
+}
+
+// Writes `bytes` to `path` atomically: <path>.tmp, fsync, rename, fsync of the folder.
+void write_atomically(const fs::path& path, std::span<const std::uint8_t> bytes) {
+  auto tmp = path;
+  tmp += ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(tmp.string() + ": cannot create: " + std::strerror(errno));
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    auto n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw std::runtime_error(tmp.string() + ": write failed: " + std::strerror(err));
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(tmp.string() + ": fsync failed: " + std::strerror(err));
+  }
+  ::close(fd);
+  fs::rename(tmp, path);
+  int dfd = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+}  // namespace
+
+void setup_process(int threads) {
+  static std::once_flag once;
+  std::call_once(once, [&] {
+    // LibTorch frees each batch's activation buffers (tens of MB) after the forward pass; glibc
+    // serves chunks over 32 MB with mmap and returns them with munmap, so every batch
+    // page-faults its activations in again. Measured on 640 clothing-small images at batch 32:
+    // 2.4 M page faults, a third of CPU time in the kernel, 98 images/s; with reuse 158.
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    // FAISS and OpenBLAS share the cores with LibTorch (../shared/STACK.md: don't oversubscribe).
+    omp_set_num_threads(resolve_threads(threads));
+  });
+}
+
+std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access,
+                                     const NewCollection& fresh) {
+  if (options.decode_threads < 1 || options.decode_threads > pipeline::kMaxDecodeThreads) {
+    throw EngineError(Kind::Invalid,
+                      fmt::format("decode threads must be between 1 and {}, got {}",
+                                  pipeline::kMaxDecodeThreads, options.decode_threads));
+  }
+  if (options.batch_size < 1 || options.batch_size > 1024) {
+    throw EngineError(Kind::Invalid, fmt::format("batch size must be between 1 and 1024, got {}",
+                                                 options.batch_size));
+  }
+  if (options.threads < 0 || options.threads > 1024) {
+    throw EngineError(Kind::Invalid,
+                      fmt::format("threads must be between 0 and 1024, got {}", options.threads));
+  }
+  setup_process(options.threads);
+  std::unique_ptr<Engine> e(new Engine());
+  e->options_ = options;
+  e->access_ = access;
+  e->fresh_ = fresh;
+  const bool exists = store::Collection::exists(options.collection);
+  if (access == Access::Read && !exists) {
+    throw EngineError(Kind::NotFound,
+                      fmt::format("{}: no collection here; create one with `lookalike index PATH` "
+                                  "(or set --collection / LOOKALIKE_COLLECTION)",
+                                  options.collection.string()));
+  }
+  if (exists && access != Access::ModelOnly) {
+    e->collection_ = store::Collection::open(
+        options.collection,
+        access == Access::Write ? store::Collection::Mode::Write : store::Collection::Mode::Read);
+    const auto& c = e->collection_->config();
+    if ((fresh.metric_given && fresh.metric != c.metric) ||
+        (fresh.factory_given && fresh.factory != c.factory)) {
+      throw EngineError(
+          Kind::Invalid,
+          fmt::format("{}: the collection uses metric {} and index factory \"{}\", fixed when it "
+                      "was created; use another --collection for {} / \"{}\"",
+                      options.collection.string(), c.metric, c.factory, fresh.metric,
+                      fresh.factory));
+    }
+  } else if (exists) {
+    e->collection_ = store::Collection::open(options.collection, store::Collection::Mode::Read);
+  } else if (access == Access::Write) {
+    // Refuse a bad factory or metric now, before any model is loaded or file is scanned.
+    store::Collection::validate_config(options.collection,
+                                       {"probe", "probe", 8, fresh.metric, fresh.factory});
+  }
+  return e;
+}
+
+Engine::~Engine() {
+  batcher_.reset();  // before the model it serves
+}
+
+bool Engine::has_collection() const { return collection_ != nullptr; }
+
+const store::Collection& Engine::collection() const {
+  if (!collection_) {
+    throw EngineError(Kind::NotFound, options_.collection.string() + ": no collection here (yet)");
+  }
+  return *collection_;
+}
+
+model::EmbeddingModel& Engine::model() {
+  std::lock_guard lock(model_mu_);
+  if (model_) return *model_;
+  const store::CatalogConfig* config = collection_ ? &collection_->config() : nullptr;
+  // A collection's model is used unless --model says otherwise (embed with --model needs none).
+  std::string name = !options_.model.empty() ? options_.model
+                     : config                ? config->model_name
+                                             : kDefaultModel;
+  auto path = model::resolve_model(name, model::default_model_dirs());
+  auto m = model::EmbeddingModel::load(path, {options_.threads, true, options_.batch_size});
+  if (config != nullptr && access_ != Access::ModelOnly && m->id() != config->model_id) {
+    throw model::ModelError(fmt::format(
+        "{}: model {} does not match the collection {}, which was built with {}; use that "
+        "model or another --collection",
+        path.string(), m->id(), options_.collection.string(), config->model_id));
+  }
+  model_ = std::move(m);
+  batcher_ = std::make_unique<EmbedBatcher>(*model_, options_.batch_size, options_.batch_wait);
+  return *model_;
+}
+
+EmbedBatcher& Engine::batcher() {
+  model();
+  return *batcher_;
+}
+
+void Engine::ensure_collection() {
+  if (collection_) return;
+  if (access_ != Access::Write) {
+    throw EngineError(Kind::ReadOnly, options_.collection.string() + ": opened read-only");
+  }
+  auto& m = model();
+  std::lock_guard lock(model_mu_);
+  if (collection_) return;
+  // Stored as the collection's model name: a path given by the user is kept absolute, so that
+  // later commands find the same archive without --model.
+  std::string reference = m.card().name;
+  if (!options_.model.empty()) {
+    bool is_path = options_.model.find('/') != std::string::npos || fs::exists(options_.model);
+    reference = is_path ? pipeline::normalize_path(m.archive()).string() : options_.model;
+  }
+  collection_ = store::Collection::create_or_open(
+      options_.collection, {m.id(), reference, m.dim(), fresh_.metric, fresh_.factory});
+}
+
+store::Collection& Engine::writable() {
+  if (access_ != Access::Write ||
+      (collection_ && collection_->mode() != store::Collection::Mode::Write)) {
+    throw EngineError(Kind::ReadOnly, options_.collection.string() + ": opened read-only");
+  }
+  ensure_collection();
+  return *collection_;
+}
+
+image::DecodeOptions Engine::decode_options() {
+  const auto& card = model().card();
+  image::DecodeOptions d;
+  d.max_pixels = options_.max_pixels;
+  d.min_shorter_side = card.resize_shorter > 0 ? card.resize_shorter : card.input_size;
+  return d;
+}
+
+pipeline::IndexSummary Engine::index(const IndexRequest& r) {
+  if (access_ != Access::Write) {
+    throw EngineError(Kind::ReadOnly, options_.collection.string() + ": opened read-only");
+  }
+  auto& m = model();  // before the scan: a missing model fails before any work
+  auto scan = pipeline::scan_inputs(r.inputs, {r.file_column, r.include_hidden});
+  if (!collection_ && scan.files.empty()) {
+    // Nothing to store: a typo must not create a collection whose config is then fixed.
+    pipeline::IndexSummary s;
+    for (const auto& p : scan.problems) s.failures.push_back({p.where, p.reason});
+    return s;
+  }
+  auto& c = writable();
+  pipeline::IndexOptions o;
+  o.prune = r.prune;
+  o.batch_size = options_.batch_size;
+  o.decode_threads = options_.decode_threads;
+  o.decode = decode_options();
+  o.cancel = r.cancel;
+  o.on_progress = r.on_progress;
+  o.embed = [this](const float* in, int n) { return batcher().embed(in, n); };
+  return pipeline::index_files(c, m, scan, o);
+}
+
+std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
+                                        const std::string& name, Timings& t,
+                                        store::ImageRecord* shape, std::string* format) {
+  auto& m = model();
+  const auto spec = model::preprocess_spec(m.card());
+  auto start = Clock::now();
+  auto options = decode_options();
+  options.rows_for = &spec;
+  auto decoded = image::decode_buffer(bytes, name, options);
+  std::vector<float> input(3 * static_cast<std::size_t>(spec.crop) * spec.crop);
+  image::preprocess(decoded.rgb, decoded.source_width, decoded.source_height, spec, input.data(),
+                    name);
+  if (shape) {
+    shape->width = decoded.source_width;
+    shape->height = decoded.source_height;
+  }
+  if (format) *format = decoded.format;
+  t.decode_ms = ms_since(start);
+  start = Clock::now();
+  auto out = batcher().embed(input.data(), 1);
+  t.embed_ms = ms_since(start);
+  return out;
+}
+
+AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::string& name,
+                            const nlohmann::json& metadata) {
+  if (!metadata.is_object()) {
+    throw EngineError(Kind::Invalid,
+                      "metadata must be a JSON object, got " + std::string(metadata.type_name()));
+  }
+  auto& c = writable();
+  const auto hash = pipeline::content_hash(bytes);
+  Timings t;
+  store::Put put;
+  std::string format;
+  put.embedding = embed_buffer(bytes, name, t, &put.record, &format);  // refuses non-images
+  const auto dir = c.dir() / "uploads";
+  const auto path = dir / (hash + "." + format);
+  if (auto existing = c.find_path(path.string())) return {*existing, false};
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir.string() + ": cannot create: " + ec.message());
+  write_atomically(path, bytes);
+  put.record.path = path.string();
+  put.record.content_hash = hash;
+  put.record.bytes = static_cast<std::int64_t>(bytes.size());
+  put.record.mtime_ns = pipeline::mtime_ns(path);
+  put.record.metadata = metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  put.record.added_at_ms = now_ms();
+  auto ids = c.apply({put}, {});
+  auto stored = c.get(ids.at(0));
+  return {stored.value_or(put.record), true};
+}
+
+void Engine::check_k(int k) const {
+  if (k < 1 || k > store::kMaxTopK) {
+    throw EngineError(Kind::Invalid,
+                      fmt::format("k must be between 1 and {}, got {}", store::kMaxTopK, k));
+  }
+}
+
+SearchResponse Engine::run_search(const float* embedding, const SearchRequest& r,
+                                  std::vector<std::int64_t> exclude) {
+  check_k(r.k);
+  const auto& c = collection();
+  auto start = Clock::now();
+  SearchResponse out;
+  exclude.insert(exclude.end(), r.exclude_ids.begin(), r.exclude_ids.end());
+  auto results = c.search(embedding, 1, r.k, exclude, &out.generation);
+  out.results = std::move(results.at(0));
+  if (r.min_score) {
+    const bool similarity = c.config().metric == "cosine";
+    std::erase_if(out.results, [&](const store::SearchResult& h) {
+      return similarity ? h.score < *r.min_score : h.score > *r.min_score;
+    });
+  }
+  out.timings.search_ms = ms_since(start);
+  return out;
+}
+
+SearchResponse Engine::search_vector(const float* embedding, const SearchRequest& r) {
+  auto start = Clock::now();
+  auto out = run_search(embedding, r, {});
+  out.timings.total_ms = ms_since(start);
+  return out;
+}
+
+SearchResponse Engine::search_id(std::int64_t id, const SearchRequest& r) {
+  check_k(r.k);
+  auto start = Clock::now();
+  const auto& c = collection();
+  auto rec = c.get(id);
+  std::optional<std::vector<float>> vec;
+  if (rec) vec = c.embedding(id);
+  if (!rec || !vec) {
+    throw EngineError(Kind::NotFound, fmt::format("--id {}: no such image in {}", id,
+                                                  options_.collection.string()));
+  }
+  std::vector<std::int64_t> exclude;
+  if (!r.include_self) exclude.push_back(id);
+  auto out = run_search(vec->data(), r, exclude);
+  out.query = rec->path;
+  out.query_id = id;
+  out.timings.total_ms = ms_since(start);
+  return out;
+}
+
+SearchResponse Engine::search_bytes(std::span<const std::uint8_t> bytes, const std::string& name,
+                                    const SearchRequest& r) {
+  check_k(r.k);
+  collection();
+  auto start = Clock::now();
+  Timings t;
+  auto embedding = embed_buffer(bytes, name, t);
+  auto out = run_search(embedding.data(), r, {});
+  out.query = name;
+  out.timings.decode_ms = t.decode_ms;
+  out.timings.embed_ms = t.embed_ms;
+  out.timings.total_ms = ms_since(start);
+  return out;
+}
+
+std::vector<SearchResponse> Engine::search_files(const std::vector<fs::path>& images,
+                                                 const SearchRequest& r) {
+  check_k(r.k);
+  collection();
+  auto start = Clock::now();
+  auto embedded = embed_files(images);
+  const double embed_total = ms_since(start);
+  std::vector<SearchResponse> out;
+  const auto dim = static_cast<std::size_t>(embedded.dim);
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    SearchResponse resp;
+    if (!embedded.errors[i].empty()) {
+      resp.error = embedded.errors[i];
+    } else {
+      resp = run_search(embedded.embeddings.data() + i * dim, r, {});
+    }
+    resp.query = images[i].string();
+    // Decode and embed ran as one pipelined pass over all queries: each gets its share.
+    resp.timings.embed_ms = embed_total / static_cast<double>(images.size());
+    resp.timings.total_ms = resp.timings.embed_ms + resp.timings.search_ms;
+    out.push_back(std::move(resp));
+  }
+  return out;
+}
+
+pipeline::EmbeddedFiles Engine::embed_files(const std::vector<fs::path>& images) {
+  auto& m = model();
+  return pipeline::embed_files(m, images, decode_options(), options_.decode_threads,
+                               options_.batch_size,
+                               [this](const float* in, int n) { return batcher().embed(in, n); });
+}
+
+std::optional<store::ImageRecord> Engine::get(std::int64_t id) const {
+  return collection().get(id);
+}
+
+std::vector<store::ImageRecord> Engine::list(std::int64_t after_id, int limit) const {
+  if (limit < 1 || limit > 10'000) {
+    throw EngineError(Kind::Invalid,
+                      fmt::format("limit must be between 1 and 10000, got {}", limit));
+  }
+  return collection().list_page(after_id, limit);
+}
+
+bool Engine::update_metadata(std::int64_t id, const nlohmann::json& metadata, bool merge) {
+  if (!metadata.is_object()) {
+    throw EngineError(Kind::Invalid,
+                      "metadata must be a JSON object, got " + std::string(metadata.type_name()));
+  }
+  auto& c = writable();
+  auto rec = c.get(id);
+  if (!rec) return false;
+  nlohmann::json next = metadata;
+  if (merge) {
+    next = nlohmann::json::parse(rec->metadata, nullptr, false);
+    if (!next.is_object()) next = nlohmann::json::object();
+    next.merge_patch(metadata);  // RFC 7396: null deletes a key
+  }
+  return c.set_metadata(id, next.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,
+                            const std::vector<fs::path>& paths) {
+  auto& c = writable();
+  RemoveResult out;
+  for (std::int64_t id : ids) {
+    if (c.get(id)) {
+      out.removed.push_back(id);
+    } else {
+      out.not_found.push_back(fmt::format("--id {}", id));
+    }
+  }
+  for (const auto& p : paths) {
+    auto found = c.ids_under(remove_target(p));
+    if (found.empty()) out.not_found.push_back(p.string());
+    out.removed.insert(out.removed.end(), found.begin(), found.end());
+  }
+  std::sort(out.removed.begin(), out.removed.end());
+  out.removed.erase(std::unique(out.removed.begin(), out.removed.end()), out.removed.end());
+  if (out.removed.empty()) return out;
+  const auto uploads = (c.dir() / "uploads").string() + "/";
+  std::vector<std::string> files;
+  for (const auto& rec : c.get_many(out.removed)) {
+    if (rec.path.rfind(uploads, 0) == 0) files.push_back(rec.path);
+  }
+  c.apply({}, out.removed);
+  c.save_index();
+  // After the commit: a crash in between leaves an orphan file, never a row without its file.
+  std::error_code ec;
+  for (const auto& f : files) fs::remove(f, ec);
+  return out;
+}
+
+EngineInfo Engine::info() const {
+  EngineInfo i;
+  i.collection = collection().info();
+  i.threads = resolve_threads(options_.threads);
+  if (batcher_) i.batcher = batcher_->stats();
+  return i;
+}
+
+void Engine::checkpoint() {
+  if (collection_ && collection_->mode() == store::Collection::Mode::Write) {
+    collection_->save_index();
+  }
+}
+
+}  // namespace lookalike::engine

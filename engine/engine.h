@@ -1,0 +1,204 @@
+// The engine: one collection and its model, and every operation a front end offers (the CLI
+// today; the HTTP server and the Python package call the same functions). Front ends parse
+// arguments and print; everything else happens here.
+//
+// Thread-safety: every method may be called from any number of threads at once. Searches,
+// gets and lists run in parallel; writes (index, add_image, update_metadata, remove) are
+// serialised by the collection; embedding requests from all threads go through one
+// EmbedBatcher per model (dynamic batching, see engine/embed_batcher.h). Design and
+// guarantees: docs/engine.md.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/embed_batcher.h"
+#include "model/embedding_model.h"
+#include "pipeline/embed_files.h"
+#include "pipeline/indexer.h"
+#include "store/collection.h"
+
+namespace lookalike::engine {
+
+inline constexpr const char* kDefaultModel = "mobilenet_v2";
+
+// Raised for a request the engine refuses: `kind` tells a front end which status to give
+// (CLI exit code, HTTP status). what() names the field or file and the cause.
+class EngineError : public std::runtime_error {
+ public:
+  enum class Kind { Invalid, NotFound, ReadOnly };
+  EngineError(Kind kind, const std::string& what) : std::runtime_error(what), kind_(kind) {}
+  Kind kind() const { return kind_; }
+
+ private:
+  Kind kind_;
+};
+
+struct EngineOptions {
+  std::filesystem::path collection;  // the collection folder
+  std::string model;       // name or .pt path; empty = the collection's model, else kDefaultModel
+  int threads = 0;         // LibTorch intra-op and OpenMP threads; 0 = all cores
+  int decode_threads = 1;  // 1..pipeline::kMaxDecodeThreads
+  int batch_size = 32;     // images per forward pass, 1..1024
+  std::int64_t max_pixels = 89'478'485;        // PIL's Image.MAX_IMAGE_PIXELS
+  std::chrono::microseconds batch_wait{2000};  // EmbedBatcher's window
+};
+
+enum class Access {
+  ModelOnly,  // no collection needed (embed); the collection's model is used if there is one
+  Read,       // an existing collection, read-only (search, info, get, list)
+  Write,      // an existing collection, or one created on the first write (see NewCollection)
+};
+
+// How a collection is created by the first write of a Write engine on a folder that holds none.
+struct NewCollection {
+  std::string metric = "cosine";  // "cosine" | "l2"
+  std::string factory = "Flat";   // FAISS factory string, see index/vector_index.h
+  // When given, they must match an existing collection (else EngineError Invalid).
+  bool metric_given = false;
+  bool factory_given = false;
+};
+
+struct IndexRequest {
+  std::vector<std::filesystem::path> inputs;  // folders, image files, CSV manifests
+  bool prune = false;
+  std::string file_column;  // CSV: the column with the image path (default: see scan.h)
+  bool include_hidden = false;
+  const std::atomic<bool>* cancel = nullptr;
+  std::function<void(const pipeline::Progress&)> on_progress;
+};
+
+struct SearchRequest {
+  int k = 10;                      // 1..store::kMaxTopK
+  std::optional<float> min_score;  // cosine: keep score >= it; l2: keep distance <= it
+  std::vector<std::int64_t> exclude_ids;
+  bool include_self = false;  // by id: keep the query image itself
+};
+
+struct Timings {
+  double decode_ms = 0;  // reading, decoding and preprocessing the query image
+  double embed_ms = 0;   // the forward pass (including the batcher's wait)
+  double search_ms = 0;  // index search and catalog read
+  double total_ms = 0;
+};
+
+struct SearchResponse {
+  std::string query;  // the file path, upload name, or the indexed image's path
+  std::optional<std::int64_t> query_id;
+  std::string error;  // non-empty: this query failed (results empty)
+  std::vector<store::SearchResult> results;
+  std::int64_t generation = 0;  // the collection generation the results come from
+  Timings timings;
+};
+
+struct AddResult {
+  store::ImageRecord record;
+  bool created = false;  // false: identical bytes were already stored (the existing image)
+};
+
+struct RemoveResult {
+  std::vector<std::int64_t> removed;
+  std::vector<std::string> not_found;  // "--id N" or the path as given
+};
+
+struct EngineInfo {
+  store::CollectionInfo collection;
+  int threads = 0;
+  std::optional<BatcherStats> batcher;  // when the model is loaded
+};
+
+// Process-wide set-up, done once (later calls do nothing): glibc heap reuse for LibTorch's
+// activations (mallopt), and the OpenMP thread count used by FAISS and OpenBLAS.
+void setup_process(int threads);
+
+class Engine {
+ public:
+  // Throws EngineError (NotFound: no collection at a Read path; Invalid: bad option,
+  // metric/factory that differ from the existing collection's), store::StoreError (a catalog
+  // that cannot be opened, locked by another writer) and model::ModelError (missing model,
+  // model that does not match the collection) naming the file and the cause.
+  static std::unique_ptr<Engine> open(const EngineOptions& options, Access access,
+                                      const NewCollection& fresh = {});
+  ~Engine();
+
+  bool has_collection() const;
+  // Throws EngineError NotFound when there is no collection (yet).
+  const store::Collection& collection() const;
+  // Loads the model on first use (resolution: options.model, else the collection's, else
+  // kDefaultModel) and checks it matches the collection.
+  model::EmbeddingModel& model();
+  EmbedBatcher& batcher();
+
+  // Brings the collection up to date with the inputs (scan, decode, embed, commit per batch).
+  // Creates the collection only when the scan found something to index. Bad files are
+  // summary.failures; see pipeline::index_files for the rest.
+  pipeline::IndexSummary index(const IndexRequest& request);
+
+  // Stores an uploaded image inside the collection (<dir>/uploads/<content hash>.<format>),
+  // embeds it and commits it with `metadata` (a JSON object). The same bytes again return the
+  // stored image (created = false; metadata unchanged). Throws image::DecodeError naming `name`
+  // for bytes that are not a supported image, EngineError Invalid for metadata that is not an
+  // object, EngineError ReadOnly without Write access.
+  AddResult add_image(std::span<const std::uint8_t> bytes, const std::string& name,
+                      const nlohmann::json& metadata);
+
+  // One response per query, in order; a query that fails carries `error` (the others run).
+  // Throws EngineError Invalid for k outside [1, kMaxTopK].
+  std::vector<SearchResponse> search_files(const std::vector<std::filesystem::path>& images,
+                                           const SearchRequest& request);
+  SearchResponse search_bytes(std::span<const std::uint8_t> bytes, const std::string& name,
+                              const SearchRequest& request);
+  SearchResponse search_id(std::int64_t id, const SearchRequest& request);
+  // Search with a given embedding: 1 x dim float32, L2-normalised for cosine.
+  SearchResponse search_vector(const float* embedding, const SearchRequest& request);
+
+  // Embeddings of image files in input order (n x dim; failed rows zero with an error).
+  pipeline::EmbeddedFiles embed_files(const std::vector<std::filesystem::path>& images);
+
+  std::optional<store::ImageRecord> get(std::int64_t id) const;
+  // Page of images with id > after_id, by id; limit 1..10,000 (EngineError Invalid otherwise).
+  std::vector<store::ImageRecord> list(std::int64_t after_id, int limit) const;
+  // Replaces (merge = false) or merges (merge = true: top-level keys, null deletes a key) an
+  // image's metadata; false when there is no such id. EngineError Invalid for a non-object.
+  bool update_metadata(std::int64_t id, const nlohmann::json& metadata, bool merge);
+  // Removes images by id and by path: a file, or every image under a folder ("DIR", "DIR/" and
+  // "DIR/." alike). Uploaded files removed this way are deleted from <dir>/uploads.
+  RemoveResult remove(const std::vector<std::int64_t>& ids,
+                      const std::vector<std::filesystem::path>& paths);
+  EngineInfo info() const;
+  // Saves the index cache file, so that the next open need not rebuild it.
+  void checkpoint();
+
+ private:
+  Engine() = default;
+  void ensure_collection();
+  store::Collection& writable();
+  image::DecodeOptions decode_options();
+  void check_k(int k) const;
+  SearchResponse run_search(const float* embedding, const SearchRequest& request,
+                            std::vector<std::int64_t> exclude);
+  std::vector<float> embed_buffer(std::span<const std::uint8_t> bytes, const std::string& name,
+                                  Timings& t, store::ImageRecord* shape = nullptr,
+                                  std::string* format = nullptr);
+
+  EngineOptions options_;
+  Access access_ = Access::Read;
+  NewCollection fresh_;
+  std::unique_ptr<store::Collection> collection_;
+  std::mutex model_mu_;  // guards the lazy model and batcher load, and collection creation
+  std::unique_ptr<model::EmbeddingModel> model_;
+  std::unique_ptr<EmbedBatcher> batcher_;
+};
+
+}  // namespace lookalike::engine

@@ -1,0 +1,254 @@
+// The engine with the real exported MobileNetV2 and real clothing-small photos: uploads,
+// metadata, removal, dynamic batching, and a bounded stress run of 8 search threads while one
+// writer adds and removes real embeddings (LOOKALIKE_STRESS_SECONDS, default 8).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "engine/engine.h"
+#include "image/decode.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using lookalike::engine::Access;
+using lookalike::engine::Engine;
+using lookalike::engine::EngineError;
+using lookalike::engine::EngineOptions;
+using lookalike::engine::SearchRequest;
+using Clock = std::chrono::steady_clock;
+
+std::vector<fs::path> photos(const std::string& split, std::size_t n) {
+  std::vector<fs::path> out;
+  for (const auto& cls : fs::directory_iterator(fs::path(LOOKALIKE_SHARED_DIR) /
+                                                "datasets/clothing-small" / split)) {
+    std::vector<fs::path> files;
+    for (const auto& f : fs::directory_iterator(cls.path())) files.push_back(f.path());
+    std::sort(files.begin(), files.end());
+    for (std::size_t i = 0; i < files.size() && i < n; ++i) out.push_back(files[i]);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::vector<std::uint8_t> bytes_of(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+EngineOptions options(const std::string& name) {
+  EngineOptions o;
+  o.collection = fs::path(LOOKALIKE_FIXTURES) / "engine" / name;
+  fs::remove_all(o.collection);
+  o.model = (fs::path(LOOKALIKE_FIXTURES) / "models" / "mobilenet_v2.pt").string();
+  o.threads = 2;
+  return o;
+}
+
+int stress_seconds() {
+  const char* s = std::getenv("LOOKALIKE_STRESS_SECONDS");
+  int n = s ? std::atoi(s) : 0;
+  return n > 0 ? n : 8;
+}
+
+TEST(Engine, UploadsAreStoredOnceFoundAndRemovedWithTheirFile) {
+  auto e = Engine::open(options("uploads"), Access::Write);
+  auto files = photos("train", 2);
+  auto bytes = bytes_of(files[0]);
+  auto first = e->add_image(bytes, "upload.jpg", {{"category", "shoes"}});
+  EXPECT_TRUE(first.created);
+  EXPECT_TRUE(fs::exists(first.record.path));
+  EXPECT_EQ(first.record.metadata, R"({"category":"shoes"})");
+  auto again = e->add_image(bytes, "again.jpg", nlohmann::json::object());
+  EXPECT_FALSE(again.created);
+  EXPECT_EQ(again.record.id, first.record.id);
+  e->add_image(bytes_of(files[5]), "other.jpg", nlohmann::json::object());
+
+  auto by_bytes = e->search_bytes(bytes, "query.jpg", {.k = 2});
+  ASSERT_EQ(by_bytes.results.size(), 2u);
+  EXPECT_EQ(by_bytes.results[0].image.id, first.record.id);
+  EXPECT_GT(by_bytes.results[0].score, 0.9999f);
+  EXPECT_GT(by_bytes.timings.embed_ms, 0);
+
+  SearchRequest strict;
+  strict.k = 10;
+  strict.min_score = 0.9999f;
+  EXPECT_EQ(e->search_bytes(bytes, "query.jpg", strict).results.size(), 1u);
+
+  EXPECT_TRUE(e->update_metadata(first.record.id, {{"price", 12}}, /*merge=*/true));
+  EXPECT_EQ(nlohmann::json::parse(e->get(first.record.id)->metadata),
+            (nlohmann::json{{"category", "shoes"}, {"price", 12}}));
+  EXPECT_FALSE(e->update_metadata(999999, {{"x", 1}}, false));
+  EXPECT_THROW(e->update_metadata(first.record.id, nlohmann::json::array(), false), EngineError);
+
+  std::vector<std::uint8_t> text = {'h', 'e', 'l', 'l', 'o'};
+  EXPECT_THROW(e->add_image(text, "notes.jpg", nlohmann::json::object()),
+               lookalike::image::DecodeError);
+  EXPECT_EQ(e->collection().count(), 2);
+
+  auto removed = e->remove({first.record.id}, {});
+  EXPECT_EQ(removed.removed, std::vector<std::int64_t>{first.record.id});
+  EXPECT_FALSE(fs::exists(first.record.path));
+  EXPECT_EQ(e->list(0, 10).size(), 1u);
+  EXPECT_THROW(e->list(0, 0), EngineError);
+  EXPECT_THROW(e->search_id(first.record.id, {}), EngineError);
+}
+
+TEST(Engine, ConcurrentSingleImageEmbedsShareForwardPasses) {
+  auto o = options("batching");
+  o.batch_wait = std::chrono::milliseconds(20);  // generous: the threads must all get in
+  auto e = Engine::open(o, Access::ModelOnly);
+  auto& model = e->model();
+  auto spec = lookalike::model::preprocess_spec(model.card());
+  auto files = photos("test", 2);
+  ASSERT_GE(files.size(), 16u);
+  const std::size_t per = 3ull * spec.crop * spec.crop;
+  std::vector<float> inputs(16 * per);
+  for (int i = 0; i < 16; ++i) {
+    auto d = lookalike::image::decode_file(files[i]);
+    lookalike::image::preprocess(d.rgb, d.source_width, d.source_height, spec,
+                                 inputs.data() + i * per);
+  }
+  auto sequential = model.embed(inputs.data(), 16);
+  const auto before = e->batcher().stats();
+  std::vector<std::vector<float>> got(16);
+  std::barrier start(16);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 16; ++i) {
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      got[i] = e->batcher().embed(inputs.data() + i * per, 1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  const auto after = e->batcher().stats();
+  EXPECT_EQ(after.requests - before.requests, 16);
+  EXPECT_LE(after.forward_passes - before.forward_passes, 4) << "16 requests, few passes";
+  const int dim = model.dim();
+  for (int i = 0; i < 16; ++i) {
+    double dot = 0;
+    for (int d = 0; d < dim; ++d) dot += double{got[i][d]} * sequential[i * dim + d];
+    EXPECT_GT(dot, 0.9999) << "image " << i << " embedded in a batch differs from alone";
+  }
+}
+
+// 8 threads search by id and by bytes while one writer uploads and removes real photos. Every
+// result must be an image that the generation the search reports held.
+TEST(Engine, SearchesWhileOneWriterAddsAndRemoves) {
+  auto e = Engine::open(options("stress"), Access::Write);
+  auto gallery = photos("train", 12);
+  auto queries = photos("test", 2);
+  std::vector<std::vector<std::uint8_t>> gallery_bytes, query_bytes;
+  for (const auto& p : gallery) gallery_bytes.push_back(bytes_of(p));
+  for (const auto& p : queries) query_bytes.push_back(bytes_of(p));
+  for (std::size_t i = 0; i < 40; ++i) e->add_image(gallery_bytes[i], "seed", {{"i", i}});
+
+  // generation -> ids live in it, published by the writer after each write returns.
+  std::mutex mu;
+  std::map<std::int64_t, std::set<std::int64_t>> live;
+  auto publish = [&] {
+    std::set<std::int64_t> ids;
+    for (const auto& r : e->list(0, 10'000)) ids.insert(r.id);
+    std::lock_guard lock(mu);
+    live[e->collection().generation()] = std::move(ids);
+  };
+  publish();
+
+  std::atomic<bool> stop{false};
+  std::atomic<std::int64_t> searches{0}, writes{0};
+  std::vector<std::string> problems;
+  auto problem = [&](const std::string& p) {
+    std::lock_guard lock(mu);
+    if (problems.size() < 20) problems.push_back(p);
+  };
+  auto check = [&](const lookalike::engine::SearchResponse& r, int k) {
+    for (std::size_t i = 0; i < r.results.size(); ++i) {
+      if (r.results[i].rank != static_cast<int>(i) + 1) problem("ranks not 1..n");
+      if (i > 0 && r.results[i].score > r.results[i - 1].score + 1e-6f) problem("not sorted");
+    }
+    for (int wait = 0;; ++wait) {  // the writer publishes just after its write returns
+      std::unique_lock lock(mu);
+      auto it = live.find(r.generation);
+      if (it == live.end()) {
+        lock.unlock();
+        if (wait > 2000) {
+          problem("generation never published");
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      const auto& ids = it->second;
+      for (const auto& h : r.results) {
+        if (!ids.count(h.image.id)) problem("id " + std::to_string(h.image.id) + " not live");
+      }
+      const std::size_t want = std::min<std::size_t>(k, ids.size() - (r.query_id ? 1 : 0));
+      if (r.results.size() != want) problem("fewer than k results");
+      return;
+    }
+  };
+  std::vector<std::thread> searchers;
+  for (int t = 0; t < 8; ++t) {
+    searchers.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      while (!stop) {
+        try {
+          if (t % 2 == 0) {
+            auto r = e->search_bytes(query_bytes[rng() % query_bytes.size()], "q", {.k = 10});
+            check(r, 10);
+          } else {
+            auto page = e->list(0, 10'000);
+            if (page.empty()) continue;
+            auto id = page[rng() % page.size()].id;
+            auto r = e->search_id(id, {.k = 5});
+            check(r, 5);
+          }
+        } catch (const EngineError& err) {
+          // search_id of an image removed between the list and the search: expected.
+          if (err.kind() != EngineError::Kind::NotFound) problem(err.what());
+        } catch (const std::exception& err) {
+          problem(err.what());
+        }
+        ++searches;
+      }
+    });
+  }
+  std::thread writer([&] {
+    std::mt19937 rng(99);
+    std::size_t next = 40;
+    const auto end = Clock::now() + std::chrono::seconds(stress_seconds());
+    while (Clock::now() < end) {
+      try {
+        if (rng() % 3 != 0 || e->collection().count() < 20) {
+          e->add_image(gallery_bytes[next++ % gallery_bytes.size()], "w", {{"n", next}});
+        } else {
+          auto page = e->list(0, 10'000);
+          e->remove({page[rng() % page.size()].id}, {});
+        }
+        publish();
+        ++writes;
+      } catch (const std::exception& err) {
+        problem(std::string("writer: ") + err.what());
+      }
+    }
+    stop = true;
+  });
+  writer.join();
+  for (auto& t : searchers) t.join();
+  for (const auto& p : problems) ADD_FAILURE() << p;
+  EXPECT_GT(writes.load(), 5);
+  EXPECT_GT(searches.load(), 50);
+  std::printf("%lld searches and %lld writes in %d s\n", static_cast<long long>(searches.load()),
+              static_cast<long long>(writes.load()), stress_seconds());
+}
+
+}  // namespace
