@@ -10,6 +10,7 @@
 
 #include "cli/output.h"
 #include "engine/engine.h"
+#include "server/server.h"
 #include "model/embedding_model.h"
 
 namespace lookalike::cli {
@@ -196,9 +197,10 @@ int run_search(const GlobalOptions& g, const SearchArgs& a) {
     spdlog::error("-k: k must be between 1 and {}, got {}", store::kMaxTopK, a.k);
     return kUsage;
   }
+  engine::SearchRequest r;
+  r.where = engine::parse_where(a.where);
   auto e = engine::Engine::open(engine_options(g), engine::Access::Read);
   const std::string metric = e->collection().config().metric;
-  engine::SearchRequest r;
   r.k = a.k;
   r.include_self = a.include_self;
   if (a.min_score_given) r.min_score = static_cast<float>(a.min_score);
@@ -318,6 +320,7 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
   }
   auto e = engine::Engine::open(engine_options(g), engine::Access::Write);
   auto result = e->remove(a.ids, a.paths);
+  if (!result.removed.empty()) e->checkpoint();  // the next open loads the index as it is
   for (const auto& nf : result.not_found) spdlog::error("{}: not in the collection", nf);
   const auto count = e->collection().count();
   if (g.json) {
@@ -369,6 +372,35 @@ int run_models(const GlobalOptions& g) {
                              m.card.license);
   }
   return kOk;
+}
+
+}  // namespace lookalike::cli
+
+namespace lookalike::cli {
+
+int run_serve(const GlobalOptions& g, const ServeArgs& a) {
+  server::ServerOptions o;
+  o.host = a.host;
+  o.port = a.port;
+  o.workers = a.workers;
+  o.max_upload_bytes = static_cast<std::size_t>(a.max_upload_mb * 1024 * 1024);
+  o.api_key = a.api_key;
+  if (o.api_key.empty()) {
+    const char* env = std::getenv("LOOKALIKE_API_KEY");
+    if (env != nullptr) o.api_key = env;
+  }
+  if (a.private_reads && o.api_key.empty()) {
+    spdlog::error("--private needs an API key (--api-key or $LOOKALIKE_API_KEY)");
+    return kUsage;
+  }
+  o.private_reads = a.private_reads;
+  o.cors_origins = a.cors_origins;
+  o.read_timeout_s = a.read_timeout_s;
+  o.write_timeout_s = a.write_timeout_s;
+  o.web_dir = a.web_dir;
+  auto eo = engine_options(g);
+  eo.max_aspect_ratio = a.max_aspect_ratio;
+  return server::serve(eo, o) == 0 ? kOk : kError;
 }
 
 }  // namespace lookalike::cli

@@ -49,6 +49,7 @@ struct SearchArgs {
   bool include_self = false;
   double min_score = 0;
   bool min_score_given = false;
+  std::vector<std::string> where;  // "field=value" metadata equality terms
 };
 struct EmbedArgs {
   std::vector<std::filesystem::path> images;
@@ -59,6 +60,21 @@ struct RemoveArgs {
   std::vector<std::int64_t> ids;
 };
 
+struct ServeArgs {
+  std::string host = "127.0.0.1";
+  int port = 8080;
+  int workers = 32;
+  double max_upload_mb = 20;
+  std::string api_key;  // --api-key, else $LOOKALIKE_API_KEY
+  bool private_reads = false;
+  std::vector<std::string> cors_origins;
+  int read_timeout_s = 10;
+  int write_timeout_s = 10;
+  std::filesystem::path web_dir;
+  double max_aspect_ratio = 100;
+};
+
+int run_serve(const GlobalOptions& g, const ServeArgs& a);
 int run_index(const GlobalOptions& g, const IndexArgs& a);
 int run_search(const GlobalOptions& g, const SearchArgs& a);
 int run_embed(const GlobalOptions& g, const EmbedArgs& a);

@@ -75,6 +75,12 @@ static int run(int argc, char** argv) {
   search->add_option("-k,--top-k", sa.k, "Results per query (1-10000; default 10)");
   search->add_option("--min-score", sa.min_score,
                      "Only results with cosine similarity >= this (l2: distance <= this)");
+  search->add_option("--where", sa.where,
+                     "Only images whose metadata field equals the value: field=value "
+                     "(repeatable; all must hold)")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   search->add_flag("--include-self", sa.include_self,
                    "With --id: keep the query image itself in the results");
 
@@ -95,6 +101,35 @@ static int run(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 
   auto* models = app.add_subcommand("models", "List installed models and their cards");
+
+  ServeArgs sv;
+  auto* serve = app.add_subcommand(
+      "serve", "HTTP API and web page over the collection (docs/api.md); stops on SIGTERM/SIGINT");
+  serve->add_option("--host", sv.host, "Address to bind (default 127.0.0.1: this machine only)");
+  serve->add_option("--port", sv.port, "TCP port (default 8080; 0 = any free port)")
+      ->check(CLI::Range(0, 65535));
+  serve->add_option("--workers", sv.workers, "HTTP worker threads (default 32)")
+      ->check(CLI::Range(1, 1024));
+  serve->add_option("--max-upload-mb", sv.max_upload_mb, "Request body limit in MB (default 20)")
+      ->check(CLI::Range(0.001, 4096.0));
+  serve->add_option("--api-key", sv.api_key,
+                    "Key that writes need (Authorization: Bearer KEY); default $LOOKALIKE_API_KEY");
+  serve->add_flag("--private", sv.private_reads, "Reads need the API key too");
+  serve->add_option("--cors-origin", sv.cors_origins,
+                    "Allow browser requests from this origin (repeatable; * for any)")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  serve->add_option("--read-timeout-s", sv.read_timeout_s, "Seconds a client may take to send")
+      ->check(CLI::Range(1, 3600));
+  serve->add_option("--write-timeout-s", sv.write_timeout_s, "Seconds a client may take to read")
+      ->check(CLI::Range(1, 3600));
+  serve->add_option("--max-aspect-ratio", sv.max_aspect_ratio,
+                    "Refuse uploads and query images longer than this many times their width "
+                    "(or the reverse), 422 (default 100; 0 = no limit)")
+      ->check(CLI::Range(0.0, 1e9));
+  serve->add_option("--web-dir", sv.web_dir,
+                    "Development: serve the web page from this folder instead of the binary");
 
   try {
     app.parse(argc, argv);
@@ -127,6 +162,7 @@ static int run(int argc, char** argv) {
       return run_remove(g, ra);
     }
     if (*models) return run_models(g);
+    if (*serve) return run_serve(g, sv);
   } catch (const lookalike::engine::EngineError& e) {
     spdlog::error("{}", e.what());
     return e.kind() == lookalike::engine::EngineError::Kind::Invalid ? kUsage : kError;

@@ -216,6 +216,7 @@ image::DecodeOptions Engine::decode_options() {
   const auto& card = model().card();
   image::DecodeOptions d;
   d.max_pixels = options_.max_pixels;
+  d.max_aspect_ratio = options_.max_aspect_ratio;
   d.min_shorter_side = card.resize_shorter > 0 ? card.resize_shorter : card.input_size;
   return d;
 }
@@ -268,6 +269,12 @@ std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
   return out;
 }
 
+namespace {
+fs::path uploads_dir(const store::Collection& c) {
+  return (fs::absolute(c.dir()) / "uploads").lexically_normal();
+}
+}  // namespace
+
 AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::string& name,
                             const nlohmann::json& metadata) {
   if (!metadata.is_object()) {
@@ -280,7 +287,8 @@ AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::stri
   store::Put put;
   std::string format;
   put.embedding = embed_buffer(bytes, name, t, &put.record, &format);  // refuses non-images
-  const auto dir = c.dir() / "uploads";
+  // Absolute: catalog paths always are (the collection may have been given as a relative path).
+  const auto dir = uploads_dir(c);
   const auto path = dir / (hash + "." + format);
   if (auto existing = c.find_path(path.string())) return {*existing, false};
   std::error_code ec;
@@ -312,7 +320,7 @@ SearchResponse Engine::run_search(const float* embedding, const SearchRequest& r
   auto start = Clock::now();
   SearchResponse out;
   exclude.insert(exclude.end(), r.exclude_ids.begin(), r.exclude_ids.end());
-  auto results = c.search(embedding, 1, r.k, exclude, &out.generation);
+  auto results = c.search(embedding, 1, r.k, exclude, &out.generation, &r.where);
   out.results = std::move(results.at(0));
   if (r.min_score) {
     const bool similarity = c.config().metric == "cosine";
@@ -402,12 +410,34 @@ std::optional<store::ImageRecord> Engine::get(std::int64_t id) const {
   return collection().get(id);
 }
 
-std::vector<store::ImageRecord> Engine::list(std::int64_t after_id, int limit) const {
+std::vector<store::ImageRecord> Engine::list(std::int64_t after_id, int limit,
+                                             const store::MetadataFilter& where) const {
   if (limit < 1 || limit > 10'000) {
     throw EngineError(Kind::Invalid,
                       fmt::format("limit must be between 1 and 10000, got {}", limit));
   }
-  return collection().list_page(after_id, limit);
+  return collection().list_page(after_id, limit, &where);
+}
+
+std::vector<std::pair<std::string, std::int64_t>> Engine::facet(const std::string& field,
+                                                                int limit) const {
+  if (limit < 1 || limit > 10'000) {
+    throw EngineError(Kind::Invalid,
+                      fmt::format("limit must be between 1 and 10000, got {}", limit));
+  }
+  try {
+    return collection().facet(field, limit);
+  } catch (const store::StoreError& e) {
+    throw EngineError(Kind::Invalid, e.what());
+  }
+}
+
+store::MetadataFilter parse_where(const std::vector<std::string>& terms) {
+  try {
+    return store::parse_where(terms);
+  } catch (const store::StoreError& e) {
+    throw EngineError(EngineError::Kind::Invalid, e.what());
+  }
 }
 
 bool Engine::update_metadata(std::int64_t id, const nlohmann::json& metadata, bool merge) {
@@ -446,13 +476,12 @@ RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,
   std::sort(out.removed.begin(), out.removed.end());
   out.removed.erase(std::unique(out.removed.begin(), out.removed.end()), out.removed.end());
   if (out.removed.empty()) return out;
-  const auto uploads = (c.dir() / "uploads").string() + "/";
+  const auto uploads = uploads_dir(c).string() + "/";
   std::vector<std::string> files;
   for (const auto& rec : c.get_many(out.removed)) {
     if (rec.path.rfind(uploads, 0) == 0) files.push_back(rec.path);
   }
   c.apply({}, out.removed);
-  c.save_index();
   // After the commit: a crash in between leaves an orphan file, never a row without its file.
   std::error_code ec;
   for (const auto& f : files) fs::remove(f, ec);

@@ -52,6 +52,7 @@ struct EngineOptions {
   int decode_threads = 1;  // 1..pipeline::kMaxDecodeThreads
   int batch_size = 32;     // images per forward pass, 1..1024
   std::int64_t max_pixels = 89'478'485;        // PIL's Image.MAX_IMAGE_PIXELS
+  double max_aspect_ratio = 0;  // image::DecodeOptions::max_aspect_ratio; 0 = no limit
   std::chrono::microseconds batch_wait{2000};  // EmbedBatcher's window
 };
 
@@ -84,7 +85,13 @@ struct SearchRequest {
   std::optional<float> min_score;  // cosine: keep score >= it; l2: keep distance <= it
   std::vector<std::int64_t> exclude_ids;
   bool include_self = false;  // by id: keep the query image itself
+  // Metadata equality filter applied inside the index search (store::MetadataFilter): top-k
+  // among the matching images only. Empty = no filter.
+  store::MetadataFilter where;
 };
+
+// "field=value" terms to a filter; EngineError Invalid naming a malformed term.
+store::MetadataFilter parse_where(const std::vector<std::string>& terms);
 
 struct Timings {
   double decode_ms = 0;  // reading, decoding and preprocessing the query image
@@ -167,8 +174,14 @@ class Engine {
   pipeline::EmbeddedFiles embed_files(const std::vector<std::filesystem::path>& images);
 
   std::optional<store::ImageRecord> get(std::int64_t id) const;
-  // Page of images with id > after_id, by id; limit 1..10,000 (EngineError Invalid otherwise).
-  std::vector<store::ImageRecord> list(std::int64_t after_id, int limit) const;
+  // Page of images with id > after_id, by id, matching `where`; limit 1..10,000 (EngineError
+  // Invalid otherwise).
+  std::vector<store::ImageRecord> list(std::int64_t after_id, int limit,
+                                       const store::MetadataFilter& where = {}) const;
+  // The most frequent values of a top-level metadata field and their image counts (for a
+  // category filter's choices); limit 1..10,000. EngineError Invalid for a bad field name.
+  std::vector<std::pair<std::string, std::int64_t>> facet(const std::string& field,
+                                                          int limit) const;
   // Replaces (merge = false) or merges (merge = true: top-level keys, null deletes a key) an
   // image's metadata; false when there is no such id. EngineError Invalid for a non-object.
   bool update_metadata(std::int64_t id, const nlohmann::json& metadata, bool merge);

@@ -36,6 +36,10 @@ struct DecodeOptions {
   // the header before any pixel is decoded): a decompression-bomb guard. Default 89,478,485 is
   // PIL's Image.MAX_IMAGE_PIXELS. Must be > 0 (std::invalid_argument otherwise).
   std::int64_t max_pixels = 89'478'485;
+  // When > 0, refuse images whose longer side is more than this many times the shorter one
+  // (read from the header, like max_pixels). 0 = no limit (the default: `index` accepts a
+  // 1 x 9,000,000 strip, see docs/bad-input.md); the server sets 100 for uploads and queries.
+  double max_aspect_ratio = 0;
   // Refuse files larger than this many bytes, from their size before any byte is read (the
   // whole file is held in memory while decoding). Default 256 MiB (268,435,456): a 16-bit RGB
   // TIFF at the default max_pixels needs more and is refused; raise it for such files.

@@ -411,17 +411,21 @@ faiss::Index* core(faiss::Index* index, bool through_refine) {
   }
 }
 
-// Slot s is a member when it is live and its id is not excluded.
+// Slot s is a member when it is live, its id is not excluded and, with an allow set, allowed.
 struct LiveSlots : faiss::IDSelector {
-  LiveSlots(const std::vector<std::int64_t>& slot_id, const std::unordered_set<std::int64_t>* ex)
-      : slot_id(slot_id), exclude(ex) {}
+  LiveSlots(const std::vector<std::int64_t>& slot_id, const std::unordered_set<std::int64_t>* ex,
+            const std::unordered_set<std::int64_t>* allow)
+      : slot_id(slot_id), exclude(ex), allow(allow) {}
   bool is_member(idx_t slot) const override {
     if (slot < 0 || static_cast<std::size_t>(slot) >= slot_id.size()) return false;
-    std::int64_t id = slot_id[static_cast<std::size_t>(slot)];
-    return id >= 0 && (!exclude || exclude->count(id) == 0);
+    return member(slot_id[static_cast<std::size_t>(slot)]);
+  }
+  bool member(std::int64_t id) const {
+    return id >= 0 && (!exclude || exclude->count(id) == 0) && (!allow || allow->count(id) != 0);
   }
   const std::vector<std::int64_t>& slot_id;
   const std::unordered_set<std::int64_t>* exclude;
+  const std::unordered_set<std::int64_t>* allow;
 };
 
 // For a single query, FAISS runs with one OpenMP thread on the calling thread (see the header).
@@ -802,7 +806,8 @@ std::int64_t VectorIndex::remove(const std::vector<std::int64_t>& ids) {
 
 std::vector<std::vector<Hit>> VectorIndex::search(
     const float* queries, std::int64_t nq, int k,
-    const std::unordered_set<std::int64_t>* exclude) const {
+    const std::unordered_set<std::int64_t>* exclude,
+    const std::unordered_set<std::int64_t>* allow) const {
   if (k < 1) throw IndexError("search: k must be at least 1, got " + std::to_string(k));
   if (nq < 0) throw IndexError("search: negative query count " + std::to_string(nq));
   std::vector<std::vector<Hit>> out(static_cast<std::size_t>(nq));
@@ -812,13 +817,19 @@ std::vector<std::vector<Hit>> VectorIndex::search(
     for (std::int64_t id : *exclude) excluded += contains(id) ? 1 : 0;
   }
   if (excluded == 0) exclude = nullptr;
-  const std::int64_t want = std::min<std::int64_t>(k, size() - excluded);
+  LiveSlots selector(slot_id_, exclude, allow);
+  // Members: live, not excluded, allowed. O(|allow|) to count them.
+  std::int64_t members = size() - excluded;
+  if (allow) {
+    members = 0;
+    for (std::int64_t id : *allow) members += contains(id) && selector.member(id) ? 1 : 0;
+  }
+  const std::int64_t want = std::min<std::int64_t>(k, members);
   if (want <= 0) return out;
-  const bool filter = deleted() > 0 || excluded > 0;
+  const bool filter = deleted() > 0 || excluded > 0 || allow != nullptr;
 
   faiss::Index& index = active();
   const Kind kind = kind_of(&index);
-  LiveSlots selector(slot_id_, exclude);
   OmpSerial serial(nq == 1);
 
   // Runs one FAISS search of `n` queries for `kq` hits each, into D / I (n x kq).
@@ -874,8 +885,8 @@ std::vector<std::vector<Hit>> VectorIndex::search(
       const idx_t slot = I[at];
       if (slot < 0 || slot >= slots()) continue;  // FAISS pads with -1 when it finds fewer
       ++filled;
+      if (!selector.member(slot_id_[static_cast<std::size_t>(slot)])) continue;
       const std::int64_t id = slot_id_[static_cast<std::size_t>(slot)];
-      if (id < 0 || (exclude && exclude->count(id))) continue;
       if (static_cast<std::int64_t>(hits.size()) >= want) continue;
       float score = D[at];
       if (metric_ == Metric::L2) score = std::sqrt(std::max(score, 0.0f));
@@ -895,11 +906,12 @@ std::vector<std::vector<Hit>> VectorIndex::search(
   // expected need, k + excluded over the live fraction, plus k, and double while a query still
   // lacks hits and FAISS filled every place (an exhaustive index needs one pass unless the
   // deleted slots cluster around the query; at most log2(slots / k) passes).
+  // With an allow set the expected need is want over the members' share of the slots.
   const double live_fraction = 1.0 - deleted_fraction();
-  std::int64_t kq =
-      std::min(slots(), static_cast<std::int64_t>(std::ceil(static_cast<double>(want + excluded) /
-                                                            std::max(live_fraction, 1e-3))) +
-                            want);
+  const double need =
+      allow ? static_cast<double>(want) * static_cast<double>(slots()) / static_cast<double>(members)
+            : static_cast<double>(want + excluded) / std::max(live_fraction, 1e-3);
+  std::int64_t kq = std::min(slots(), static_cast<std::int64_t>(std::ceil(need)) + want);
   std::vector<std::int64_t> pending(static_cast<std::size_t>(nq));
   for (std::int64_t q = 0; q < nq; ++q) pending[static_cast<std::size_t>(q)] = q;
   std::vector<float> gathered;

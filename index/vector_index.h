@@ -166,8 +166,10 @@ class VectorIndex {
   std::int64_t remove(const std::vector<std::int64_t>& ids);
 
   // queries: nq x dim float32, row-major. Returns nq lists of at most k hits, best first, with
-  // catalog ids; never a deleted or excluded id. k is capped at size() (minus the excluded ids
-  // present) before anything is allocated. Throws IndexError when k < 1 or nq < 0, or when FAISS
+  // catalog ids; never a deleted or excluded id and, when `allow` is given, only allowed ids
+  // (a filter applied inside the search, through the same selector or over-fetch path as
+  // tombstones, so a query gets min(k, allowed live ids) hits from an exact index). k is capped
+  // at the number of such ids before anything is allocated. Throws IndexError when k < 1 or nq < 0, or when FAISS
   // fails. Results are exact for Flat and for every factory until it is trained; after that they
   // are FAISS's approximation: IVF searches nprobe = nlist / 16 lists, clamped to 16..256 and to
   // nlist (set when trained or loaded; FAISS's default of 1 has poor recall), and HNSW uses
@@ -178,7 +180,8 @@ class VectorIndex {
   // value takes it exclusively. Results depend only on the query, k and the index contents.
   std::vector<std::vector<Hit>> search(
       const float* queries, std::int64_t nq, int k,
-      const std::unordered_set<std::int64_t>* exclude = nullptr) const;
+      const std::unordered_set<std::int64_t>* exclude = nullptr,
+      const std::unordered_set<std::int64_t>* allow = nullptr) const;
 
   // File format (all integers little-endian):
   //   payload (8 + F + 8 * S bytes):

@@ -16,8 +16,14 @@ PACKAGES=(
   # catalog, CSV manifests, JSON, CLI, logging, hashing
   libsqlite3-dev libsqlitecpp-dev sqlite3 libcsv-dev nlohmann-json3-dev libcli11-dev
   libspdlog-dev libfmt-dev libxxhash-dev
+  # HTTP server (header-only cpp-httplib) and Prometheus metrics
+  libcpp-httplib-dev prometheus-cpp-dev
   # tests and benchmarks
   googletest libgtest-dev libgmock-dev libbenchmark-dev
+  # server load tests, the browser test (Debian's Chromium driven by npm playwright-core)
+  wrk chromium
+  # the .deb package (CPack's DEB generator; dpkg-shlibdeps computes the dependencies)
+  dpkg-dev fakeroot file
   # model export, fixtures, the Python reference (run with /usr/bin/python3)
   python3-torch python3-torchvision python3-faiss python3-numpy python3-pil
 )
@@ -37,6 +43,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   echo "install-deps: all ${#PACKAGES[@]} packages already installed"
+fi
+
+# Node.js for the browser test: the machine may already have one (with npm); else Debian's.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install-deps: installing Debian's nodejs and npm"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+# playwright-core from the npm registry, pinned by tests/browser/package-lock.json. Never
+# `playwright install`: it downloads a browser; the test uses Debian's /usr/bin/chromium.
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ -f "$root/tests/browser/package-lock.json" ]; then
+  if [ ! -d "$root/tests/browser/node_modules/playwright-core" ]; then
+    (cd "$root/tests/browser" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  echo "install-deps: playwright-core in tests/browser/node_modules"
 fi
 
 # OpenBLAS must be the BLAS that libblas.so.3 resolves to.

@@ -379,14 +379,112 @@ std::string Catalog::collection_id() const {
   });
 }
 
-std::vector<ImageRecord> Catalog::list_page(std::int64_t after_id, int limit) const {
+namespace {
+
+void check_field(const std::string& field, const std::string& term) {
+  auto bad = [&](const std::string& why) {
+    throw StoreError("filter '" + term + "': " + why);
+  };
+  if (field.empty()) bad("empty field name (write field=value)");
+  if (field.size() > 128) bad("field name longer than 128 bytes");
+  for (unsigned char ch : field) {
+    if (ch == '"' || ch == '\\' || ch < 0x20) bad("field name may not contain '\"', '\\' or control characters");
+  }
+}
+
+// A JSON path naming the top-level member `field` (quoted, so dots and spaces are literal).
+std::string json_path(const std::string& field) { return "$.\"" + field + "\""; }
+
+// One SQL condition per term; binds 3 parameters each (see bind_filter).
+std::string filter_sql(const MetadataFilter& filter) {
+  std::string sql;
+  for (std::size_t i = 0; i < filter.equals.size(); ++i) {
+    if (i) sql += " AND ";
+    sql += "(json_type(metadata, ?) = ? OR CAST(json_extract(metadata, ?) AS TEXT) = ?)";
+  }
+  return sql;
+}
+
+int bind_filter(SQLite::Statement& q, const MetadataFilter& filter, int at) {
+  for (const auto& [field, value] : filter.equals) {
+    const std::string path = json_path(field);
+    q.bind(at++, path);
+    // JSON true/false: json_type says 'true'/'false'; json_extract would give 1/0.
+    if (value == "true" || value == "false") {
+      q.bind(at++, value);
+    } else {
+      q.bind(at++);  // NULL: the json_type arm never matches
+    }
+    q.bind(at++, path);
+    q.bind(at++, value);
+  }
+  return at;
+}
+
+}  // namespace
+
+void add_term(MetadataFilter& filter, const std::string& field, const std::string& value) {
+  check_field(field, field + "=" + value);
+  filter.equals.emplace_back(field, value);
+}
+
+MetadataFilter parse_where(const std::vector<std::string>& terms) {
+  MetadataFilter f;
+  for (const auto& t : terms) {
+    const auto eq = t.find('=');
+    if (eq == std::string::npos) throw StoreError("filter '" + t + "': expected field=value");
+    const std::string field = t.substr(0, eq);
+    check_field(field, t);
+    f.equals.emplace_back(field, t.substr(eq + 1));
+  }
+  return f;
+}
+
+std::vector<ImageRecord> Catalog::list_page(std::int64_t after_id, int limit,
+                                            const MetadataFilter* filter) const {
   return reading(path_, [&] {
-    SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns +
-                                  " FROM images WHERE id > ? ORDER BY id LIMIT ?");
-    q.bind(1, after_id);
-    q.bind(2, limit);
+    const bool filtered = filter != nullptr && !filter->empty();
+    SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns + " FROM images WHERE id > ?" +
+                                  (filtered ? " AND " + filter_sql(*filter) : "") +
+                                  " ORDER BY id LIMIT ?");
+    int at = 1;
+    q.bind(at++, after_id);
+    if (filtered) at = bind_filter(q, *filter, at);
+    q.bind(at, limit);
     std::vector<ImageRecord> out;
     while (q.executeStep()) out.push_back(read_record(q));
+    return out;
+  });
+}
+
+FilterSnapshot Catalog::matching(const MetadataFilter& filter) const {
+  return reading(path_, [&] {
+    SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::DEFERRED);
+    FilterSnapshot s;
+    s.generation = generation();
+    SQLite::Statement q(*db_, "SELECT id FROM images" +
+                                  (filter.empty() ? std::string() : " WHERE " + filter_sql(filter)) +
+                                  " ORDER BY id");
+    bind_filter(q, filter, 1);
+    while (q.executeStep()) s.ids.push_back(q.getColumn(0).getInt64());
+    tx.commit();
+    return s;
+  });
+}
+
+std::vector<std::pair<std::string, std::int64_t>> Catalog::facet(const std::string& field,
+                                                                 int limit) const {
+  check_field(field, field);
+  return reading(path_, [&] {
+    SQLite::Statement q(*db_,
+                        "SELECT v, COUNT(*) AS c FROM (SELECT CASE json_type(metadata, ?1) "
+                        "WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+                        "ELSE CAST(json_extract(metadata, ?1) AS TEXT) END AS v FROM images) "
+                        "WHERE v IS NOT NULL GROUP BY v ORDER BY c DESC, v LIMIT ?2");
+    q.bind(1, json_path(field));
+    q.bind(2, limit);
+    std::vector<std::pair<std::string, std::int64_t>> out;
+    while (q.executeStep()) out.emplace_back(q.getColumn(0).getString(), q.getColumn(1).getInt64());
     return out;
   });
 }

@@ -58,6 +58,28 @@ struct CorruptVector {
   std::string reason;  // e.g. "embedding has a non-finite value", "embedding norm 0.8711, not 1"
 };
 
+// Metadata equality filter ("category=shoes"): an image matches when, for every term, its
+// metadata object has the top-level field and the field's value, as text, equals the term's
+// value: a JSON string's characters, a number's SQLite text form (42, 4.5), true/false for
+// booleans. Null and missing fields match nothing. Evaluated by SQLite's JSON1 over the
+// catalog's metadata column (a scan: O(images)); an indexed side table is issue 10's job.
+struct MetadataFilter {
+  std::vector<std::pair<std::string, std::string>> equals;  // (field, value), all must hold
+  bool empty() const { return equals.empty(); }
+};
+// Parses "field=value" terms (split at the first '='). Throws StoreError naming the term when
+// it has no '=', an empty field, or a field over 128 bytes or with '"', '\\' or a control
+// character (the field is quoted into a JSON path).
+MetadataFilter parse_where(const std::vector<std::string>& terms);
+// Adds one (field, value) term with the same checks as parse_where.
+void add_term(MetadataFilter& filter, const std::string& field, const std::string& value);
+
+// The ids a filter selects, with the generation of the read transaction that selected them.
+struct FilterSnapshot {
+  std::int64_t generation = 0;
+  std::vector<std::int64_t> ids;  // ascending
+};
+
 // Records read in one read transaction, with the generation that transaction saw.
 struct Snapshot {
   std::int64_t generation = 0;
@@ -111,8 +133,16 @@ class Catalog {
   std::optional<ImageRecord> find_path(const std::string& path) const;
   std::vector<ImageRecord> find_hash(const std::string& content_hash) const;
   std::vector<ImageRecord> list() const;  // by id
-  // Records with id > after_id, by id, at most `limit` (pagination by keyset).
-  std::vector<ImageRecord> list_page(std::int64_t after_id, int limit) const;
+  // Records with id > after_id, by id, at most `limit` (pagination by keyset), matching
+  // `filter` when one is given.
+  std::vector<ImageRecord> list_page(std::int64_t after_id, int limit,
+                                     const MetadataFilter* filter = nullptr) const;
+  // The ids `filter` selects and the generation, in one read transaction. O(images).
+  FilterSnapshot matching(const MetadataFilter& filter) const;
+  // The most frequent values of a top-level metadata field, with their image counts, most
+  // frequent first (ties by value), at most `limit`. Field checks as parse_where.
+  std::vector<std::pair<std::string, std::int64_t>> facet(const std::string& field,
+                                                          int limit) const;
   // The records of `ids` that exist and the generation, in one read transaction.
   Snapshot snapshot(const std::vector<std::int64_t>& ids) const;
   // Ids of the image at `path` and of every image under the folder `path` (a prefix match on

@@ -413,19 +413,36 @@ void Collection::save_index() {
 
 std::vector<std::vector<SearchResult>> Collection::search(
     const float* queries, std::int64_t nq, int k, const std::vector<std::int64_t>& exclude_ids,
-    std::int64_t* generation_out) const {
+    std::int64_t* generation_out, const MetadataFilter* filter) const {
   if (k < 1 || k > kMaxTopK) {
     throw StoreError("k must be between 1 and " + std::to_string(kMaxTopK) + ", got " +
                      std::to_string(k));
   }
   const std::unordered_set<std::int64_t> excluded(exclude_ids.begin(), exclude_ids.end());
+  const bool filtered = filter != nullptr && !filter->empty();
   for (int attempt = 0;; ++attempt) {
     std::vector<std::vector<index::Hit>> hits;
     std::int64_t seen = 0;
+    std::unordered_set<std::int64_t> allowed;
+    std::int64_t filter_generation = -1;
+    if (filtered) {
+      auto fs = reading([&](const Catalog& c) { return c.matching(*filter); });
+      allowed.insert(fs.ids.begin(), fs.ids.end());
+      filter_generation = fs.generation;
+    }
     {
       std::shared_lock lock(index_lock_);
-      hits = index_->search(queries, nq, k, excluded.empty() ? nullptr : &excluded);
+      hits = index_->search(queries, nq, k, excluded.empty() ? nullptr : &excluded,
+                            filtered ? &allowed : nullptr);
       seen = index_generation_;
+    }
+    if (filtered && filter_generation != seen && attempt < 1000) {
+      if (mode_ == Mode::Read) {
+        refresh_if_stale(filter_generation);
+      } else {
+        std::this_thread::yield();
+      }
+      continue;
     }
     std::vector<std::int64_t> wanted;
     for (const auto& list : hits) {
@@ -470,8 +487,13 @@ std::optional<ImageRecord> Collection::find_path(const std::string& path) const 
 std::vector<ImageRecord> Collection::list() const {
   return reading([&](const Catalog& c) { return c.list(); });
 }
-std::vector<ImageRecord> Collection::list_page(std::int64_t after_id, int limit) const {
-  return reading([&](const Catalog& c) { return c.list_page(after_id, limit); });
+std::vector<ImageRecord> Collection::list_page(std::int64_t after_id, int limit,
+                                               const MetadataFilter* filter) const {
+  return reading([&](const Catalog& c) { return c.list_page(after_id, limit, filter); });
+}
+std::vector<std::pair<std::string, std::int64_t>> Collection::facet(const std::string& field,
+                                                                    int limit) const {
+  return reading([&](const Catalog& c) { return c.facet(field, limit); });
 }
 std::vector<std::int64_t> Collection::ids_under(const std::string& path) const {
   return reading([&](const Catalog& c) { return c.ids_under(path); });

@@ -110,7 +110,10 @@ class Collection {
   std::vector<ImageRecord> get_many(const std::vector<std::int64_t>& ids) const;
   std::optional<ImageRecord> find_path(const std::string& path) const;
   std::vector<ImageRecord> list() const;
-  std::vector<ImageRecord> list_page(std::int64_t after_id, int limit) const;
+  std::vector<ImageRecord> list_page(std::int64_t after_id, int limit,
+                                     const MetadataFilter* filter = nullptr) const;
+  std::vector<std::pair<std::string, std::int64_t>> facet(const std::string& field,
+                                                          int limit) const;
   std::vector<std::int64_t> ids_under(const std::string& path) const;
   std::optional<std::vector<float>> embedding(std::int64_t id) const;
   std::optional<std::vector<float>> embedding_by_hash(const std::string& content_hash) const;
@@ -143,10 +146,13 @@ class Collection {
   // k each (fewer when the collection holds fewer); `exclude_ids` are skipped (e.g. the query
   // image itself). Throws StoreError "k must be between 1 and 10000" for k outside
   // [1, kMaxTopK], and index::IndexError when FAISS fails. `generation`, when given, receives
-  // the generation the results come from.
+  // the generation the results come from. With a non-empty `filter`, only images matching it
+  // are returned (resolved in the catalog at the same generation as the index hits, then
+  // applied inside the index search: min(k, matches) hits from an exact index).
   std::vector<std::vector<SearchResult>> search(const float* queries, std::int64_t nq, int k,
                                                 const std::vector<std::int64_t>& exclude_ids = {},
-                                                std::int64_t* generation = nullptr) const;
+                                                std::int64_t* generation = nullptr,
+                                                const MetadataFilter* filter = nullptr) const;
   CollectionInfo info() const;
   // Reads every page of the catalog (SQLite quick_check, O(file size)); throws StoreError naming
   // catalog.db and the first problem when it is damaged. Write-mode opens run it already.

@@ -32,3 +32,10 @@ lookalike_e2e(e2e_crash crash.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_cli cli_errors.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_defects defects.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_bad_inputs bad_inputs.py TIMEOUT 900 REQUIRES "model_mobilenet_v2;bad_inputs")
+lookalike_e2e(e2e_server_api server_api.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# The browser test skips (77) where Chromium, Node or playwright-core is missing.
+lookalike_e2e(e2e_browser browser.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+set_tests_properties(e2e_browser PROPERTIES SKIP_RETURN_CODE 77)
+# Installs the .deb, runs its service, purges it: root only (else skip, 77); serial for dpkg.
+lookalike_e2e(e2e_package package.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+set_tests_properties(e2e_package PROPERTIES SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)

@@ -1268,3 +1268,58 @@ INSTANTIATE_TEST_SUITE_P(Factories, ApproximateFactory, ::testing::Values("HNSW3
                          });
 
 }  // namespace
+
+// Metadata filters (store::MetadataFilter): applied inside the index search, so a category
+// that holds 2% of the collection still gets a full top-k, equal to brute force over it.
+TEST(Collection, FilteredSearchIsFullTopKOfTheMatchingImagesOnly) {
+  for (const std::string factory : {"Flat", "IVF4,Flat"}) {  // exact, and a trained IVF (all lists probed)
+    auto c = Collection::create_or_open(scratch_dir("collection_filter_" + factory),
+                                        config("cosine", factory));
+    auto p = puts(0, 500);
+    for (int i = 0; i < 500; ++i) {
+      const char* cat = i % 50 == 0 ? "rare" : (i % 2 ? "odd" : "even");
+      p[static_cast<std::size_t>(i)].record.metadata =
+          std::string(R"({"category":")") + cat + R"(","n":)" + std::to_string(i) +
+          R"(,"sale":)" + (i % 3 == 0 ? "true" : "false") + "}";
+    }
+    auto ids = c->apply(p, {});
+    const auto rare = lookalike::store::parse_where({"category=rare"});
+    auto q = seeded_vector(123456, kDim);
+    auto hits = c->search(q.data(), 1, 10, {}, nullptr, &rare)[0];
+    ASSERT_EQ(hits.size(), 10u) << factory << ": 10 of the 10 'rare' images";
+    std::set<std::int64_t> rare_ids;
+    for (int i = 0; i < 500; i += 50) rare_ids.insert(ids[static_cast<std::size_t>(i)]);
+    for (const auto& h : hits) EXPECT_TRUE(rare_ids.count(h.image.id)) << factory;
+    // Removing one leaves 9, never another category.
+    c->apply({}, {ids[0]});
+    hits = c->search(q.data(), 1, 10, {}, nullptr, &rare)[0];
+    EXPECT_EQ(hits.size(), 9u) << factory;
+  }
+  auto c = Collection::create_or_open(scratch_dir("collection_filter_terms"), config());
+  auto p = puts(0, 30);
+  for (int i = 0; i < 30; ++i) {
+    p[static_cast<std::size_t>(i)].record.metadata =
+        std::string(R"({"category":")") + (i % 3 ? "a" : "b") + R"(","n":)" + std::to_string(i % 5) +
+        R"(,"sale":)" + (i % 2 ? "true" : "false") + "}";
+  }
+  c->apply(p, {});
+  // Exact brute force: category b (i % 3 == 0) and n = 0 (i % 5 == 0) -> i in {0, 15}.
+  auto f = lookalike::store::parse_where({"category=b", "n=0"});
+  auto q = seeded_vector(9, kDim);
+  EXPECT_EQ(c->search(q.data(), 1, 10, {}, nullptr, &f)[0].size(), 2u);
+  auto sale = lookalike::store::parse_where({"sale=true"});
+  EXPECT_EQ(c->list_page(0, 100, &sale).size(), 15u);
+  auto page = c->list_page(0, 4, &f);
+  ASSERT_EQ(page.size(), 2u);
+  EXPECT_EQ(page[0].path, photo(0));
+  EXPECT_EQ(page[1].path, photo(15));
+  auto facet = c->facet("category", 10);
+  ASSERT_EQ(facet.size(), 2u);
+  EXPECT_EQ(facet[0], (std::pair<std::string, std::int64_t>{"a", 20}));
+  EXPECT_EQ(facet[1], (std::pair<std::string, std::int64_t>{"b", 10}));
+  EXPECT_TRUE(c->search(q.data(), 1, 5, {}, nullptr, &(f = lookalike::store::parse_where({"category=none"})))[0].empty());
+  for (const std::string& bad : {std::string("novalue"), std::string("=x"), std::string("a\"b=1")}) {
+    auto what = store_error([&] { lookalike::store::parse_where({bad}); });
+    EXPECT_NE(what.find("filter"), std::string::npos) << bad << ": " << what;
+  }
+}

@@ -1,0 +1,351 @@
+// bench_server: `lookalike serve` under load, in one bounded run on 127.0.0.1.
+//
+//   bench_server [--vectors 100000] [--real 1000] [--seconds 4] [--index IVF1024,Flat]
+//                [--model PATH] [--bin PATH] [--work DIR] [--json]
+//
+// 1. Builds a collection of --vectors vectors: --real clothing-small train photos indexed
+//    through the engine, plus generated vectors (each a real embedding plus Gaussian noise,
+//    renormalised, so the index sees clustered data), saved with its index cache.
+// 2. Measures the model-only latency of one query image (a batch-1 forward pass, no decode,
+//    no HTTP, no search) in this process, then releases the model.
+// 3. Starts the real server process (`lookalike serve`) and drives it with 1, 4 and 16
+//    keep-alive clients for --seconds each: search by id (JSON) and search by uploaded JPEG
+//    (multipart; 16 clothing-small test photos in turn). Reports QPS and p50/p99 latency.
+// Targets (issue "lookalike serve"): search-by-upload p50 at 1 client <= 1.25x the model-only
+// latency; search-by-id p99 at 4 clients <= 10 ms; search-by-upload QPS at 16 clients >= 1.5x
+// that at 1 client (the engine batches concurrent embeds). Figures: bench/README.md.
+#include <fmt/format.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+#include "image/decode.h"
+#include "image/preprocess.h"
+#include "model/model_card.h"
+#include "store/collection.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using namespace lookalike;
+
+namespace {
+
+constexpr double kUploadRatioTarget = 1.25;   // upload p50 @1 / model-only p50, at most
+constexpr double kIdP99TargetMs = 10.0;       // search-by-id p99 @4 clients, at most
+constexpr double kBatchingTarget = 1.5;       // upload QPS @16 / QPS @1, at least
+
+struct Options {
+  std::int64_t vectors = 100'000;
+  int real = 1000;
+  double seconds = 4;
+  std::string factory = "IVF1024,Flat";
+  fs::path model, bin, work;
+  bool json_out = false;
+};
+
+fs::path exe_dir() { return fs::canonical("/proc/self/exe").parent_path(); }
+fs::path shared_dir() {
+  if (const char* s = std::getenv("LOOKALIKE_SHARED_DIR")) return s;
+  return fs::path(LOOKALIKE_BENCH_SOURCE_DIR) / ".." / "shared";
+}
+
+std::vector<fs::path> photos(const fs::path& dir) {
+  std::vector<fs::path> all;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file() && e.path().extension() == ".jpg") all.push_back(e.path());
+  }
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
+// Every len/n-th file, so all categories are represented.
+std::vector<fs::path> spread(const std::vector<fs::path>& all, std::size_t n) {
+  std::vector<fs::path> out;
+  n = std::min(n, all.size());
+  for (std::size_t i = 0; i < n; ++i) out.push_back(all[all.size() * i / n]);
+  return out;
+}
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
+}
+
+void build_collection(const Options& o, const fs::path& dir) {
+  engine::EngineOptions eo;
+  eo.collection = dir;
+  eo.model = o.model.string();
+  engine::NewCollection fresh;
+  fresh.factory = o.factory;
+  fresh.factory_given = true;
+  auto t0 = Clock::now();
+  {
+    auto e = engine::Engine::open(eo, engine::Access::Write, fresh);
+    engine::IndexRequest r;
+    r.inputs = spread(photos(shared_dir() / "datasets" / "clothing-small" / "train"),
+                      static_cast<std::size_t>(o.real));
+    auto s = e->index(r);
+    std::cerr << fmt::format("bench_server: indexed {} real photos in {:.1f} s\n", s.added,
+                             std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  auto c = store::Collection::open(dir, store::Collection::Mode::Write);
+  const int dim = c->config().dim;
+  std::vector<std::vector<float>> real;
+  for (const auto& rec : c->list()) {
+    if (auto v = c->embedding(rec.id)) real.push_back(*v);
+  }
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> noise(0.0f, 1.0f);
+  const std::int64_t generated = o.vectors - static_cast<std::int64_t>(real.size());
+  const float sigma = 0.6f / std::sqrt(static_cast<float>(dim));
+  for (std::int64_t start = 0; start < generated; start += 5000) {
+    std::vector<store::Put> puts;
+    for (std::int64_t i = start; i < std::min(generated, start + 5000); ++i) {
+      store::Put p;
+      p.record.path = fmt::format("/bench/generated/{:08d}.jpg", i);
+      p.record.content_hash = fmt::format("{:032x}", i);
+      p.record.bytes = 1;
+      p.record.width = p.record.height = 1;
+      p.record.metadata = R"({"category":"generated"})";
+      p.embedding = real[static_cast<std::size_t>(i) % real.size()];
+      double norm = 0;
+      for (auto& x : p.embedding) {
+        x += sigma * noise(rng);
+        norm += double(x) * x;
+      }
+      for (auto& x : p.embedding) x = static_cast<float>(x / std::sqrt(norm));
+      puts.push_back(std::move(p));
+    }
+    c->apply(puts, {});
+  }
+  c->save_index();
+  std::cerr << fmt::format("bench_server: collection of {} vectors ({}) ready in {:.1f} s\n",
+                           c->index_size(), c->info().index_status,
+                           std::chrono::duration<double>(Clock::now() - t0).count());
+}
+
+// Batch-1 forward pass of a preprocessed query image: the floor under any search by upload.
+double model_only_ms(const Options& o, const fs::path& query) {
+  engine::EngineOptions eo;
+  eo.collection = o.work / "no-collection";
+  eo.model = o.model.string();
+  auto e = engine::Engine::open(eo, engine::Access::ModelOnly);
+  auto& m = e->model();
+  const auto spec = model::preprocess_spec(m.card());
+  image::DecodeOptions d;
+  d.min_shorter_side = m.card().resize_shorter > 0 ? m.card().resize_shorter : spec.crop;
+  auto img = image::decode_file(query, d);
+  std::vector<float> in(3ull * spec.crop * spec.crop);
+  image::preprocess(img.rgb, img.source_width, img.source_height, spec, in.data());
+  std::vector<double> ms;
+  for (int i = 0; i < 40; ++i) {
+    auto t = Clock::now();
+    m.embed(in.data(), 1);
+    if (i >= 5) ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t).count());
+  }
+  return pct(ms, 0.5);
+}
+
+pid_t start_server(const Options& o, const fs::path& dir, int port) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    const std::string p = std::to_string(port), c = dir.string(), m = o.model.string();
+    execl(o.bin.c_str(), o.bin.c_str(), "--quiet", "-c", c.c_str(), "-m", m.c_str(), "serve",
+          "--port", p.c_str(), "--workers", "64", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  httplib::Client cli("127.0.0.1", port);
+  for (int i = 0; i < 2400; ++i) {
+    if (auto r = cli.Get("/readyz"); r && r->status == 200) return pid;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid, SIGKILL);
+  throw std::runtime_error("server did not become ready in 120 s");
+}
+
+struct Row {
+  std::string kind;
+  int clients = 0;
+  double qps = 0, p50 = 0, p99 = 0;
+  std::int64_t requests = 0, errors = 0;
+};
+
+Row drive(int port, const std::string& kind, int clients, double seconds,
+          const std::vector<std::int64_t>& ids, const std::vector<std::string>& jpegs) {
+  std::atomic<bool> recording{false}, stop{false};
+  std::vector<std::vector<double>> lat(static_cast<std::size_t>(clients));
+  std::atomic<std::int64_t> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < clients; ++t) {
+    threads.emplace_back([&, t] {
+      httplib::Client cli("127.0.0.1", port);
+      cli.set_keep_alive(true);
+      cli.set_tcp_nodelay(true);
+      cli.set_read_timeout(60, 0);
+      std::size_t n = static_cast<std::size_t>(t) * 7919;
+      while (!stop.load()) {
+        auto t0 = Clock::now();
+        auto r = [&] {
+          if (kind == "id") {
+            json body = {{"id", ids[n % ids.size()]}, {"k", 10}};
+            return cli.Post("/v1/search", body.dump(), "application/json");
+          }
+          httplib::MultipartFormDataItems items = {
+              {"image", jpegs[n % jpegs.size()], "query.jpg", "image/jpeg"}, {"k", "10", "", ""}};
+          return cli.Post("/v1/search", items);
+        }();
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        if (!r || r->status != 200) ++errors;
+        if (recording.load()) lat[static_cast<std::size_t>(t)].push_back(ms);
+        ++n;
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // warm-up, not recorded
+  recording = true;
+  auto t0 = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  recording = false;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+  stop = true;
+  for (auto& th : threads) th.join();
+  std::vector<double> all;
+  for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
+  Row row{kind, clients, static_cast<double>(all.size()) / elapsed, pct(all, 0.5), pct(all, 0.99),
+          static_cast<std::int64_t>(all.size()), errors.load()};
+  return row;
+}
+
+int free_port() {
+  httplib::Server probe;
+  int p = probe.bind_to_any_port("127.0.0.1");
+  return p;  // closed when probe goes out of scope
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(a + ": needs a value");
+      return argv[++i];
+    };
+    if (a == "--vectors") o.vectors = std::stoll(next());
+    else if (a == "--real") o.real = std::stoi(next());
+    else if (a == "--seconds") o.seconds = std::stod(next());
+    else if (a == "--index") o.factory = next();
+    else if (a == "--model") o.model = next();
+    else if (a == "--bin") o.bin = next();
+    else if (a == "--work") o.work = next();
+    else if (a == "--json") o.json_out = true;
+    else throw std::invalid_argument("unknown argument " + a + " (see the comment at the top)");
+  }
+  if (o.model.empty()) o.model = exe_dir().parent_path() / "fixtures" / "models" / "mobilenet_v2.pt";
+  if (o.bin.empty()) o.bin = exe_dir().parent_path() / "cli" / "lookalike";
+  if (o.work.empty()) o.work = exe_dir() / "bench-server-work";
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    signal(SIGPIPE, SIG_IGN);
+    const Options o = parse(argc, argv);
+    fs::remove_all(o.work);
+    fs::create_directories(o.work);
+    const fs::path dir = o.work / "collection";
+    build_collection(o, dir);
+
+    auto test_photos = spread(photos(shared_dir() / "datasets" / "clothing-small" / "test"), 16);
+    std::vector<std::string> jpegs;
+    for (const auto& p : test_photos) {
+      std::ifstream in(p, std::ios::binary);
+      std::stringstream s;
+      s << in.rdbuf();
+      jpegs.push_back(s.str());
+    }
+    const double model_ms = model_only_ms(o, test_photos.front());
+    std::vector<std::int64_t> ids;
+    {
+      auto c = store::Collection::open(dir, store::Collection::Mode::Read);
+      for (const auto& r : c->list_page(0, o.real)) ids.push_back(r.id);
+    }
+
+    const int port = free_port();
+    const pid_t server = start_server(o, dir, port);
+    std::vector<Row> rows;
+    for (const std::string kind : {"id", "upload"}) {
+      for (int clients : {1, 4, 16}) rows.push_back(drive(port, kind, clients, o.seconds, ids, jpegs));
+    }
+    kill(server, SIGTERM);
+    int status = 0;
+    waitpid(server, &status, 0);
+
+    auto find = [&](const std::string& k, int c) {
+      return *std::find_if(rows.begin(), rows.end(),
+                           [&](const Row& r) { return r.kind == k && r.clients == c; });
+    };
+    const double upload_ratio = find("upload", 1).p50 / model_ms;
+    const double id_p99 = find("id", 4).p99;
+    const double batching = find("upload", 16).qps / find("upload", 1).qps;
+    json out = {{"vectors", o.vectors},
+                {"index", o.factory},
+                {"model_only_p50_ms", model_ms},
+                {"rows", json::array()},
+                {"upload_p50_over_model", upload_ratio},
+                {"id_p99_4_clients_ms", id_p99},
+                {"upload_qps_16_over_1", batching},
+                {"server_exit", WIFEXITED(status) ? WEXITSTATUS(status) : -1}};
+    for (const auto& r : rows) {
+      out["rows"].push_back({{"kind", r.kind}, {"clients", r.clients}, {"qps", r.qps},
+                             {"p50_ms", r.p50}, {"p99_ms", r.p99}, {"requests", r.requests},
+                             {"errors", r.errors}});
+    }
+    if (o.json_out) {
+      std::cout << out.dump(2) << "\n";
+    } else {
+      std::cout << fmt::format("lookalike serve, {} vectors, index {}, 127.0.0.1\n", o.vectors,
+                               o.factory);
+      std::cout << fmt::format("model-only latency (batch 1, this process): p50 {:.1f} ms\n\n",
+                               model_ms);
+      std::cout << fmt::format("{:<22} {:>7} {:>9} {:>9} {:>9} {:>7}\n", "search", "clients",
+                               "QPS", "p50 ms", "p99 ms", "errors");
+      for (const auto& r : rows) {
+        std::cout << fmt::format("{:<22} {:>7} {:>9.1f} {:>9.2f} {:>9.2f} {:>7}\n",
+                                 r.kind == "id" ? "by id (JSON)" : "by upload (JPEG)", r.clients,
+                                 r.qps, r.p50, r.p99, r.errors);
+      }
+      auto verdict = [](bool ok) { return ok ? "PASS" : "MISS"; };
+      std::cout << fmt::format("\nupload p50 @1 / model-only p50: {:.2f}x (target <= {}): {}\n",
+                               upload_ratio, kUploadRatioTarget,
+                               verdict(upload_ratio <= kUploadRatioTarget));
+      std::cout << fmt::format("search-by-id p99 @4 clients: {:.2f} ms (target <= {} ms): {}\n",
+                               id_p99, kIdP99TargetMs, verdict(id_p99 <= kIdP99TargetMs));
+      std::cout << fmt::format("upload QPS @16 / @1: {:.2f}x (target >= {}): {}\n", batching,
+                               kBatchingTarget, verdict(batching >= kBatchingTarget));
+    }
+    fs::remove_all(o.work);
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "bench_server: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,288 @@
+#include "server/http_util.h"
+
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <cmath>
+#include <regex>
+
+#include "engine/engine.h"
+#include "image/decode.h"
+#include "image/image.h"
+#include "model/embedding_model.h"
+#include "store/catalog.h"
+
+namespace lookalike::server {
+
+using json = nlohmann::json;
+
+namespace {
+
+std::string percent_decode(std::string_view s) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '+') {
+      out += ' ';
+    } else if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+      out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> query_pairs(const std::string& target) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const auto q = target.find('?');
+  if (q == std::string::npos) return out;
+  std::string_view rest(target);
+  rest.remove_prefix(q + 1);
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    const auto pair = rest.substr(0, amp);
+    if (!pair.empty()) {
+      const auto eq = pair.find('=');
+      out.emplace_back(percent_decode(pair.substr(0, eq)),
+                       eq == std::string_view::npos ? "" : percent_decode(pair.substr(eq + 1)));
+    }
+    if (amp == std::string_view::npos) break;
+    rest.remove_prefix(amp + 1);
+  }
+  return out;
+}
+
+std::int64_t parse_int(const std::string& text, const std::string& name, std::int64_t lo,
+                       std::int64_t hi) {
+  std::int64_t v = 0;
+  const auto* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || p != end) {
+    throw BadRequest(name + ": expected an integer, got '" + text.substr(0, 40) + "'");
+  }
+  if (v < lo || v > hi) {
+    throw BadRequest(name + ": must be between " + std::to_string(lo) + " and " +
+                     std::to_string(hi) + ", got " + text);
+  }
+  return v;
+}
+
+float parse_float(const std::string& text, const std::string& name) {
+  try {
+    std::size_t used = 0;
+    const float v = std::stof(text, &used);
+    if (used == text.size() && std::isfinite(v)) return v;
+  } catch (const std::exception&) {
+  }
+  throw BadRequest(name + ": expected a number, got '" + text.substr(0, 40) + "'");
+}
+
+std::int64_t json_int(const json& body, const std::string& name, std::int64_t lo,
+                      std::int64_t hi) {
+  const auto& v = body.at(name);
+  if (!v.is_number_integer()) throw BadRequest(name + ": expected an integer");
+  // json stores large positive numbers as unsigned: compare in the signed range first.
+  if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(hi)) {
+    throw BadRequest(name + ": must be between " + std::to_string(lo) + " and " +
+                     std::to_string(hi));
+  }
+  const auto n = v.get<std::int64_t>();
+  if (n < lo || n > hi) {
+    throw BadRequest(name + ": must be between " + std::to_string(lo) + " and " +
+                     std::to_string(hi) + ", got " + std::to_string(n));
+  }
+  return n;
+}
+
+json parse_json_body(const httplib::Request& req) {
+  if (req.body.empty()) throw BadRequest("body: empty (expected JSON)");
+  try {
+    return json::parse(req.body);
+  } catch (const json::parse_error& e) {
+    throw BadRequest(std::string("body: not valid JSON (") + e.what() + ")");
+  }
+}
+
+std::span<const std::uint8_t> as_bytes(const std::string& s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+void require_image(std::span<const std::uint8_t> bytes, const std::string& field) {
+  if (bytes.empty()) throw BadRequest(field + ": empty file (0 bytes)");
+  if (image::sniff_format(bytes.first(std::min(bytes.size(), image::kSniffBytes))).empty()) {
+    throw HttpError(415, "unsupported_media_type",
+                    field + ": not a supported image (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIF, "
+                            "AVIF; the format is read from the bytes)");
+  }
+}
+
+std::string mime_of_format(const std::string& format) {
+  static const std::map<std::string, std::string> kMime = {
+      {"jpeg", "image/jpeg"}, {"png", "image/png"},   {"webp", "image/webp"},
+      {"gif", "image/gif"},   {"tiff", "image/tiff"}, {"bmp", "image/bmp"},
+      {"heif", "image/heif"}, {"avif", "image/avif"}};
+  auto it = kMime.find(format);
+  return it == kMime.end() ? "application/octet-stream" : it->second;
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  // Invalid UTF-8 in stored paths or metadata is replaced, never a throw mid-response.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+}
+
+namespace {
+
+void write_error(httplib::Response& res, int status, const std::string& code,
+                 const std::string& message) {
+  send_json(res, status, {{"error", {{"code", code}, {"message", message}}}});
+}
+
+}  // namespace
+
+void send_error(httplib::Response& res, std::exception_ptr error, const httplib::Request& req) {
+  using engine::EngineError;
+  try {
+    std::rethrow_exception(error);
+  } catch (const HttpError& e) {
+    write_error(res, e.status, e.code, e.what());
+  } catch (const EngineError& e) {
+    switch (e.kind()) {
+      case EngineError::Kind::Invalid: write_error(res, 400, "bad_request", e.what()); break;
+      case EngineError::Kind::NotFound: write_error(res, 404, "not_found", e.what()); break;
+      case EngineError::Kind::ReadOnly: write_error(res, 403, "read_only", e.what()); break;
+    }
+  } catch (const image::DecodeError& e) {
+    // The bytes passed the format sniff (require_image): a real image that cannot be used.
+    write_error(res, 422, "unprocessable_image", e.what());
+  } catch (const std::bad_alloc&) {
+    spdlog::error("{} {}: out of memory", req.method, req.path);
+    write_error(res, 500, "internal", "out of memory");
+  } catch (const std::exception& e) {
+    spdlog::error("{} {}: {}", req.method, req.path, e.what());
+    write_error(res, 500, "internal", e.what());
+  } catch (...) {
+    spdlog::error("{} {}: unknown exception", req.method, req.path);
+    write_error(res, 500, "internal", "unknown error");
+  }
+}
+
+void check_api_key(const std::string& key, const httplib::Request& req) {
+  if (key.empty()) return;
+  std::string given;
+  const auto auth = req.get_header_value("Authorization");
+  if (auth.rfind("Bearer ", 0) == 0) {
+    given = auth.substr(7);
+  } else if (req.has_header("X-API-Key")) {
+    given = req.get_header_value("X-API-Key");
+  } else {
+    throw HttpError(401, "unauthorized",
+                    "this route needs the API key (Authorization: Bearer KEY, or X-API-Key)");
+  }
+  // Constant time in the key's length: every byte is compared whatever differs first.
+  unsigned char diff = given.size() == key.size() ? 0 : 1;
+  for (std::size_t i = 0; i < key.size(); ++i) {
+    diff |= static_cast<unsigned char>(key[i] ^ (i < given.size() ? given[i] : 0));
+  }
+  if (diff != 0) throw HttpError(403, "forbidden", "wrong API key");
+}
+
+void RouteTable::add(const std::string& pattern, const std::string& method) {
+  for (auto& r : routes_) {
+    if (r.pattern == pattern) {
+      r.methods.insert(method);
+      return;
+    }
+  }
+  routes_.push_back({pattern, std::regex(pattern), {method}});
+}
+
+std::set<std::string> RouteTable::methods_for(const std::string& path) const {
+  std::set<std::string> out;
+  for (const auto& r : routes_) {
+    if (std::regex_match(path, r.regex)) out.insert(r.methods.begin(), r.methods.end());
+  }
+  return out;
+}
+
+void handle_unrouted(const RouteTable& table, const httplib::Request& req,
+                     httplib::Response& res, std::size_t max_upload_bytes) {
+  if (res.status == 404 || res.status == 400) {
+    // httplib answers 404 for a known method without a handler on this path and 400 for a
+    // method it has no handlers for at all (PUT here): both are 405 on a known path.
+    auto methods = table.methods_for(req.path);
+    if (!methods.empty() && !methods.count(req.method)) {
+      std::string allow;
+      for (const auto& m : methods) allow += (allow.empty() ? "" : ", ") + m;
+      res.set_header("Allow", allow);
+      write_error(res, 405, "method_not_allowed",
+                  req.method + " " + req.path + ": not allowed (allowed: " + allow + ")");
+      return;
+    }
+    if (res.status == 404) {
+      write_error(res, 404, "not_found", "no route " + req.method + " " + req.path);
+      return;
+    }
+  }
+  if (res.status == 413) {
+    write_error(res, 413, "payload_too_large",
+                "request body over the upload limit of " + std::to_string(max_upload_bytes) +
+                    " bytes (--max-upload-mb)");
+  } else if (res.status == 400) {
+    write_error(res, 400, "bad_request", "malformed HTTP request (headers, multipart or range)");
+  } else {
+    write_error(res, res.status, "http_" + std::to_string(res.status), "HTTP error");
+  }
+}
+
+namespace {
+
+std::optional<std::string> allowed_origin(const std::vector<std::string>& origins,
+                                          const httplib::Request& req) {
+  if (origins.empty() || !req.has_header("Origin")) return std::nullopt;
+  const auto origin = req.get_header_value("Origin");
+  for (const auto& o : origins) {
+    if (o == "*") return std::string("*");
+    if (o == origin) return origin;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+void add_cors(const std::vector<std::string>& origins, const httplib::Request& req,
+              httplib::Response& res) {
+  if (auto o = allowed_origin(origins, req)) {
+    res.set_header("Access-Control-Allow-Origin", *o);
+    if (*o != "*") res.set_header("Vary", "Origin");
+  }
+}
+
+void preflight(const std::vector<std::string>& origins, const RouteTable& table,
+               const httplib::Request& req, httplib::Response& res) {
+  auto o = allowed_origin(origins, req);
+  auto methods = table.methods_for(req.path);
+  if (!o || methods.empty()) {
+    write_error(res, o ? 404 : 403, o ? "not_found" : "forbidden",
+                o ? "no route " + req.path : "CORS: origin not allowed");
+    return;
+  }
+  std::string allow;
+  for (const auto& m : methods) allow += (allow.empty() ? "" : ", ") + m;
+  res.status = 204;
+  res.set_header("Access-Control-Allow-Origin", *o);
+  res.set_header("Access-Control-Allow-Methods", allow);
+  res.set_header("Access-Control-Allow-Headers", "Authorization, X-API-Key, Content-Type");
+  res.set_header("Access-Control-Max-Age", "600");
+}
+
+}  // namespace lookalike::server

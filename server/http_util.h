@@ -1,0 +1,88 @@
+// Request parsing, JSON responses, errors as {"error": {"code", "message"}} with the status of
+// docs/api.md, the API key check, CORS, and the 404/405 distinction for unrouted requests.
+#pragma once
+
+#include <httplib.h>
+
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
+#include <set>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lookalike::server {
+
+// A request the server refuses with `status` and a machine-readable `code`.
+class HttpError : public std::runtime_error {
+ public:
+  HttpError(int status, std::string code, const std::string& message)
+      : std::runtime_error(message), status(status), code(std::move(code)) {}
+  int status;
+  std::string code;
+};
+// 400 bad_request: a malformed body or parameter; the message names it.
+class BadRequest : public HttpError {
+ public:
+  explicit BadRequest(const std::string& message) : HttpError(400, "bad_request", message) {}
+};
+
+// The (key, value) pairs of a request target's query string ("/p?a=1&where=c=d" -> (a, 1),
+// (where, c=d)), split at each pair's first '=', percent-decoded ('+' is a space).
+std::vector<std::pair<std::string, std::string>> query_pairs(const std::string& target);
+
+// Decimal integer in [lo, hi]; BadRequest "<name>: ..." otherwise.
+std::int64_t parse_int(const std::string& text, const std::string& name, std::int64_t lo,
+                       std::int64_t hi);
+// A finite number; BadRequest otherwise.
+float parse_float(const std::string& text, const std::string& name);
+// body[name] as an integer in [lo, hi]; BadRequest otherwise.
+std::int64_t json_int(const nlohmann::json& body, const std::string& name, std::int64_t lo,
+                      std::int64_t hi);
+// The body as JSON; BadRequest naming the parse error.
+nlohmann::json parse_json_body(const httplib::Request& req);
+std::span<const std::uint8_t> as_bytes(const std::string& s);
+// 400 when empty; 415 unsupported_media_type when the bytes are not a supported image format
+// (sniffed: image::sniff_format; never the file name or Content-Type).
+void require_image(std::span<const std::uint8_t> bytes, const std::string& field);
+std::string mime_of_format(const std::string& format);  // "jpeg" -> "image/jpeg", ...
+
+void send_json(httplib::Response& res, int status, const nlohmann::json& body);
+// Maps an exception to the status of docs/api.md and writes the error body; 500s are logged.
+void send_error(httplib::Response& res, std::exception_ptr error, const httplib::Request& req);
+
+// Throws HttpError 401 when `key` is set and the request carries none (Authorization: Bearer
+// or X-API-Key), 403 when it carries another. Constant-time comparison.
+void check_api_key(const std::string& key, const httplib::Request& req);
+
+// The routes and their methods, to tell 405 (known path, other method) from 404.
+class RouteTable {
+ public:
+  void add(const std::string& pattern, const std::string& method);
+  std::set<std::string> methods_for(const std::string& path) const;  // empty: unknown path
+
+ private:
+  struct Route {
+    std::string pattern;
+    std::regex regex;
+    std::set<std::string> methods;
+  };
+  std::vector<Route> routes_;
+};
+
+// The JSON error for a response httplib produced itself: 404 (or 405 with Allow when the path
+// is known), 413 over the upload limit, 400 for a request it could not parse.
+void handle_unrouted(const RouteTable& table, const httplib::Request& req,
+                     httplib::Response& res, std::size_t max_upload_bytes);
+// Access-Control-Allow-Origin when the request's Origin is configured (or "*" is).
+void add_cors(const std::vector<std::string>& origins, const httplib::Request& req,
+              httplib::Response& res);
+void preflight(const std::vector<std::string>& origins, const RouteTable& table,
+               const httplib::Request& req, httplib::Response& res);
+
+}  // namespace lookalike::server

@@ -1,0 +1,36 @@
+// Prometheus metrics of the server, through prometheus-cpp's registry and text serializer
+// (exposition format 0.0.4). Names and base units follow Prometheus' naming guide: seconds,
+// bytes, `_total` for counters.
+//   lookalike_http_requests_total{route,method,status}        counter
+//   lookalike_http_request_duration_seconds{route}            histogram
+//   lookalike_embed_duration_seconds                          histogram (query and upload embeds)
+//   lookalike_index_search_duration_seconds                   histogram (index search + catalog)
+//   lookalike_collection_images                               gauge (at scrape time)
+//   lookalike_build_info{version,model,metric,index}          gauge, always 1
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace lookalike::server {
+
+class Metrics {
+ public:
+  Metrics();
+  ~Metrics();
+  // route: the route pattern ("/v1/images/{id}"), never the raw path (unbounded labels).
+  void request(const std::string& route, const std::string& method, int status, double seconds);
+  void embed(double seconds);
+  void index_search(double seconds);
+  void set_collection_images(std::int64_t n);
+  void set_build_info(const std::string& model, const std::string& metric,
+                      const std::string& index);
+  std::string render() const;  // the text format
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lookalike::server

@@ -1,0 +1,147 @@
+#include "server/openapi.h"
+
+namespace lookalike::server {
+
+namespace {
+
+// Kept as JSON text so that it reads like the document it is.
+constexpr const char* kDocument = R"json({
+  "openapi": "3.0.3",
+  "info": {"title": "lookalike", "description": "Image similarity search: search by example image or by indexed id, upload, browse. Errors are {\"error\": {\"code\", \"message\"}}."},
+  "components": {
+    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}, "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+    "parameters": {
+      "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1}},
+      "where": {"name": "where", "in": "query", "description": "Metadata equality field=value; repeatable, all must hold", "schema": {"type": "array", "items": {"type": "string"}}, "style": "form", "explode": true}
+    },
+    "schemas": {
+      "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+      "Image": {"type": "object", "required": ["id", "path", "metadata", "file_url", "thumbnail_url"], "properties": {
+        "id": {"type": "integer"}, "path": {"type": "string"}, "name": {"type": "string"},
+        "width": {"type": "integer"}, "height": {"type": "integer"}, "bytes": {"type": "integer"},
+        "content_hash": {"type": "string", "description": "XXH3-128 of the file, 32 hex digits"},
+        "metadata": {"type": "object"}, "added_at_ms": {"type": "integer"}, "updated_at_ms": {"type": "integer"},
+        "file_url": {"type": "string"}, "thumbnail_url": {"type": "string"}}},
+      "Hit": {"allOf": [{"$ref": "#/components/schemas/Image"}, {"type": "object", "required": ["rank", "score"], "properties": {"rank": {"type": "integer", "minimum": 1}, "score": {"type": "number", "description": "cosine similarity (metric cosine) or L2 distance (metric l2)"}}}]},
+      "SearchResponse": {"type": "object", "required": ["query", "results", "timings", "generation"], "properties": {
+        "query": {"type": "object", "properties": {"name": {"type": "string"}, "id": {"type": "integer", "nullable": true}}},
+        "generation": {"type": "integer"},
+        "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+        "timings": {"type": "object", "properties": {"decode_ms": {"type": "number"}, "embed_ms": {"type": "number"}, "search_ms": {"type": "number"}, "total_ms": {"type": "number"}}}}},
+      "SearchById": {"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "integer"}, "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10},
+        "min_score": {"type": "number"}, "include_self": {"type": "boolean", "default": false},
+        "where": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "string"}}]}}},
+      "SearchUpload": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary"}, "k": {"type": "integer"}, "min_score": {"type": "number"},
+        "where": {"type": "array", "items": {"type": "string"}}}},
+      "Upload": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary"}, "metadata": {"type": "string", "description": "a JSON object as text"},
+        "description": {"type": "string"}, "category": {"type": "string"}}}
+    },
+    "responses": {
+      "BadRequest": {"description": "malformed request or parameter", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "NotFound": {"description": "unknown id", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "Unauthorized": {"description": "API key required", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "Forbidden": {"description": "wrong API key", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "TooLarge": {"description": "body over the upload limit", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "NotAnImage": {"description": "the bytes are not a supported image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "Unprocessable": {"description": "an image that cannot be used (bomb, aspect ratio, corrupt)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "NotReady": {"description": "still loading", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    }
+  },
+  "paths": {
+    "/v1/search": {"post": {"summary": "Search by uploaded image or by indexed id", "security": [{}, {"bearer": []}, {"apiKey": []}],
+      "parameters": [{"name": "k", "in": "query", "schema": {"type": "integer"}}, {"name": "min_score", "in": "query", "schema": {"type": "number"}}, {"$ref": "#/components/parameters/where"}],
+      "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/SearchUpload"}}, "application/json": {"schema": {"$ref": "#/components/schemas/SearchById"}}}},
+      "responses": {"200": {"description": "top-k hits", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchResponse"}}}},
+        "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}, "413": {"$ref": "#/components/responses/TooLarge"},
+        "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"}, "503": {"$ref": "#/components/responses/NotReady"}}}},
+    "/v1/images": {
+      "post": {"summary": "Upload an image with metadata (stored, embedded, indexed, durable before the response)", "security": [{"bearer": []}, {"apiKey": []}],
+        "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/Upload"}}}},
+        "responses": {"201": {"description": "stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
+          "200": {"description": "identical bytes were already stored: the existing image", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
+          "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"},
+          "413": {"$ref": "#/components/responses/TooLarge"}, "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"}}},
+      "get": {"summary": "List images by id, a page at a time", "parameters": [{"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}, {"$ref": "#/components/parameters/where"}],
+        "responses": {"200": {"description": "a page", "content": {"application/json": {"schema": {"type": "object", "properties": {"images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}, "next_after": {"type": "integer", "nullable": true}}}}}}, "400": {"$ref": "#/components/responses/BadRequest"}}}},
+    "/v1/images/{id}": {
+      "parameters": [{"$ref": "#/components/parameters/id"}],
+      "get": {"summary": "One image", "responses": {"200": {"description": "the image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}}, "404": {"$ref": "#/components/responses/NotFound"}}},
+      "patch": {"summary": "Change metadata (JSON merge patch, RFC 7396)", "security": [{"bearer": []}, {"apiKey": []}],
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/merge-patch+json": {"schema": {"type": "object"}}}},
+        "responses": {"200": {"description": "the image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}}},
+      "delete": {"summary": "Remove an image", "security": [{"bearer": []}, {"apiKey": []}],
+        "responses": {"200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object", "properties": {"removed": {"type": "integer"}}}}}}, "404": {"$ref": "#/components/responses/NotFound"}}}},
+    "/v1/images/{id}/file": {"parameters": [{"$ref": "#/components/parameters/id"}],
+      "get": {"summary": "The image file", "responses": {"200": {"description": "the bytes", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}, "404": {"$ref": "#/components/responses/NotFound"}}}},
+    "/v1/images/{id}/thumbnail": {"parameters": [{"$ref": "#/components/parameters/id"}, {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256}}],
+      "get": {"summary": "A JPEG thumbnail (longest side = size, never enlarged; cached)", "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}}}},
+    "/v1/stats": {"get": {"summary": "Collection, model and batcher figures, category counts", "responses": {"200": {"description": "stats", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
+    "/readyz": {"get": {"summary": "The collection and the model are loaded", "responses": {"200": {"description": "ready"}, "503": {"$ref": "#/components/responses/NotReady"}}}},
+    "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
+    "/docs": {"get": {"summary": "This document as a page", "responses": {"200": {"description": "HTML"}}}},
+    "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML"}}}}
+  }
+})json";
+
+std::string escape_html(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json openapi_document(const std::string& version) {
+  static const nlohmann::json doc = nlohmann::json::parse(kDocument);
+  auto out = doc;
+  out["info"]["version"] = version;
+  return out;
+}
+
+std::string openapi_html(const nlohmann::json& doc) {
+  std::string html =
+      "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
+      "content='width=device-width,initial-scale=1'><title>lookalike API</title><style>"
+      "body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+      "code{background:#f2f2f2;padding:0 .25rem}h2{margin-top:2rem;font-size:1.1rem}"
+      "td,th{padding:.2rem .6rem;text-align:left;vertical-align:top}</style></head><body>"
+      "<h1>lookalike API " + escape_html(doc["info"].value("version", "")) + "</h1><p>" +
+      escape_html(doc["info"].value("description", "")) +
+      "</p><p>Machine-readable: <a href=/openapi.json>/openapi.json</a> (OpenAPI 3). "
+      "The web page: <a href=/>/</a>.</p>";
+  for (const auto& [path, item] : doc["paths"].items()) {
+    for (const auto& [method, op] : item.items()) {
+      if (method == "parameters") continue;
+      std::string m = method;
+      for (char& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      html += "<h2><code>" + m + " " + escape_html(path) + "</code></h2><p>" +
+              escape_html(op.value("summary", "")) + "</p><table><tr><th>status</th><th>"
+              "meaning</th></tr>";
+      for (const auto& [status, r] : op["responses"].items()) {
+        std::string desc = r.value("description", "");
+        if (r.contains("$ref")) {
+          const std::string ref = r["$ref"];
+          desc = doc["components"]["responses"][ref.substr(ref.rfind('/') + 1)].value("description", "");
+        }
+        html += "<tr><td>" + status + "</td><td>" + escape_html(desc) + "</td></tr>";
+      }
+      html += "</table>";
+    }
+  }
+  return html + "</body></html>";
+}
+
+}  // namespace lookalike::server

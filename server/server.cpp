@@ -1,0 +1,533 @@
+#include "server/server.h"
+
+// Debian's cpp-httplib is a compiled library (libcpp-httplib.so), so its CPPHTTPLIB_* defaults
+// are fixed in it; TCP_NODELAY is set through the setter instead (see ../shared/STACK.md).
+#include <httplib.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <mutex>
+#include <thread>
+
+#include "image/decode.h"
+#include "image/thumbnail.h"
+#include "model/embedding_model.h"
+#include "server/http_util.h"
+#include "server/metrics.h"
+#include "server/openapi.h"
+#include "server/thumbnail_cache.h"
+#include "server/web_assets.h"
+
+namespace lookalike::server {
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using engine::EngineError;
+
+constexpr int kDefaultThumbnail = 256;
+constexpr int kMaxListLimit = 1000;
+
+// Everything a handler needs; shared by all worker threads.
+struct State {
+  ServerOptions options;
+  engine::EngineOptions engine_options;
+  std::unique_ptr<engine::Engine> engine;  // set once, before `ready`
+  std::atomic<bool> ready{false};
+  std::string load_error;
+  Metrics metrics;
+  ThumbnailCache thumbnails{64 << 20};
+};
+
+// ---- responses -----------------------------------------------------------------------------
+
+json record_json(const store::ImageRecord& r) {
+  json j = {{"id", r.id},
+            {"path", r.path},
+            {"name", std::filesystem::path(r.path).filename().string()},
+            {"width", r.width},
+            {"height", r.height},
+            {"bytes", r.bytes},
+            {"content_hash", r.content_hash},
+            {"added_at_ms", r.added_at_ms},
+            {"updated_at_ms", r.updated_at_ms},
+            {"file_url", "/v1/images/" + std::to_string(r.id) + "/file"},
+            {"thumbnail_url", "/v1/images/" + std::to_string(r.id) +
+                                  "/thumbnail?size=" + std::to_string(kDefaultThumbnail)}};
+  auto meta = json::parse(r.metadata, nullptr, false);
+  j["metadata"] = meta.is_discarded() ? json::object() : meta;
+  return j;
+}
+
+json search_json(const engine::SearchResponse& s) {
+  json results = json::array();
+  for (const auto& h : s.results) {
+    json r = record_json(h.image);
+    r["rank"] = h.rank;
+    r["score"] = h.score;
+    results.push_back(std::move(r));
+  }
+  return {{"query", {{"name", s.query}, {"id", s.query_id ? json(*s.query_id) : json(nullptr)}}},
+          {"generation", s.generation},
+          {"results", std::move(results)},
+          {"timings",
+           {{"decode_ms", s.timings.decode_ms},
+            {"embed_ms", s.timings.embed_ms},
+            {"search_ms", s.timings.search_ms},
+            {"total_ms", s.timings.total_ms}}}};
+}
+
+// ---- request parsing -----------------------------------------------------------------------
+
+// Every value of a multipart form field, then of the query string. The query string is read
+// from the raw target, split at the first '=' of each pair: httplib's own parse keeps only
+// the text after the last '=', and `where=category=shoes` must mean what it says.
+std::vector<std::string> params(const httplib::Request& req, const std::string& name) {
+  std::vector<std::string> out;
+  if (req.is_multipart_form_data()) {
+    auto [b, e] = req.files.equal_range(name);
+    for (auto it = b; it != e; ++it) out.push_back(it->second.content);
+  }
+  for (const auto& [key, value] : query_pairs(req.target)) {
+    if (key == name) out.push_back(value);
+  }
+  return out;
+}
+
+// The first value of a parameter (see params).
+std::optional<std::string> param(const httplib::Request& req, const std::string& name) {
+  auto all = params(req, name);
+  if (all.empty()) return std::nullopt;
+  return all.front();
+}
+
+// `where` as JSON: {"field": "value", ...} or ["field=value", ...].
+store::MetadataFilter where_from_json(const json& w) {
+  store::MetadataFilter f;
+  try {
+    if (w.is_object()) {
+      for (const auto& [field, value] : w.items()) {
+        if (value.is_object() || value.is_array() || value.is_null()) {
+          throw BadRequest("where." + field + ": expected a string, number or boolean");
+        }
+        store::add_term(f, field, value.is_string() ? value.get<std::string>() : value.dump());
+      }
+    } else if (w.is_array()) {
+      std::vector<std::string> terms;
+      for (const auto& t : w) {
+        if (!t.is_string()) throw BadRequest("where: expected \"field=value\" strings");
+        terms.push_back(t.get<std::string>());
+      }
+      f = store::parse_where(terms);
+    } else if (!w.is_null()) {
+      throw BadRequest("where: expected an object {\"field\": value} or [\"field=value\"]");
+    }
+  } catch (const store::StoreError& e) {
+    throw BadRequest(e.what());
+  }
+  return f;
+}
+
+store::MetadataFilter where_from_params(const httplib::Request& req) {
+  try {
+    return store::parse_where(params(req, "where"));
+  } catch (const store::StoreError& e) {
+    throw BadRequest(e.what());
+  }
+}
+
+std::int64_t id_from_path(const httplib::Request& req) {
+  return parse_int(req.matches[1].str(), "id", 1, std::numeric_limits<std::int64_t>::max());
+}
+
+// ---- handlers ------------------------------------------------------------------------------
+
+void observe(State& st, const engine::SearchResponse& s) {
+  if (s.timings.embed_ms > 0) st.metrics.embed(s.timings.embed_ms / 1000.0);
+  st.metrics.index_search(s.timings.search_ms / 1000.0);
+}
+
+// POST /v1/search: multipart upload (field `image`), or JSON {"id": N}.
+void search(State& st, const httplib::Request& req, httplib::Response& res) {
+  engine::SearchRequest r;
+  auto& e = *st.engine;
+  if (req.is_multipart_form_data()) {
+    if (!req.has_file("image")) throw BadRequest("image: missing (a multipart file field)");
+    if (auto k = param(req, "k")) r.k = static_cast<int>(parse_int(*k, "k", 1, store::kMaxTopK));
+    if (auto m = param(req, "min_score")) r.min_score = parse_float(*m, "min_score");
+    r.where = where_from_params(req);
+    auto file = req.get_file_value("image");
+    const auto bytes = as_bytes(file.content);
+    require_image(bytes, "image");
+    auto out = e.search_bytes(bytes, file.filename.empty() ? "image" : file.filename, r);
+    observe(st, out);
+    send_json(res, 200, search_json(out));
+    return;
+  }
+  const json body = parse_json_body(req);
+  if (!body.is_object()) throw BadRequest("body: expected a JSON object with \"id\"");
+  if (!body.contains("id")) {
+    throw BadRequest("id: missing (send JSON {\"id\": N}, or a multipart upload with image)");
+  }
+  const auto id = json_int(body, "id", 1, std::numeric_limits<std::int64_t>::max());
+  r.k = static_cast<int>(body.contains("k") ? json_int(body, "k", 1, store::kMaxTopK)
+                                            : (param(req, "k") ? parse_int(*param(req, "k"), "k", 1, store::kMaxTopK) : 10));
+  if (body.contains("min_score")) {
+    if (!body["min_score"].is_number()) throw BadRequest("min_score: expected a number");
+    r.min_score = body["min_score"].get<float>();
+  } else if (auto m = param(req, "min_score")) {
+    r.min_score = parse_float(*m, "min_score");
+  }
+  if (body.contains("include_self")) {
+    if (!body["include_self"].is_boolean()) throw BadRequest("include_self: expected true/false");
+    r.include_self = body["include_self"].get<bool>();
+  }
+  r.where = body.contains("where") ? where_from_json(body["where"]) : where_from_params(req);
+  auto out = e.search_id(id, r);
+  observe(st, out);
+  send_json(res, 200, search_json(out));
+}
+
+// POST /v1/images: multipart `image` plus optional `metadata`, `description`, `category`.
+void upload(State& st, const httplib::Request& req, httplib::Response& res) {
+  if (!req.is_multipart_form_data() || !req.has_file("image")) {
+    throw BadRequest("image: missing (send multipart/form-data with a file field \"image\")");
+  }
+  json metadata = json::object();
+  if (auto m = param(req, "metadata"); m && !m->empty()) {
+    metadata = json::parse(*m, nullptr, false);
+    if (metadata.is_discarded() || !metadata.is_object()) {
+      throw BadRequest("metadata: expected a JSON object");
+    }
+  }
+  for (const char* field : {"description", "category"}) {
+    if (auto v = param(req, field); v && !v->empty()) metadata[field] = *v;
+  }
+  auto file = req.get_file_value("image");
+  const auto bytes = as_bytes(file.content);
+  require_image(bytes, "image");
+  auto added = st.engine->add_image(bytes, file.filename.empty() ? "image" : file.filename,
+                                    metadata);
+  send_json(res, added.created ? 201 : 200,
+            {{"created", added.created}, {"image", record_json(added.record)}});
+}
+
+void list_images(State& st, const httplib::Request& req, httplib::Response& res) {
+  const auto after = param(req, "after") ? parse_int(*param(req, "after"), "after", 0,
+                                                     std::numeric_limits<std::int64_t>::max())
+                                         : 0;
+  const auto limit = param(req, "limit")
+                         ? static_cast<int>(parse_int(*param(req, "limit"), "limit", 1, kMaxListLimit))
+                         : 50;
+  const auto where = where_from_params(req);
+  json images = json::array();
+  std::vector<store::ImageRecord> page;
+  if (st.engine->has_collection()) page = st.engine->list(after, limit, where);
+  for (const auto& r : page) images.push_back(record_json(r));
+  json next = static_cast<int>(page.size()) == limit ? json(page.back().id) : json(nullptr);
+  send_json(res, 200, {{"images", std::move(images)}, {"next_after", next}});
+}
+
+store::ImageRecord existing(State& st, std::int64_t id) {
+  std::optional<store::ImageRecord> rec;
+  if (st.engine->has_collection()) rec = st.engine->get(id);
+  if (!rec) throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
+  return *rec;
+}
+
+void get_image(State& st, const httplib::Request& req, httplib::Response& res) {
+  send_json(res, 200, record_json(existing(st, id_from_path(req))));
+}
+
+std::vector<std::uint8_t> image_bytes(const store::ImageRecord& rec) {
+  try {
+    return image::read_image_file(rec.path);
+  } catch (const image::DecodeError& e) {
+    // The catalog names a file that is gone or changed since it was indexed.
+    throw EngineError(EngineError::Kind::NotFound, "image " + std::to_string(rec.id) +
+                                                       ": file not readable: " + e.reason());
+  }
+}
+
+void get_file(State& st, const httplib::Request& req, httplib::Response& res) {
+  const auto rec = existing(st, id_from_path(req));
+  auto bytes = image_bytes(rec);
+  const auto format = image::sniff_format(bytes);
+  res.status = 200;
+  res.set_header("Cache-Control", "private, max-age=3600");
+  res.set_content(std::string(bytes.begin(), bytes.end()), mime_of_format(format));
+}
+
+void get_thumbnail(State& st, const httplib::Request& req, httplib::Response& res) {
+  const auto rec = existing(st, id_from_path(req));
+  const int size = param(req, "size") ? static_cast<int>(parse_int(*param(req, "size"), "size",
+                                                                   image::kMinThumbnailSize,
+                                                                   image::kMaxThumbnailSize))
+                                      : kDefaultThumbnail;
+  const std::string key = rec.content_hash + "/" + std::to_string(size);
+  auto jpeg = st.thumbnails.get(key);
+  if (!jpeg) {
+    auto bytes = image_bytes(rec);
+    jpeg = std::make_shared<const std::string>(
+        [&] {
+          auto t = image::thumbnail_jpeg(bytes, rec.path, size);
+          return std::string(t.begin(), t.end());
+        }());
+    st.thumbnails.put(key, jpeg);
+  }
+  res.status = 200;
+  res.set_header("Cache-Control", "private, max-age=3600");
+  res.set_content(*jpeg, "image/jpeg");
+}
+
+void patch_image(State& st, const httplib::Request& req, httplib::Response& res) {
+  const auto id = id_from_path(req);
+  const json body = parse_json_body(req);
+  if (!body.is_object()) throw BadRequest("body: expected a JSON object (a merge patch)");
+  if (!st.engine->has_collection() || !st.engine->update_metadata(id, body, true)) {
+    throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
+  }
+  send_json(res, 200, record_json(existing(st, id)));
+}
+
+void delete_image(State& st, const httplib::Request& req, httplib::Response& res) {
+  const auto id = id_from_path(req);
+  if (!st.engine->has_collection()) {
+    throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
+  }
+  auto removed = st.engine->remove({id}, {});
+  if (removed.removed.empty()) {
+    throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
+  }
+  send_json(res, 200, {{"removed", id}});
+}
+
+void stats(State& st, const httplib::Request&, httplib::Response& res) {
+  auto& e = *st.engine;
+  json j = {{"model", e.model().card().name},
+            {"model_id", e.model().id()},
+            {"dim", e.model().dim()},
+            {"threads", e.model().threads()}};
+  if (e.has_collection()) {
+    const auto& c = e.collection();
+    j["images"] = c.index_size();
+    j["generation"] = c.generation();
+    j["metric"] = c.config().metric;
+    j["index"] = c.config().factory;
+    json categories = json::object();
+    for (const auto& [value, n] : e.facet("category", 200)) categories[value] = n;
+    j["categories"] = std::move(categories);
+  } else {
+    j["images"] = 0;
+    j["generation"] = 0;
+    j["categories"] = json::object();
+  }
+  const auto b = e.batcher().stats();
+  j["batcher"] = {{"requests", b.requests}, {"images", b.images}, {"forward_passes", b.forward_passes}};
+  send_json(res, 200, j);
+}
+
+// ---- routing -------------------------------------------------------------------------------
+
+enum class Need { Nothing, Ready, Read, Write };
+
+// Wraps a handler: readiness, the API key, errors as JSON with the right status, metrics.
+template <class F>
+httplib::Server::Handler route(State& st, std::string name, Need need, F f) {
+  return [&st, name = std::move(name), need, f](const httplib::Request& req,
+                                                httplib::Response& res) {
+    const auto start = Clock::now();
+    try {
+      if (need != Need::Nothing && !st.ready.load()) {
+        throw HttpError(503, "not_ready", st.load_error.empty()
+                                              ? "loading the collection and the model"
+                                              : st.load_error);
+      }
+      if (need == Need::Write || (need == Need::Read && st.options.private_reads)) {
+        check_api_key(st.options.api_key, req);
+      }
+      f(st, req, res);
+      if (res.status == -1) res.status = 200;  // set_content leaves it to httplib otherwise
+    } catch (...) {
+      send_error(res, std::current_exception(), req);
+    }
+    add_cors(st.options.cors_origins, req, res);
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    st.metrics.request(name, req.method, res.status, s);
+  };
+}
+
+void add_routes(httplib::Server& svr, State& st, RouteTable& table) {
+  auto reg = [&](const char* method, const std::string& pattern, const std::string& name,
+                 Need need, auto f) {
+    table.add(pattern, method);
+    auto h = route(st, name, need, f);
+    if (std::string(method) == "GET") svr.Get(pattern, h);
+    if (std::string(method) == "POST") svr.Post(pattern, h);
+    if (std::string(method) == "PATCH") svr.Patch(pattern, h);
+    if (std::string(method) == "DELETE") svr.Delete(pattern, h);
+  };
+  const std::string img = R"(/v1/images/(\d+))";
+  reg("POST", "/v1/search", "/v1/search", Need::Read, search);
+  reg("POST", "/v1/images", "/v1/images", Need::Write, upload);
+  reg("GET", "/v1/images", "/v1/images", Need::Read, list_images);
+  reg("GET", img, "/v1/images/{id}", Need::Read, get_image);
+  reg("PATCH", img, "/v1/images/{id}", Need::Write, patch_image);
+  reg("DELETE", img, "/v1/images/{id}", Need::Write, delete_image);
+  reg("GET", img + "/file", "/v1/images/{id}/file", Need::Read, get_file);
+  reg("GET", img + "/thumbnail", "/v1/images/{id}/thumbnail", Need::Read, get_thumbnail);
+  reg("GET", "/v1/stats", "/v1/stats", Need::Read, stats);
+  reg("GET", "/healthz", "/healthz", Need::Nothing,
+      [](State&, const httplib::Request&, httplib::Response& res) {
+        send_json(res, 200, {{"status", "ok"}});
+      });
+  reg("GET", "/readyz", "/readyz", Need::Ready,
+      [](State&, const httplib::Request&, httplib::Response& res) {
+        send_json(res, 200, {{"status", "ready"}});
+      });
+  reg("GET", "/metrics", "/metrics", Need::Nothing,
+      [](State& st, const httplib::Request&, httplib::Response& res) {
+        if (st.ready.load() && st.engine->has_collection()) {
+          st.metrics.set_collection_images(st.engine->collection().index_size());
+        }
+        res.set_content(st.metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
+      });
+  reg("GET", "/openapi.json", "/openapi.json", Need::Nothing,
+      [](State&, const httplib::Request&, httplib::Response& res) {
+        send_json(res, 200, openapi_document(LOOKALIKE_VERSION));
+      });
+  reg("GET", "/docs", "/docs", Need::Nothing,
+      [](State&, const httplib::Request&, httplib::Response& res) {
+        res.set_content(openapi_html(openapi_document(LOOKALIKE_VERSION)), "text/html; charset=utf-8");
+      });
+  auto asset = [](State& st, const httplib::Request& req, httplib::Response& res) {
+    const std::string name = req.matches.size() > 1 ? req.matches[1].str() : "index.html";
+    if (auto a = find_asset(st.options.web_dir, name)) {
+      res.set_header("Cache-Control", "no-cache");
+      res.set_content(a->data, a->mime);
+      return;
+    }
+    throw EngineError(EngineError::Kind::NotFound, "no asset " + name);
+  };
+  reg("GET", "/", "/", Need::Nothing, asset);
+  reg("GET", R"(/assets/([A-Za-z0-9_.-]+))", "/assets/{name}", Need::Nothing, asset);
+}
+
+// ---- start, load, stop ---------------------------------------------------------------------
+
+void load_engine(State& st) {
+  try {
+    st.engine = engine::Engine::open(st.engine_options, engine::Access::Write);
+    auto& m = st.engine->model();  // load now, not on the first request
+    // One forward pass, so that the first request does not pay oneDNN's kernel set-up.
+    const int s = m.card().input_size;
+    std::vector<float> zeros(static_cast<std::size_t>(3) * s * s, 0.0f);
+    st.engine->batcher().embed(zeros.data(), 1);
+    std::string metric = "-", factory = "-";
+    if (st.engine->has_collection()) {
+      metric = st.engine->collection().config().metric;
+      factory = st.engine->collection().config().factory;
+    }
+    st.metrics.set_build_info(m.card().name, metric, factory);
+    st.ready.store(true);
+    spdlog::info("ready: collection {}, model {} ({} threads)",
+                 st.engine_options.collection.string(), m.id(), m.threads());
+  } catch (const std::exception& e) {
+    st.load_error = e.what();
+    spdlog::error("{}", e.what());
+  }
+}
+
+}  // namespace
+
+int serve(const engine::EngineOptions& engine_options, const ServerOptions& options) {
+  // SIGTERM / SIGINT are taken by one thread (sigwait); every other thread, including
+  // httplib's workers and LibTorch's, inherits the blocked mask from here.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the server
+
+  State st;
+  st.options = options;
+  st.engine_options = engine_options;
+  httplib::Server svr;
+  const auto workers = static_cast<std::size_t>(options.workers);
+  svr.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+  // Without it small responses on a keep-alive connection wait for the delayed ACK (~40 ms).
+  svr.set_tcp_nodelay(true);
+  svr.set_keep_alive_max_count(static_cast<std::size_t>(options.keep_alive_max));
+  svr.set_keep_alive_timeout(options.keep_alive_timeout_s);
+  svr.set_read_timeout(options.read_timeout_s, 0);
+  svr.set_write_timeout(options.write_timeout_s, 0);
+  svr.set_payload_max_length(options.max_upload_bytes);
+  RouteTable table;
+  add_routes(svr, st, table);
+  // httplib calls this for every response with status >= 400, ours included: those already
+  // carry a JSON body and pass through; httplib's own (404 unrouted, 413, 400) get one here.
+  svr.set_error_handler(httplib::Server::HandlerWithResponse(
+      [&table, &st](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+    handle_unrouted(table, req, res, st.options.max_upload_bytes);
+    add_cors(st.options.cors_origins, req, res);
+    st.metrics.request("unmatched", req.method, res.status, 0);
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  // CORS preflight for the configured origins; 204 with the allowed methods.
+  svr.Options(R"(.*)", [&st, &table](const httplib::Request& req, httplib::Response& res) {
+    preflight(st.options.cors_origins, table, req, res);
+  });
+
+  const int port = options.port == 0 ? svr.bind_to_any_port(options.host)
+                                     : (svr.bind_to_port(options.host, options.port) ? options.port : -1);
+  if (port < 0) {
+    throw std::runtime_error(options.host + ":" + std::to_string(options.port) +
+                             ": cannot listen (address in use, or not an address of this host)");
+  }
+  spdlog::info("listening on http://{}:{}/ ({} workers)", options.host, port, options.workers);
+  if (options.on_listening) options.on_listening(port);
+
+  std::thread loader([&st] { load_engine(st); });
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    if (stopped.exchange(true)) return;
+    spdlog::info("{}: finishing requests in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    while (!svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    svr.stop();
+  });
+  std::thread watcher([&] {  // a failed load ends the server (exit 1)
+    loader.join();
+    if (!st.ready.load() && !stopped.exchange(true)) {
+      while (!svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      svr.stop();
+    }
+  });
+  // Returns after stop(): the listening socket is closed, then the worker pool finishes every
+  // accepted connection's current request (ThreadPool::shutdown drains its queue).
+  svr.listen_after_bind();
+  watcher.join();
+  stopped.store(true);
+  pthread_kill(stopper.native_handle(), SIGTERM);  // wakes the stopper if it still waits
+  stopper.join();
+  if (!st.ready.load()) return 1;
+  try {
+    if (st.engine->has_collection() && st.engine->collection().mode() == store::Collection::Mode::Write) {
+      st.engine->checkpoint();
+    }
+  } catch (const std::exception& e) {
+    spdlog::warn("saving the index cache: {} (it is rebuilt on the next start)", e.what());
+  }
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace lookalike::server

@@ -1,0 +1,45 @@
+// `lookalike serve`: the HTTP API, the web page and the metrics over one engine::Engine.
+// Routes, bodies and error statuses: docs/api.md. Every route calls the engine; nothing here
+// searches or indexes by itself.
+//
+// Threads: cpp-httplib's worker pool (`workers` threads) runs the handlers. Searches run in
+// parallel; uploads, patches and deletes are serialised by the engine; concurrent uploads and
+// searches by image are embedded together by the engine's batcher. So `workers` bounds how
+// many requests can wait on one batch: 16 concurrent uploads need at least 16 workers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace lookalike::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";  // loopback unless told otherwise
+  int port = 8080;                 // 0: any free port (the one bound is logged)
+  int workers = 32;                // HTTP worker threads, 1..1024
+  std::size_t max_upload_bytes = std::size_t(20) << 20;  // request body limit (413 above)
+  std::string api_key;        // non-empty: writes need it (and reads too when private_reads)
+  bool private_reads = false;  // --private
+  std::vector<std::string> cors_origins;  // empty: no CORS headers; "*" allowed
+  int read_timeout_s = 10;                // a slow client cannot hold a worker longer
+  int write_timeout_s = 10;
+  int keep_alive_max = 10'000;  // requests per connection (cpp-httplib's default is 5)
+  int keep_alive_timeout_s = 5;
+  std::filesystem::path web_dir;  // development: serve the page from here, not the binary
+  // Called once the socket is bound, with the port (for tests and logs).
+  std::function<void(int port)> on_listening;
+};
+
+// Binds, then loads the collection and the model in the background while already answering
+// /healthz (and 503 on /readyz and /v1); serves until SIGTERM or SIGINT, then stops accepting,
+// finishes the requests in flight, saves the index cache and returns 0. Throws
+// std::runtime_error naming host:port when the socket cannot be bound. A failure to load the
+// engine (bad collection, missing model) is logged and the server exits 1 without serving.
+int serve(const engine::EngineOptions& engine_options, const ServerOptions& options);
+
+}  // namespace lookalike::server

@@ -1,0 +1,565 @@
+// lookalike web page: search by image, browse and add to the collection through the /v1 API
+// (docs/api.md). Plain ES2020, no dependencies.
+'use strict';
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const KEY_STORAGE = 'lookalike.apiKey';
+
+  const el = {
+    stats: $('stats'), status: $('status'),
+    apiKey: $('api-key'), keyForm: $('key-form'), keyClear: $('api-key-clear'),
+    dropZone: $('drop-zone'), fileInput: $('file-input'), cameraInput: $('camera-input'),
+    chooseFile: $('choose-file'), takePhoto: $('take-photo'),
+    query: $('query'), queryImage: $('query-image'), queryCaption: $('query-caption'),
+    dropHint: $('drop-hint'),
+    searchOptions: $('search-options'), k: $('k-select'), category: $('category-filter'),
+    minScore: $('min-score'), minScoreValue: $('min-score-value'), searchAgain: $('search-again'),
+    timings: $('timings'), results: $('results'), resultsEmpty: $('results-empty'),
+    resultsHeading: $('results-heading'),
+    browseCategory: $('browse-category'), browseLimit: $('browse-limit'),
+    browseGrid: $('browse-grid'), browseInfo: $('browse-info'),
+    browseFirst: $('browse-first'), browsePrev: $('browse-prev'), browseNext: $('browse-next'),
+    addForm: $('add-form'), addFile: $('add-file'), addDescription: $('add-description'),
+    addCategory: $('add-category'), addSubmit: $('add-submit'), addResult: $('add-result'),
+    categoryList: $('category-list'), tileTemplate: $('tile-template'),
+  };
+
+  const state = {
+    apiKey: '',
+    lastQuery: null,     // {file: File} or {id: N, name, thumb}
+    queryObjectUrl: null,
+    searchSeq: 0,
+    browseAfter: 0,      // `after` of the page shown
+    browseStack: [],     // `after` of the pages before it
+    browseNextAfter: null,
+    browseLoaded: false,
+    browseReq: 0,        // page requests made (a stale answer is dropped)
+    browseSeq: 0,        // pages shown so far (data-seq on the grid, for tests)
+  };
+
+  // ---- status area -------------------------------------------------------------------------
+
+  function setStatus(message, kind = 'info') {
+    el.status.textContent = message;
+    el.status.dataset.kind = kind;
+    el.status.classList.toggle('error', kind === 'error');
+  }
+  function clearStatus() { setStatus('', 'info'); }
+
+  // ---- API ---------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  function authHeaders() {
+    return state.apiKey ? { Authorization: `Bearer ${state.apiKey}` } : {};
+  }
+
+  async function api(path, { method = 'GET', json, form } = {}) {
+    const headers = { Accept: 'application/json', ...authHeaders() };
+    let body;
+    if (json !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      body = JSON.stringify(json);
+    } else if (form) {
+      body = form;
+    }
+    let res;
+    try {
+      res = await fetch(path, { method, headers, body });
+    } catch (err) {
+      throw new ApiError(0, 'network', `cannot reach the server (${err.message})`);
+    }
+    const text = await res.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON */ }
+    if (!res.ok) {
+      const e = data && data.error;
+      if (e && e.code) throw new ApiError(res.status, e.code, e.message || '');
+      throw new ApiError(res.status, 'http_' + res.status, text.slice(0, 200) || res.statusText);
+    }
+    return data;
+  }
+
+  function describeError(err) {
+    if (err instanceof ApiError) {
+      let hint = '';
+      if (err.code === 'unauthorized') hint = ' Enter the API key under "API key".';
+      else if (err.code === 'forbidden') hint = ' Check the API key under "API key".';
+      else if (err.code === 'not_ready') hint = ' The server is still loading; try again shortly.';
+      const status = err.status ? `${err.status} ` : '';
+      const msg = err.message && !/[.!?]$/.test(err.message) && hint ? `${err.message}.` : err.message;
+      return `Error ${status}${err.code}: ${msg}${hint}`;
+    }
+    return `Error: ${err && err.message ? err.message : err}`;
+  }
+
+  function showError(err) {
+    setStatus(describeError(err), 'error');
+    if (err.code === 'unauthorized' || err.code === 'forbidden') $('settings').open = true;
+  }
+
+  // Thumbnails and files are plain URLs; with an API key set (a --private server wants it on
+  // every /v1 route) they are fetched with the header and shown from blob URLs.
+  function setImage(img, url) {
+    if (!state.apiKey) { img.src = url; return; }
+    fetch(url, { headers: authHeaders() })
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(String(r.status)))))
+      .then((b) => { img.src = URL.createObjectURL(b); })
+      .catch(() => { img.src = url; });
+  }
+
+  function openFile(event, url) {
+    if (!state.apiKey) return;  // the link opens it
+    event.preventDefault();
+    const win = window.open('', '_blank');
+    fetch(url, { headers: authHeaders() })
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`))))
+      .then((b) => { const u = URL.createObjectURL(b); if (win) win.location = u; else location.assign(u); })
+      .catch((e) => { if (win) win.close(); showError(e); });
+  }
+
+  // ---- stats and categories ----------------------------------------------------------------
+
+  function fillCategorySelect(select, categories) {
+    const keep = select.value;
+    while (select.options.length > 1) select.remove(1);
+    for (const [name, count] of categories) {
+      const opt = document.createElement('option');
+      opt.value = name;
+      opt.textContent = `${name} (${count})`;
+      select.appendChild(opt);
+    }
+    if (categories.some(([name]) => name === keep)) select.value = keep;
+  }
+
+  let statsRetry = null;
+  async function loadStats() {
+    clearTimeout(statsRetry);
+    try {
+      const s = await api('/v1/stats');
+      const parts = [`${s.images} image${s.images === 1 ? '' : 's'}`];
+      if (s.model) parts.push(typeof s.model === 'string' ? s.model : (s.model.name || ''));
+      if (s.dim) parts.push(`${s.dim}-d`);
+      if (s.metric) parts.push(s.metric);
+      el.stats.textContent = parts.filter(Boolean).join(' · ');
+      const cats = Object.entries(s.categories || {}).sort((a, b) => a[0].localeCompare(b[0]));
+      fillCategorySelect(el.category, cats);
+      fillCategorySelect(el.browseCategory, cats);
+      el.categoryList.replaceChildren(...cats.map(([name]) => {
+        const o = document.createElement('option'); o.value = name; return o;
+      }));
+      if (el.status.dataset.kind === 'loading') clearStatus();
+      return s;
+    } catch (err) {
+      if (err.code === 'not_ready' || err.status === 0) {
+        el.stats.textContent = 'Server loading…';
+        setStatus(err.code === 'not_ready' ? 'The server is loading the collection and the model…'
+                                           : describeError(err), 'loading');
+        statsRetry = setTimeout(loadStats, 1500);
+      } else {
+        el.stats.textContent = 'Stats unavailable';
+        showError(err);
+      }
+      return null;
+    }
+  }
+
+  // ---- tiles -------------------------------------------------------------------------------
+
+  function metadataText(md) {
+    if (!md) return '';
+    return Object.entries(md)
+      .filter(([k]) => k !== 'category' && k !== 'description')
+      .map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' · ');
+  }
+
+  // A tile for a search result (with score) or a browsed record (without).
+  function makeTile(rec, score) {
+    const node = el.tileTemplate.content.firstElementChild.cloneNode(true);
+    const md = rec.metadata || {};
+    node.dataset.id = String(rec.id);
+    if (md.category !== undefined) node.dataset.category = String(md.category);
+    const main = node.querySelector('.tile-main');
+    const img = node.querySelector('img');
+    setImage(img, rec.thumbnail_url);
+    const name = rec.name || `#${rec.id}`;
+    node.querySelector('.name').textContent = name;
+    node.querySelector('.name').title = rec.path || name;
+    const scoreEl = node.querySelector('.score');
+    if (score !== undefined && score !== null) {
+      node.dataset.score = String(score);
+      scoreEl.textContent = Number(score).toFixed(3);
+      scoreEl.title = 'cosine similarity';
+      const pct = Math.max(0, Math.min(1, Number(score))) * 100;
+      node.querySelector('.bar > span').style.width = `${pct.toFixed(1)}%`;
+      main.setAttribute('aria-label',
+        `#${rec.rank || ''} ${name}, similarity ${Number(score).toFixed(3)}` +
+        `${md.category ? ', ' + md.category : ''}. Search for more like this`);
+    } else {
+      node.querySelector('.score-line').remove();
+      main.setAttribute('aria-label', `${name}${md.category ? ', ' + md.category : ''}. Search for more like this`);
+    }
+    const cat = node.querySelector('.category');
+    if (md.category !== undefined && md.category !== '') cat.textContent = String(md.category);
+    else cat.remove();
+    const desc = node.querySelector('.description');
+    const descText = [md.description, metadataText(md)].filter(Boolean).join(' · ');
+    if (descText) desc.textContent = descText; else desc.remove();
+    const dims = node.querySelector('.dims');
+    dims.textContent = rec.width && rec.height ? `${rec.width}×${rec.height} · #${rec.id}` : `#${rec.id}`;
+    const open = node.querySelector('.open');
+    open.href = rec.file_url;
+    open.setAttribute('aria-label', `Open full image ${name}`);
+    open.addEventListener('click', (e) => openFile(e, rec.file_url));
+    main.addEventListener('click', () => {
+      showView('search');
+      searchBy({ id: rec.id, name, thumb: rec.thumbnail_url });
+    });
+    return node;
+  }
+
+  // Frees the blob URLs of the thumbnails in `container` before it is re-rendered.
+  function revokeBlobs(container) {
+    for (const img of container.querySelectorAll('img')) {
+      if (img.src.startsWith('blob:')) URL.revokeObjectURL(img.src);
+    }
+  }
+
+  // ---- search ------------------------------------------------------------------------------
+
+  function searchParams() {
+    const p = { k: parseInt(el.k.value, 10) || 10 };
+    const min = parseFloat(el.minScore.value);
+    if (min > 0) p.min_score = min;
+    if (el.category.value) p.category = el.category.value;
+    return p;
+  }
+
+  function showQuery(q) {
+    if (state.queryObjectUrl) { URL.revokeObjectURL(state.queryObjectUrl); state.queryObjectUrl = null; }
+    if (q.file) {
+      state.queryObjectUrl = URL.createObjectURL(q.file);
+      el.queryImage.src = state.queryObjectUrl;
+      el.queryCaption.textContent = q.file.name || 'pasted image';
+    } else {
+      setImage(el.queryImage, q.thumb);
+      el.queryCaption.textContent = `More like #${q.id} ${q.name || ''}`.trim();
+    }
+    el.queryImage.alt = `Query image ${el.queryCaption.textContent}`;
+    el.query.hidden = false;
+    el.dropHint.textContent = 'Drop, paste or choose another image:';
+  }
+
+  async function searchBy(q) {
+    state.lastQuery = q;
+    el.searchAgain.disabled = false;
+    showQuery(q);
+    const seq = ++state.searchSeq;
+    const p = searchParams();
+    let req;
+    if (q.file) {
+      const form = new FormData();
+      form.append('image', q.file, q.file.name || 'pasted.png');
+      form.append('k', String(p.k));
+      if (p.min_score !== undefined) form.append('min_score', String(p.min_score));
+      if (p.category) form.append('where', `category=${p.category}`);
+      req = { method: 'POST', form };
+    } else {
+      const json = { id: q.id, k: p.k };
+      if (p.min_score !== undefined) json.min_score = p.min_score;
+      if (p.category) json.where = { category: p.category };
+      req = { method: 'POST', json };
+    }
+    el.results.setAttribute('aria-busy', 'true');
+    setStatus('Searching…', 'busy');
+    try {
+      const res = await api('/v1/search', req);
+      if (seq !== state.searchSeq) return;  // a later search superseded this one
+      renderResults(res, q);
+      el.results.dataset.seq = String(seq);
+      el.results.dataset.state = 'ok';
+      const n = res.results.length;
+      setStatus(`${n} result${n === 1 ? '' : 's'}` +
+                (p.category ? ` in ${p.category}` : '') +
+                (q.id !== undefined ? ` like #${q.id}` : ''), 'ok');
+    } catch (err) {
+      if (seq !== state.searchSeq) return;
+      showError(err);
+      revokeBlobs(el.results);
+      el.results.replaceChildren();
+      el.timings.replaceChildren();
+      el.resultsHeading.textContent = 'Results';
+      el.resultsEmpty.textContent = 'The search failed: see the message above.';
+      el.resultsEmpty.hidden = false;
+      el.results.dataset.seq = String(seq);
+      el.results.dataset.state = 'error';
+    } finally {
+      if (seq === state.searchSeq) el.results.removeAttribute('aria-busy');
+    }
+  }
+
+  function renderResults(res, q) {
+    revokeBlobs(el.results);
+    const query = res.query || {};
+    el.results.dataset.queryId = query.id === null || query.id === undefined ? '' : String(query.id);
+    el.results.dataset.queryName = query.name || '';
+    el.results.dataset.generation = res.generation === undefined ? '' : String(res.generation);
+    el.results.replaceChildren(...res.results.map((r) => makeTile(r, r.score)));
+    el.resultsEmpty.hidden = res.results.length > 0;
+    el.resultsEmpty.textContent = res.results.length ? '' : 'No images match these filters.';
+    el.resultsHeading.textContent = `Results (${res.results.length})`;
+    const t = res.timings || {};
+    const fmt = (v) => (typeof v === 'number' ? `${v.toFixed(1)} ms` : '–');
+    el.timings.replaceChildren();
+    for (const [label, key] of [['decode', 'decode_ms'], ['embed', 'embed_ms'],
+                                ['search', 'search_ms'], ['total', 'total_ms']]) {
+      const span = document.createElement('span');
+      span.dataset.timing = key;
+      span.textContent = `${label} ${fmt(t[key])}`;
+      el.timings.appendChild(span);
+    }
+  }
+
+  function searchByFile(file) {
+    if (!file) return;
+    if (file.type && !file.type.startsWith('image/')) {
+      setStatus(`Error: ${file.name} is not an image (${file.type})`, 'error');
+      return;
+    }
+    showView('search');
+    searchBy({ file });
+  }
+
+  function firstImageFile(dt) {
+    if (!dt) return null;
+    for (const f of dt.files || []) if (!f.type || f.type.startsWith('image/')) return f;
+    for (const item of dt.items || []) {
+      if (item.kind === 'file' && item.type.startsWith('image/')) return item.getAsFile();
+    }
+    return null;
+  }
+
+  // ---- browse ------------------------------------------------------------------------------
+
+  async function loadBrowse(after, stack) {
+    const params = new URLSearchParams({ after: String(after), limit: el.browseLimit.value });
+    if (el.browseCategory.value) params.append('where', `category=${el.browseCategory.value}`);
+    el.browseGrid.setAttribute('aria-busy', 'true');
+    const req = ++state.browseReq;
+    try {
+      const res = await api(`/v1/images?${params}`);
+      if (req !== state.browseReq) return;  // a later page request superseded this one
+      if (!res.images.length && after > 0 && stack.length > state.browseStack.length) {
+        // next_after named a page that turned out empty (the last page was exactly full).
+        state.browseNextAfter = null;
+        el.browseNext.disabled = true;
+        setStatus('That was the last page.', 'ok');
+        return;
+      }
+      state.browseAfter = after;
+      state.browseStack = stack;
+      state.browseNextAfter = res.next_after === undefined ? null : res.next_after;
+      state.browseLoaded = true;
+      revokeBlobs(el.browseGrid);
+      el.browseGrid.replaceChildren(...res.images.map((r) => makeTile(r)));
+      const page = state.browseStack.length + 1;
+      const cat = el.browseCategory.value ? ` in ${el.browseCategory.value}` : '';
+      el.browseInfo.textContent = res.images.length
+        ? `Page ${page}${cat}: images #${res.images[0].id} to #${res.images[res.images.length - 1].id}`
+        : `No images${cat}.`;
+      el.browseGrid.dataset.seq = String(++state.browseSeq);
+      el.browseGrid.dataset.after = String(after);
+      el.browseNext.disabled = state.browseNextAfter === null;
+      el.browsePrev.disabled = el.browseFirst.disabled = state.browseStack.length === 0;
+    } catch (err) {
+      if (req === state.browseReq) showError(err);
+    } finally {
+      if (req === state.browseReq) el.browseGrid.removeAttribute('aria-busy');
+    }
+  }
+
+  function browseFromStart() {
+    loadBrowse(0, []);
+  }
+
+  // ---- add ---------------------------------------------------------------------------------
+
+  async function addImage(event) {
+    event.preventDefault();
+    const file = el.addFile.files[0];
+    if (!file) { setStatus('Error: choose an image to add', 'error'); el.addFile.focus(); return; }
+    const form = new FormData();
+    form.append('image', file, file.name);
+    const desc = el.addDescription.value.trim();
+    const cat = el.addCategory.value.trim();
+    if (desc) form.append('description', desc);
+    if (cat) form.append('category', cat);
+    el.addSubmit.disabled = true;
+    setStatus(`Adding ${file.name}…`, 'busy');
+    try {
+      const res = await api('/v1/images', { method: 'POST', form });
+      const rec = res.image;
+      revokeBlobs(el.addResult);
+      el.addResult.replaceChildren();
+      const p = document.createElement('p');
+      p.textContent = res.created
+        ? `Added ${rec.name} as #${rec.id}.`
+        : `Already in the collection as #${rec.id} (its metadata is unchanged).`;
+      el.addResult.appendChild(p);
+      const list = document.createElement('ul');
+      list.className = 'grid small';
+      list.appendChild(makeTile(rec));
+      el.addResult.appendChild(list);
+      el.addResult.dataset.id = String(rec.id);
+      el.addResult.dataset.created = String(res.created);
+      setStatus(p.textContent, 'ok');
+      el.addForm.reset();
+      await loadStats();
+      if (state.browseLoaded) loadBrowse(state.browseAfter, state.browseStack);
+    } catch (err) {
+      showError(err);
+    } finally {
+      el.addSubmit.disabled = false;
+    }
+  }
+
+  // ---- views -------------------------------------------------------------------------------
+
+  function showView(name) {
+    for (const tab of document.querySelectorAll('.tab')) {
+      const on = tab.dataset.view === name;
+      tab.setAttribute('aria-pressed', String(on));
+      $(`view-${tab.dataset.view}`).hidden = !on;
+    }
+    if (name === 'browse' && !state.browseLoaded) browseFromStart();
+  }
+
+  // ---- wiring ------------------------------------------------------------------------------
+
+  function init() {
+    try { state.apiKey = localStorage.getItem(KEY_STORAGE) || ''; } catch (_) { state.apiKey = ''; }
+    el.apiKey.value = state.apiKey;
+
+    // An upload the browser cannot show (the server may still read it) hides the preview.
+    el.queryImage.addEventListener('error', () => { el.queryImage.hidden = true; });
+    el.queryImage.addEventListener('load', () => { el.queryImage.hidden = false; });
+
+    el.keyForm.addEventListener('submit', (e) => {
+      e.preventDefault();
+      state.apiKey = el.apiKey.value.trim();
+      try {
+        if (state.apiKey) localStorage.setItem(KEY_STORAGE, state.apiKey);
+        else localStorage.removeItem(KEY_STORAGE);
+      } catch (_) { /* storage unavailable: kept for this page only */ }
+      setStatus(state.apiKey ? 'API key saved in this browser.' : 'API key cleared.', 'ok');
+      $('settings').open = false;
+      loadStats();
+    });
+    el.keyClear.addEventListener('click', () => {
+      el.apiKey.value = '';
+      el.keyForm.requestSubmit();
+    });
+
+    for (const tab of document.querySelectorAll('.tab')) {
+      tab.addEventListener('click', () => showView(tab.dataset.view));
+    }
+
+    el.chooseFile.addEventListener('click', () => el.fileInput.click());
+    el.takePhoto.addEventListener('click', () => el.cameraInput.click());
+    for (const input of [el.fileInput, el.cameraInput]) {
+      input.addEventListener('change', () => {
+        searchByFile(input.files[0]);
+        input.value = '';
+      });
+    }
+    // "Take photo" only where there is a camera (or a touch device whose picker offers one).
+    el.takePhoto.hidden = true;
+    if (window.matchMedia && matchMedia('(pointer: coarse)').matches) el.takePhoto.hidden = false;
+    if (navigator.mediaDevices && navigator.mediaDevices.enumerateDevices) {
+      navigator.mediaDevices.enumerateDevices()
+        .then((ds) => { if (ds.some((d) => d.kind === 'videoinput')) el.takePhoto.hidden = false; })
+        .catch(() => {});
+    }
+
+    // Drag and drop: on the drop zone, and anywhere else on the search view so a missed drop
+    // never navigates away from the page.
+    const dz = el.dropZone;
+    let depth = 0;
+    dz.addEventListener('dragenter', (e) => { e.preventDefault(); depth++; dz.classList.add('over'); });
+    dz.addEventListener('dragleave', () => { if (--depth <= 0) { depth = 0; dz.classList.remove('over'); } });
+    window.addEventListener('dragover', (e) => { e.preventDefault(); });
+    window.addEventListener('drop', (e) => {
+      e.preventDefault();
+      depth = 0;
+      dz.classList.remove('over');
+      if (e.target instanceof Element && e.target.closest('#view-add')) {
+        const f = firstImageFile(e.dataTransfer);
+        if (f) { const dt = new DataTransfer(); dt.items.add(f); el.addFile.files = dt.files; }
+        return;
+      }
+      const f = firstImageFile(e.dataTransfer);
+      if (f) searchByFile(f);
+      else setStatus('Error: nothing dropped was an image file', 'error');
+    });
+    dz.addEventListener('keydown', (e) => {
+      if ((e.key === 'Enter' || e.key === ' ') && e.target === dz) { e.preventDefault(); el.fileInput.click(); }
+    });
+
+    // Paste: an image on the clipboard searches by it (not while typing into a field).
+    document.addEventListener('paste', (e) => {
+      const t = e.target;
+      const f = firstImageFile(e.clipboardData);
+      if (!f) return;
+      if (t instanceof HTMLElement && (t.matches('input, textarea') || t.isContentEditable)) {
+        if (!t.closest('#view-add')) return;
+      }
+      e.preventDefault();
+      if (!$('view-add').hidden) {
+        const dt = new DataTransfer(); dt.items.add(f); el.addFile.files = dt.files;
+        setStatus('Pasted image ready to add.', 'ok');
+      } else {
+        searchByFile(f);
+      }
+    });
+
+    el.searchOptions.addEventListener('submit', (e) => {
+      e.preventDefault();
+      if (state.lastQuery) searchBy(state.lastQuery);
+    });
+    const rerun = () => { if (state.lastQuery) searchBy(state.lastQuery); };
+    el.k.addEventListener('change', rerun);
+    el.category.addEventListener('change', rerun);
+    const showMin = () => {
+      const v = parseFloat(el.minScore.value);
+      el.minScoreValue.textContent = v > 0 ? v.toFixed(2) : 'any';
+    };
+    el.minScore.addEventListener('input', showMin);
+    el.minScore.addEventListener('change', () => { showMin(); rerun(); });
+    showMin();
+
+    el.browseCategory.addEventListener('change', browseFromStart);
+    el.browseLimit.addEventListener('change', browseFromStart);
+    el.browseFirst.addEventListener('click', browseFromStart);
+    el.browseNext.addEventListener('click', () => {
+      if (state.browseNextAfter === null) return;
+      loadBrowse(state.browseNextAfter, [...state.browseStack, state.browseAfter]);
+    });
+    el.browsePrev.addEventListener('click', () => {
+      if (!state.browseStack.length) return;
+      loadBrowse(state.browseStack[state.browseStack.length - 1], state.browseStack.slice(0, -1));
+    });
+
+    el.addForm.addEventListener('submit', addImage);
+
+    loadStats();
+  }
+
+  init();
+})();
