@@ -1,11 +1,11 @@
 // bench_server: `lookalike serve` under load, in one bounded run on 127.0.0.1.
 //
 //   bench_server [--vectors 100000] [--real 1000] [--seconds 4] [--index IVF1024,Flat]
-//                [--model PATH] [--bin PATH] [--work DIR] [--json]
+//                [--model PATH] [--bin PATH] [--work DIR] [--json] [--keep] [--reuse]
 //
 // 1. Builds a collection of --vectors vectors: --real clothing-small train photos indexed
-//    through the engine, plus generated vectors (each a real embedding plus Gaussian noise,
-//    renormalised, so the index sees clustered data), saved with its index cache.
+//    through the engine, plus generated vectors (each a random mix of two real embeddings plus
+//    Gaussian noise, renormalised: a continuum around real data), saved with its index cache.
 // 2. Measures the model-only latency of one query image (a batch-1 forward pass, no decode,
 //    no HTTP, no search) in this process, then releases the model.
 // 3. Starts the real server process (`lookalike serve`) and drives it with 1, 4 and 16
@@ -16,7 +16,10 @@
 // that at 1 client (the engine batches concurrent embeds). Figures: bench/README.md.
 #include <fmt/format.h>
 #include <httplib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,6 +32,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
+#include <unordered_map>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -37,6 +42,8 @@
 #include "image/decode.h"
 #include "image/preprocess.h"
 #include "model/model_card.h"
+#include "index/vector_index.h"
+#include "store/catalog.h"
 #include "store/collection.h"
 
 namespace fs = std::filesystem;
@@ -57,6 +64,9 @@ struct Options {
   std::string factory = "IVF1024,Flat";
   fs::path model, bin, work;
   bool json_out = false;
+  bool keep = false;   // --keep: leave the collection in --work
+  std::string batch_wait_ms = "2";  // passed to serve --batch-wait-ms
+  bool reuse = false;  // --reuse: use the collection a --keep run left in --work
 };
 
 fs::path exe_dir() { return fs::canonical("/proc/self/exe").parent_path(); }
@@ -114,7 +124,9 @@ void build_collection(const Options& o, const fs::path& dir) {
   std::mt19937_64 rng(7);
   std::normal_distribution<float> noise(0.0f, 1.0f);
   const std::int64_t generated = o.vectors - static_cast<std::int64_t>(real.size());
-  const float sigma = 0.6f / std::sqrt(static_cast<float>(dim));
+  const float sigma = 1.0f / std::sqrt(static_cast<float>(dim));
+  std::uniform_int_distribution<std::size_t> pick(0, real.size() - 1);
+  std::uniform_real_distribution<float> mix(0.5f, 1.0f);
   for (std::int64_t start = 0; start < generated; start += 5000) {
     std::vector<store::Put> puts;
     for (std::int64_t i = start; i < std::min(generated, start + 5000); ++i) {
@@ -124,11 +136,15 @@ void build_collection(const Options& o, const fs::path& dir) {
       p.record.bytes = 1;
       p.record.width = p.record.height = 1;
       p.record.metadata = R"({"category":"generated"})";
-      p.embedding = real[static_cast<std::size_t>(i) % real.size()];
+      // A point between two real embeddings, plus noise: a continuum, not 1,000 tight clusters.
+      const auto& a = real[pick(rng)];
+      const auto& b = real[pick(rng)];
+      const float w = mix(rng);
+      p.embedding.resize(a.size());
       double norm = 0;
-      for (auto& x : p.embedding) {
-        x += sigma * noise(rng);
-        norm += double(x) * x;
+      for (std::size_t j = 0; j < a.size(); ++j) {
+        p.embedding[j] = w * a[j] + (1 - w) * b[j] + sigma * noise(rng);
+        norm += double(p.embedding[j]) * p.embedding[j];
       }
       for (auto& x : p.embedding) x = static_cast<float>(x / std::sqrt(norm));
       puts.push_back(std::move(p));
@@ -163,12 +179,68 @@ double model_only_ms(const Options& o, const fs::path& query) {
   return pct(ms, 0.5);
 }
 
+// Exact top-10 (FAISS Flat, batched: BLAS) of `queries` (stored images) among all vectors,
+// the query image itself left out, to score the served index's recall@10.
+std::vector<std::vector<std::int64_t>> exact_top10(const fs::path& dir,
+                                                   const std::vector<std::int64_t>& queries) {
+  auto catalog = store::Catalog::open_read_only(dir / "catalog.db");
+  const int dim = catalog->config()->dim;
+  index::VectorIndex flat(dim, index::Metric::Cosine, "Flat");
+  std::vector<float> block;
+  std::vector<std::int64_t> ids;
+  std::unordered_map<std::int64_t, std::vector<float>> wanted;
+  for (auto q : queries) wanted[q] = {};
+  auto flush = [&] {
+    flat.add(block.data(), ids.data(), static_cast<std::int64_t>(ids.size()));
+    block.clear();
+    ids.clear();
+  };
+  catalog->for_each_embedding([&](std::int64_t id, const float* v) {
+    block.insert(block.end(), v, v + dim);
+    ids.push_back(id);
+    if (auto it = wanted.find(id); it != wanted.end()) it->second.assign(v, v + dim);
+    if (ids.size() == 8192) flush();
+  });
+  flush();
+  std::vector<float> q;
+  for (auto id : queries) q.insert(q.end(), wanted[id].begin(), wanted[id].end());
+  auto hits = flat.search(q.data(), static_cast<std::int64_t>(queries.size()), 11);
+  std::vector<std::vector<std::int64_t>> out;
+  for (std::size_t i = 0; i < queries.size(); ++i) {
+    std::vector<std::int64_t> top;
+    for (const auto& h : hits[i]) {
+      if (h.id != queries[i] && top.size() < 10) top.push_back(h.id);
+    }
+    out.push_back(std::move(top));
+  }
+  return out;
+}
+
+// The served index's recall@10 against exact search, over searches by id.
+double served_recall(int port, const std::vector<std::int64_t>& queries,
+                     const std::vector<std::vector<std::int64_t>>& exact) {
+  httplib::Client cli("127.0.0.1", port);
+  double found = 0, total = 0;
+  for (std::size_t i = 0; i < queries.size(); ++i) {
+    auto r = cli.Post("/v1/search", json{{"id", queries[i]}, {"k", 10}}.dump(), "application/json");
+    if (!r || r->status != 200) throw std::runtime_error("recall query failed");
+    std::set<std::int64_t> got;
+    const json body = json::parse(r->body);  // kept: a range-for over a temporary's member dangles
+    for (const auto& h : body["results"]) got.insert(h["id"].get<std::int64_t>());
+    for (auto id : exact[i]) found += static_cast<double>(got.count(id));
+
+    total += static_cast<double>(exact[i].size());
+  }
+  return found / total;
+}
+
 pid_t start_server(const Options& o, const fs::path& dir, int port) {
   pid_t pid = fork();
   if (pid == 0) {
     const std::string p = std::to_string(port), c = dir.string(), m = o.model.string();
     execl(o.bin.c_str(), o.bin.c_str(), "--quiet", "-c", c.c_str(), "-m", m.c_str(), "serve",
-          "--port", p.c_str(), "--workers", "64", static_cast<char*>(nullptr));
+          "--port", p.c_str(), "--workers", "64", "--batch-wait-ms", o.batch_wait_ms.c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
   }
   httplib::Client cli("127.0.0.1", port);
@@ -212,7 +284,14 @@ Row drive(int port, const std::string& kind, int clients, double seconds,
           return cli.Post("/v1/search", items);
         }();
         const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-        if (!r || r->status != 200) ++errors;
+        if (!r || r->status != 200) {
+          if (errors.fetch_add(1) < 3) {  // the first few, to say what went wrong
+            std::cerr << fmt::format("bench_server: {} x{}: {} after {:.0f} ms\n", kind, clients,
+                                     r ? "HTTP " + std::to_string(r->status)
+                                       : httplib::to_string(r.error()),
+                                     ms);
+          }
+        }
         if (recording.load()) lat[static_cast<std::size_t>(t)].push_back(ms);
         ++n;
       }
@@ -233,10 +312,21 @@ Row drive(int port, const std::string& kind, int clients, double seconds,
   return row;
 }
 
+// A port that was free a moment ago: bound to port 0, read, closed. (Not a listening
+// httplib::Server: its socket has SO_REUSEPORT and would stay open, so the kernel would hand
+// part of the connections to a socket nobody accepts on.)
 int free_port() {
-  httplib::Server probe;
-  int p = probe.bind_to_any_port("127.0.0.1");
-  return p;  // closed when probe goes out of scope
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    throw std::runtime_error("cannot find a free port on 127.0.0.1");
+  }
+  close(fd);
+  return ntohs(a.sin_port);
 }
 
 Options parse(int argc, char** argv) {
@@ -255,6 +345,9 @@ Options parse(int argc, char** argv) {
     else if (a == "--bin") o.bin = next();
     else if (a == "--work") o.work = next();
     else if (a == "--json") o.json_out = true;
+    else if (a == "--keep") o.keep = true;
+    else if (a == "--reuse") o.reuse = true;
+    else if (a == "--batch-wait-ms") o.batch_wait_ms = next();
     else throw std::invalid_argument("unknown argument " + a + " (see the comment at the top)");
   }
   if (o.model.empty()) o.model = exe_dir().parent_path() / "fixtures" / "models" / "mobilenet_v2.pt";
@@ -269,10 +362,12 @@ int main(int argc, char** argv) {
   try {
     signal(SIGPIPE, SIG_IGN);
     const Options o = parse(argc, argv);
-    fs::remove_all(o.work);
-    fs::create_directories(o.work);
     const fs::path dir = o.work / "collection";
-    build_collection(o, dir);
+    if (!o.reuse || !store::Collection::exists(dir)) {
+      fs::remove_all(o.work);
+      fs::create_directories(o.work);
+      build_collection(o, dir);
+    }
 
     auto test_photos = spread(photos(shared_dir() / "datasets" / "clothing-small" / "test"), 16);
     std::vector<std::string> jpegs;
@@ -289,8 +384,11 @@ int main(int argc, char** argv) {
       for (const auto& r : c->list_page(0, o.real)) ids.push_back(r.id);
     }
 
+    std::vector<std::int64_t> recall_queries(ids.begin(), ids.begin() + std::min<std::size_t>(100, ids.size()));
+    const auto exact = exact_top10(dir, recall_queries);
     const int port = free_port();
     const pid_t server = start_server(o, dir, port);
+    const double recall = served_recall(port, recall_queries, exact);
     std::vector<Row> rows;
     for (const std::string kind : {"id", "upload"}) {
       for (int clients : {1, 4, 16}) rows.push_back(drive(port, kind, clients, o.seconds, ids, jpegs));
@@ -309,6 +407,7 @@ int main(int argc, char** argv) {
     json out = {{"vectors", o.vectors},
                 {"index", o.factory},
                 {"model_only_p50_ms", model_ms},
+                {"recall_at_10", recall},
                 {"rows", json::array()},
                 {"upload_p50_over_model", upload_ratio},
                 {"id_p99_4_clients_ms", id_p99},
@@ -324,8 +423,10 @@ int main(int argc, char** argv) {
     } else {
       std::cout << fmt::format("lookalike serve, {} vectors, index {}, 127.0.0.1\n", o.vectors,
                                o.factory);
-      std::cout << fmt::format("model-only latency (batch 1, this process): p50 {:.1f} ms\n\n",
+      std::cout << fmt::format("model-only latency (batch 1, this process): p50 {:.1f} ms\n",
                                model_ms);
+      std::cout << fmt::format("served index recall@10 against exact search ({} searches by id): "
+                               "{:.3f}\n\n", recall_queries.size(), recall);
       std::cout << fmt::format("{:<22} {:>7} {:>9} {:>9} {:>9} {:>7}\n", "search", "clients",
                                "QPS", "p50 ms", "p99 ms", "errors");
       for (const auto& r : rows) {
@@ -342,7 +443,7 @@ int main(int argc, char** argv) {
       std::cout << fmt::format("upload QPS @16 / @1: {:.2f}x (target >= {}): {}\n", batching,
                                kBatchingTarget, verdict(batching >= kBatchingTarget));
     }
-    fs::remove_all(o.work);
+    if (!o.keep) fs::remove_all(o.work);
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "bench_server: " << e.what() << "\n";

@@ -400,6 +400,7 @@ int run_serve(const GlobalOptions& g, const ServeArgs& a) {
   o.web_dir = a.web_dir;
   auto eo = engine_options(g);
   eo.max_aspect_ratio = a.max_aspect_ratio;
+  eo.batch_wait = std::chrono::microseconds(static_cast<std::int64_t>(a.batch_wait_ms * 1000));
   return server::serve(eo, o) == 0 ? kOk : kError;
 }
 

@@ -72,6 +72,7 @@ struct ServeArgs {
   int write_timeout_s = 10;
   std::filesystem::path web_dir;
   double max_aspect_ratio = 100;
+  double batch_wait_ms = 2;  // engine::EngineOptions::batch_wait
 };
 
 int run_serve(const GlobalOptions& g, const ServeArgs& a);

@@ -128,6 +128,9 @@ static int run(int argc, char** argv) {
                     "Refuse uploads and query images longer than this many times their width "
                     "(or the reverse), 422 (default 100; 0 = no limit)")
       ->check(CLI::Range(0.0, 1e9));
+  serve->add_option("--batch-wait-ms", sv.batch_wait_ms,
+                    "How long a lone embed request waits for others to batch with (default 2)")
+      ->check(CLI::Range(0.0, 1000.0));
   serve->add_option("--web-dir", sv.web_dir,
                     "Development: serve the web page from this folder instead of the binary");
 

@@ -138,9 +138,12 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
   } else if (exists) {
     e->collection_ = store::Collection::open(options.collection, store::Collection::Mode::Read);
   } else if (access == Access::Write) {
-    // Refuse a bad factory or metric now, before any model is loaded or file is scanned.
+    // Refuse a bad factory or metric now, before any model is loaded or file is scanned. The
+    // model's dimension is not known yet: 60,480 = 2^6 * 3^3 * 5 * 7 is divisible by every
+    // usual PQ sub-quantizer count (8, 16, 32, 48, 64, 96, ...), so only dimension-independent
+    // faults are caught here; creation checks again with the model's dimension.
     store::Collection::validate_config(options.collection,
-                                       {"probe", "probe", 8, fresh.metric, fresh.factory});
+                                       {"probe", "probe", 60480, fresh.metric, fresh.factory});
   }
   return e;
 }

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <numeric>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -867,3 +868,94 @@ TEST(VectorIndex, ConcurrentSearchesEqualSingleThreadedOnes) {
 }
 
 }  // namespace
+
+// index/faiss_kernels.cpp replaces FAISS's distance kernels: every one must agree with a
+// double-precision computation, for lengths below, at and above the 16-lane blocks.
+namespace faiss {
+float fvec_L2sqr(const float*, const float*, size_t);
+float fvec_inner_product(const float*, const float*, size_t);
+float fvec_L1(const float*, const float*, size_t);
+float fvec_Linf(const float*, const float*, size_t);
+float fvec_norm_L2sqr(const float*, size_t);
+void fvec_inner_products_ny(float*, const float*, const float*, size_t, size_t);
+void fvec_L2sqr_ny(float*, const float*, const float*, size_t, size_t);
+size_t fvec_L2sqr_ny_nearest(float*, const float*, const float*, size_t, size_t);
+size_t fvec_L2sqr_ny_nearest_y_transposed(float*, const float*, const float*, const float*,
+                                          size_t, size_t, size_t);
+void fvec_madd(size_t, const float*, float, const float*, float*);
+int fvec_madd_and_argmin(size_t, const float*, float, const float*, float*);
+void compute_PQ_dis_tables_dsub2(size_t, size_t, const float*, size_t, const float*, bool, float*);
+}  // namespace faiss
+
+TEST(FaissKernels, AgreeWithDoublePrecision) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1, 1);
+  auto vec = [&](std::size_t n) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = u(rng);
+    return v;
+  };
+  for (std::size_t d : {1u, 7u, 16u, 17u, 33u, 128u, 1280u}) {
+    const std::size_t ny = 37;
+    auto x = vec(d), y = vec(d * ny);
+    const double tol = 1e-5 * static_cast<double>(d);
+    double ip = 0, l2 = 0, l1 = 0, linf = 0, norm = 0;
+    for (std::size_t i = 0; i < d; ++i) {
+      ip += double(x[i]) * y[i];
+      l2 += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
+      l1 += std::fabs(double(x[i]) - y[i]);
+      linf = std::max(linf, std::fabs(double(x[i]) - y[i]));
+      norm += double(x[i]) * x[i];
+    }
+    EXPECT_NEAR(faiss::fvec_inner_product(x.data(), y.data(), d), ip, tol) << d;
+    EXPECT_NEAR(faiss::fvec_L2sqr(x.data(), y.data(), d), l2, tol) << d;
+    EXPECT_NEAR(faiss::fvec_L1(x.data(), y.data(), d), l1, tol) << d;
+    EXPECT_NEAR(faiss::fvec_Linf(x.data(), y.data(), d), linf, 1e-6) << d;
+    EXPECT_NEAR(faiss::fvec_norm_L2sqr(x.data(), d), norm, tol) << d;
+    std::vector<float> ips(ny), l2s(ny), tmp(ny);
+    faiss::fvec_inner_products_ny(ips.data(), x.data(), y.data(), d, ny);
+    faiss::fvec_L2sqr_ny(l2s.data(), x.data(), y.data(), d, ny);
+    std::size_t nearest = 0;
+    std::vector<float> yt(d * ny), sqlen(ny);  // y transposed, and the squared norms
+    for (std::size_t i = 0; i < ny; ++i) {
+      double a = 0, b = 0, n = 0;
+      for (std::size_t j = 0; j < d; ++j) {
+        a += double(x[j]) * y[i * d + j];
+        b += (double(x[j]) - y[i * d + j]) * (double(x[j]) - y[i * d + j]);
+        n += double(y[i * d + j]) * y[i * d + j];
+        yt[i + j * ny] = y[i * d + j];
+      }
+      sqlen[i] = static_cast<float>(n);
+      EXPECT_NEAR(ips[i], a, tol) << d << " " << i;
+      EXPECT_NEAR(l2s[i], b, tol) << d << " " << i;
+      if (l2s[i] < l2s[nearest]) nearest = i;
+    }
+    EXPECT_EQ(faiss::fvec_L2sqr_ny_nearest(tmp.data(), x.data(), y.data(), d, ny), nearest) << d;
+    EXPECT_EQ(faiss::fvec_L2sqr_ny_nearest_y_transposed(tmp.data(), x.data(), yt.data(),
+                                                         sqlen.data(), d, ny, ny),
+              nearest)
+        << d;
+    auto a = vec(d), b = vec(d);
+    std::vector<float> c(d);
+    const int best = faiss::fvec_madd_and_argmin(d, a.data(), 0.5f, b.data(), c.data());
+    for (std::size_t i = 0; i < d; ++i) {
+      EXPECT_FLOAT_EQ(c[i], a[i] + 0.5f * b[i]);
+      EXPECT_LE(c[static_cast<std::size_t>(best)], c[i]);
+    }
+  }
+  // PQ tables with 2-d sub-vectors: (nx, M, ksub) from centroids (M, ksub, 2).
+  const std::size_t d = 8, M = 4, ksub = 16, nx = 3;
+  auto x = vec(nx * d), cent = vec(M * ksub * 2);
+  for (bool ip : {true, false}) {
+    std::vector<float> t(nx * M * ksub);
+    faiss::compute_PQ_dis_tables_dsub2(d, ksub, cent.data(), nx, x.data(), ip, t.data());
+    for (std::size_t i = 0; i < nx; ++i)
+      for (std::size_t m = 0; m < M; ++m)
+        for (std::size_t k = 0; k < ksub; ++k) {
+          const float x0 = x[i * d + 2 * m], x1 = x[i * d + 2 * m + 1];
+          const float c0 = cent[(m * ksub + k) * 2], c1 = cent[(m * ksub + k) * 2 + 1];
+          const float want = ip ? x0 * c0 + x1 * c1 : (x0 - c0) * (x0 - c0) + (x1 - c1) * (x1 - c1);
+          EXPECT_NEAR(t[(i * M + m) * ksub + k], want, 1e-6);
+        }
+  }
+}
