@@ -14,9 +14,9 @@
 // Targets (issue "lookalike serve"): search-by-upload p50 at 1 client <= 1.25x the model-only
 // latency; search-by-id p99 at 4 clients <= 10 ms; search-by-upload QPS at 16 clients >= 1.5x
 // that at 1 client (the engine batches concurrent embeds). Figures: bench/README.md.
+#include <arpa/inet.h>
 #include <fmt/format.h>
 #include <httplib.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -33,16 +33,16 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
-#include <unordered_map>
 #include <sstream>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/engine.h"
 #include "image/decode.h"
 #include "image/preprocess.h"
-#include "model/model_card.h"
 #include "index/vector_index.h"
+#include "model/model_card.h"
 #include "store/catalog.h"
 #include "store/collection.h"
 
@@ -53,9 +53,9 @@ using namespace lookalike;
 
 namespace {
 
-constexpr double kUploadRatioTarget = 1.25;   // upload p50 @1 / model-only p50, at most
-constexpr double kIdP99TargetMs = 10.0;       // search-by-id p99 @4 clients, at most
-constexpr double kBatchingTarget = 1.5;       // upload QPS @16 / QPS @1, at least
+constexpr double kUploadRatioTarget = 1.25;  // upload p50 @1 / model-only p50, at most
+constexpr double kIdP99TargetMs = 10.0;      // search-by-id p99 @4 clients, at most
+constexpr double kBatchingTarget = 1.5;      // upload QPS @16 / QPS @1, at least
 
 struct Options {
   std::int64_t vectors = 100'000;
@@ -64,9 +64,9 @@ struct Options {
   std::string factory = "IVF1024,Flat";
   fs::path model, bin, work;
   bool json_out = false;
-  bool keep = false;   // --keep: leave the collection in --work
+  bool keep = false;                // --keep: leave the collection in --work
   std::string batch_wait_ms = "2";  // passed to serve --batch-wait-ms
-  bool reuse = false;  // --reuse: use the collection a --keep run left in --work
+  bool reuse = false;               // --reuse: use the collection a --keep run left in --work
 };
 
 fs::path exe_dir() { return fs::canonical("/proc/self/exe").parent_path(); }
@@ -286,10 +286,9 @@ Row drive(int port, const std::string& kind, int clients, double seconds,
         const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
         if (!r || r->status != 200) {
           if (errors.fetch_add(1) < 3) {  // the first few, to say what went wrong
-            std::cerr << fmt::format("bench_server: {} x{}: {} after {:.0f} ms\n", kind, clients,
-                                     r ? "HTTP " + std::to_string(r->status)
-                                       : httplib::to_string(r.error()),
-                                     ms);
+            std::cerr << fmt::format(
+                "bench_server: {} x{}: {} after {:.0f} ms\n", kind, clients,
+                r ? "HTTP " + std::to_string(r->status) : httplib::to_string(r.error()), ms);
           }
         }
         if (recording.load()) lat[static_cast<std::size_t>(t)].push_back(ms);
@@ -307,8 +306,9 @@ Row drive(int port, const std::string& kind, int clients, double seconds,
   for (auto& th : threads) th.join();
   std::vector<double> all;
   for (auto& l : lat) all.insert(all.end(), l.begin(), l.end());
-  Row row{kind, clients, static_cast<double>(all.size()) / elapsed, pct(all, 0.5), pct(all, 0.99),
-          static_cast<std::int64_t>(all.size()), errors.load()};
+  Row row{kind,          clients,        static_cast<double>(all.size()) / elapsed,
+          pct(all, 0.5), pct(all, 0.99), static_cast<std::int64_t>(all.size()),
+          errors.load()};
   return row;
 }
 
@@ -337,20 +337,33 @@ Options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw std::invalid_argument(a + ": needs a value");
       return argv[++i];
     };
-    if (a == "--vectors") o.vectors = std::stoll(next());
-    else if (a == "--real") o.real = std::stoi(next());
-    else if (a == "--seconds") o.seconds = std::stod(next());
-    else if (a == "--index") o.factory = next();
-    else if (a == "--model") o.model = next();
-    else if (a == "--bin") o.bin = next();
-    else if (a == "--work") o.work = next();
-    else if (a == "--json") o.json_out = true;
-    else if (a == "--keep") o.keep = true;
-    else if (a == "--reuse") o.reuse = true;
-    else if (a == "--batch-wait-ms") o.batch_wait_ms = next();
-    else throw std::invalid_argument("unknown argument " + a + " (see the comment at the top)");
+    if (a == "--vectors")
+      o.vectors = std::stoll(next());
+    else if (a == "--real")
+      o.real = std::stoi(next());
+    else if (a == "--seconds")
+      o.seconds = std::stod(next());
+    else if (a == "--index")
+      o.factory = next();
+    else if (a == "--model")
+      o.model = next();
+    else if (a == "--bin")
+      o.bin = next();
+    else if (a == "--work")
+      o.work = next();
+    else if (a == "--json")
+      o.json_out = true;
+    else if (a == "--keep")
+      o.keep = true;
+    else if (a == "--reuse")
+      o.reuse = true;
+    else if (a == "--batch-wait-ms")
+      o.batch_wait_ms = next();
+    else
+      throw std::invalid_argument("unknown argument " + a + " (see the comment at the top)");
   }
-  if (o.model.empty()) o.model = exe_dir().parent_path() / "fixtures" / "models" / "mobilenet_v2.pt";
+  if (o.model.empty())
+    o.model = exe_dir().parent_path() / "fixtures" / "models" / "mobilenet_v2.pt";
   if (o.bin.empty()) o.bin = exe_dir().parent_path() / "cli" / "lookalike";
   if (o.work.empty()) o.work = exe_dir() / "bench-server-work";
   return o;
@@ -384,14 +397,16 @@ int main(int argc, char** argv) {
       for (const auto& r : c->list_page(0, o.real)) ids.push_back(r.id);
     }
 
-    std::vector<std::int64_t> recall_queries(ids.begin(), ids.begin() + std::min<std::size_t>(100, ids.size()));
+    std::vector<std::int64_t> recall_queries(ids.begin(),
+                                             ids.begin() + std::min<std::size_t>(100, ids.size()));
     const auto exact = exact_top10(dir, recall_queries);
     const int port = free_port();
     const pid_t server = start_server(o, dir, port);
     const double recall = served_recall(port, recall_queries, exact);
     std::vector<Row> rows;
     for (const std::string kind : {"id", "upload"}) {
-      for (int clients : {1, 4, 16}) rows.push_back(drive(port, kind, clients, o.seconds, ids, jpegs));
+      for (int clients : {1, 4, 16})
+        rows.push_back(drive(port, kind, clients, o.seconds, ids, jpegs));
     }
     kill(server, SIGTERM);
     int status = 0;
@@ -414,8 +429,12 @@ int main(int argc, char** argv) {
                 {"upload_qps_16_over_1", batching},
                 {"server_exit", WIFEXITED(status) ? WEXITSTATUS(status) : -1}};
     for (const auto& r : rows) {
-      out["rows"].push_back({{"kind", r.kind}, {"clients", r.clients}, {"qps", r.qps},
-                             {"p50_ms", r.p50}, {"p99_ms", r.p99}, {"requests", r.requests},
+      out["rows"].push_back({{"kind", r.kind},
+                             {"clients", r.clients},
+                             {"qps", r.qps},
+                             {"p50_ms", r.p50},
+                             {"p99_ms", r.p99},
+                             {"requests", r.requests},
                              {"errors", r.errors}});
     }
     if (o.json_out) {
@@ -425,10 +444,12 @@ int main(int argc, char** argv) {
                                o.factory);
       std::cout << fmt::format("model-only latency (batch 1, this process): p50 {:.1f} ms\n",
                                model_ms);
-      std::cout << fmt::format("served index recall@10 against exact search ({} searches by id): "
-                               "{:.3f}\n\n", recall_queries.size(), recall);
-      std::cout << fmt::format("{:<22} {:>7} {:>9} {:>9} {:>9} {:>7}\n", "search", "clients",
-                               "QPS", "p50 ms", "p99 ms", "errors");
+      std::cout << fmt::format(
+          "served index recall@10 against exact search ({} searches by id): "
+          "{:.3f}\n\n",
+          recall_queries.size(), recall);
+      std::cout << fmt::format("{:<22} {:>7} {:>9} {:>9} {:>9} {:>7}\n", "search", "clients", "QPS",
+                               "p50 ms", "p99 ms", "errors");
       for (const auto& r : rows) {
         std::cout << fmt::format("{:<22} {:>7} {:>9.1f} {:>9.2f} {:>9.2f} {:>7}\n",
                                  r.kind == "id" ? "by id (JSON)" : "by upload (JPEG)", r.clients,

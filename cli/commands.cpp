@@ -10,8 +10,8 @@
 
 #include "cli/output.h"
 #include "engine/engine.h"
-#include "server/server.h"
 #include "model/embedding_model.h"
+#include "server/server.h"
 
 namespace lookalike::cli {
 namespace {

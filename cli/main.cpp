@@ -75,9 +75,10 @@ static int run(int argc, char** argv) {
   search->add_option("-k,--top-k", sa.k, "Results per query (1-10000; default 10)");
   search->add_option("--min-score", sa.min_score,
                      "Only results with cosine similarity >= this (l2: distance <= this)");
-  search->add_option("--where", sa.where,
-                     "Only images whose metadata field equals the value: field=value "
-                     "(repeatable; all must hold)")
+  search
+      ->add_option("--where", sa.where,
+                   "Only images whose metadata field equals the value: field=value "
+                   "(repeatable; all must hold)")
       ->expected(1)
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
@@ -115,8 +116,9 @@ static int run(int argc, char** argv) {
   serve->add_option("--api-key", sv.api_key,
                     "Key that writes need (Authorization: Bearer KEY); default $LOOKALIKE_API_KEY");
   serve->add_flag("--private", sv.private_reads, "Reads need the API key too");
-  serve->add_option("--cors-origin", sv.cors_origins,
-                    "Allow browser requests from this origin (repeatable; * for any)")
+  serve
+      ->add_option("--cors-origin", sv.cors_origins,
+                   "Allow browser requests from this origin (repeatable; * for any)")
       ->expected(1)
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
@@ -124,12 +126,14 @@ static int run(int argc, char** argv) {
       ->check(CLI::Range(1, 3600));
   serve->add_option("--write-timeout-s", sv.write_timeout_s, "Seconds a client may take to read")
       ->check(CLI::Range(1, 3600));
-  serve->add_option("--max-aspect-ratio", sv.max_aspect_ratio,
-                    "Refuse uploads and query images longer than this many times their width "
-                    "(or the reverse), 422 (default 100; 0 = no limit)")
+  serve
+      ->add_option("--max-aspect-ratio", sv.max_aspect_ratio,
+                   "Refuse uploads and query images longer than this many times their width "
+                   "(or the reverse), 422 (default 100; 0 = no limit)")
       ->check(CLI::Range(0.0, 1e9));
-  serve->add_option("--batch-wait-ms", sv.batch_wait_ms,
-                    "How long a lone embed request waits for others to batch with (default 2)")
+  serve
+      ->add_option("--batch-wait-ms", sv.batch_wait_ms,
+                   "How long a lone embed request waits for others to batch with (default 2)")
       ->check(CLI::Range(0.0, 1000.0));
   serve->add_option("--web-dir", sv.web_dir,
                     "Development: serve the web page from this folder instead of the binary");

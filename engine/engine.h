@@ -51,8 +51,8 @@ struct EngineOptions {
   int threads = 0;         // LibTorch intra-op and OpenMP threads; 0 = all cores
   int decode_threads = 1;  // 1..pipeline::kMaxDecodeThreads
   int batch_size = 32;     // images per forward pass, 1..1024
-  std::int64_t max_pixels = 89'478'485;        // PIL's Image.MAX_IMAGE_PIXELS
-  double max_aspect_ratio = 0;  // image::DecodeOptions::max_aspect_ratio; 0 = no limit
+  std::int64_t max_pixels = 89'478'485;  // PIL's Image.MAX_IMAGE_PIXELS
+  double max_aspect_ratio = 0;           // image::DecodeOptions::max_aspect_ratio; 0 = no limit
   std::chrono::microseconds batch_wait{2000};  // EmbedBatcher's window
 };
 

@@ -32,17 +32,15 @@ struct Unref {
 std::vector<std::uint8_t> thumbnail_jpeg(std::span<const std::uint8_t> bytes,
                                          const std::string& name, int size) {
   if (size < kMinThumbnailSize || size > kMaxThumbnailSize) {
-    throw std::invalid_argument("thumbnail size must be between " +
-                                std::to_string(kMinThumbnailSize) + " and " +
-                                std::to_string(kMaxThumbnailSize) + ", got " +
-                                std::to_string(size));
+    throw std::invalid_argument(
+        "thumbnail size must be between " + std::to_string(kMinThumbnailSize) + " and " +
+        std::to_string(kMaxThumbnailSize) + ", got " + std::to_string(size));
   }
   init_decoder();
   Unref thumb;
   // VIPS_SIZE_DOWN: only ever shrink. The buffer is not copied: it outlives the call.
-  if (vips_thumbnail_buffer(const_cast<std::uint8_t*>(bytes.data()), bytes.size(),
-                            &thumb.image, size, "height", size, "size", VIPS_SIZE_DOWN,
-                            nullptr) != 0) {
+  if (vips_thumbnail_buffer(const_cast<std::uint8_t*>(bytes.data()), bytes.size(), &thumb.image,
+                            size, "height", size, "size", VIPS_SIZE_DOWN, nullptr) != 0) {
     throw DecodeError(name, "thumbnail: " + vips_message());
   }
   void* buf = nullptr;

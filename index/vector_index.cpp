@@ -808,8 +808,7 @@ std::int64_t VectorIndex::remove(const std::vector<std::int64_t>& ids) {
 }
 
 std::vector<std::vector<Hit>> VectorIndex::search(
-    const float* queries, std::int64_t nq, int k,
-    const std::unordered_set<std::int64_t>* exclude,
+    const float* queries, std::int64_t nq, int k, const std::unordered_set<std::int64_t>* exclude,
     const std::unordered_set<std::int64_t>* allow) const {
   if (k < 1) throw IndexError("search: k must be at least 1, got " + std::to_string(k));
   if (nq < 0) throw IndexError("search: negative query count " + std::to_string(nq));
@@ -916,9 +915,9 @@ std::vector<std::vector<Hit>> VectorIndex::search(
   // deleted slots cluster around the query; at most log2(slots / k) passes).
   // With an allow set the expected need is want over the members' share of the slots.
   const double live_fraction = 1.0 - deleted_fraction();
-  const double need =
-      allow ? static_cast<double>(want) * static_cast<double>(slots()) / static_cast<double>(members)
-            : static_cast<double>(want + excluded) / std::max(live_fraction, 1e-3);
+  const double need = allow ? static_cast<double>(want) * static_cast<double>(slots()) /
+                                  static_cast<double>(members)
+                            : static_cast<double>(want + excluded) / std::max(live_fraction, 1e-3);
   std::int64_t kq = std::min(slots(), static_cast<std::int64_t>(std::ceil(need)) + want);
   std::vector<std::int64_t> pending(static_cast<std::size_t>(nq));
   for (std::int64_t q = 0; q < nq; ++q) pending[static_cast<std::size_t>(q)] = q;

@@ -169,14 +169,14 @@ class VectorIndex {
   // catalog ids; never a deleted or excluded id and, when `allow` is given, only allowed ids
   // (a filter applied inside the search, through the same selector or over-fetch path as
   // tombstones, so a query gets min(k, allowed live ids) hits from an exact index). k is capped
-  // at the number of such ids before anything is allocated. Throws IndexError when k < 1 or nq < 0, or when FAISS
-  // fails. Results are exact for Flat and for every factory until it is trained; after that they
-  // are FAISS's approximation: IVF searches nprobe = nlist / 16 lists, clamped to 16..256 and to
-  // nlist (set when trained or loaded; FAISS's default of 1 has poor recall), and HNSW uses
-  // efSearch = max(64, k) (FAISS's default is 16; measured filtered HNSW recall 0.28 at 16, 0.67
-  // at 64, see STACK.md "FAISS 1.7.3"). In 1.7.3 the HNSW candidate heap is sized from the member
-  // hnsw.efSearch, not the per-query parameter, so the member is set to exactly that value for
-  // each search: searches wanting the current value share an internal lock, one wanting another
+  // at the number of such ids before anything is allocated. Throws IndexError when k < 1 or nq < 0,
+  // or when FAISS fails. Results are exact for Flat and for every factory until it is trained;
+  // after that they are FAISS's approximation: IVF searches nprobe = nlist / 16 lists, clamped
+  // to 16..256 and to nlist (set when trained or loaded; FAISS's default of 1 has poor recall), and
+  // HNSW uses efSearch = max(64, k) (FAISS's default is 16; measured filtered HNSW recall 0.28 at
+  // 16, 0.67 at 64, see STACK.md "FAISS 1.7.3"). In 1.7.3 the HNSW candidate heap is sized from the
+  // member hnsw.efSearch, not the per-query parameter, so the member is set to exactly that value
+  // for each search: searches wanting the current value share an internal lock, one wanting another
   // value takes it exclusively. Results depend only on the query, k and the index contents.
   std::vector<std::vector<Hit>> search(
       const float* queries, std::int64_t nq, int k,

@@ -86,8 +86,7 @@ float parse_float(const std::string& text, const std::string& name) {
   throw BadRequest(name + ": expected a number, got '" + text.substr(0, 40) + "'");
 }
 
-std::int64_t json_int(const json& body, const std::string& name, std::int64_t lo,
-                      std::int64_t hi) {
+std::int64_t json_int(const json& body, const std::string& name, std::int64_t lo, std::int64_t hi) {
   const auto& v = body.at(name);
   if (!v.is_number_integer()) throw BadRequest(name + ": expected an integer");
   // json stores large positive numbers as unsigned: compare in the signed range first.
@@ -120,16 +119,16 @@ void require_image(std::span<const std::uint8_t> bytes, const std::string& field
   if (bytes.empty()) throw BadRequest(field + ": empty file (0 bytes)");
   if (image::sniff_format(bytes.first(std::min(bytes.size(), image::kSniffBytes))).empty()) {
     throw HttpError(415, "unsupported_media_type",
-                    field + ": not a supported image (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIF, "
-                            "AVIF; the format is read from the bytes)");
+                    field +
+                        ": not a supported image (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIF, "
+                        "AVIF; the format is read from the bytes)");
   }
 }
 
 std::string mime_of_format(const std::string& format) {
   static const std::map<std::string, std::string> kMime = {
-      {"jpeg", "image/jpeg"}, {"png", "image/png"},   {"webp", "image/webp"},
-      {"gif", "image/gif"},   {"tiff", "image/tiff"}, {"bmp", "image/bmp"},
-      {"heif", "image/heif"}, {"avif", "image/avif"}};
+      {"jpeg", "image/jpeg"}, {"png", "image/png"}, {"webp", "image/webp"}, {"gif", "image/gif"},
+      {"tiff", "image/tiff"}, {"bmp", "image/bmp"}, {"heif", "image/heif"}, {"avif", "image/avif"}};
   auto it = kMime.find(format);
   return it == kMime.end() ? "application/octet-stream" : it->second;
 }
@@ -157,9 +156,15 @@ void send_error(httplib::Response& res, std::exception_ptr error, const httplib:
     write_error(res, e.status, e.code, e.what());
   } catch (const EngineError& e) {
     switch (e.kind()) {
-      case EngineError::Kind::Invalid: write_error(res, 400, "bad_request", e.what()); break;
-      case EngineError::Kind::NotFound: write_error(res, 404, "not_found", e.what()); break;
-      case EngineError::Kind::ReadOnly: write_error(res, 403, "read_only", e.what()); break;
+      case EngineError::Kind::Invalid:
+        write_error(res, 400, "bad_request", e.what());
+        break;
+      case EngineError::Kind::NotFound:
+        write_error(res, 404, "not_found", e.what());
+        break;
+      case EngineError::Kind::ReadOnly:
+        write_error(res, 403, "read_only", e.what());
+        break;
     }
   } catch (const image::DecodeError& e) {
     // The bytes passed the format sniff (require_image): a real image that cannot be used.
@@ -214,8 +219,8 @@ std::set<std::string> RouteTable::methods_for(const std::string& path) const {
   return out;
 }
 
-void handle_unrouted(const RouteTable& table, const httplib::Request& req,
-                     httplib::Response& res, std::size_t max_upload_bytes) {
+void handle_unrouted(const RouteTable& table, const httplib::Request& req, httplib::Response& res,
+                     std::size_t max_upload_bytes) {
   if (res.status == 404 || res.status == 400) {
     // httplib answers 404 for a known method without a handler on this path and 400 for a
     // method it has no handlers for at all (PUT here): both are 405 on a known path.

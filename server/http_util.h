@@ -77,8 +77,8 @@ class RouteTable {
 
 // The JSON error for a response httplib produced itself: 404 (or 405 with Allow when the path
 // is known), 413 over the upload limit, 400 for a request it could not parse.
-void handle_unrouted(const RouteTable& table, const httplib::Request& req,
-                     httplib::Response& res, std::size_t max_upload_bytes);
+void handle_unrouted(const RouteTable& table, const httplib::Request& req, httplib::Response& res,
+                     std::size_t max_upload_bytes);
 // Access-Control-Allow-Origin when the request's Origin is configured (or "*" is).
 void add_cors(const std::vector<std::string>& origins, const httplib::Request& req,
               httplib::Response& res);

@@ -38,22 +38,20 @@ struct Metrics::Impl {
           .Help("Embedding one query or upload (forward pass and batcher wait)")
           .Register(*registry)
           .Add({}, kStageBuckets);
-  prometheus::Histogram& search =
-      prometheus::BuildHistogram()
-          .Name("lookalike_index_search_duration_seconds")
-          .Help("Index search and catalog read of one query")
-          .Register(*registry)
-          .Add({}, kStageBuckets);
+  prometheus::Histogram& search = prometheus::BuildHistogram()
+                                      .Name("lookalike_index_search_duration_seconds")
+                                      .Help("Index search and catalog read of one query")
+                                      .Register(*registry)
+                                      .Add({}, kStageBuckets);
   prometheus::Gauge& images = prometheus::BuildGauge()
                                   .Name("lookalike_collection_images")
                                   .Help("Images in the collection's index")
                                   .Register(*registry)
                                   .Add({});
-  prometheus::Family<prometheus::Gauge>& build =
-      prometheus::BuildGauge()
-          .Name("lookalike_build_info")
-          .Help("Version and configuration; always 1")
-          .Register(*registry);
+  prometheus::Family<prometheus::Gauge>& build = prometheus::BuildGauge()
+                                                     .Name("lookalike_build_info")
+                                                     .Help("Version and configuration; always 1")
+                                                     .Register(*registry);
   std::mutex build_mu;
   bool build_set = false;
 };
@@ -71,9 +69,7 @@ void Metrics::request(const std::string& route, const std::string& method, int s
 
 void Metrics::embed(double seconds) { impl_->embed.Observe(seconds); }
 void Metrics::index_search(double seconds) { impl_->search.Observe(seconds); }
-void Metrics::set_collection_images(std::int64_t n) {
-  impl_->images.Set(static_cast<double>(n));
-}
+void Metrics::set_collection_images(std::int64_t n) { impl_->images.Set(static_cast<double>(n)); }
 
 void Metrics::set_build_info(const std::string& model, const std::string& metric,
                              const std::string& index) {

@@ -92,11 +92,20 @@ std::string escape_html(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -118,7 +127,8 @@ std::string openapi_html(const nlohmann::json& doc) {
       "body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
       "code{background:#f2f2f2;padding:0 .25rem}h2{margin-top:2rem;font-size:1.1rem}"
       "td,th{padding:.2rem .6rem;text-align:left;vertical-align:top}</style></head><body>"
-      "<h1>lookalike API " + escape_html(doc["info"].value("version", "")) + "</h1><p>" +
+      "<h1>lookalike API " +
+      escape_html(doc["info"].value("version", "")) + "</h1><p>" +
       escape_html(doc["info"].value("description", "")) +
       "</p><p>Machine-readable: <a href=/openapi.json>/openapi.json</a> (OpenAPI 3). "
       "The web page: <a href=/>/</a>.</p>";
@@ -128,13 +138,15 @@ std::string openapi_html(const nlohmann::json& doc) {
       std::string m = method;
       for (char& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
       html += "<h2><code>" + m + " " + escape_html(path) + "</code></h2><p>" +
-              escape_html(op.value("summary", "")) + "</p><table><tr><th>status</th><th>"
+              escape_html(op.value("summary", "")) +
+              "</p><table><tr><th>status</th><th>"
               "meaning</th></tr>";
       for (const auto& [status, r] : op["responses"].items()) {
         std::string desc = r.value("description", "");
         if (r.contains("$ref")) {
           const std::string ref = r["$ref"];
-          desc = doc["components"]["responses"][ref.substr(ref.rfind('/') + 1)].value("description", "");
+          desc = doc["components"]["responses"][ref.substr(ref.rfind('/') + 1)].value("description",
+                                                                                      "");
         }
         html += "<tr><td>" + status + "</td><td>" + escape_html(desc) + "</td></tr>";
       }

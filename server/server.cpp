@@ -175,8 +175,11 @@ void search(State& st, const httplib::Request& req, httplib::Response& res) {
     throw BadRequest("id: missing (send JSON {\"id\": N}, or a multipart upload with image)");
   }
   const auto id = json_int(body, "id", 1, std::numeric_limits<std::int64_t>::max());
-  r.k = static_cast<int>(body.contains("k") ? json_int(body, "k", 1, store::kMaxTopK)
-                                            : (param(req, "k") ? parse_int(*param(req, "k"), "k", 1, store::kMaxTopK) : 10));
+  if (body.contains("k")) {
+    r.k = static_cast<int>(json_int(body, "k", 1, store::kMaxTopK));
+  } else if (auto k = param(req, "k")) {
+    r.k = static_cast<int>(parse_int(*k, "k", 1, store::kMaxTopK));
+  }
   if (body.contains("min_score")) {
     if (!body["min_score"].is_number()) throw BadRequest("min_score: expected a number");
     r.min_score = body["min_score"].get<float>();
@@ -211,19 +214,20 @@ void upload(State& st, const httplib::Request& req, httplib::Response& res) {
   auto file = req.get_file_value("image");
   const auto bytes = as_bytes(file.content);
   require_image(bytes, "image");
-  auto added = st.engine->add_image(bytes, file.filename.empty() ? "image" : file.filename,
-                                    metadata);
+  auto added =
+      st.engine->add_image(bytes, file.filename.empty() ? "image" : file.filename, metadata);
   send_json(res, added.created ? 201 : 200,
             {{"created", added.created}, {"image", record_json(added.record)}});
 }
 
 void list_images(State& st, const httplib::Request& req, httplib::Response& res) {
-  const auto after = param(req, "after") ? parse_int(*param(req, "after"), "after", 0,
-                                                     std::numeric_limits<std::int64_t>::max())
-                                         : 0;
-  const auto limit = param(req, "limit")
-                         ? static_cast<int>(parse_int(*param(req, "limit"), "limit", 1, kMaxListLimit))
-                         : 50;
+  std::int64_t after = 0;
+  int limit = 50;
+  if (auto a = param(req, "after")) {
+    after = parse_int(*a, "after", 0, std::numeric_limits<std::int64_t>::max());
+  }
+  if (auto l = param(req, "limit"))
+    limit = static_cast<int>(parse_int(*l, "limit", 1, kMaxListLimit));
   const auto where = where_from_params(req);
   json images = json::array();
   std::vector<store::ImageRecord> page;
@@ -236,7 +240,8 @@ void list_images(State& st, const httplib::Request& req, httplib::Response& res)
 store::ImageRecord existing(State& st, std::int64_t id) {
   std::optional<store::ImageRecord> rec;
   if (st.engine->has_collection()) rec = st.engine->get(id);
-  if (!rec) throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
+  if (!rec)
+    throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
   return *rec;
 }
 
@@ -249,8 +254,8 @@ std::vector<std::uint8_t> image_bytes(const store::ImageRecord& rec) {
     return image::read_image_file(rec.path);
   } catch (const image::DecodeError& e) {
     // The catalog names a file that is gone or changed since it was indexed.
-    throw EngineError(EngineError::Kind::NotFound, "image " + std::to_string(rec.id) +
-                                                       ": file not readable: " + e.reason());
+    throw EngineError(EngineError::Kind::NotFound,
+                      "image " + std::to_string(rec.id) + ": file not readable: " + e.reason());
   }
 }
 
@@ -265,19 +270,19 @@ void get_file(State& st, const httplib::Request& req, httplib::Response& res) {
 
 void get_thumbnail(State& st, const httplib::Request& req, httplib::Response& res) {
   const auto rec = existing(st, id_from_path(req));
-  const int size = param(req, "size") ? static_cast<int>(parse_int(*param(req, "size"), "size",
-                                                                   image::kMinThumbnailSize,
-                                                                   image::kMaxThumbnailSize))
-                                      : kDefaultThumbnail;
+  int size = kDefaultThumbnail;
+  if (auto s = param(req, "size")) {
+    size =
+        static_cast<int>(parse_int(*s, "size", image::kMinThumbnailSize, image::kMaxThumbnailSize));
+  }
   const std::string key = rec.content_hash + "/" + std::to_string(size);
   auto jpeg = st.thumbnails.get(key);
   if (!jpeg) {
     auto bytes = image_bytes(rec);
-    jpeg = std::make_shared<const std::string>(
-        [&] {
-          auto t = image::thumbnail_jpeg(bytes, rec.path, size);
-          return std::string(t.begin(), t.end());
-        }());
+    jpeg = std::make_shared<const std::string>([&] {
+      auto t = image::thumbnail_jpeg(bytes, rec.path, size);
+      return std::string(t.begin(), t.end());
+    }());
     st.thumbnails.put(key, jpeg);
   }
   res.status = 200;
@@ -328,7 +333,8 @@ void stats(State& st, const httplib::Request&, httplib::Response& res) {
     j["categories"] = json::object();
   }
   const auto b = e.batcher().stats();
-  j["batcher"] = {{"requests", b.requests}, {"images", b.images}, {"forward_passes", b.forward_passes}};
+  j["batcher"] = {
+      {"requests", b.requests}, {"images", b.images}, {"forward_passes", b.forward_passes}};
   send_json(res, 200, j);
 }
 
@@ -339,32 +345,32 @@ enum class Need { Nothing, Ready, Read, Write };
 // Wraps a handler: readiness, the API key, errors as JSON with the right status, metrics.
 template <class F>
 httplib::Server::Handler route(State& st, std::string name, Need need, F f) {
-  return [&st, name = std::move(name), need, f](const httplib::Request& req,
-                                                httplib::Response& res) {
-    const auto start = Clock::now();
-    try {
-      if (need != Need::Nothing && !st.ready.load()) {
-        throw HttpError(503, "not_ready", st.load_error.empty()
-                                              ? "loading the collection and the model"
-                                              : st.load_error);
-      }
-      if (need == Need::Write || (need == Need::Read && st.options.private_reads)) {
-        check_api_key(st.options.api_key, req);
-      }
-      f(st, req, res);
-      if (res.status == -1) res.status = 200;  // set_content leaves it to httplib otherwise
-    } catch (...) {
-      send_error(res, std::current_exception(), req);
-    }
-    add_cors(st.options.cors_origins, req, res);
-    const double s = std::chrono::duration<double>(Clock::now() - start).count();
-    st.metrics.request(name, req.method, res.status, s);
-  };
+  return
+      [&st, name = std::move(name), need, f](const httplib::Request& req, httplib::Response& res) {
+        const auto start = Clock::now();
+        try {
+          if (need != Need::Nothing && !st.ready.load()) {
+            throw HttpError(
+                503, "not_ready",
+                st.load_error.empty() ? "loading the collection and the model" : st.load_error);
+          }
+          if (need == Need::Write || (need == Need::Read && st.options.private_reads)) {
+            check_api_key(st.options.api_key, req);
+          }
+          f(st, req, res);
+          if (res.status == -1) res.status = 200;  // set_content leaves it to httplib otherwise
+        } catch (...) {
+          send_error(res, std::current_exception(), req);
+        }
+        add_cors(st.options.cors_origins, req, res);
+        const double s = std::chrono::duration<double>(Clock::now() - start).count();
+        st.metrics.request(name, req.method, res.status, s);
+      };
 }
 
 void add_routes(httplib::Server& svr, State& st, RouteTable& table) {
-  auto reg = [&](const char* method, const std::string& pattern, const std::string& name,
-                 Need need, auto f) {
+  auto reg = [&](const char* method, const std::string& pattern, const std::string& name, Need need,
+                 auto f) {
     table.add(pattern, method);
     auto h = route(st, name, need, f);
     if (std::string(method) == "GET") svr.Get(pattern, h);
@@ -403,7 +409,8 @@ void add_routes(httplib::Server& svr, State& st, RouteTable& table) {
       });
   reg("GET", "/docs", "/docs", Need::Nothing,
       [](State&, const httplib::Request&, httplib::Response& res) {
-        res.set_content(openapi_html(openapi_document(LOOKALIKE_VERSION)), "text/html; charset=utf-8");
+        res.set_content(openapi_html(openapi_document(LOOKALIKE_VERSION)),
+                        "text/html; charset=utf-8");
       });
   auto asset = [](State& st, const httplib::Request& req, httplib::Response& res) {
     const std::string name = req.matches.size() > 1 ? req.matches[1].str() : "index.html";
@@ -474,19 +481,20 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   // carry a JSON body and pass through; httplib's own (404 unrouted, 413, 400) get one here.
   svr.set_error_handler(httplib::Server::HandlerWithResponse(
       [&table, &st](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    handle_unrouted(table, req, res, st.options.max_upload_bytes);
-    add_cors(st.options.cors_origins, req, res);
-    st.metrics.request("unmatched", req.method, res.status, 0);
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        handle_unrouted(table, req, res, st.options.max_upload_bytes);
+        add_cors(st.options.cors_origins, req, res);
+        st.metrics.request("unmatched", req.method, res.status, 0);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   // CORS preflight for the configured origins; 204 with the allowed methods.
   svr.Options(R"(.*)", [&st, &table](const httplib::Request& req, httplib::Response& res) {
     preflight(st.options.cors_origins, table, req, res);
   });
 
-  const int port = options.port == 0 ? svr.bind_to_any_port(options.host)
-                                     : (svr.bind_to_port(options.host, options.port) ? options.port : -1);
+  const int port = options.port == 0
+                       ? svr.bind_to_any_port(options.host)
+                       : (svr.bind_to_port(options.host, options.port) ? options.port : -1);
   if (port < 0) {
     throw std::runtime_error(options.host + ":" + std::to_string(options.port) +
                              ": cannot listen (address in use, or not an address of this host)");
@@ -520,7 +528,8 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   stopper.join();
   if (!st.ready.load()) return 1;
   try {
-    if (st.engine->has_collection() && st.engine->collection().mode() == store::Collection::Mode::Write) {
+    if (st.engine->has_collection() &&
+        st.engine->collection().mode() == store::Collection::Mode::Write) {
       st.engine->checkpoint();
     }
   } catch (const std::exception& e) {

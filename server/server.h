@@ -23,7 +23,7 @@ struct ServerOptions {
   int port = 8080;                 // 0: any free port (the one bound is logged)
   int workers = 32;                // HTTP worker threads, 1..1024
   std::size_t max_upload_bytes = std::size_t(20) << 20;  // request body limit (413 above)
-  std::string api_key;        // non-empty: writes need it (and reads too when private_reads)
+  std::string api_key;         // non-empty: writes need it (and reads too when private_reads)
   bool private_reads = false;  // --private
   std::vector<std::string> cors_origins;  // empty: no CORS headers; "*" allowed
   int read_timeout_s = 10;                // a slow client cannot hold a worker longer

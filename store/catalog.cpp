@@ -382,13 +382,12 @@ std::string Catalog::collection_id() const {
 namespace {
 
 void check_field(const std::string& field, const std::string& term) {
-  auto bad = [&](const std::string& why) {
-    throw StoreError("filter '" + term + "': " + why);
-  };
+  auto bad = [&](const std::string& why) { throw StoreError("filter '" + term + "': " + why); };
   if (field.empty()) bad("empty field name (write field=value)");
   if (field.size() > 128) bad("field name longer than 128 bytes");
   for (unsigned char ch : field) {
-    if (ch == '"' || ch == '\\' || ch < 0x20) bad("field name may not contain '\"', '\\' or control characters");
+    if (ch == '"' || ch == '\\' || ch < 0x20)
+      bad("field name may not contain '\"', '\\' or control characters");
   }
 }
 
@@ -462,9 +461,10 @@ FilterSnapshot Catalog::matching(const MetadataFilter& filter) const {
     SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::DEFERRED);
     FilterSnapshot s;
     s.generation = generation();
-    SQLite::Statement q(*db_, "SELECT id FROM images" +
-                                  (filter.empty() ? std::string() : " WHERE " + filter_sql(filter)) +
-                                  " ORDER BY id");
+    SQLite::Statement q(*db_,
+                        "SELECT id FROM images" +
+                            (filter.empty() ? std::string() : " WHERE " + filter_sql(filter)) +
+                            " ORDER BY id");
     bind_filter(q, filter, 1);
     while (q.executeStep()) s.ids.push_back(q.getColumn(0).getInt64());
     tx.commit();

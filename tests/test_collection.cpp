@@ -1272,15 +1272,16 @@ INSTANTIATE_TEST_SUITE_P(Factories, ApproximateFactory, ::testing::Values("HNSW3
 // Metadata filters (store::MetadataFilter): applied inside the index search, so a category
 // that holds 2% of the collection still gets a full top-k, equal to brute force over it.
 TEST(Collection, FilteredSearchIsFullTopKOfTheMatchingImagesOnly) {
-  for (const std::string factory : {"Flat", "IVF4,Flat"}) {  // exact, and a trained IVF (all lists probed)
+  for (const std::string factory :
+       {"Flat", "IVF4,Flat"}) {  // exact, and a trained IVF (all lists probed)
     auto c = Collection::create_or_open(scratch_dir("collection_filter_" + factory),
                                         config("cosine", factory));
     auto p = puts(0, 500);
     for (int i = 0; i < 500; ++i) {
       const char* cat = i % 50 == 0 ? "rare" : (i % 2 ? "odd" : "even");
       p[static_cast<std::size_t>(i)].record.metadata =
-          std::string(R"({"category":")") + cat + R"(","n":)" + std::to_string(i) +
-          R"(,"sale":)" + (i % 3 == 0 ? "true" : "false") + "}";
+          std::string(R"({"category":")") + cat + R"(","n":)" + std::to_string(i) + R"(,"sale":)" +
+          (i % 3 == 0 ? "true" : "false") + "}";
     }
     auto ids = c->apply(p, {});
     const auto rare = lookalike::store::parse_where({"category=rare"});
@@ -1299,8 +1300,8 @@ TEST(Collection, FilteredSearchIsFullTopKOfTheMatchingImagesOnly) {
   auto p = puts(0, 30);
   for (int i = 0; i < 30; ++i) {
     p[static_cast<std::size_t>(i)].record.metadata =
-        std::string(R"({"category":")") + (i % 3 ? "a" : "b") + R"(","n":)" + std::to_string(i % 5) +
-        R"(,"sale":)" + (i % 2 ? "true" : "false") + "}";
+        std::string(R"({"category":")") + (i % 3 ? "a" : "b") + R"(","n":)" +
+        std::to_string(i % 5) + R"(,"sale":)" + (i % 2 ? "true" : "false") + "}";
   }
   c->apply(p, {});
   // Exact brute force: category b (i % 3 == 0) and n = 0 (i % 5 == 0) -> i in {0, 15}.
@@ -1317,8 +1318,11 @@ TEST(Collection, FilteredSearchIsFullTopKOfTheMatchingImagesOnly) {
   ASSERT_EQ(facet.size(), 2u);
   EXPECT_EQ(facet[0], (std::pair<std::string, std::int64_t>{"a", 20}));
   EXPECT_EQ(facet[1], (std::pair<std::string, std::int64_t>{"b", 10}));
-  EXPECT_TRUE(c->search(q.data(), 1, 5, {}, nullptr, &(f = lookalike::store::parse_where({"category=none"})))[0].empty());
-  for (const std::string& bad : {std::string("novalue"), std::string("=x"), std::string("a\"b=1")}) {
+  EXPECT_TRUE(c->search(q.data(), 1, 5, {}, nullptr,
+                        &(f = lookalike::store::parse_where({"category=none"})))[0]
+                  .empty());
+  for (const std::string& bad :
+       {std::string("novalue"), std::string("=x"), std::string("a\"b=1")}) {
     auto what = store_error([&] { lookalike::store::parse_where({bad}); });
     EXPECT_NE(what.find("filter"), std::string::npos) << bad << ": " << what;
   }

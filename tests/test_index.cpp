@@ -880,8 +880,8 @@ float fvec_norm_L2sqr(const float*, size_t);
 void fvec_inner_products_ny(float*, const float*, const float*, size_t, size_t);
 void fvec_L2sqr_ny(float*, const float*, const float*, size_t, size_t);
 size_t fvec_L2sqr_ny_nearest(float*, const float*, const float*, size_t, size_t);
-size_t fvec_L2sqr_ny_nearest_y_transposed(float*, const float*, const float*, const float*,
-                                          size_t, size_t, size_t);
+size_t fvec_L2sqr_ny_nearest_y_transposed(float*, const float*, const float*, const float*, size_t,
+                                          size_t, size_t);
 void fvec_madd(size_t, const float*, float, const float*, float*);
 int fvec_madd_and_argmin(size_t, const float*, float, const float*, float*);
 void compute_PQ_dis_tables_dsub2(size_t, size_t, const float*, size_t, const float*, bool, float*);
@@ -932,7 +932,7 @@ TEST(FaissKernels, AgreeWithDoublePrecision) {
     }
     EXPECT_EQ(faiss::fvec_L2sqr_ny_nearest(tmp.data(), x.data(), y.data(), d, ny), nearest) << d;
     EXPECT_EQ(faiss::fvec_L2sqr_ny_nearest_y_transposed(tmp.data(), x.data(), yt.data(),
-                                                         sqlen.data(), d, ny, ny),
+                                                        sqlen.data(), d, ny, ny),
               nearest)
         << d;
     auto a = vec(d), b = vec(d);
