@@ -2,6 +2,7 @@
 clothing-small photos: every route of docs/api.md, every error status, the API key, CORS,
 concurrent searches during uploads and deletes, restart persistence, and a SIGTERM that arrives
 while an upload is being received (the upload must still be acknowledged and kept)."""
+import atexit
 import http.client
 import io
 import json
@@ -36,6 +37,7 @@ class Server:
                     "--port", str(self.port), *map(str, extra)]
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
+        atexit.register(self.kill)  # a failed assertion must not leave a server running
         self.saw_503 = False
         extra = list(map(str, extra))
         key = extra[extra.index("--api-key") + 1] if "--api-key" in extra else None
@@ -81,6 +83,11 @@ class Server:
         if expect is not None:
             assert status == expect, f"POST {path}: {status}, expected {expect}: {data[:500]!r}"
         return status, json.loads(data) if data.startswith(b"{") else data
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
