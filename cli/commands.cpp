@@ -28,6 +28,33 @@ extern "C" void on_interrupt(int) {
   std::signal(SIGTERM, SIG_DFL);
 }
 
+index::SearchParams params_of(const SearchParamArgs& a) {
+  index::SearchParams p;
+  p.nprobe = a.nprobe;
+  p.ef_search = a.ef_search;
+  p.rerank = a.rerank;
+  return p;
+}
+
+json params_json(const index::SearchParams& p) {
+  json out = json::object();
+  if (p.nprobe > 0) out["nprobe"] = p.nprobe;
+  if (p.ef_search > 0) out["ef_search"] = p.ef_search;
+  if (p.rerank > 0) out["rerank"] = p.rerank;
+  return out;
+}
+
+std::string params_line(const index::SearchParams& p) {
+  std::string out;
+  auto add = [&](const char* name, int v) {
+    if (v > 0) out += fmt::format("{}{} {}", out.empty() ? "" : ", ", name, v);
+  };
+  add("nprobe", p.nprobe);
+  add("efSearch", p.ef_search);
+  add("rerank", p.rerank);
+  return out.empty() ? "none" : out;
+}
+
 engine::EngineOptions engine_options(const GlobalOptions& g) {
   engine::EngineOptions o;
   o.collection = g.collection;
@@ -71,6 +98,7 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
               {"count", e.has_collection() ? e.collection().count() : 0}};
   set_path(out, "collection", e.has_collection() ? e.collection().dir().string() : "");
   if (!s.fatal_error.empty()) out["error"] = s.fatal_error;
+  if (!s.index_choice.empty()) out["index_choice"] = s.index_choice;
   return out;
 }
 
@@ -88,6 +116,7 @@ void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
   } else {
     std::cout << "nothing to index; no collection was created\n";
   }
+  if (!s.index_choice.empty()) std::cout << s.index_choice << "\n";
   if (!s.failures.empty()) {
     std::cout << "failed:\n";
     for (const auto& f : s.failures) std::cout << "  " << f.where << ": " << f.reason << "\n";
@@ -122,6 +151,13 @@ json response_json(const engine::SearchResponse& r) {
     row["metadata"] = metadata_of(h.image);
     out["results"].push_back(row);
   }
+  out["plan"] = {{"method", r.report.plan.method},
+                 {"params", params_json(r.report.plan.params)},
+                 {"candidates", r.report.plan.candidates}};
+  if (r.report.filter_matches >= 0) {
+    out["plan"]["filter_matches"] = r.report.filter_matches;
+    out["plan"]["filter_ms"] = r.report.filter_ms;
+  }
   out["timings_ms"] = {{"decode", r.timings.decode_ms},
                        {"embed", r.timings.embed_ms},
                        {"search", r.timings.search_ms},
@@ -152,7 +188,8 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   // Installed first so that a Ctrl-C during model loading also ends cleanly with 130.
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
-  engine::NewCollection fresh{a.metric, a.factory, a.metric_given, a.factory_given};
+  engine::NewCollection fresh{a.metric,       a.factory,      a.memory_budget, params_of(a.params),
+                              a.metric_given, a.factory_given};
   std::unique_ptr<engine::Engine> e;
   try {
     e = engine::Engine::open(engine_options(g), engine::Access::Write, fresh);
@@ -203,6 +240,7 @@ int run_search(const GlobalOptions& g, const SearchArgs& a) {
   const std::string metric = e->collection().config().metric;
   r.k = a.k;
   r.include_self = a.include_self;
+  r.params = params_of(a.params);
   if (a.min_score_given) r.min_score = static_cast<float>(a.min_score);
   std::size_t failed = 0;
   for (std::int64_t id : a.ids) {
@@ -229,6 +267,38 @@ int run_search(const GlobalOptions& g, const SearchArgs& a) {
   }
   if (failed == 0) return kOk;
   return failed == a.ids.size() + a.images.size() ? kError : kPartial;
+}
+
+int run_reindex(const GlobalOptions& g, const ReindexArgs& a) {
+  if (!store::Collection::exists(g.collection)) {
+    spdlog::error("{}: no collection here", g.collection.string());
+    return kError;
+  }
+  auto e = engine::Engine::open(engine_options(g), engine::Access::Write);
+  const auto r = e->reindex({a.spec, a.memory_budget, params_of(a.params)});
+  const auto info = e->info().collection;
+  if (g.json) {
+    json out = {{"type", "reindex"},
+                {"old_index_spec", r.summary.old_factory},
+                {"index_spec", r.summary.new_factory},
+                {"vectors", r.summary.vectors},
+                {"build_seconds", r.summary.build_seconds},
+                {"index_status", r.summary.status},
+                {"search_params", params_json(info.index_params)},
+                {"index_memory_bytes", info.index_memory_bytes}};
+    if (!r.choice_reason.empty()) out["reason"] = r.choice_reason;
+    print_record(out);
+    return kOk;
+  }
+  if (!r.choice_reason.empty()) {
+    std::cout << fmt::format("auto picked \"{}\": {}\n", r.summary.new_factory, r.choice_reason);
+  }
+  std::cout << fmt::format(
+      "reindexed {} vectors from \"{}\" to \"{}\" in {:.1f} s (no image re-embedded): {}; "
+      "search {}; index memory {}\n",
+      r.summary.vectors, r.summary.old_factory, r.summary.new_factory, r.summary.build_seconds,
+      r.summary.status, params_line(info.index_params), human_bytes(info.index_memory_bytes));
+  return kOk;
 }
 
 int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
@@ -291,6 +361,13 @@ int run_info(const GlobalOptions& g) {
                 {"index_status", info.index_status},
                 {"index_vectors", info.index_vectors},
                 {"index_deleted", info.index_deleted},
+                {"index_memory_bytes", info.index_memory_bytes},
+                {"index_bytes_per_vector",
+                 info.index_vectors > 0 ? info.index_memory_bytes / info.index_vectors : 0},
+                {"index_mapped_bytes", info.index_mapped_bytes},
+                {"index_search_path", info.index_search_path},
+                {"search_params", params_json(info.index_params)},
+                {"exact_subset_limit", info.exact_subset_limit},
                 {"corrupt_vectors", corrupt},
                 {"generation", info.generation},
                 {"catalog_bytes", info.catalog_bytes},
@@ -302,9 +379,18 @@ int run_info(const GlobalOptions& g) {
   }
   std::cout << fmt::format(
       "collection  {}\nimages      {}\nmodel       {} ({})\ndimension   {}\nmetric      {}\n"
-      "index       {} (FAISS factory string): {}\ndisk        {} ({} catalog, {} index)\n",
+      "index       {} (FAISS factory string): {}\n"
+      "memory      {} index in memory ({} bytes a vector){}\n"
+      "search      {}; filters selecting up to {} images are scored exactly\n"
+      "disk        {} ({} catalog, {} index)\n",
       info.dir.string(), info.count, info.config.model_name, info.config.model_id, info.config.dim,
-      info.config.metric, info.config.factory, info.index_status, human_bytes(info.total_bytes),
+      info.config.metric, info.config.factory, info.index_status,
+      human_bytes(info.index_memory_bytes),
+      info.index_vectors > 0 ? info.index_memory_bytes / info.index_vectors : 0,
+      info.index_mapped_bytes > 0 ? fmt::format(", {} memory-mapped from the index file",
+                                                human_bytes(info.index_mapped_bytes))
+                                  : "",
+      params_line(info.index_params), info.exact_subset_limit, human_bytes(info.total_bytes),
       human_bytes(info.catalog_bytes), human_bytes(info.index_bytes));
   for (const auto& c : info.corrupt) {
     std::cout << fmt::format("corrupt     image {}: {} (left out of the index; re-index it)\n",

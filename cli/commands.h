@@ -7,8 +7,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
+
+namespace CLI {
+class App;
+}
 
 namespace lookalike::cli {
 
@@ -32,11 +37,20 @@ struct GlobalOptions {
   bool quiet = false;
 };
 
+// --nprobe / --ef-search / --rerank: per query (search) or collection defaults (index, reindex).
+struct SearchParamArgs {
+  int nprobe = 0;
+  int ef_search = 0;
+  int rerank = 0;
+};
+
 struct IndexArgs {
   std::vector<std::filesystem::path> inputs;
   bool prune = false;
   std::string metric = "cosine";
-  std::string factory = "Flat";
+  std::string factory = "Flat";    // --index-spec (or its older name --index-factory), or "auto"
+  std::int64_t memory_budget = 0;  // bytes, for auto
+  SearchParamArgs params;
   bool metric_given = false;  // --metric/--index-factory only shape new collections
   bool factory_given = false;
   std::string file_column;
@@ -49,7 +63,13 @@ struct SearchArgs {
   bool include_self = false;
   double min_score = 0;
   bool min_score_given = false;
-  std::vector<std::string> where;  // "field=value" metadata equality terms
+  std::vector<std::string> where;  // metadata terms, see store::parse_where
+  SearchParamArgs params;
+};
+struct ReindexArgs {
+  std::string spec;                // factory string or "auto"
+  std::int64_t memory_budget = 0;  // bytes, for auto
+  SearchParamArgs params;
 };
 struct EmbedArgs {
   std::vector<std::filesystem::path> images;
@@ -75,9 +95,21 @@ struct ServeArgs {
   double batch_wait_ms = 2;  // engine::EngineOptions::batch_wait
 };
 
+// A subcommand that registers its own options (in its own file): main() calls run() when the
+// subcommand was given, after parsing, with the global options filled in.
+struct Subcommand {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+// `lookalike eval` (cli/eval_command.cpp) and `lookalike bench-index`
+// (cli/bench_index_command.cpp). `g` is read when run() is called.
+Subcommand add_eval_command(CLI::App& app, const GlobalOptions& g);
+Subcommand add_bench_index_command(CLI::App& app, const GlobalOptions& g);
+
 int run_serve(const GlobalOptions& g, const ServeArgs& a);
 int run_index(const GlobalOptions& g, const IndexArgs& a);
 int run_search(const GlobalOptions& g, const SearchArgs& a);
+int run_reindex(const GlobalOptions& g, const ReindexArgs& a);
 int run_embed(const GlobalOptions& g, const EmbedArgs& a);
 int run_info(const GlobalOptions& g);
 int run_remove(const GlobalOptions& g, const RemoveArgs& a);

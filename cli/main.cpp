@@ -16,6 +16,16 @@ namespace {
 
 using namespace lookalike::cli;
 
+void add_search_params(CLI::App& cmd, SearchParamArgs& p, const std::string& scope) {
+  cmd.add_option("--nprobe", p.nprobe, scope + "IVF lists visited per query")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd.add_option("--ef-search", p.ef_search, scope + "HNSW candidate list size (efSearch)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd.add_option("--rerank", p.rerank,
+                 scope + "candidates re-scored exactly from the stored vectors (PQ, SQ indexes)")
+      ->check(CLI::Range(1, 10000));
+}
+
 std::filesystem::path default_collection() {
   const char* env = std::getenv("LOOKALIKE_COLLECTION");
   return env != nullptr && *env != '\0' ? std::filesystem::path(env) : "lookalike-data";
@@ -60,7 +70,14 @@ static int run(int argc, char** argv) {
   index->add_flag("--prune", ia.prune, "Remove entries whose file no longer exists");
   index->add_option("--metric", ia.metric, "New collections: cosine or l2")
       ->check(CLI::IsMember({"cosine", "l2"}));
-  index->add_option("--index-factory", ia.factory, "New collections: FAISS factory string");
+  index->add_option("--index-spec,--index-factory", ia.factory,
+                    "New collections: FAISS factory string (Flat, IVF1024,Flat, IVF1024,PQ32, "
+                    "IVF1024,SQ8, HNSW32, SQ8, ...) or auto (picked by size and --memory-budget)");
+  index
+      ->add_option("--memory-budget", ia.memory_budget,
+                   "With --index-spec auto: index memory to stay within (e.g. 2GB, 512MiB)")
+      ->transform(CLI::AsSizeValue(false));
+  add_search_params(*index, ia.params, "Collection default: ");
   index->add_option("--file-column", ia.file_column, "CSV manifests: column with the image path");
   index->add_flag("--hidden", ia.hidden, "Include hidden files and folders");
 
@@ -77,13 +94,24 @@ static int run(int argc, char** argv) {
                      "Only results with cosine similarity >= this (l2: distance <= this)");
   search
       ->add_option("--where", sa.where,
-                   "Only images whose metadata field equals the value: field=value "
-                   "(repeatable; all must hold)")
+                   "Only images whose metadata matches: field=value, \"field IN [a, b]\", "
+                   "\"price<50\" (<, <=, >, >=); repeatable, all must hold")
       ->expected(1)
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   search->add_flag("--include-self", sa.include_self,
                    "With --id: keep the query image itself in the results");
+  add_search_params(*search, sa.params, "This query: ");
+
+  ReindexArgs rx;
+  auto* reindex = app.add_subcommand(
+      "reindex", "Rebuild the index with another spec from the stored vectors (no re-embedding)");
+  reindex->add_option("--index-spec", rx.spec, "FAISS factory string, or auto")->required();
+  reindex
+      ->add_option("--memory-budget", rx.memory_budget,
+                   "With auto: index memory to stay within (e.g. 2GB, 512MiB)")
+      ->transform(CLI::AsSizeValue(false));
+  add_search_params(*reindex, rx.params, "Collection default: ");
 
   EmbedArgs ea;
   auto* embed = app.add_subcommand("embed", "Print the embeddings of image files, in input order");
@@ -138,6 +166,9 @@ static int run(int argc, char** argv) {
   serve->add_option("--web-dir", sv.web_dir,
                     "Development: serve the web page from this folder instead of the binary");
 
+  Subcommand eval = add_eval_command(app, g);
+  Subcommand bench_index = add_bench_index_command(app, g);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -159,6 +190,7 @@ static int run(int argc, char** argv) {
       }
       return run_search(g, sa);
     }
+    if (*reindex) return run_reindex(g, rx);
     if (*embed) return run_embed(g, ea);
     if (*info) return run_info(g);
     if (*remove) {
@@ -170,6 +202,8 @@ static int run(int argc, char** argv) {
     }
     if (*models) return run_models(g);
     if (*serve) return run_serve(g, sv);
+    if (*eval.app) return eval.run();
+    if (*bench_index.app) return bench_index.run();
   } catch (const lookalike::engine::EngineError& e) {
     spdlog::error("{}", e.what());
     return e.kind() == lookalike::engine::EngineError::Kind::Invalid ? kUsage : kError;

@@ -127,11 +127,12 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
         access == Access::Write ? store::Collection::Mode::Write : store::Collection::Mode::Read);
     const auto& c = e->collection_->config();
     if ((fresh.metric_given && fresh.metric != c.metric) ||
-        (fresh.factory_given && fresh.factory != c.factory)) {
+        (fresh.factory_given && fresh.factory != "auto" && fresh.factory != c.factory)) {
       throw EngineError(
           Kind::Invalid,
-          fmt::format("{}: the collection uses metric {} and index factory \"{}\", fixed when it "
-                      "was created; use another --collection for {} / \"{}\"",
+          fmt::format("{}: the collection uses metric {} and index factory \"{}\"; the metric is "
+                      "fixed when it is created (use another --collection for {}), the index "
+                      "changes with `lookalike reindex --index-spec \"{}\"`",
                       options.collection.string(), c.metric, c.factory, fresh.metric,
                       fresh.factory));
     }
@@ -142,8 +143,9 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
     // model's dimension is not known yet: 60,480 = 2^6 * 3^3 * 5 * 7 is divisible by every
     // usual PQ sub-quantizer count (8, 16, 32, 48, 64, 96, ...), so only dimension-independent
     // faults are caught here; creation checks again with the model's dimension.
-    store::Collection::validate_config(options.collection,
-                                       {"probe", "probe", 60480, fresh.metric, fresh.factory});
+    store::Collection::validate_config(
+        options.collection,
+        {"probe", "probe", 60480, fresh.metric, fresh.factory == "auto" ? "Flat" : fresh.factory});
   }
   return e;
 }
@@ -202,8 +204,9 @@ void Engine::ensure_collection() {
     bool is_path = options_.model.find('/') != std::string::npos || fs::exists(options_.model);
     reference = is_path ? pipeline::normalize_path(m.archive()).string() : options_.model;
   }
-  collection_ = store::Collection::create_or_open(
-      options_.collection, {m.id(), reference, m.dim(), fresh_.metric, fresh_.factory});
+  store::CatalogConfig config{m.id(), reference, m.dim(), fresh_.metric, fresh_.factory};
+  config.search_defaults = store::search_defaults_json(fresh_.defaults);
+  collection_ = store::Collection::create_or_open(options_.collection, config);
 }
 
 store::Collection& Engine::writable() {
@@ -236,6 +239,24 @@ pipeline::IndexSummary Engine::index(const IndexRequest& r) {
     for (const auto& p : scan.problems) s.failures.push_back({p.where, p.reason});
     return s;
   }
+  std::string choice;
+  if (!collection_ && fresh_.factory == "auto") {
+    // Sized by what this run brings: a later `reindex --index-spec auto` re-decides.
+    IndexSpec spec{"auto", fresh_.memory_budget_bytes, fresh_.defaults};
+    const auto picked =
+        resolve_index_spec(spec, static_cast<std::int64_t>(scan.files.size()), m.dim());
+    fresh_.factory = picked.factory;
+    fresh_.defaults = picked.defaults;
+    choice = fmt::format("--index-spec auto picked \"{}\": {}", picked.factory, picked.reason);
+  } else if (collection_ && (fresh_.defaults.nprobe > 0 || fresh_.defaults.ef_search > 0 ||
+                             fresh_.defaults.rerank > 0)) {
+    // Given fields replace the stored ones; the others stay.
+    auto merged = store::parse_search_defaults(writable().config().search_defaults);
+    if (fresh_.defaults.nprobe > 0) merged.nprobe = fresh_.defaults.nprobe;
+    if (fresh_.defaults.ef_search > 0) merged.ef_search = fresh_.defaults.ef_search;
+    if (fresh_.defaults.rerank > 0) merged.rerank = fresh_.defaults.rerank;
+    writable().set_search_defaults(merged);
+  }
   auto& c = writable();
   pipeline::IndexOptions o;
   o.prune = r.prune;
@@ -245,7 +266,9 @@ pipeline::IndexSummary Engine::index(const IndexRequest& r) {
   o.cancel = r.cancel;
   o.on_progress = r.on_progress;
   o.embed = [this](const float* in, int n) { return batcher().embed(in, n); };
-  return pipeline::index_files(c, m, scan, o);
+  auto summary = pipeline::index_files(c, m, scan, o);
+  summary.index_choice = choice;
+  return summary;
 }
 
 std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
@@ -323,7 +346,15 @@ SearchResponse Engine::run_search(const float* embedding, const SearchRequest& r
   auto start = Clock::now();
   SearchResponse out;
   exclude.insert(exclude.end(), r.exclude_ids.begin(), r.exclude_ids.end());
-  auto results = c.search(embedding, 1, r.k, exclude, &out.generation, &r.where);
+  if (r.params.nprobe < 0 || r.params.ef_search < 0 || r.params.rerank < 0) {
+    throw EngineError(Kind::Invalid, "nprobe, ef_search and rerank must not be negative");
+  }
+  store::SearchSpec spec;
+  spec.exclude_ids = std::move(exclude);
+  spec.filter = &r.where;
+  spec.params = r.params;
+  auto results = c.search(embedding, 1, r.k, spec, &out.report);
+  out.generation = out.report.generation;
   out.results = std::move(results.at(0));
   if (r.min_score) {
     const bool similarity = c.config().metric == "cosine";
@@ -489,6 +520,46 @@ RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,
   std::error_code ec;
   for (const auto& f : files) fs::remove(f, ec);
   return out;
+}
+
+index::SpecChoice resolve_index_spec(const IndexSpec& spec, std::int64_t vectors, int dim) {
+  index::SpecChoice c;
+  if (spec.spec == "auto") {
+    c = index::choose_index_spec(vectors, dim, spec.memory_budget_bytes);
+  } else {
+    try {
+      index::VectorIndex::validate_factory(dim, index::Metric::Cosine, spec.spec);
+    } catch (const index::IndexError& e) {
+      throw EngineError(Kind::Invalid, fmt::format("--index-spec: {}", e.what()));
+    }
+    c.factory = spec.spec;
+  }
+  auto take = [](int asked, int& out) {
+    if (asked > 0) out = asked;
+  };
+  take(spec.defaults.nprobe, c.defaults.nprobe);
+  take(spec.defaults.ef_search, c.defaults.ef_search);
+  take(spec.defaults.rerank, c.defaults.rerank);
+  return c;
+}
+
+ReindexResult Engine::reindex(const IndexSpec& spec) {
+  auto& c = writable();
+  const auto choice = resolve_index_spec(spec, c.index_size(), c.config().dim);
+  ReindexResult r;
+  r.choice_reason = choice.reason;
+  r.defaults = choice.defaults;
+  try {
+    r.summary = c.reindex(choice.factory, choice.defaults);
+  } catch (const store::StoreError& e) {
+    throw EngineError(Kind::Invalid, e.what());
+  }
+  c.save_index();
+  return r;
+}
+
+void Engine::set_search_defaults(const index::SearchParams& defaults) {
+  writable().set_search_defaults(defaults);
 }
 
 EngineInfo Engine::info() const {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "engine/embed_batcher.h"
+#include "index/index_spec.h"
 #include "model/embedding_model.h"
 #include "pipeline/embed_files.h"
 #include "pipeline/indexer.h"
@@ -64,8 +65,10 @@ enum class Access {
 
 // How a collection is created by the first write of a Write engine on a folder that holds none.
 struct NewCollection {
-  std::string metric = "cosine";  // "cosine" | "l2"
-  std::string factory = "Flat";   // FAISS factory string, see index/vector_index.h
+  std::string metric = "cosine";         // "cosine" | "l2"
+  std::string factory = "Flat";          // FAISS factory string (index/vector_index.h), or "auto"
+  std::int64_t memory_budget_bytes = 0;  // for "auto"
+  index::SearchParams defaults;          // search defaults stored with a new collection
   // When given, they must match an existing collection (else EngineError Invalid).
   bool metric_given = false;
   bool factory_given = false;
@@ -85,12 +88,15 @@ struct SearchRequest {
   std::optional<float> min_score;  // cosine: keep score >= it; l2: keep distance <= it
   std::vector<std::int64_t> exclude_ids;
   bool include_self = false;  // by id: keep the query image itself
-  // Metadata equality filter applied inside the index search (store::MetadataFilter): top-k
-  // among the matching images only. Empty = no filter.
+  // Metadata filter (equality, IN, numeric ranges; store::MetadataFilter) applied inside the
+  // index search: top-k among the matching images only. Empty = no filter.
   store::MetadataFilter where;
+  // nprobe / efSearch / re-rank depth for this query; 0 fields: the collection's defaults.
+  index::SearchParams params;
 };
 
-// "field=value" terms to a filter; EngineError Invalid naming a malformed term.
+// --where terms (field=value, "field IN [a, b]", "price<50"; store::parse_where) to a filter;
+// EngineError Invalid naming a malformed term.
 store::MetadataFilter parse_where(const std::vector<std::string>& terms);
 
 struct Timings {
@@ -107,6 +113,7 @@ struct SearchResponse {
   std::vector<store::SearchResult> results;
   std::int64_t generation = 0;  // the collection generation the results come from
   Timings timings;
+  store::SearchReport report;  // the plan (index or exact-subset), parameters, filter matches
 };
 
 struct AddResult {
@@ -118,6 +125,23 @@ struct RemoveResult {
   std::vector<std::int64_t> removed;
   std::vector<std::string> not_found;  // "--id N" or the path as given
 };
+
+// How a collection's index is (re)built: a FAISS factory string or "auto", and search defaults.
+struct IndexSpec {
+  std::string spec = "Flat";             // factory string, or "auto" (index::choose_index_spec)
+  std::int64_t memory_budget_bytes = 0;  // for "auto"; 0 = no budget
+  index::SearchParams defaults;          // non-zero fields override the choice's defaults
+};
+
+struct ReindexResult {
+  store::ReindexSummary summary;
+  std::string choice_reason;  // for "auto": why this factory
+  index::SearchParams defaults;
+};
+
+// Resolves "auto" (choose_index_spec for `vectors` x `dim`) or checks a factory string;
+// `reason` receives the choice's reason. EngineError Invalid for a factory FAISS refuses.
+index::SpecChoice resolve_index_spec(const IndexSpec& spec, std::int64_t vectors, int dim);
 
 struct EngineInfo {
   store::CollectionInfo collection;
@@ -190,6 +214,11 @@ class Engine {
   RemoveResult remove(const std::vector<std::int64_t>& ids,
                       const std::vector<std::filesystem::path>& paths);
   EngineInfo info() const;
+  // Rebuilds the index from the stored vectors with another spec (no image is decoded); Write
+  // access. EngineError Invalid for a bad spec, NotFound without a collection.
+  ReindexResult reindex(const IndexSpec& spec);
+  // Stores new search-time defaults for the collection (Write access).
+  void set_search_defaults(const index::SearchParams& defaults);
   // Saves the index cache file, so that the next open need not rebuild it.
   void checkpoint();
 

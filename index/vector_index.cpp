@@ -21,6 +21,8 @@
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
 #include <faiss/invlists/InvertedLists.h>
+#include <faiss/invlists/OnDiskInvertedLists.h>
+#include <faiss/utils/distances.h>
 #include <fcntl.h>
 #include <omp.h>
 #include <unistd.h>
@@ -449,6 +451,101 @@ struct OmpSerial {
   int previous = 1;
 };
 
+// Lets IVF indexes reconstruct a slot's vector (exact for flat lists, decoded for codes): the
+// exact-subset path scores filtered ids from it. Slots are FAISS's sequential labels, so the
+// array form (8 bytes a vector) applies. Types that refuse a direct map keep none.
+void enable_direct_map(faiss::Index* index) {
+  auto* ivf = dynamic_cast<faiss::IndexIVF*>(core(index, true));
+  if (ivf == nullptr || ivf->direct_map.type != faiss::DirectMap::NoMap) return;
+  try {
+    ivf->make_direct_map(true);
+  } catch (const std::exception&) {
+  }
+}
+
+// Bytes a FAISS index holds, from its structures' sizes (capacities where FAISS keeps spare).
+std::int64_t faiss_bytes(const faiss::Index* index) {
+  if (index == nullptr) return 0;
+  if (auto* pt = dynamic_cast<const faiss::IndexPreTransform*>(index)) {
+    std::int64_t b = faiss_bytes(pt->index);
+    for (const auto* vt : pt->chain) {
+      if (auto* lt = dynamic_cast<const faiss::LinearTransform*>(vt)) {
+        b += static_cast<std::int64_t>((lt->A.size() + lt->b.size()) * sizeof(float));
+      }
+    }
+    return b;
+  }
+  if (auto* r = dynamic_cast<const faiss::IndexRefine*>(index)) {
+    return faiss_bytes(r->base_index) + faiss_bytes(r->refine_index);
+  }
+  if (auto* fc = dynamic_cast<const faiss::IndexFlatCodes*>(index)) {
+    std::int64_t b = static_cast<std::int64_t>(fc->codes.size());
+    if (auto* pq = dynamic_cast<const faiss::IndexPQ*>(index)) {
+      b += static_cast<std::int64_t>(pq->pq.centroids.size() * sizeof(float));
+    }
+    return b;
+  }
+  if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(index)) {
+    const auto& g = h->hnsw;
+    return faiss_bytes(h->storage) +
+           static_cast<std::int64_t>(g.neighbors.size() * sizeof(g.neighbors[0]) +
+                                     g.offsets.size() * sizeof(g.offsets[0]) +
+                                     g.levels.size() * sizeof(g.levels[0]));
+  }
+  if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index)) {
+    std::int64_t b = faiss_bytes(ivf->quantizer);
+    if (dynamic_cast<const faiss::OnDiskInvertedLists*>(ivf->invlists) == nullptr) {
+      for (std::size_t l = 0; l < ivf->nlist; ++l) {
+        b += static_cast<std::int64_t>(ivf->invlists->list_size(l) *
+                                       (ivf->code_size + sizeof(idx_t)));
+      }
+    }
+    b += static_cast<std::int64_t>(ivf->direct_map.array.size() * sizeof(idx_t));
+    if (auto* ivfpq = dynamic_cast<const faiss::IndexIVFPQ*>(index)) {
+      b += static_cast<std::int64_t>(ivfpq->pq.centroids.size() * sizeof(float) +
+                                     ivfpq->precomputed_table.size() * sizeof(float));
+    }
+    return b;
+  }
+  return static_cast<std::int64_t>(index->sa_code_size()) * index->ntotal;
+}
+
+// Slot order and exact scores for the ids of an allow set (the exact-subset path).
+struct Scored {
+  float score;
+  std::int64_t id;
+};
+
+bool better(Metric m, float a, float b) { return m == Metric::Cosine ? a > b : a < b; }
+
+// The best `want` of `all`, best first; ties by id so results depend only on the inputs.
+std::vector<Hit> best_of(std::vector<Scored>& all, std::int64_t want, Metric metric) {
+  auto cmp = [metric](const Scored& a, const Scored& b) {
+    return a.score != b.score ? better(metric, a.score, b.score) : a.id < b.id;
+  };
+  const auto n = static_cast<std::int64_t>(all.size());
+  const std::int64_t keep = std::min(want, n);
+  std::partial_sort(all.begin(), all.begin() + keep, all.end(), cmp);
+  std::vector<Hit> out;
+  out.reserve(static_cast<std::size_t>(keep));
+  for (std::int64_t i = 0; i < keep; ++i) {
+    const float score = all[static_cast<std::size_t>(i)].score;
+    out.push_back({all[static_cast<std::size_t>(i)].id,
+                   metric == Metric::L2 ? std::sqrt(std::max(score, 0.0f)) : score});
+  }
+  return out;
+}
+
+// Scores n vectors (n x dim) against one query into `out`: inner product, or squared L2.
+void score_rows(Metric metric, const float* query, const float* rows, std::size_t n, int dim,
+                float* out) {
+  if (metric == Metric::Cosine) {
+    faiss::fvec_inner_products_ny(out, query, rows, static_cast<std::size_t>(dim), n);
+  } else {
+    faiss::fvec_L2sqr_ny(out, query, rows, static_cast<std::size_t>(dim), n);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files.
 
@@ -744,6 +841,7 @@ void VectorIndex::train_and_move() {
     }
     fresh = build_index(dim_, metric_, factory_);
     fresh->train(live, x.data());
+    enable_direct_map(fresh.get());
     fresh->add(live, x.data());
     id_slot.reserve(ids.size());
     for (std::size_t s = 0; s < ids.size(); ++s) id_slot.emplace(ids[s], s);
@@ -764,6 +862,10 @@ void VectorIndex::train_and_move() {
 void VectorIndex::add(const float* vectors, const std::int64_t* ids, std::int64_t n) {
   if (n < 0) throw IndexError("add: negative count " + std::to_string(n));
   if (n == 0) return;
+  if (mapped_) {
+    throw IndexError("add: index '" + factory_ +
+                     "' is memory-mapped read-only; load it unmapped to add vectors");
+  }
   // Within one call a repeated id keeps its last row.
   std::unordered_map<std::int64_t, std::int64_t> last_row;
   last_row.reserve(static_cast<std::size_t>(n));
@@ -810,10 +912,188 @@ std::int64_t VectorIndex::remove(const std::vector<std::int64_t>& ids) {
 std::vector<std::vector<Hit>> VectorIndex::search(
     const float* queries, std::int64_t nq, int k, const std::unordered_set<std::int64_t>* exclude,
     const std::unordered_set<std::int64_t>* allow) const {
+  SearchOptions options;
+  options.exclude = exclude;
+  options.allow = allow;
+  return search(queries, nq, k, options, nullptr);
+}
+
+void VectorIndex::set_search_defaults(const SearchParams& params) {
+  if (params.nprobe < 0 || params.ef_search < 0 || params.rerank < 0) {
+    throw IndexError("search parameters must not be negative");
+  }
+  defaults_ = params;
+}
+
+SearchParams VectorIndex::effective_params(const SearchParams& request) const {
+  auto pick = [](int asked, int fallback) { return asked > 0 ? asked : fallback; };
+  SearchParams e;
+  const faiss::Index* at = core(&active(), true);
+  if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(at)) {
+    const auto builtin = std::min(ivf->nlist, std::clamp(ivf->nlist / 16, kMinProbes, kMaxProbes));
+    const auto n = static_cast<std::size_t>(
+        pick(request.nprobe, pick(defaults_.nprobe, static_cast<int>(builtin))));
+    e.nprobe = static_cast<int>(std::min(n, ivf->nlist));
+  } else if (dynamic_cast<const faiss::IndexHNSW*>(at) != nullptr) {
+    e.ef_search = pick(request.ef_search, pick(defaults_.ef_search, kHnswEfSearchFloor));
+  }
+  e.rerank = pick(request.rerank, defaults_.rerank);
+  return e;
+}
+
+std::int64_t VectorIndex::exact_subset_limit(const SearchParams& request) const {
+  const faiss::Index* at = core(&active(), true);
+  std::int64_t visited = 0;
+  if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(at)) {
+    visited = slots() * effective_params(request).nprobe / static_cast<std::int64_t>(ivf->nlist);
+  }
+  return std::max(kExactSubsetFloor, visited);
+}
+
+std::int64_t VectorIndex::memory_bytes() const {
+  // The slot table and the id -> slot hash map (about 32 bytes a live entry in libstdc++).
+  return faiss_bytes(&active()) + slots() * 8 + size() * 32;
+}
+
+std::int64_t VectorIndex::mapped_bytes() const {
+  auto* ivf = dynamic_cast<const faiss::IndexIVF*>(core(&active(), true));
+  if (ivf == nullptr) return 0;
+  auto* od = dynamic_cast<const faiss::OnDiskInvertedLists*>(ivf->invlists);
+  return od ? static_cast<std::int64_t>(od->totsize) : 0;
+}
+
+// Vectors of `slots` into `out` (n x dim) where the index stores them uncompressed (exact =
+// true) or can decode them (exact = false); false when it can do neither.
+bool VectorIndex::read_vectors(const std::int64_t* slots, std::size_t n, float* out,
+                               bool& exact) const {
+  const faiss::Index& index = active();
+  const faiss::IndexFlat* flat = dynamic_cast<const faiss::IndexFlat*>(&index);
+  if (auto* h = dynamic_cast<const faiss::IndexHNSWFlat*>(&index)) {
+    flat = dynamic_cast<const faiss::IndexFlat*>(h->storage);
+  }
+  if (flat != nullptr) {
+    for (std::size_t i = 0; i < n; ++i) {
+      std::memcpy(out + i * dim_, flat->get_xb() + slots[i] * dim_, sizeof(float) * dim_);
+    }
+    exact = true;
+    return true;
+  }
+  try {
+    for (std::size_t i = 0; i < n; ++i) index.reconstruct(slots[i], out + i * dim_);
+  } catch (const std::exception&) {
+    return false;
+  }
+  exact = typeid(index) == typeid(faiss::IndexIVFFlat);
+  return true;
+}
+
+// Scores the allowed live ids one by one (see the header): exact where the index stores full
+// vectors or `source` gives them, else on the index's decoded codes. Empty when neither.
+std::optional<std::vector<std::vector<Hit>>> VectorIndex::exact_subset(const float* queries,
+                                                                       std::int64_t nq,
+                                                                       std::int64_t want,
+                                                                       const SearchOptions& options,
+                                                                       SearchPlan* plan) const {
+  std::vector<std::pair<std::int64_t, std::int64_t>> members;  // (slot, id), by slot
+  members.reserve(options.allow->size());
+  for (std::int64_t id : *options.allow) {
+    auto it = id_slot_.find(id);
+    if (it == id_slot_.end()) continue;
+    if (options.exclude != nullptr && options.exclude->count(id) != 0) continue;
+    members.emplace_back(it->second, id);
+  }
+  std::sort(members.begin(), members.end());
+  constexpr std::size_t kChunk = 1024;
+  std::vector<float> rows(kChunk * static_cast<std::size_t>(dim_));
+  std::vector<float> scores(kChunk);
+  std::vector<std::int64_t> chunk_slots(kChunk), chunk_ids(kChunk);
+  std::unique_ptr<bool[]> found(new bool[kChunk]);
+  std::vector<std::vector<Scored>> all(static_cast<std::size_t>(nq));
+  for (auto& a : all) a.reserve(members.size());
+  bool exact = true;
+  for (std::size_t at = 0; at < members.size(); at += kChunk) {
+    const std::size_t n = std::min(kChunk, members.size() - at);
+    for (std::size_t i = 0; i < n; ++i) {
+      chunk_slots[i] = members[at + i].first;
+      chunk_ids[i] = members[at + i].second;
+      found[i] = true;
+    }
+    bool stored_exact = false;
+    const bool stored = read_vectors(chunk_slots.data(), n, rows.data(), stored_exact);
+    if (!stored_exact && options.vectors != nullptr) {
+      (*options.vectors)(chunk_ids.data(), static_cast<std::int64_t>(n), rows.data(), found.get());
+    } else if (!stored) {
+      return std::nullopt;
+    }
+    exact = exact && (stored_exact || options.vectors != nullptr);
+    for (std::int64_t q = 0; q < nq; ++q) {
+      score_rows(metric_, queries + q * dim_, rows.data(), n, dim_, scores.data());
+      auto& a = all[static_cast<std::size_t>(q)];
+      for (std::size_t i = 0; i < n; ++i) {
+        if (found[i]) a.push_back({scores[i], chunk_ids[i]});
+      }
+    }
+  }
+  std::vector<std::vector<Hit>> out(static_cast<std::size_t>(nq));
+  for (std::int64_t q = 0; q < nq; ++q) {
+    out[static_cast<std::size_t>(q)] = best_of(all[static_cast<std::size_t>(q)], want, metric_);
+  }
+  if (plan != nullptr) {
+    plan->method = exact ? "exact-subset" : "subset-decoded";
+    plan->candidates = static_cast<std::int64_t>(members.size());
+  }
+  return out;
+}
+
+// Re-scores each row's hits from full vectors and keeps the best `want` (hits the source
+// lacks keep their index score).
+void VectorIndex::rerank(const float* queries, std::vector<std::vector<Hit>>& out,
+                         std::int64_t want, const VectorSource& source) const {
+  std::vector<float> rows;
+  std::vector<std::int64_t> ids;
+  std::vector<float> scores;
+  for (std::size_t q = 0; q < out.size(); ++q) {
+    auto& hits = out[q];
+    const std::size_t n = hits.size();
+    ids.resize(n);
+    rows.assign(n * static_cast<std::size_t>(dim_), 0.0f);
+    scores.resize(n);
+    std::unique_ptr<bool[]> found(new bool[std::max<std::size_t>(n, 1)]);
+    for (std::size_t i = 0; i < n; ++i) {
+      ids[i] = hits[i].id;
+      found[i] = false;
+    }
+    source(ids.data(), static_cast<std::int64_t>(n), rows.data(), found.get());
+    score_rows(metric_, queries + q * dim_, rows.data(), n, dim_, scores.data());
+    std::vector<Scored> all;
+    all.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      float s = hits[i].score;
+      if (metric_ == Metric::L2) s = s * s;  // best_of takes squared distances
+      all.push_back({found[i] ? scores[i] : s, ids[i]});
+    }
+    hits = best_of(all, want, metric_);
+  }
+}
+
+std::vector<std::vector<Hit>> VectorIndex::search(const float* queries, std::int64_t nq, int k,
+                                                  const SearchOptions& options,
+                                                  SearchPlan* plan) const {
   if (k < 1) throw IndexError("search: k must be at least 1, got " + std::to_string(k));
   if (nq < 0) throw IndexError("search: negative query count " + std::to_string(nq));
+  const SearchParams& asked = options.params;
+  if (asked.nprobe < 0 || asked.ef_search < 0 || asked.rerank < 0) {
+    throw IndexError("search: nprobe, efSearch and rerank must not be negative");
+  }
+  const SearchParams eff = effective_params(asked);
+  if (plan != nullptr) {
+    *plan = SearchPlan{};
+    plan->params = eff;
+  }
   std::vector<std::vector<Hit>> out(static_cast<std::size_t>(nq));
   if (nq == 0 || size() == 0) return out;
+  const std::unordered_set<std::int64_t>* exclude = options.exclude;
+  const std::unordered_set<std::int64_t>* allow = options.allow;
   std::int64_t excluded = 0;
   if (exclude) {
     for (std::int64_t id : *exclude) excluded += contains(id) ? 1 : 0;
@@ -828,15 +1108,27 @@ std::vector<std::vector<Hit>> VectorIndex::search(
   }
   const std::int64_t want = std::min<std::int64_t>(k, members);
   if (want <= 0) return out;
+  OmpSerial serial(nq == 1);
+  if (allow && members <= exact_subset_limit(asked)) {
+    SearchOptions subset = options;
+    subset.exclude = exclude;
+    if (auto hits = exact_subset(queries, nq, want, subset, plan)) return std::move(*hits);
+  }
+  // With re-ranking, the index's best `fetch` candidates are re-scored and `want` kept.
+  const bool reranking = eff.rerank > 0 && options.vectors != nullptr;
+  const std::int64_t fetch =
+      reranking ? std::min<std::int64_t>(members, std::max<std::int64_t>(want, eff.rerank)) : want;
   // A few excluded ids (a search by id leaves out the query image) and no tombstones: ask FAISS
-  // for want + excluded hits without a selector and drop the excluded here. Exact, and cheaper
+  // for fetch + excluded hits without a selector and drop the excluded here. Exact, and cheaper
   // than a selector, which costs a hash lookup per scanned code (12% of an IVF-PQ search).
   const bool few_excluded = excluded > 0 && excluded <= kFewExcluded && deleted() == 0 && !allow;
   const bool filter = (deleted() > 0 || excluded > 0 || allow != nullptr) && !few_excluded;
 
   faiss::Index& index = active();
   const Kind kind = kind_of(&index);
-  OmpSerial serial(nq == 1);
+  faiss::Index* tuned = core(&index, true);  // the IVF or HNSW whose member may need setting
+  auto* tuned_ivf = dynamic_cast<faiss::IndexIVF*>(tuned);
+  auto* tuned_hnsw = dynamic_cast<faiss::IndexHNSW*>(tuned);
 
   // Runs one FAISS search of `n` queries for `kq` hits each, into D / I (n x kq).
   std::vector<float> D;
@@ -848,33 +1140,38 @@ std::vector<std::vector<Hit>> VectorIndex::search(
     faiss::SearchParametersIVF ivf_params;
     faiss::SearchParametersHNSW hnsw_params;
     const faiss::SearchParameters* params = nullptr;
-    std::shared_lock<std::shared_mutex> ef_lock;
-    std::unique_lock<std::shared_mutex> ef_exclusive;
-    faiss::Index* at = core(&index, false);
-    if (kind == Kind::Ivf) {
-      auto* ivf = static_cast<faiss::IndexIVF*>(at);
-      ivf_params.nprobe = ivf->nprobe;
-      ivf_params.max_codes = ivf->max_codes;
-      ivf_params.sel = &selector;
-      if (filter) params = &ivf_params;
-    } else if (kind == Kind::Hnsw) {
-      auto* h = static_cast<faiss::IndexHNSW*>(at);
-      const int ef = static_cast<int>(std::max<std::int64_t>(kHnswEfSearchFloor, kq));
-      // 1.7.3 sizes the candidate heap from the member hnsw.efSearch: it must equal ef for the
-      // whole search. Searches needing the current value share the lock; another value is set
-      // and searched with under the exclusive lock (results depend only on query and k).
-      ef_lock = std::shared_lock<std::shared_mutex>(shared_->ef_mutex);
-      if (h->hnsw.efSearch != ef) {
-        ef_lock.unlock();
-        ef_exclusive = std::unique_lock<std::shared_mutex>(shared_->ef_mutex);
-        h->hnsw.efSearch = ef;
+    // Members read by FAISS during the search (HNSW's efSearch always, IVF's nprobe where the
+    // type takes no SearchParameters) must hold the wanted value for the whole search:
+    // searches wanting the current value share the lock, another value is set and searched with
+    // under the exclusive lock (results depend only on query, k and parameters).
+    std::shared_lock<std::shared_mutex> member_lock;
+    std::unique_lock<std::shared_mutex> member_exclusive;
+    auto hold = [&](auto& member, auto value) {
+      member_lock = std::shared_lock<std::shared_mutex>(shared_->ef_mutex);
+      if (member != value) {
+        member_lock.unlock();
+        member_exclusive = std::unique_lock<std::shared_mutex>(shared_->ef_mutex);
+        member = value;
       }
-      hnsw_params.efSearch = h->hnsw.efSearch;
+    };
+    if (kind == Kind::Ivf) {
+      ivf_params.nprobe = static_cast<std::size_t>(eff.nprobe);
+      ivf_params.max_codes = tuned_ivf->max_codes;
+      ivf_params.sel = filter ? &selector : nullptr;
+      params = &ivf_params;
+    } else if (kind == Kind::Hnsw) {
+      const int ef = static_cast<int>(std::max<std::int64_t>(eff.ef_search, kq));
+      hold(tuned_hnsw->hnsw.efSearch, ef);
+      hnsw_params.efSearch = ef;
       hnsw_params.sel = &selector;
       if (filter) params = &hnsw_params;
     } else if (kind == Kind::Plain) {
       plain.sel = &selector;
       if (filter) params = &plain;
+    } else if (tuned_ivf != nullptr) {  // fast-scan IVF, a refine stage over IVF: no params
+      hold(tuned_ivf->nprobe, static_cast<std::size_t>(eff.nprobe));
+    } else if (tuned_hnsw != nullptr) {
+      hold(tuned_hnsw->hnsw.efSearch, static_cast<int>(std::max<std::int64_t>(eff.ef_search, kq)));
     }
     try {
       index.search(n, q, kq, D.data(), I.data(), params);
@@ -882,7 +1179,7 @@ std::vector<std::vector<Hit>> VectorIndex::search(
       throw IndexError("search in index '" + factory_ + "' failed: " + e.what());
     }
   };
-  // Appends row `row` of D / I (kq wide) to `hits`: live, not excluded, at most `want`.
+  // Appends row `row` of D / I (kq wide) to `hits`: live, not excluded, at most `fetch`.
   // Returns how many labels FAISS filled in.
   auto collect = [&](std::int64_t row, std::int64_t kq, std::vector<Hit>& hits) {
     std::int64_t filled = 0;
@@ -893,19 +1190,26 @@ std::vector<std::vector<Hit>> VectorIndex::search(
       ++filled;
       if (!selector.member(slot_id_[static_cast<std::size_t>(slot)])) continue;
       const std::int64_t id = slot_id_[static_cast<std::size_t>(slot)];
-      if (static_cast<std::int64_t>(hits.size()) >= want) continue;
+      if (static_cast<std::int64_t>(hits.size()) >= fetch) continue;
       float score = D[at];
       if (metric_ == Metric::L2) score = std::sqrt(std::max(score, 0.0f));
       hits.push_back({id, score});
     }
     return filled;
   };
+  auto finish = [&]() {
+    if (reranking) {
+      rerank(queries, out, want, *options.vectors);
+      if (plan != nullptr) plan->candidates = fetch;
+    }
+    return std::move(out);
+  };
 
   if (kind != Kind::OverFetch || !filter) {
-    const std::int64_t kq = few_excluded ? std::min(slots(), want + excluded) : want;
+    const std::int64_t kq = few_excluded ? std::min(slots(), fetch + excluded) : fetch;
     run(queries, nq, kq);
     for (std::int64_t q = 0; q < nq; ++q) collect(q, kq, out[static_cast<std::size_t>(q)]);
-    return out;
+    return finish();
   }
   // Over-fetch. Asking for k + excluded + deleted hits would always leave k live ones, but costs
   // a heap (and for a refine stage, exact distances) of up to 20% of the slots per query, and
@@ -913,12 +1217,12 @@ std::vector<std::vector<Hit>> VectorIndex::search(
   // expected need, k + excluded over the live fraction, plus k, and double while a query still
   // lacks hits and FAISS filled every place (an exhaustive index needs one pass unless the
   // deleted slots cluster around the query; at most log2(slots / k) passes).
-  // With an allow set the expected need is want over the members' share of the slots.
+  // With an allow set the expected need is fetch over the members' share of the slots.
   const double live_fraction = 1.0 - deleted_fraction();
-  const double need = allow ? static_cast<double>(want) * static_cast<double>(slots()) /
+  const double need = allow ? static_cast<double>(fetch) * static_cast<double>(slots()) /
                                   static_cast<double>(members)
-                            : static_cast<double>(want + excluded) / std::max(live_fraction, 1e-3);
-  std::int64_t kq = std::min(slots(), static_cast<std::int64_t>(std::ceil(need)) + want);
+                            : static_cast<double>(fetch + excluded) / std::max(live_fraction, 1e-3);
+  std::int64_t kq = std::min(slots(), static_cast<std::int64_t>(std::ceil(need)) + fetch);
   std::vector<std::int64_t> pending(static_cast<std::size_t>(nq));
   for (std::int64_t q = 0; q < nq; ++q) pending[static_cast<std::size_t>(q)] = q;
   std::vector<float> gathered;
@@ -937,14 +1241,14 @@ std::vector<std::vector<Hit>> VectorIndex::search(
       auto& hits = out[static_cast<std::size_t>(pending[i])];
       hits.clear();
       std::int64_t filled = collect(static_cast<std::int64_t>(i), kq, hits);
-      if (static_cast<std::int64_t>(hits.size()) < want && filled == kq && kq < slots()) {
+      if (static_cast<std::int64_t>(hits.size()) < fetch && filled == kq && kq < slots()) {
         again.push_back(pending[i]);
       }
     }
     pending = std::move(again);
     kq = std::min(slots(), 2 * kq);
   }
-  return out;
+  return finish();
 }
 
 void VectorIndex::save(const std::filesystem::path& path, const std::string& collection_id,
@@ -1006,7 +1310,7 @@ void VectorIndex::save(const std::filesystem::path& path, const std::string& col
 
 VectorIndex VectorIndex::load(const std::filesystem::path& path, int dim, Metric metric,
                               const std::string& factory, const std::string& collection_id,
-                              std::int64_t generation) {
+                              std::int64_t generation, bool map) {
   const auto collection = parse_collection_id(collection_id);
   VectorIndex out(dim, metric, factory);  // validates the factory; the shell to fill
   File f(std::fopen(path.c_str(), "rb"));
@@ -1021,14 +1325,27 @@ VectorIndex VectorIndex::load(const std::filesystem::path& path, int dim, Metric
     fail("seek failed: " + errno_text());
   }
   std::unique_ptr<faiss::Index> loaded;
-  BoundedReader reader(f.get(), layout.faiss_bytes);
+  // Mapping needs FAISS's own file reader (its hook maps the file and reads list offsets by
+  // ftell); the checksum above has vouched for every byte, so the bound is checked after.
+  const bool mapping = map && layout.state == kStateFactory &&
+                       dynamic_cast<faiss::IndexIVF*>(core(out.index_.get(), true)) != nullptr;
+  std::uint64_t read_bytes = 0;
   try {
-    loaded.reset(faiss::read_index(&reader));
+    if (mapping) {
+      faiss::FileIOReader file_reader(f.get());
+      loaded.reset(faiss::read_index(&file_reader, faiss::IO_FLAG_MMAP));
+      const long at = std::ftell(f.get());
+      read_bytes = at < 0 ? 0 : static_cast<std::uint64_t>(at) - kHeaderBytes;
+    } else {
+      BoundedReader reader(f.get(), layout.faiss_bytes);
+      loaded.reset(faiss::read_index(&reader));
+      read_bytes = layout.faiss_bytes - reader.left;
+    }
   } catch (const std::exception& e) {  // FaissException, or bad_alloc on absurd sizes
     fail(std::string("FAISS cannot read the index: ") + e.what());
   }
-  if (reader.left != 0) {
-    fail("FAISS read " + std::to_string(layout.faiss_bytes - reader.left) + " of the " +
+  if (read_bytes != layout.faiss_bytes) {
+    fail("FAISS read " + std::to_string(read_bytes) + " of the " +
          std::to_string(layout.faiss_bytes) + " bytes of its part");
   }
   if (loaded->d != dim) {
@@ -1070,6 +1387,8 @@ VectorIndex VectorIndex::load(const std::filesystem::path& path, int dim, Metric
     out.index_ = std::move(loaded);
     out.fallback_.reset();
     out.apply_search_defaults();
+    enable_direct_map(out.index_.get());
+    out.mapped_ = mapping;
   }
   return out;
 }
@@ -1083,6 +1402,7 @@ bool VectorIndex::can_compact() const {
 }
 
 VectorIndex VectorIndex::compact() const {
+  if (mapped_) throw IndexError("compact: index '" + factory_ + "' is memory-mapped read-only");
   if (!can_compact()) {
     throw IndexError("compact: index '" + factory_ +
                      "' stores lossy codes that cannot be re-encoded exactly; rebuild it from "

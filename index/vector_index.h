@@ -56,7 +56,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -91,12 +93,53 @@ struct Hit {
 // since the last rebuild, so each removal pays for 5 re-added vectors.
 inline constexpr double kCompactFraction = 0.2;
 
+// Smallest exact_subset_limit(): 20,000 ids, 40 MB of 512-d vectors, about 10 ms of scoring on
+// one core of this machine. Qdrant's full_scan_threshold (10 MB of vectors) and Weaviate's
+// flat-search cutoff (40,000) bracket it; see docs/indexes.md for the measurement.
+inline constexpr std::int64_t kExactSubsetFloor = 20'000;
+
 // How search() applies tombstones and the exclude set for this index type (see the top comment).
 enum class SearchPath {
   Selector,   // an IDSelector in FAISS's SearchParameters: FAISS never returns a filtered slot
   OverFetch,  // FAISS returns k' >= k hits, filtered here; k' grows until k survive
 };
 std::string to_string(SearchPath p);  // "selector" | "over-fetch"
+
+// Search-time parameters; 0 = the index's default (set_search_defaults, else the rule below).
+struct SearchParams {
+  // IVF: inverted lists visited per query (FAISS IndexIVF::nprobe), capped at nlist. Built-in
+  // default nlist / 16 clamped to 16..256 (FAISS's own default of 1 has poor recall).
+  int nprobe = 0;
+  // HNSW: size of the candidate list (efSearch, Malkov and Yashunin, 2016), raised to k when
+  // smaller. Built-in default 64 (FAISS's 16 loses recall under filters, see STACK.md).
+  int ef_search = 0;
+  // Re-rank depth: the index returns max(k, rerank) candidates, which are re-scored exactly
+  // from full-precision vectors (SearchOptions::vectors) and the best k kept. For lossy codes
+  // (PQ, SQ); 0 = off. Without a vector source it is ignored.
+  int rerank = 0;
+};
+
+// Full-precision vectors by id, for re-ranking and for exact search over a filtered subset
+// (store::Collection reads them from the catalog). Writes n x dim floats, row-major, into
+// `out`, and found[i] = false for an id it does not hold (that row is then ignored).
+using VectorSource =
+    std::function<void(const std::int64_t* ids, std::int64_t n, float* out, bool* found)>;
+
+struct SearchOptions {
+  const std::unordered_set<std::int64_t>* exclude = nullptr;  // ids never returned
+  const std::unordered_set<std::int64_t>* allow = nullptr;    // when set, only these ids
+  SearchParams params;
+  const VectorSource* vectors = nullptr;  // for params.rerank
+};
+
+// What one search() did, for timings and reports.
+struct SearchPlan {
+  // "index" (the FAISS index, a filter applied inside it), "exact-subset" (a filter that
+  // selects few enough ids that they were scored exactly, one by one: see search()).
+  std::string method = "index";
+  std::int64_t candidates = 0;  // ids scored by exact-subset, or candidates re-ranked
+  SearchParams params;          // the effective values used (0 where not applicable)
+};
 
 class VectorIndex {
  public:
@@ -182,6 +225,33 @@ class VectorIndex {
       const float* queries, std::int64_t nq, int k,
       const std::unordered_set<std::int64_t>* exclude = nullptr,
       const std::unordered_set<std::int64_t>* allow = nullptr) const;
+  // The same with search-time parameters, re-ranking and a report of what was done. With an
+  // allow set of at most exact_subset_limit() live ids, those ids are scored exactly (their
+  // vectors read from the index where it stores them uncompressed, else from options.vectors)
+  // instead of searching the index with a filter: the filtered index search loses recall at
+  // low selectivity (HNSW walks excluded nodes; IVF's probed lists hold few members), and
+  // scoring m ids costs m x dim multiply-adds, less than the index search visits below the
+  // limit. Throws IndexError as the other overload, and when params are negative.
+  std::vector<std::vector<Hit>> search(const float* queries, std::int64_t nq, int k,
+                                       const SearchOptions& options,
+                                       SearchPlan* plan = nullptr) const;
+
+  // Collection defaults for search-time parameters (0 fields: the built-in rule).
+  void set_search_defaults(const SearchParams& params);
+  // The values a search with `request` would use (request's non-zero fields, else the
+  // defaults, else the built-in rule); 0 for a parameter the index in use does not have.
+  SearchParams effective_params(const SearchParams& request = {}) const;
+  // Allow sets with at most this many live ids are scored exactly (see search()): the larger of
+  // kExactSubsetFloor and the number of codes the index search visits per query (IVF:
+  // size * nprobe / nlist; others: kExactSubsetFloor).
+  std::int64_t exact_subset_limit(const SearchParams& request = {}) const;
+
+  // Memory the FAISS index holds now, in bytes (codes, ids, centroids, graph links; computed
+  // from the structures' sizes), and per live vector. For a memory-mapped index the mapped
+  // inverted lists count as file-backed (mapped_bytes), not in memory_bytes.
+  std::int64_t memory_bytes() const;
+  std::int64_t mapped_bytes() const;
+  bool memory_mapped() const { return mapped_; }
 
   // File format (all integers little-endian):
   //   payload (8 + F + 8 * S bytes):
@@ -214,9 +284,12 @@ class VectorIndex {
   // list count, HNSW M), or its slot table is inconsistent (a slot count other than the FAISS
   // index's, a repeated id). Order: trailer and size, checksum, collection, generation, layout,
   // then FAISS parses its part, bounded to its F bytes.
+  // map = true: an IVF index's inverted lists are memory-mapped read-only from the file
+  // (FAISS IO_FLAG_MMAP; other types load fully, as FAISS 1.7.3 maps nothing else). A mapped
+  // index cannot be added to or compacted (IndexError); load it unmapped for writing.
   static VectorIndex load(const std::filesystem::path& path, int dim, Metric metric,
                           const std::string& factory, const std::string& collection_id,
-                          std::int64_t generation);
+                          std::int64_t generation, bool map = false);
 
   // True when compact() can rebuild this index exactly from what it stores: the exact fallback,
   // Flat, HNSW with Flat storage ("HNSW32", "HNSW32,Flat") and IVF with flat lists
@@ -234,6 +307,13 @@ class VectorIndex {
   void append(const float* vectors, const std::int64_t* ids, std::int64_t n);
   void train_and_move();
   void apply_search_defaults();
+  bool read_vectors(const std::int64_t* slots, std::size_t n, float* out, bool& exact) const;
+  std::optional<std::vector<std::vector<Hit>>> exact_subset(const float* queries, std::int64_t nq,
+                                                            std::int64_t want,
+                                                            const SearchOptions& options,
+                                                            SearchPlan* plan) const;
+  void rerank(const float* queries, std::vector<std::vector<Hit>>& out, std::int64_t want,
+              const VectorSource& source) const;
 
   int dim_ = 0;
   Metric metric_ = Metric::Cosine;
@@ -246,6 +326,8 @@ class VectorIndex {
   std::vector<std::int64_t> slot_id_;                       // catalog id per slot, -1 deleted
   std::unordered_map<std::int64_t, std::int64_t> id_slot_;  // live id -> slot
   std::unique_ptr<Shared> shared_;
+  SearchParams defaults_;
+  bool mapped_ = false;
 };
 
 }  // namespace lookalike::index

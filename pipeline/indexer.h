@@ -58,6 +58,9 @@ struct IndexSummary {
   // Set when a collection or model failure stopped the run after some batches were committed
   // (they are kept); a failure before the first commit is thrown instead.
   std::string fatal_error;
+  // Set by the engine when it created the collection with `--index-spec auto`: what it picked
+  // and why.
+  std::string index_choice;
 };
 
 // Scans nothing itself: `scan` comes from scan_inputs(). Catalog writes are committed one batch

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -64,6 +65,20 @@ json record_json(const store::ImageRecord& r) {
   return j;
 }
 
+// How the search ran: "index" or "exact-subset", the effective parameters, filter matches.
+json plan_json(const store::SearchReport& r) {
+  json params = json::object();
+  if (r.plan.params.nprobe > 0) params["nprobe"] = r.plan.params.nprobe;
+  if (r.plan.params.ef_search > 0) params["ef_search"] = r.plan.params.ef_search;
+  if (r.plan.params.rerank > 0) params["rerank"] = r.plan.params.rerank;
+  json out = {{"method", r.plan.method}, {"params", params}, {"candidates", r.plan.candidates}};
+  if (r.filter_matches >= 0) {
+    out["filter_matches"] = r.filter_matches;
+    out["filter_ms"] = r.filter_ms;
+  }
+  return out;
+}
+
 json search_json(const engine::SearchResponse& s) {
   json results = json::array();
   for (const auto& h : s.results) {
@@ -75,6 +90,7 @@ json search_json(const engine::SearchResponse& s) {
   return {{"query", {{"name", s.query}, {"id", s.query_id ? json(*s.query_id) : json(nullptr)}}},
           {"generation", s.generation},
           {"results", std::move(results)},
+          {"plan", plan_json(s.report)},
           {"timings",
            {{"decode_ms", s.timings.decode_ms},
             {"embed_ms", s.timings.embed_ms},
@@ -106,16 +122,45 @@ std::optional<std::string> param(const httplib::Request& req, const std::string&
   return all.front();
 }
 
-// `where` as JSON: {"field": "value", ...} or ["field=value", ...].
+// `where` as JSON: {"category": "shoes", "color": ["red", "blue"], "price": {"lt": 50}} (a
+// scalar: equality; an array: IN; an object of lt/lte/gt/gte: a range), or ["field=value",
+// "price<50", ...] in the CLI's --where syntax (store::parse_where).
 store::MetadataFilter where_from_json(const json& w) {
   store::MetadataFilter f;
+  auto text = [](const std::string& where, const json& v) {
+    if (v.is_object() || v.is_array() || v.is_null()) {
+      throw BadRequest(where + ": expected a string, number or boolean");
+    }
+    return v.is_string() ? v.get<std::string>() : v.dump();
+  };
   try {
     if (w.is_object()) {
       for (const auto& [field, value] : w.items()) {
-        if (value.is_object() || value.is_array() || value.is_null()) {
-          throw BadRequest("where." + field + ": expected a string, number or boolean");
+        if (value.is_array()) {
+          std::vector<std::string> values;
+          for (const auto& v : value) values.push_back(text("where." + field + "[]", v));
+          store::add_in(f, field, values);
+        } else if (value.is_object()) {
+          static const std::pair<const char*, store::FilterOp> ops[] = {
+              {"lt", store::FilterOp::Lt},
+              {"lte", store::FilterOp::Le},
+              {"gt", store::FilterOp::Gt},
+              {"gte", store::FilterOp::Ge}};
+          if (value.empty()) throw BadRequest("where." + field + ": empty range object");
+          for (const auto& [op, bound] : value.items()) {
+            const auto* it = std::find_if(std::begin(ops), std::end(ops),
+                                          [&](const auto& o) { return op == o.first; });
+            if (it == std::end(ops)) {
+              throw BadRequest("where." + field + "." + op + ": expected lt, lte, gt or gte");
+            }
+            if (!bound.is_number()) {
+              throw BadRequest("where." + field + "." + op + ": expected a number");
+            }
+            store::add_range(f, field, it->second, bound.get<double>());
+          }
+        } else {
+          store::add_term(f, field, text("where." + field, value));
         }
-        store::add_term(f, field, value.is_string() ? value.get<std::string>() : value.dump());
       }
     } else if (w.is_array()) {
       std::vector<std::string> terms;
@@ -147,6 +192,22 @@ std::int64_t id_from_path(const httplib::Request& req) {
 
 // ---- handlers ------------------------------------------------------------------------------
 
+// nprobe, ef_search, rerank: from the JSON body, else the form or query string.
+index::SearchParams search_params(const httplib::Request& req, const json& body) {
+  index::SearchParams p;
+  auto take = [&](const char* name, int& out) {
+    if (body.contains(name)) {
+      out = static_cast<int>(json_int(body, name, 1, 1 << 20));
+    } else if (auto v = param(req, name)) {
+      out = static_cast<int>(parse_int(*v, name, 1, 1 << 20));
+    }
+  };
+  take("nprobe", p.nprobe);
+  take("ef_search", p.ef_search);
+  take("rerank", p.rerank);
+  return p;
+}
+
 void observe(State& st, const engine::SearchResponse& s) {
   if (s.timings.embed_ms > 0) st.metrics.embed(s.timings.embed_ms / 1000.0);
   st.metrics.index_search(s.timings.search_ms / 1000.0);
@@ -161,6 +222,7 @@ void search(State& st, const httplib::Request& req, httplib::Response& res) {
     if (auto k = param(req, "k")) r.k = static_cast<int>(parse_int(*k, "k", 1, store::kMaxTopK));
     if (auto m = param(req, "min_score")) r.min_score = parse_float(*m, "min_score");
     r.where = where_from_params(req);
+    r.params = search_params(req, json::object());
     auto file = req.get_file_value("image");
     const auto bytes = as_bytes(file.content);
     require_image(bytes, "image");
@@ -191,6 +253,7 @@ void search(State& st, const httplib::Request& req, httplib::Response& res) {
     r.include_self = body["include_self"].get<bool>();
   }
   r.where = body.contains("where") ? where_from_json(body["where"]) : where_from_params(req);
+  r.params = search_params(req, body);
   auto out = e.search_id(id, r);
   observe(st, out);
   send_json(res, 200, search_json(out));

@@ -5,12 +5,17 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
+#include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <string_view>
 #include <unordered_set>
 
 namespace lookalike::store {
@@ -52,8 +57,48 @@ CREATE TABLE embeddings(
 constexpr const char* kMigrations[] = {
     // 1 -> 2: the collection id that index cache files carry in their trailer.
     "INSERT OR IGNORE INTO meta(key, value) VALUES('collection_id', lower(hex(randomblob(16))));",
+    // 2 -> 3: the metadata_terms side table, built from the rows already there (kTermsTable).
+    nullptr,
 };
 static_assert(std::size(kMigrations) == kCatalogSchemaVersion - 1);
+
+// One row per (image, top-level field, scalar value): a field holding an array has a row per
+// distinct scalar element. value: the text equality compares (a string's characters, a
+// number's SQLite text form, true/false); num: the value as a number when it is a JSON number or
+// a string that parses fully as a finite one (lookalike_number), else NULL. The primary key
+// clusters an image's rows (rewritten by every put) and answers per-image probes; the two
+// indexes answer equality/IN and ranges by field.
+constexpr const char* kTermsTable = R"sql(
+CREATE TABLE IF NOT EXISTS metadata_terms(
+  image_id INTEGER NOT NULL,
+  field    TEXT NOT NULL,
+  value    TEXT NOT NULL,
+  num      REAL,
+  PRIMARY KEY (image_id, field, value)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metadata_terms_value ON metadata_terms(field, value, image_id);
+CREATE INDEX IF NOT EXISTS metadata_terms_num ON metadata_terms(field, num, image_id) WHERE num IS NOT NULL;
+)sql";
+
+// The (image_id, field, value, num) rows of metadata objects, as one SELECT: `from` joins the
+// source of the JSON text `meta` (e.g. "images AS i, "), `id` names the image, `where` narrows
+// the source. One definition for writes, the migration and the JSON1 fallback of a read-only
+// pre-v3 catalog, so all three agree on what a value is.
+std::string term_rows_sql(const std::string& from, const std::string& meta, const std::string& id,
+                          const std::string& where) {
+  auto arm = [&](const char* x, const std::string& join, const std::string& cond) {
+    const std::string t = std::string(x) + ".type";
+    const std::string a = std::string(x) + ".atom";
+    return "SELECT " + id + " AS image_id, j.key AS field, CASE " + t +
+           " WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE CAST(" + a +
+           " AS TEXT) END AS value, CASE WHEN " + t + " IN ('integer', 'real') THEN CAST(" + a +
+           " AS REAL) WHEN " + t + " = 'text' THEN lookalike_number(" + a + ") END AS num FROM " +
+           from + "json_each(" + meta + ") AS j" + join + " WHERE " + where + cond + " AND " + t +
+           " IN ('text', 'integer', 'real', 'true', 'false')";
+  };
+  return arm("j", "", "1") + " UNION ALL " +
+         arm("e", ", json_each(j.value) AS e", "j.type = 'array'");
+}
 
 constexpr const char* kImageColumns =
     "id, path, content_hash, bytes, width, height, mtime_ns, metadata, added_at_ms, "
@@ -152,11 +197,77 @@ bool has_table(SQLite::Database& db, const char* name) {
   return q.executeStep();
 }
 
+// A string "parses fully as a finite number": optional sign, digits with an optional
+// fraction and exponent, nothing before or after (no spaces, hex, inf or nan). from_chars, so
+// the locale's decimal point never matters.
+std::optional<double> parse_number(std::string_view s) {
+  if (!s.empty() && s.front() == '+') s.remove_prefix(1);
+  if (s.empty() || s.find_first_not_of("0123456789+-.eE") != std::string_view::npos) {
+    return std::nullopt;
+  }
+  double v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
+}
+
+// SQL lookalike_number(text): parse_number's value or NULL. Every connection registers it: the
+// side table's writes, the migration and the JSON1 fallback call it.
+void number_function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  const auto* text = reinterpret_cast<const char*>(sqlite3_value_text(argv[0]));
+  if (!text) return sqlite3_result_null(ctx);
+  auto v =
+      parse_number(std::string_view(text, static_cast<std::size_t>(sqlite3_value_bytes(argv[0]))));
+  if (v) {
+    sqlite3_result_double(ctx, *v);
+  } else {
+    sqlite3_result_null(ctx);
+  }
+}
+
+void register_functions(SQLite::Database& db) {
+  int rc = sqlite3_create_function_v2(db.getHandle(), "lookalike_number", 1,
+                                      SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS,
+                                      nullptr, number_function, nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) throw SQLite::Exception(db.getHandle(), rc);
+}
+
+// The 2 -> 3 step: the side table, filled from every existing row in the same transaction.
+// Rebuilt from scratch if one is there already (a catalog aged back by hand, or rows written by
+// something that did not keep it): the images rows are the truth.
+void migrate_to_3(SQLite::Database& db) {
+  db.exec(kTermsTable);
+  db.exec("DELETE FROM metadata_terms");
+  db.exec("INSERT OR IGNORE INTO metadata_terms(image_id, field, value, num) " +
+          term_rows_sql("images AS i, ", "i.metadata", "i.id", ""));
+}
+
+// ?1: the image id, ?2: its metadata text.
+const std::string kInsertTerms =
+    "INSERT OR IGNORE INTO metadata_terms(image_id, field, value, num) " +
+    term_rows_sql("", "?2", "?1", "");
+
+// Replaces the side-table rows of `id`; inside the caller's write transaction.
+void write_terms(SQLite::Database& db, std::int64_t id, const std::string& metadata) {
+  SQLite::Statement del(db, "DELETE FROM metadata_terms WHERE image_id = ?");
+  del.bind(1, id);
+  del.exec();
+  SQLite::Statement add(db, kInsertTerms);
+  add.bind(1, id);
+  add.bind(2, metadata);
+  add.exec();
+}
+
+void run_migration(SQLite::Database& db, int from) {
+  if (from == 2) return migrate_to_3(db);
+  db.exec(kMigrations[from - 1]);
+}
+
 void initialise(SQLite::Database& db, bool wal = true) {
   if (wal) db.exec("PRAGMA journal_mode = WAL");
   SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
   db.exec(kSchemaV1);
-  for (const char* step : kMigrations) db.exec(step);
+  for (int v = 1; v < kCatalogSchemaVersion; ++v) run_migration(db, v);
   db.exec("PRAGMA application_id = " + std::to_string(kApplicationId));
   set_meta(db, "schema_version", std::to_string(kCatalogSchemaVersion));
   set_meta(db, "created_at", std::to_string(now_ms()));
@@ -167,11 +278,10 @@ void initialise(SQLite::Database& db, bool wal = true) {
 void migrate(SQLite::Database& db, const std::filesystem::path& path, int from) {
   SQLite::Transaction tx(db, SQLite::TransactionBehavior::IMMEDIATE);
   for (int v = from; v < kCatalogSchemaVersion; ++v) {
-    const char* step = kMigrations[v - 1];
-    if (!step) {
+    if (v - 1 >= static_cast<int>(std::size(kMigrations))) {
       throw error(path, "no migration from catalog schema version " + std::to_string(v));
     }
-    db.exec(step);
+    run_migration(db, v);
   }
   set_meta(db, "schema_version", std::to_string(kCatalogSchemaVersion));
   tx.commit();
@@ -217,6 +327,11 @@ CatalogConfig parse_config(const std::filesystem::path& path, const std::string&
   }
 }
 
+bool is_json_object(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  return !j.is_discarded() && j.is_object();
+}
+
 void validate_config(const CatalogConfig& c) {
   if (c.model_id.empty()) throw StoreError("config.model_id: must not be empty");
   if (c.dim < 1) throw StoreError("config.dim: must be positive, got " + std::to_string(c.dim));
@@ -224,6 +339,20 @@ void validate_config(const CatalogConfig& c) {
     throw StoreError("config.metric: unknown value '" + c.metric + "' (expected cosine or l2)");
   }
   if (c.factory.empty()) throw StoreError("config.factory: must not be empty");
+  if (!is_json_object(c.search_defaults)) {
+    throw StoreError("config.search_defaults: must be a JSON object, got '" + c.search_defaults +
+                     "'");
+  }
+}
+
+void write_config(SQLite::Database& db, const CatalogConfig& c) {
+  nlohmann::json j = {{"model_id", c.model_id},
+                      {"model_name", c.model_name},
+                      {"dim", c.dim},
+                      {"metric", c.metric},
+                      {"factory", c.factory}};
+  set_meta(db, "config", j.dump());
+  set_meta(db, "search_defaults", c.search_defaults);
 }
 
 bool same_config(const CatalogConfig& a, const CatalogConfig& b) {
@@ -266,6 +395,7 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path, bool c
     int flags = SQLite::OPEN_READWRITE | (create ? SQLite::OPEN_CREATE : 0);
     c->db_ = std::make_unique<SQLite::Database>(path, flags, 5000);
     auto& db = *c->db_;
+    register_functions(db);
     // Connection settings only: nothing is written to a file that may turn out not to be ours.
     db.exec("PRAGMA synchronous = FULL");
     db.exec("PRAGMA foreign_keys = ON");
@@ -303,6 +433,7 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::filesystem::path& pa
   c->path_ = path;
   try {
     c->db_ = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY, 5000);
+    register_functions(*c->db_);
     if (c->db_->execAndGet("SELECT count(*) FROM sqlite_master").getInt() == 0) {
       throw error(path, "not a lookalike catalog (empty database)");
     }
@@ -329,13 +460,9 @@ void Catalog::create_atomic(const std::filesystem::path& path, const CatalogConf
     {
       SQLite::Database db(tmp, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE, 5000);
       db.exec("PRAGMA synchronous = FULL");
+      register_functions(db);
       initialise(db, /*wal=*/false);  // a rollback journal: the file is complete on its own
-      nlohmann::json j = {{"model_id", config.model_id},
-                          {"model_name", config.model_name},
-                          {"dim", config.dim},
-                          {"metric", config.metric},
-                          {"factory", config.factory}};
-      set_meta(db, "config", j.dump());
+      write_config(db, config);
       // WAL before the rename: switched later, on catalog.db itself, the header would be
       // rewritten through a rollback journal, and a kill then leaves a hot journal that no
       // read-only connection can roll back ("attempt to write a readonly database").
@@ -391,50 +518,286 @@ void check_field(const std::string& field, const std::string& term) {
   }
 }
 
-// A JSON path naming the top-level member `field` (quoted, so dots and spaces are literal).
-std::string json_path(const std::string& field) { return "$.\"" + field + "\""; }
+std::string trim(std::string_view s) {
+  const auto b = s.find_first_not_of(" \t");
+  if (b == std::string_view::npos) return {};
+  const auto e = s.find_last_not_of(" \t");
+  return std::string(s.substr(b, e - b + 1));
+}
 
-// One SQL condition per term; binds 3 parameters each (see bind_filter).
-std::string filter_sql(const MetadataFilter& filter) {
+const char* op_text(FilterOp op) {
+  switch (op) {
+    case FilterOp::Lt:
+      return "<";
+    case FilterOp::Le:
+      return "<=";
+    case FilterOp::Gt:
+      return ">";
+    case FilterOp::Ge:
+      return ">=";
+    default:
+      return "=";
+  }
+}
+
+// Where an IN keyword starts: whitespace, "in" in any case, optional whitespace, then '['.
+// Returns the offset of the first whitespace character, or npos.
+std::size_t find_in_keyword(const std::string& t) {
+  for (std::size_t i = 0; i < t.size(); ++i) {
+    if (t[i] != ' ' && t[i] != '\t') continue;
+    std::size_t k = i;
+    while (k < t.size() && (t[k] == ' ' || t[k] == '\t')) ++k;
+    if (k + 2 > t.size() || std::tolower(static_cast<unsigned char>(t[k])) != 'i' ||
+        std::tolower(static_cast<unsigned char>(t[k + 1])) != 'n') {
+      i = k - 1;
+      continue;
+    }
+    k += 2;
+    while (k < t.size() && (t[k] == ' ' || t[k] == '\t')) ++k;
+    if (k < t.size() && t[k] == '[') return i;
+  }
+  return std::string::npos;
+}
+
+// The items of "[a, "b,c", d]" starting at `open` (the '[').
+std::vector<std::string> parse_list(const std::string& t, std::size_t open) {
+  auto bad = [&](const std::string& why) { throw StoreError("filter '" + t + "': " + why); };
+  std::vector<std::string> items;
+  std::size_t i = open + 1;
+  auto skip_space = [&] {
+    while (i < t.size() && (t[i] == ' ' || t[i] == '\t')) ++i;
+  };
+  skip_space();
+  if (i < t.size() && t[i] == ']') bad("IN needs at least one value");
+  for (;;) {
+    skip_space();
+    if (i >= t.size()) bad("IN list has no closing ']'");
+    if (t[i] == '"') {
+      std::string item;
+      ++i;
+      for (;; ++i) {
+        if (i >= t.size()) bad("unterminated quoted value in IN list");
+        if (t[i] == '"') break;
+        if (t[i] == '\\' && i + 1 < t.size() && (t[i + 1] == '"' || t[i + 1] == '\\')) ++i;
+        item += t[i];
+      }
+      ++i;
+      items.push_back(std::move(item));
+      skip_space();
+    } else {
+      const auto end = t.find_first_of(",]", i);
+      if (end == std::string::npos) bad("IN list has no closing ']'");
+      std::string item = trim(std::string_view(t).substr(i, end - i));
+      if (item.empty()) bad("empty value in IN list (quote it: \"\")");
+      if (item.find_first_of("\"[") != std::string::npos) {
+        bad("value '" + item + "' in IN list holds '\"' or '['; quote it");
+      }
+      items.push_back(std::move(item));
+      i = end;
+    }
+    if (i >= t.size()) bad("IN list has no closing ']'");
+    if (t[i] == ']') break;
+    if (t[i] != ',') bad("expected ',' or ']' after a value in the IN list");
+    ++i;
+  }
+  if (!trim(std::string_view(t).substr(i + 1)).empty()) bad("text after the IN list's ']'");
+  return items;
+}
+
+// The condition a term puts on a metadata_terms row (columns field, value, num), with '?'
+// placeholders that bind_term fills. `probe`: for a lookup by image_id, where '+num' keeps
+// SQLite on the primary key instead of scanning the whole range in metadata_terms_num.
+std::string term_cond(const FilterTerm& t, bool probe = false) {
+  switch (t.op) {
+    case FilterOp::Eq:
+      return "field = ? AND value = ?";
+    case FilterOp::In: {
+      std::string sql = "field = ? AND value IN (";
+      for (std::size_t i = 0; i < t.values.size(); ++i) sql += i ? ", ?" : "?";
+      return sql + ")";
+    }
+    default:
+      return std::string("field = ? AND ") + (probe ? "+num " : "num ") + op_text(t.op) + " ?";
+  }
+}
+
+int bind_term(SQLite::Statement& q, const FilterTerm& t, int at) {
+  q.bind(at++, t.field);
+  if (t.op == FilterOp::Eq || t.op == FilterOp::In) {
+    for (const auto& v : t.values) q.bind(at++, v);
+  } else {
+    q.bind(at++, t.number);
+  }
+  return at;
+}
+
+const char* term_index(const FilterTerm& t) {
+  return t.op == FilterOp::Eq || t.op == FilterOp::In ? "metadata_terms_value"
+                                                      : "metadata_terms_num";
+}
+
+// The JSON1 form of a filter, a condition on an `images` row: each term against the rows the
+// side table would hold for it (term_rows_sql). O(fields) per image.
+std::string json1_sql(const MetadataFilter& filter) {
+  const std::string rows = term_rows_sql("", "images.metadata", "0", "");
   std::string sql;
-  for (std::size_t i = 0; i < filter.equals.size(); ++i) {
+  for (std::size_t i = 0; i < filter.terms.size(); ++i) {
     if (i) sql += " AND ";
-    sql += "(json_type(metadata, ?) = ? OR CAST(json_extract(metadata, ?) AS TEXT) = ?)";
+    sql += "EXISTS (SELECT 1 FROM (" + rows + ") WHERE " + term_cond(filter.terms[i]) + ")";
   }
   return sql;
 }
 
 int bind_filter(SQLite::Statement& q, const MetadataFilter& filter, int at) {
-  for (const auto& [field, value] : filter.equals) {
-    const std::string path = json_path(field);
-    q.bind(at++, path);
-    // JSON true/false: json_type says 'true'/'false'; json_extract would give 1/0.
-    if (value == "true" || value == "false") {
-      q.bind(at++, value);
-    } else {
-      q.bind(at++);  // NULL: the json_type arm never matches
-    }
-    q.bind(at++, path);
-    q.bind(at++, value);
-  }
+  for (const auto& t : filter.terms) at = bind_term(q, t, at);
   return at;
+}
+
+// Side-table rows of `t` with image_id > after, counting at most `cap`: how rare a term is,
+// without reading all of a common one.
+std::int64_t capped_rows(SQLite::Database& db, const FilterTerm& t, std::int64_t after,
+                         std::int64_t cap) {
+  SQLite::Statement q(db, std::string("SELECT count(*) FROM (SELECT 1 FROM metadata_terms ") +
+                              "INDEXED BY " + term_index(t) + " WHERE " + term_cond(t) +
+                              " AND image_id > ? LIMIT ?)");
+  int at = bind_term(q, t, 1);
+  q.bind(at++, after);
+  q.bind(at, cap);
+  q.executeStep();
+  return q.getColumn(0).getInt64();
+}
+
+// The ids `t` selects with id > after, ascending.
+std::vector<std::int64_t> term_ids(SQLite::Database& db, const FilterTerm& t, std::int64_t after) {
+  SQLite::Statement q(db, std::string("SELECT image_id FROM metadata_terms INDEXED BY ") +
+                              term_index(t) + " WHERE " + term_cond(t) + " AND image_id > ?");
+  q.bind(bind_term(q, t, 1), after);
+  std::vector<std::int64_t> ids;
+  while (q.executeStep()) ids.push_back(q.getColumn(0).getInt64());
+  // One value's rows come in id order; several values, a range or an array's elements do not.
+  if (t.op != FilterOp::Eq) {
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  }
+  return ids;
+}
+
+constexpr std::int64_t kUnknownRows = std::numeric_limits<std::int64_t>::max();
+
+// Row counts of the terms, found by raising a common cap (4096, x8, ...) until some term is
+// under it or the cap passes `max_cap`: O(terms x rarest term's rows). Terms over the last cap
+// are kUnknownRows.
+std::vector<std::int64_t> term_rows(SQLite::Database& db, const MetadataFilter& f,
+                                    std::int64_t after, std::int64_t max_cap) {
+  std::vector<std::int64_t> rows(f.terms.size(), kUnknownRows);
+  for (std::int64_t cap = 4096;; cap *= 8) {
+    bool found = false;
+    for (std::size_t i = 0; i < f.terms.size(); ++i) {
+      auto n = capped_rows(db, f.terms[i], after, cap);
+      if (n < cap) {
+        rows[i] = n;
+        found = true;
+      }
+    }
+    if (found || cap >= max_cap) return rows;
+  }
+}
+
+// Ids (ascending, > after) matching every term, through the side table: the rarest term's
+// ids, narrowed by each other term, rarest first: by a primary-key probe per candidate when
+// the candidates are few next to the term's rows, else by merging with the term's ids.
+std::vector<std::int64_t> resolve(SQLite::Database& db, const MetadataFilter& f, std::int64_t after,
+                                  const std::vector<std::int64_t>& rows) {
+  std::vector<std::size_t> order(f.terms.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return rows[a] < rows[b]; });
+  auto ids = term_ids(db, f.terms[order[0]], after);
+  for (std::size_t k = 1; k < order.size() && !ids.empty(); ++k) {
+    const auto& t = f.terms[order[k]];
+    std::vector<std::int64_t> kept;
+    if (rows[order[k]] / 8 > static_cast<std::int64_t>(ids.size())) {
+      SQLite::Statement probe(db, "SELECT 1 FROM metadata_terms WHERE image_id = ? AND " +
+                                      term_cond(t, true) + " LIMIT 1");
+      for (auto id : ids) {
+        probe.bind(1, id);
+        bind_term(probe, t, 2);
+        if (probe.executeStep()) kept.push_back(id);
+        probe.reset();
+      }
+    } else {
+      auto other = term_ids(db, t, after);
+      std::set_intersection(ids.begin(), ids.end(), other.begin(), other.end(),
+                            std::back_inserter(kept));
+    }
+    ids = std::move(kept);
+  }
+  return ids;
 }
 
 }  // namespace
 
+bool Catalog::terms_indexed() const {
+  if (!terms_indexed_) terms_indexed_ = has_table(*db_, "metadata_terms");
+  return terms_indexed_;
+}
+
 void add_term(MetadataFilter& filter, const std::string& field, const std::string& value) {
   check_field(field, field + "=" + value);
-  filter.equals.emplace_back(field, value);
+  filter.terms.push_back({field, FilterOp::Eq, {value}, 0});
+}
+
+void add_in(MetadataFilter& filter, const std::string& field, std::vector<std::string> values) {
+  const std::string term = field + " IN [...]";
+  check_field(field, term);
+  if (values.empty()) throw StoreError("filter '" + term + "': IN needs at least one value");
+  filter.terms.push_back({field, FilterOp::In, std::move(values), 0});
+}
+
+void add_range(MetadataFilter& filter, const std::string& field, FilterOp op, double bound) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", bound);
+  const std::string term = field + op_text(op) + buf;
+  check_field(field, term);
+  if (op == FilterOp::Eq || op == FilterOp::In) {
+    throw StoreError("filter '" + term + "': a range needs <, <=, > or >=");
+  }
+  if (!std::isfinite(bound)) throw StoreError("filter '" + term + "': bound is not finite");
+  filter.terms.push_back({field, op, {}, bound});
 }
 
 MetadataFilter parse_where(const std::vector<std::string>& terms) {
   MetadataFilter f;
   for (const auto& t : terms) {
-    const auto eq = t.find('=');
-    if (eq == std::string::npos) throw StoreError("filter '" + t + "': expected field=value");
-    const std::string field = t.substr(0, eq);
+    const auto op = t.find_first_of("=<>");
+    const auto in = find_in_keyword(t);
+    if (in != std::string::npos && (op == std::string::npos || in < op)) {
+      const std::string field = trim(std::string_view(t).substr(0, in));
+      check_field(field, t);
+      f.terms.push_back({field, FilterOp::In, parse_list(t, t.find('[', in)), 0});
+      continue;
+    }
+    if (op == std::string::npos) {
+      throw StoreError("filter '" + t + "': expected field=value, field IN [a, b], or field<N");
+    }
+    if (t[op] == '=') {
+      const std::string field = t.substr(0, op);
+      check_field(field, t);
+      f.terms.push_back({field, FilterOp::Eq, {t.substr(op + 1)}, 0});
+      continue;
+    }
+    const bool or_equal = op + 1 < t.size() && t[op + 1] == '=';
+    const FilterOp range = t[op] == '<' ? (or_equal ? FilterOp::Le : FilterOp::Lt)
+                                        : (or_equal ? FilterOp::Ge : FilterOp::Gt);
+    const std::string field = trim(std::string_view(t).substr(0, op));
     check_field(field, t);
-    f.equals.emplace_back(field, t.substr(eq + 1));
+    const std::string bound = trim(std::string_view(t).substr(op + (or_equal ? 2 : 1)));
+    auto n = parse_number(bound);
+    if (!n) {
+      throw StoreError("filter '" + t + "': " + op_text(range) + " needs a finite number, got '" +
+                       bound + "'");
+    }
+    f.terms.push_back({field, range, {}, *n});
   }
   return f;
 }
@@ -443,8 +806,33 @@ std::vector<ImageRecord> Catalog::list_page(std::int64_t after_id, int limit,
                                             const MetadataFilter* filter) const {
   return reading(path_, [&] {
     const bool filtered = filter != nullptr && !filter->empty();
+    if (filtered && terms_indexed()) {
+      SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::DEFERRED);
+      // A rare term: its ids first, then the records of the first `limit` matches.
+      auto rows = term_rows(*db_, *filter, after_id, 32768);
+      if (*std::min_element(rows.begin(), rows.end()) != kUnknownRows) {
+        auto ids = resolve(*db_, *filter, after_id, rows);
+        if (limit >= 0 && ids.size() > static_cast<std::size_t>(limit)) ids.resize(limit);
+        auto out = get_many(ids);
+        tx.commit();
+        return out;
+      }
+      // Every term common: matches are dense, so walking by id finds `limit` of them soon.
+      std::string sql = std::string("SELECT ") + kImageColumns + " FROM images WHERE id > ?";
+      for (const auto& t : filter->terms) {
+        sql += " AND EXISTS (SELECT 1 FROM metadata_terms AS t WHERE t.image_id = images.id AND " +
+               term_cond(t, true) + ")";
+      }
+      SQLite::Statement q(*db_, sql + " ORDER BY id LIMIT ?");
+      q.bind(1, after_id);
+      q.bind(bind_filter(q, *filter, 2), limit);
+      std::vector<ImageRecord> out;
+      while (q.executeStep()) out.push_back(read_record(q));
+      tx.commit();
+      return out;
+    }
     SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns + " FROM images WHERE id > ?" +
-                                  (filtered ? " AND " + filter_sql(*filter) : "") +
+                                  (filtered ? " AND " + json1_sql(*filter) : "") +
                                   " ORDER BY id LIMIT ?");
     int at = 1;
     q.bind(at++, after_id);
@@ -461,12 +849,18 @@ FilterSnapshot Catalog::matching(const MetadataFilter& filter) const {
     SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::DEFERRED);
     FilterSnapshot s;
     s.generation = generation();
-    SQLite::Statement q(*db_,
-                        "SELECT id FROM images" +
-                            (filter.empty() ? std::string() : " WHERE " + filter_sql(filter)) +
-                            " ORDER BY id");
-    bind_filter(q, filter, 1);
-    while (q.executeStep()) s.ids.push_back(q.getColumn(0).getInt64());
+    if (!filter.empty() && terms_indexed()) {
+      std::vector<std::int64_t> rows(filter.terms.size(), 0);
+      if (filter.terms.size() > 1) rows = term_rows(*db_, filter, 0, kUnknownRows / 8);
+      s.ids = resolve(*db_, filter, 0, rows);
+    } else {
+      SQLite::Statement q(*db_,
+                          "SELECT id FROM images" +
+                              (filter.empty() ? std::string() : " WHERE " + json1_sql(filter)) +
+                              " ORDER BY id");
+      bind_filter(q, filter, 1);
+      while (q.executeStep()) s.ids.push_back(q.getColumn(0).getInt64());
+    }
     tx.commit();
     return s;
   });
@@ -476,12 +870,17 @@ std::vector<std::pair<std::string, std::int64_t>> Catalog::facet(const std::stri
                                                                  int limit) const {
   check_field(field, field);
   return reading(path_, [&] {
-    SQLite::Statement q(*db_,
-                        "SELECT v, COUNT(*) AS c FROM (SELECT CASE json_type(metadata, ?1) "
-                        "WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
-                        "ELSE CAST(json_extract(metadata, ?1) AS TEXT) END AS v FROM images) "
-                        "WHERE v IS NOT NULL GROUP BY v ORDER BY c DESC, v LIMIT ?2");
-    q.bind(1, json_path(field));
+    // The side table has one row per image and distinct value; the JSON1 rows may repeat one
+    // (an array holding it twice), hence DISTINCT there.
+    const std::string sql =
+        terms_indexed()
+            ? "SELECT value, COUNT(*) AS c FROM metadata_terms INDEXED BY metadata_terms_value "
+              "WHERE field = ?1 GROUP BY value ORDER BY c DESC, value LIMIT ?2"
+            : "SELECT value, COUNT(DISTINCT image_id) AS c FROM (" +
+                  term_rows_sql("images AS i, ", "i.metadata", "i.id", "j.key = ?1 AND ") +
+                  ") GROUP BY value ORDER BY c DESC, value LIMIT ?2";
+    SQLite::Statement q(*db_, sql);
+    q.bind(1, field);
     q.bind(2, limit);
     std::vector<std::pair<std::string, std::int64_t>> out;
     while (q.executeStep()) out.emplace_back(q.getColumn(0).getString(), q.getColumn(1).getInt64());
@@ -527,6 +926,7 @@ bool Catalog::set_metadata(std::int64_t id, const std::string& metadata) {
     q.bind(2, now_ms());
     q.bind(3, id);
     if (q.exec() == 0) return false;
+    write_terms(*db_, id, metadata);
     db_->exec("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'");
     tx.commit();
     return true;
@@ -539,8 +939,31 @@ std::optional<CatalogConfig> Catalog::config() const {
   return reading(path_, [&]() -> std::optional<CatalogConfig> {
     auto text = meta_value(*db_, "config");
     if (!text) return std::nullopt;
-    return parse_config(path_, *text);
+    auto c = parse_config(path_, *text);
+    c.search_defaults = meta_value(*db_, "search_defaults").value_or("{}");
+    return c;
   });
+}
+
+void Catalog::set_index_config(const std::string& factory, const std::string& search_defaults) {
+  if (factory.empty()) throw error(path_, "index config: factory must not be empty");
+  if (!is_json_object(search_defaults)) {
+    throw error(path_, "index config: search_defaults must be a JSON object, got '" +
+                           search_defaults + "'");
+  }
+  try {
+    SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
+    auto text = meta_value(*db_, "config");
+    if (!text) throw error(path_, "catalog has no config yet; cannot set its index config");
+    auto c = parse_config(path_, *text);
+    c.factory = factory;
+    c.search_defaults = search_defaults;
+    write_config(*db_, c);
+    db_->exec("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'");
+    tx.commit();
+  } catch (const SQLite::Exception& e) {
+    throw error(path_, std::string("cannot write index config, nothing written: ") + e.what());
+  }
 }
 
 void Catalog::set_config(const CatalogConfig& config) {
@@ -553,12 +976,7 @@ void Catalog::set_config(const CatalogConfig& config) {
       }
       return;
     }
-    nlohmann::json j = {{"model_id", config.model_id},
-                        {"model_name", config.model_name},
-                        {"dim", config.dim},
-                        {"metric", config.metric},
-                        {"factory", config.factory}};
-    set_meta(*db_, "config", j.dump());
+    write_config(*db_, config);
     tx.commit();
   } catch (const SQLite::Exception& e) {
     throw error(path_, std::string("cannot write config: ") + e.what());
@@ -692,11 +1110,16 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
   try {
     SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
     SQLite::Statement del(*db_, "DELETE FROM images WHERE id = ?");
+    SQLite::Statement del_terms(*db_, "DELETE FROM metadata_terms WHERE image_id = ?");
     for (auto id : removes) {
+      del_terms.bind(1, id);
+      del_terms.exec();
+      del_terms.reset();
       del.bind(1, id);
       del.exec();
       del.reset();
     }
+    SQLite::Statement add_terms(*db_, kInsertTerms);
     SQLite::Statement upsert(
         *db_,
         "INSERT INTO images(path, content_hash, bytes, width, height, mtime_ns, metadata, "
@@ -724,6 +1147,14 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
       std::int64_t id = upsert.getColumn(0).getInt64();
       upsert.reset();
       ids.push_back(id);
+      // A re-put replaces the image's rows: fields it no longer has must stop matching.
+      del_terms.bind(1, id);
+      del_terms.exec();
+      del_terms.reset();
+      add_terms.bind(1, id);
+      add_terms.bind(2, r.metadata);
+      add_terms.exec();
+      add_terms.reset();
 
       std::string blob = encode_vector(put.embedding);
       vec.bind(1, id);

@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
@@ -228,6 +230,34 @@ std::unique_ptr<Collection> Collection::create_or_open(const fs::path& dir,
   return c;
 }
 
+index::SearchParams parse_search_defaults(const std::string& json_text) {
+  index::SearchParams p;
+  const auto j = nlohmann::json::parse(json_text.empty() ? "{}" : json_text, nullptr, false);
+  if (!j.is_object()) throw StoreError("search_defaults: not a JSON object: " + json_text);
+  auto take = [&](const char* key, int& out) {
+    auto it = j.find(key);
+    if (it == j.end()) return;
+    if (!it->is_number_integer() || it->get<std::int64_t>() < 0 ||
+        it->get<std::int64_t>() > (1 << 24)) {
+      throw StoreError(std::string("search_defaults.") + key +
+                       ": expected an integer in 0..16777216, got " + it->dump());
+    }
+    out = it->get<int>();
+  };
+  take("nprobe", p.nprobe);
+  take("ef_search", p.ef_search);
+  take("rerank", p.rerank);
+  return p;
+}
+
+std::string search_defaults_json(const index::SearchParams& p) {
+  nlohmann::json j = nlohmann::json::object();
+  if (p.nprobe > 0) j["nprobe"] = p.nprobe;
+  if (p.ef_search > 0) j["ef_search"] = p.ef_search;
+  if (p.rerank > 0) j["rerank"] = p.rerank;
+  return j.dump();
+}
+
 Collection::~Collection() {
   writer_.reset();  // close SQLite before the lock is released
   idle_.clear();
@@ -235,8 +265,13 @@ Collection::~Collection() {
 }
 
 Collection::Built Collection::build_from_catalog(const Catalog& catalog) const {
+  return build_from_catalog(catalog, config_.factory);
+}
+
+Collection::Built Collection::build_from_catalog(const Catalog& catalog,
+                                                 const std::string& factory) const {
   Built b;
-  b.index = std::make_unique<index::VectorIndex>(config_.dim, metric_of(config_), config_.factory);
+  b.index = std::make_unique<index::VectorIndex>(config_.dim, metric_of(config_), factory);
   const auto dim = static_cast<std::size_t>(config_.dim);
   std::vector<float> vectors;
   std::vector<std::int64_t> ids;
@@ -262,6 +297,11 @@ Collection::Built Collection::build_from_catalog(const Catalog& catalog) const {
 }
 
 void Collection::install(Built built) const {
+  try {
+    built.index->set_search_defaults(parse_search_defaults(config_.search_defaults));
+  } catch (const std::exception& e) {  // a hand-edited meta row must not keep the collection shut
+    spdlog::warn("{}: {}; using the built-in search parameters", dir_.string(), e.what());
+  }
   std::unique_lock lock(index_lock_);
   index_ = std::move(built.index);
   index_generation_ = built.generation;
@@ -277,7 +317,7 @@ void Collection::load_or_rebuild(const Catalog& catalog) {
   if (fs::exists(file, ec)) {
     try {
       auto loaded = index::VectorIndex::load(file, config_.dim, metric_of(config_), config_.factory,
-                                             collection_id_, generation);
+                                             collection_id_, generation, mode_ == Mode::Read);
       auto count = catalog.count();
       if (loaded.size() == count) {
         install({std::make_unique<index::VectorIndex>(std::move(loaded)), generation, {}, true});
@@ -309,13 +349,19 @@ void Collection::refresh_if_stale(std::int64_t catalog_generation) const {
   }
   auto catalog = acquire();
   const auto generation = catalog->generation();
+  if (auto cfg = catalog->config()) {  // another process may have reindexed
+    std::unique_lock lock(index_lock_);
+    config_.factory = cfg->factory;
+    config_.search_defaults = cfg->search_defaults;
+  }
   auto file = index_path(generation);
   std::error_code ec;
   Built built;
   if (fs::exists(file, ec)) {
     try {
       built.index = std::make_unique<index::VectorIndex>(index::VectorIndex::load(
-          file, config_.dim, metric_of(config_), config_.factory, collection_id_, generation));
+          file, config_.dim, metric_of(config_), config_.factory, collection_id_, generation,
+          /*map=*/true));
       built.generation = generation;
       built.from_cache = true;
     } catch (const index::IndexError&) {
@@ -414,26 +460,66 @@ void Collection::save_index() {
 std::vector<std::vector<SearchResult>> Collection::search(
     const float* queries, std::int64_t nq, int k, const std::vector<std::int64_t>& exclude_ids,
     std::int64_t* generation_out, const MetadataFilter* filter) const {
+  SearchSpec spec;
+  spec.exclude_ids = exclude_ids;
+  spec.filter = filter;
+  SearchReport report;
+  auto out = search(queries, nq, k, spec, &report);
+  if (generation_out) *generation_out = report.generation;
+  return out;
+}
+
+std::vector<std::vector<SearchResult>> Collection::search(const float* queries, std::int64_t nq,
+                                                          int k, const SearchSpec& spec,
+                                                          SearchReport* report) const {
   if (k < 1 || k > kMaxTopK) {
     throw StoreError("k must be between 1 and " + std::to_string(kMaxTopK) + ", got " +
                      std::to_string(k));
   }
-  const std::unordered_set<std::int64_t> excluded(exclude_ids.begin(), exclude_ids.end());
+  const std::unordered_set<std::int64_t> excluded(spec.exclude_ids.begin(), spec.exclude_ids.end());
+  const MetadataFilter* filter = spec.filter;
   const bool filtered = filter != nullptr && !filter->empty();
+  // Full vectors for re-ranking and exact subsets: the catalog's stored embeddings.
+  const index::VectorSource vectors = [this](const std::int64_t* ids, std::int64_t n, float* out,
+                                             bool* found) {
+    const auto dim = static_cast<std::size_t>(config_.dim);
+    reading([&](const Catalog& c) {
+      for (std::int64_t i = 0; i < n; ++i) {
+        std::optional<std::vector<float>> v;
+        try {
+          v = c.embedding(ids[i]);
+        } catch (const StoreError&) {  // a corrupt vector: keep the index's own score
+        }
+        found[i] = v && v->size() == dim;
+        if (found[i]) std::copy(v->begin(), v->end(), out + static_cast<std::size_t>(i) * dim);
+      }
+      return 0;
+    });
+  };
+  index::SearchOptions options;
+  options.exclude = excluded.empty() ? nullptr : &excluded;
+  options.params = spec.params;
+  options.vectors = &vectors;
+  SearchReport local;
+  SearchReport& r = report ? *report : local;
   for (int attempt = 0;; ++attempt) {
     std::vector<std::vector<index::Hit>> hits;
     std::int64_t seen = 0;
     std::unordered_set<std::int64_t> allowed;
     std::int64_t filter_generation = -1;
     if (filtered) {
+      const auto t0 = std::chrono::steady_clock::now();
       auto fs = reading([&](const Catalog& c) { return c.matching(*filter); });
       allowed.insert(fs.ids.begin(), fs.ids.end());
       filter_generation = fs.generation;
+      r.filter_matches = static_cast<std::int64_t>(fs.ids.size());
+      r.filter_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      options.allow = &allowed;
     }
     {
       std::shared_lock lock(index_lock_);
-      hits = index_->search(queries, nq, k, excluded.empty() ? nullptr : &excluded,
-                            filtered ? &allowed : nullptr);
+      hits = index_->search(queries, nq, k, options, &r.plan);
       seen = index_generation_;
     }
     if (filtered && filter_generation != seen && attempt < 1000) {
@@ -461,7 +547,7 @@ std::vector<std::vector<SearchResult>> Collection::search(
       continue;
     }
     std::unordered_map<std::int64_t, ImageRecord> records;
-    for (auto& r : snap.records) records.emplace(r.id, std::move(r));
+    for (auto& rec : snap.records) records.emplace(rec.id, std::move(rec));
     std::vector<std::vector<SearchResult>> out(hits.size());
     for (std::size_t q = 0; q < hits.size(); ++q) {
       for (const auto& h : hits[q]) {
@@ -470,9 +556,53 @@ std::vector<std::vector<SearchResult>> Collection::search(
         out[q].push_back({static_cast<int>(out[q].size()) + 1, it->second, h.score});
       }
     }
-    if (generation_out) *generation_out = seen;
+    r.generation = seen;
     return out;
   }
+}
+
+ReindexSummary Collection::reindex(const std::string& factory,
+                                   const index::SearchParams& defaults) {
+  require_write("reindex");
+  try {
+    index::VectorIndex::validate_factory(config_.dim, metric_of(config_), factory);
+  } catch (const index::IndexError& e) {
+    throw StoreError(e.what());
+  }
+  std::lock_guard writer(write_mu_);
+  ReindexSummary summary;
+  summary.old_factory = config_.factory;
+  summary.new_factory = factory;
+  const auto t0 = std::chrono::steady_clock::now();
+  Built built = build_from_catalog(*writer_, factory);  // searches go on meanwhile
+  summary.build_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string json = search_defaults_json(defaults);
+  writer_->set_index_config(factory, json);
+  built.generation = writer_->generation();
+  built.index->set_search_defaults(defaults);
+  summary.vectors = built.index->size();
+  summary.status = built.index->status();
+  {
+    std::unique_lock lock(index_lock_);
+    config_.factory = factory;
+    config_.search_defaults = json;
+  }
+  install(std::move(built));
+  return summary;
+}
+
+void Collection::set_search_defaults(const index::SearchParams& defaults) {
+  require_write("set_search_defaults");
+  std::lock_guard writer(write_mu_);
+  const std::string json = search_defaults_json(defaults);
+  writer_->set_index_config(config_.factory, json);
+  const auto after = writer_->generation();
+  std::unique_lock lock(index_lock_);
+  config_.search_defaults = json;
+  index_->set_search_defaults(defaults);
+  index_generation_ = after;  // the vectors are unchanged
+  index_saved_ = false;
 }
 
 std::optional<ImageRecord> Collection::get(std::int64_t id) const {
@@ -542,10 +672,15 @@ CollectionInfo Collection::info() const {
   CollectionInfo i;
   i.dir = dir_;
   i.collection_id = collection_id_;
-  i.config = config_;
   {
     std::shared_lock lock(index_lock_);
+    i.config = config_;
     i.generation = index_generation_;
+    i.index_memory_bytes = index_->memory_bytes();
+    i.index_mapped_bytes = index_->mapped_bytes();
+    i.index_search_path = index::to_string(index_->search_path());
+    i.index_params = index_->effective_params();
+    i.exact_subset_limit = index_->exact_subset_limit();
     i.index_vectors = index_->size();
     i.index_deleted = index_->deleted();
     i.index_status = index_->status();

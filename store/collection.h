@@ -45,19 +45,53 @@ struct SearchResult {
   float score = 0;  // cosine similarity (metric cosine) or L2 distance (metric l2)
 };
 
+// What a search asks beyond the queries and k (see Collection::search).
+struct SearchSpec {
+  std::vector<std::int64_t> exclude_ids;   // never returned (e.g. the query image itself)
+  const MetadataFilter* filter = nullptr;  // only matching images; null or empty: all
+  index::SearchParams params;              // per query; 0 fields: the collection's defaults
+};
+
+// What a search did.
+struct SearchReport {
+  std::int64_t generation = 0;       // the generation the results come from
+  index::SearchPlan plan;            // index or exact-subset, effective parameters
+  double filter_ms = 0;              // resolving the filter to ids in the catalog
+  std::int64_t filter_matches = -1;  // images the filter selected; -1 without a filter
+};
+
+// Search-time defaults of a collection as stored in the catalog (CatalogConfig::search_defaults,
+// a JSON object {"nprobe": N, "ef_search": N, "rerank": N}; absent keys are 0). Throws
+// StoreError naming the key for a value that is not a non-negative integer.
+index::SearchParams parse_search_defaults(const std::string& json_text);
+std::string search_defaults_json(const index::SearchParams& params);  // non-zero keys only
+
+// What reindex() did.
+struct ReindexSummary {
+  std::string old_factory, new_factory;
+  std::int64_t vectors = 0;
+  double build_seconds = 0;
+  std::string status;  // VectorIndex::status() of the new index
+};
+
 struct CollectionInfo {
   std::filesystem::path dir;
   std::string collection_id;
   std::int64_t count = 0;
   CatalogConfig config;
   std::int64_t generation = 0;
-  std::int64_t catalog_bytes = 0;      // catalog.db + -wal + -shm
-  std::int64_t index_bytes = 0;        // current index cache file, 0 when not written yet
-  std::int64_t total_bytes = 0;        // everything in the directory
-  std::int64_t index_vectors = 0;      // live vectors in the in-memory index
-  std::int64_t index_deleted = 0;      // tombstoned slots awaiting compaction
-  std::string index_status;            // VectorIndex::status(), e.g. "exact search until ..."
-  std::vector<CorruptVector> corrupt;  // stored vectors left out of the index
+  std::int64_t catalog_bytes = 0;       // catalog.db + -wal + -shm
+  std::int64_t index_bytes = 0;         // current index cache file, 0 when not written yet
+  std::int64_t total_bytes = 0;         // everything in the directory
+  std::int64_t index_vectors = 0;       // live vectors in the in-memory index
+  std::int64_t index_deleted = 0;       // tombstoned slots awaiting compaction
+  std::string index_status;             // VectorIndex::status(), e.g. "exact search until ..."
+  std::int64_t index_memory_bytes = 0;  // VectorIndex::memory_bytes()
+  std::int64_t index_mapped_bytes = 0;  // memory-mapped IVF lists (file-backed pages)
+  std::string index_search_path;        // "selector" | "over-fetch"
+  index::SearchParams index_params;     // effective search-time defaults
+  std::int64_t exact_subset_limit = 0;  // filters selecting at most this many ids score exactly
+  std::vector<CorruptVector> corrupt;   // stored vectors left out of the index
 };
 
 // A shared/exclusive lock that prefers writers (glibc's default rwlock prefers readers, so a
@@ -153,6 +187,21 @@ class Collection {
                                                 const std::vector<std::int64_t>& exclude_ids = {},
                                                 std::int64_t* generation = nullptr,
                                                 const MetadataFilter* filter = nullptr) const;
+  // The same with per-query search parameters and a report. A filter that selects at most
+  // VectorIndex::exact_subset_limit() images is answered by scoring those images exactly;
+  // lossy indexes (PQ, SQ) re-rank with the catalog's stored vectors when params.rerank (or the
+  // collection default) is set.
+  std::vector<std::vector<SearchResult>> search(const float* queries, std::int64_t nq, int k,
+                                                const SearchSpec& spec,
+                                                SearchReport* report = nullptr) const;
+  // Write mode only. Rebuilds the index with `factory` from the catalog's stored vectors (no
+  // image is decoded or embedded) and stores `factory` and `defaults` as the collection's index
+  // configuration, in one catalog transaction; searches go on against the old index until the
+  // new one is swapped in. Throws StoreError for an invalid factory (nothing changes) and as
+  // Catalog::set_index_config does.
+  ReindexSummary reindex(const std::string& factory, const index::SearchParams& defaults);
+  // Write mode only. Stores new search-time defaults (keeps the index).
+  void set_search_defaults(const index::SearchParams& defaults);
   CollectionInfo info() const;
   // Reads every page of the catalog (SQLite quick_check, O(file size)); throws StoreError naming
   // catalog.db and the first problem when it is damaged. Write-mode opens run it already.
@@ -171,6 +220,7 @@ class Collection {
   template <class F>
   auto reading(F&& f) const;
   Built build_from_catalog(const Catalog& catalog) const;
+  Built build_from_catalog(const Catalog& catalog, const std::string& factory) const;
   void load_or_rebuild(const Catalog& catalog);
   void refresh_if_stale(std::int64_t catalog_generation) const;
   void install(Built built) const;
@@ -179,7 +229,9 @@ class Collection {
   std::filesystem::path dir_;
   Mode mode_ = Mode::Read;
   int lock_fd_ = -1;
-  CatalogConfig config_;
+  // factory and search_defaults change on reindex (and, in Read mode, when another process
+  // reindexed): written under index_lock_ held exclusively.
+  mutable CatalogConfig config_;
   std::string collection_id_;
   std::unique_ptr<Catalog> writer_;  // Write mode; used under write_mu_
   std::mutex write_mu_;

@@ -1,11 +1,17 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <tuple>
 
 #include "store/catalog.h"
 #include "tests/store_test_util.h"
@@ -14,7 +20,9 @@ namespace {
 
 using lookalike::store::Catalog;
 using lookalike::store::CatalogConfig;
+using lookalike::store::FilterOp;
 using lookalike::store::ImageRecord;
+using lookalike::store::MetadataFilter;
 using lookalike::store::Put;
 using lookalike::store::StoreError;
 using lookalike::testing::scratch_dir;
@@ -669,6 +677,520 @@ TEST(Catalog, L2CatalogChecksOnlyFiniteness) {
   EXPECT_EQ(n, 1);
   ASSERT_EQ(corrupt.size(), 1u);
   EXPECT_EQ(corrupt[0].id, ids[1]);
+}
+
+// ---- Metadata filters (store::MetadataFilter) over the metadata_terms side table.
+
+using Ids = std::vector<std::int64_t>;
+
+Ids ids_of(const Catalog& c, const std::vector<std::string>& where) {
+  return c.matching(lookalike::store::parse_where(where)).ids;
+}
+
+Ids paged_ids(const Catalog& c, const MetadataFilter& f, int page) {
+  Ids out;
+  std::int64_t after = 0;
+  for (int guard = 0; guard < 100000; ++guard) {
+    auto rows = c.list_page(after, page, &f);
+    if (rows.empty()) break;
+    for (const auto& r : rows) out.push_back(r.id);
+    after = rows.back().id;
+  }
+  return out;
+}
+
+TEST(Catalog, FilterOpsOnEveryKindOfValue) {
+  auto c = fresh_catalog("catalog_filter_ops");
+  auto ids = c->write_batch(
+      {make_put("/0.jpg", 0, R"({"v":"shoe","n":42,"tags":["red","summer"]})"),
+       make_put("/1.jpg", 1, R"({"v":"49.99","n":4.5,"tags":["blue"],"sale":true})"),
+       make_put("/2.jpg", 2, R"({"v":42,"n":"7","sale":false,"tags":[1,"2.5",true]})"),
+       make_put("/3.jpg", 3, R"({"v":null,"n":null,"obj":{"x":1},"tags":[[1],{"x":1},null]})"),
+       make_put("/4.jpg", 4, R"({"n":" 7","v":"x,y","tags":"red"})"), make_put("/5.jpg", 5, "{}")},
+      {});
+  auto pick = [&](std::initializer_list<int> is) {
+    Ids out;
+    for (int i : is) out.push_back(ids[static_cast<std::size_t>(i)]);
+    return out;
+  };
+  // Equality: a string's characters, a number's text form, true/false; null/missing: nothing.
+  EXPECT_EQ(ids_of(*c, {"v=shoe"}), pick({0}));
+  EXPECT_EQ(ids_of(*c, {"v=49.99"}), pick({1}));
+  EXPECT_EQ(ids_of(*c, {"v=42"}), pick({2}));
+  EXPECT_EQ(ids_of(*c, {"n=4.5"}), pick({1}));
+  EXPECT_EQ(ids_of(*c, {"n=7"}), pick({2}));  // the string "7"; " 7" is another string
+  EXPECT_EQ(ids_of(*c, {"sale=true"}), pick({1}));
+  EXPECT_EQ(ids_of(*c, {"sale=false"}), pick({2}));
+  EXPECT_EQ(ids_of(*c, {"sale=1"}), Ids{});  // a boolean is not the number 1
+  EXPECT_EQ(ids_of(*c, {"v=null"}), Ids{});
+  EXPECT_EQ(ids_of(*c, {"v="}), Ids{});
+  EXPECT_EQ(ids_of(*c, {"missing=x"}), Ids{});
+  EXPECT_EQ(ids_of(*c, {"obj={\"x\":1}"}), Ids{});  // nested objects are not indexed
+  // Arrays: any element (scalars only; nested arrays and objects match nothing).
+  EXPECT_EQ(ids_of(*c, {"tags=red"}), pick({0, 4}));
+  EXPECT_EQ(ids_of(*c, {"tags=2.5"}), pick({2}));
+  EXPECT_EQ(ids_of(*c, {"tags=true"}), pick({2}));
+  EXPECT_EQ(ids_of(*c, {"tags=[1]"}), Ids{});
+  // IN: any of the values, same semantics; a quoted item may hold a comma.
+  EXPECT_EQ(ids_of(*c, {"v IN [shoe, 42, nope]"}), pick({0, 2}));
+  EXPECT_EQ(ids_of(*c, {"tags in [summer,blue]"}), pick({0, 1}));
+  EXPECT_EQ(ids_of(*c, {R"(v IN ["x,y"])"}), pick({4}));
+  EXPECT_EQ(ids_of(*c, {"sale IN [true, false]"}), pick({1, 2}));
+  // Ranges: JSON numbers and strings that parse fully as finite numbers; not booleans.
+  EXPECT_EQ(ids_of(*c, {"n>4.5"}), pick({0, 2}));
+  EXPECT_EQ(ids_of(*c, {"n>=4.5"}), pick({0, 1, 2}));
+  EXPECT_EQ(ids_of(*c, {"n<7"}), pick({1}));
+  EXPECT_EQ(ids_of(*c, {"n<=7"}), pick({1, 2}));  // " 7" does not parse fully
+  EXPECT_EQ(ids_of(*c, {"v<50"}), pick({1, 2}));  // "49.99" and 42
+  EXPECT_EQ(ids_of(*c, {"v > -1e300"}), pick({1, 2}));
+  EXPECT_EQ(ids_of(*c, {"tags>=1"}), pick({2}));  // 1 and "2.5"; true is not a number
+  EXPECT_EQ(ids_of(*c, {"sale>=0"}), Ids{});
+  EXPECT_EQ(ids_of(*c, {"v<0"}), Ids{});
+  // AND of terms.
+  EXPECT_EQ(ids_of(*c, {"n>=4.5", "tags IN [red, blue]"}), pick({0, 1}));
+  EXPECT_EQ(ids_of(*c, {"n>=4.5", "tags IN [red, blue]", "sale=true"}), pick({1}));
+  EXPECT_EQ(ids_of(*c, {"v=shoe", "v=42"}), Ids{});
+  // The programmatic forms the server uses.
+  MetadataFilter f;
+  lookalike::store::add_in(f, "v", {"shoe", "49.99"});
+  lookalike::store::add_range(f, "n", FilterOp::Gt, 5);
+  EXPECT_EQ(c->matching(f).ids, pick({0}));
+  EXPECT_EQ(paged_ids(*c, f, 1), pick({0}));
+  EXPECT_THROW(lookalike::store::add_in(f, "v", {}), StoreError);
+  EXPECT_THROW(lookalike::store::add_range(f, "n", FilterOp::Eq, 5), StoreError);
+  EXPECT_THROW(lookalike::store::add_range(f, "n", FilterOp::Lt, std::nan("")), StoreError);
+  EXPECT_THROW(lookalike::store::add_range(f, "", FilterOp::Lt, 1), StoreError);
+  // Facets count array elements one by one, and only scalar values.
+  auto tags = c->facet("tags", 10);
+  ASSERT_EQ(tags.size(), 6u);
+  EXPECT_EQ(tags[0], (std::pair<std::string, std::int64_t>{"red", 2}));
+  EXPECT_EQ(tags[1].second, 1);
+  EXPECT_EQ(c->facet("obj", 10).size(), 0u);
+  // The generation comes with the ids.
+  EXPECT_EQ(c->matching(lookalike::store::parse_where({"v=shoe"})).generation, c->generation());
+}
+
+TEST(Catalog, FilterFollowsRePutsSetMetadataAndRemoves) {
+  auto c = fresh_catalog("catalog_filter_updates");
+  auto ids = c->write_batch({make_put("/a.jpg", 1, R"({"cat":"x","price":10,"tags":["t"]})"),
+                             make_put("/b.jpg", 2, R"({"cat":"x","price":"20"})"),
+                             make_put("/c.jpg", 3, R"({"cat":"y"})")},
+                            {});
+  EXPECT_EQ(ids_of(*c, {"cat=x"}), (Ids{ids[0], ids[1]}));
+  EXPECT_EQ(ids_of(*c, {"price>5"}), (Ids{ids[0], ids[1]}));
+  // A re-put of a path with new metadata: the old fields stop matching, the new ones match.
+  auto again = c->write_batch({make_put("/a.jpg", 1, R"({"cat":"y","price":1})")}, {});
+  EXPECT_EQ(again[0], ids[0]);
+  EXPECT_EQ(ids_of(*c, {"cat=x"}), (Ids{ids[1]}));
+  EXPECT_EQ(ids_of(*c, {"cat=y"}), (Ids{ids[0], ids[2]}));
+  EXPECT_EQ(ids_of(*c, {"price>5"}), (Ids{ids[1]}));
+  EXPECT_EQ(ids_of(*c, {"tags=t"}), Ids{});
+  // set_metadata replaces them too.
+  ASSERT_TRUE(c->set_metadata(ids[2], R"({"cat":"x","tags":["t","u"]})"));
+  EXPECT_EQ(ids_of(*c, {"cat=x"}), (Ids{ids[1], ids[2]}));
+  EXPECT_EQ(ids_of(*c, {"cat=y"}), (Ids{ids[0]}));
+  EXPECT_EQ(ids_of(*c, {"tags=u"}), (Ids{ids[2]}));
+  // A refused write changes nothing.
+  EXPECT_THROW(c->set_metadata(ids[2], "[1]"), StoreError);
+  EXPECT_THROW(c->write_batch({make_put("/a.jpg", 1, R"({"cat":"z"})"), make_put("/d.jpg", 4, "7")},
+                              {ids[1]}),
+               StoreError);
+  EXPECT_EQ(ids_of(*c, {"cat=x"}), (Ids{ids[1], ids[2]}));
+  EXPECT_EQ(ids_of(*c, {"cat=z"}), Ids{});
+  // Removes drop their matches; the side table keeps no rows of removed images.
+  c->write_batch({}, {ids[1]});
+  EXPECT_EQ(ids_of(*c, {"cat=x"}), (Ids{ids[2]}));
+  EXPECT_EQ(ids_of(*c, {"price>5"}), Ids{});
+  EXPECT_EQ(raw_text(c->path(), "SELECT count(*) FROM metadata_terms WHERE image_id = " +
+                                    std::to_string(ids[1])),
+            "0");
+  auto facet = c->facet("cat", 10);
+  ASSERT_EQ(facet.size(), 2u);
+  EXPECT_EQ(facet[0].second + facet[1].second, 2);
+}
+
+// A random metadata value: its JSON text and what the filter semantics make of it (the text
+// equality compares, and the number ranges compare, if any). Arrays list their elements.
+struct Value {
+  std::string json;
+  std::vector<std::pair<std::string, std::optional<double>>> scalars;
+};
+
+Value random_value(std::uint64_t& state) {
+  auto r = [&](std::uint64_t n) { return lookalike::testing::splitmix64(state) % n; };
+  auto scalar = [&]() -> Value {
+    switch (r(7)) {
+      case 0: {
+        auto n = static_cast<int>(r(41)) - 20;
+        return {std::to_string(n), {{std::to_string(n), n}}};
+      }
+      case 1: {  // quarters print exactly: "3.25"
+        const double x = (static_cast<int>(r(160)) - 80) / 4.0 + (r(2) ? 0.25 : 0.5);
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", x);
+        return {buf, {{buf, x}}};
+      }
+      case 2: {  // numeric strings, as CSV columns are stored
+        auto n = static_cast<int>(r(41)) - 20;
+        std::string t = r(2) ? std::to_string(n) : std::to_string(n) + ".50";
+        return {"\"" + t + "\"", {{t, std::nullopt}}};
+      }
+      case 3: {
+        static const char* words[] = {"red", "blue", "green", "", "1e3x", " 5"};
+        std::string w = words[r(6)];
+        return {"\"" + w + "\"", {{w, std::nullopt}}};
+      }
+      case 4:
+        return r(2) ? Value{"true", {{"true", std::nullopt}}}
+                    : Value{"false", {{"false", std::nullopt}}};
+      case 5:
+        return {"null", {}};
+      default:
+        return {R"({"k":1})", {}};
+    }
+  };
+  if (r(4) != 0) {
+    auto v = scalar();
+    // Numeric strings: the number is what the text says (fixed up here, not by the catalog).
+    if (!v.scalars.empty() && v.json.front() == '"') {
+      const auto& t = v.scalars[0].first;
+      char* end = nullptr;
+      double x = std::strtod(t.c_str(), &end);
+      v.scalars[0].second =
+          (!t.empty() && t[0] != ' ' && *end == '\0') ? std::optional(x) : std::nullopt;
+    }
+    return v;
+  }
+  Value arr{"[", {}};
+  const int n = static_cast<int>(r(4));
+  for (int i = 0; i < n; ++i) {
+    auto e = random_value(state);
+    if (e.json.front() == '[') e = {"[]", {}};  // arrays in arrays: never matched
+    arr.json += (i ? "," : "") + e.json;
+    arr.scalars.insert(arr.scalars.end(), e.scalars.begin(), e.scalars.end());
+  }
+  arr.json += "]";
+  return arr;
+}
+
+bool brute_holds(const std::map<std::string, Value>& record,
+                 const lookalike::store::FilterTerm& t) {
+  auto it = record.find(t.field);
+  if (it == record.end()) return false;
+  for (const auto& [text, num] : it->second.scalars) {
+    switch (t.op) {
+      case FilterOp::Eq:
+      case FilterOp::In:
+        if (std::find(t.values.begin(), t.values.end(), text) != t.values.end()) return true;
+        break;
+      case FilterOp::Lt:
+        if (num && *num < t.number) return true;
+        break;
+      case FilterOp::Le:
+        if (num && *num <= t.number) return true;
+        break;
+      case FilterOp::Gt:
+        if (num && *num > t.number) return true;
+        break;
+      case FilterOp::Ge:
+        if (num && *num >= t.number) return true;
+        break;
+    }
+  }
+  return false;
+}
+
+// matching() and list_page() against a brute-force evaluation of random filters over random
+// records, on the side table and on the JSON1 fallback of a read-only v2 catalog.
+TEST(Catalog, FilterMatchesBruteForceOnRandomRecordsAndFilters) {
+  auto path = scratch_dir("catalog_filter_random") / "catalog.db";
+  auto c = Catalog::open(path, true);
+  auto cfg = test_config();
+  cfg.dim = 4;
+  c->set_config(cfg);
+  std::uint64_t state = 20240611;
+  const std::vector<std::string> fields = {"a", "b", "c"};
+  std::vector<std::map<std::string, Value>> records;
+  std::vector<Put> puts;
+  for (int i = 0; i < 3000; ++i) {
+    std::map<std::string, Value> rec;
+    std::string json = "{";
+    for (const auto& f : fields) {
+      if (lookalike::testing::splitmix64(state) % 5 == 0) continue;  // missing
+      rec[f] = random_value(state);
+      json += (json.size() > 1 ? "," : "") + ("\"" + f + "\":") + rec[f].json;
+    }
+    json += "}";
+    Put p;
+    p.record.path = "/r/" + std::to_string(i) + ".jpg";
+    p.record.content_hash = "h" + std::to_string(i);
+    p.record.metadata = json;
+    p.embedding = seeded_vector(static_cast<std::uint64_t>(i), 4);
+    puts.push_back(p);
+    records.push_back(std::move(rec));
+  }
+  auto ids = c->write_batch(puts, {});
+  // Pools the filters draw from: every text and number the records hold, and a few others.
+  std::vector<std::string> texts = {"nope", "red"};
+  for (const auto& rec : records) {
+    for (const auto& [f, v] : rec) {
+      for (const auto& s : v.scalars) texts.push_back(s.first);
+    }
+  }
+  auto random_filter = [&] {
+    auto r = [&](std::uint64_t n) { return lookalike::testing::splitmix64(state) % n; };
+    std::vector<std::string> where;
+    const int n = 1 + static_cast<int>(r(3));
+    for (int i = 0; i < n; ++i) {
+      const std::string& field = fields[r(fields.size())];
+      const auto op = r(6);
+      if (op == 0) {
+        where.push_back(field + "=" + texts[r(texts.size())]);
+      } else if (op == 1) {
+        std::string list;
+        for (int k = 0, m = 1 + static_cast<int>(r(3)); k < m; ++k) {
+          list += (k ? ", \"" : "\"") + texts[r(texts.size())] + "\"";
+        }
+        where.push_back(field + " IN [" + list + "]");
+      } else {
+        static const char* ops[] = {"<", "<=", ">", ">="};
+        const double bound = (static_cast<int>(r(49)) - 24) / 2.0;
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%g", bound);
+        where.push_back(field + ops[r(4)] + buf);
+      }
+    }
+    return where;
+  };
+  std::vector<std::vector<std::string>> filters;
+  for (int k = 0; k < 150; ++k) filters.push_back(random_filter());
+  std::vector<Ids> expected;
+  std::size_t nonempty = 0;
+  for (const auto& where : filters) {
+    const auto f = lookalike::store::parse_where(where);
+    Ids want;
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      if (std::all_of(f.terms.begin(), f.terms.end(),
+                      [&](const auto& t) { return brute_holds(records[i], t); })) {
+        want.push_back(ids[i]);
+      }
+    }
+    nonempty += !want.empty();
+    std::string label;
+    for (const auto& w : where) label += w + " & ";
+    EXPECT_EQ(c->matching(f).ids, want) << label;
+    EXPECT_EQ(paged_ids(*c, f, 7), want) << label;
+    expected.push_back(std::move(want));
+  }
+  EXPECT_GT(nonempty, filters.size() / 3) << "the random filters should mostly match something";
+  // The same answers from JSON1 on a read-only connection to this catalog aged to v2.
+  c.reset();
+  raw_sql(path,
+          "DROP TABLE metadata_terms; DELETE FROM meta WHERE key = 'search_defaults';"
+          "UPDATE meta SET value = '2' WHERE key = 'schema_version';");
+  auto ro = Catalog::open_read_only(path);
+  for (std::size_t k = 0; k < filters.size(); ++k) {
+    const auto f = lookalike::store::parse_where(filters[k]);
+    EXPECT_EQ(ro->matching(f).ids, expected[k]) << filters[k][0];
+    if (k % 10 == 0) {
+      EXPECT_EQ(paged_ids(*ro, f, 50), expected[k]) << filters[k][0];
+    }
+  }
+}
+
+// Every term common (over the ~32,768 rows where list_page stops reading ids first): the walk by
+// id answers, page by page, the same as matching().
+TEST(Catalog, ListPageOfACommonFilterWalksById) {
+  auto c = Catalog::open(scratch_dir("catalog_filter_dense") / "catalog.db", true);
+  auto cfg = test_config();
+  cfg.dim = 4;
+  c->set_config(cfg);
+  Ids ids;
+  for (int b = 0; b < 8; ++b) {
+    std::vector<Put> puts;
+    for (int i = b * 10000; i < (b + 1) * 10000; ++i) {
+      Put p;
+      p.record.path = "/d/" + std::to_string(i) + ".jpg";
+      p.record.content_hash = "h";
+      p.record.metadata = std::string(R"({"k":")") + (i % 8 ? "common" : "rare") + R"(","n":)" +
+                          std::to_string(i) + "}";
+      p.embedding = seeded_vector(1, 4);
+      puts.push_back(p);
+    }
+    auto got = c->write_batch(puts, {});
+    ids.insert(ids.end(), got.begin(), got.end());
+  }
+  const auto f = lookalike::store::parse_where({"k=common", "n>=4000"});
+  Ids want;
+  for (int i = 4000; i < 80000; ++i) {
+    if (i % 8) want.push_back(ids[static_cast<std::size_t>(i)]);
+  }
+  EXPECT_EQ(c->matching(f).ids, want);
+  auto page = c->list_page(ids[5000], 100, &f);
+  ASSERT_EQ(page.size(), 100u);
+  auto from = std::upper_bound(want.begin(), want.end(), ids[5000]);
+  for (std::size_t i = 0; i < page.size(); ++i) EXPECT_EQ(page[i].id, from[i]);
+  EXPECT_EQ(paged_ids(*c, f, 5000), want);
+  // A rare term with a common one: the rare term's ids first.
+  const auto g = lookalike::store::parse_where({"k=rare", "n>=4000"});
+  Ids rare;
+  for (int i = 4000; i < 80000; i += 8) rare.push_back(ids[static_cast<std::size_t>(i)]);
+  EXPECT_EQ(c->matching(g).ids, rare);
+  EXPECT_EQ(paged_ids(*c, g, 999), rare);
+}
+
+TEST(Catalog, SchemaV2IsMigratedWithItsSideTableAndReadOnlyStillFilters) {
+  auto path = scratch_dir("catalog_v2") / "catalog.db";
+  Ids ids;
+  {
+    auto c = Catalog::open(path, true);
+    c->set_config(test_config());
+    ids = c->write_batch({make_put("/a.jpg", 1, R"({"cat":"x","price":"9.5","tags":["s","t"]})"),
+                          make_put("/b.jpg", 2, R"({"cat":"y","price":20})"),
+                          make_put("/c.jpg", 3, R"({"cat":"x"})")},
+                         {});
+  }
+  // What a version-2 catalog looks like: no side table, no search_defaults, schema_version 2.
+  raw_sql(path,
+          "DROP TABLE metadata_terms; DELETE FROM meta WHERE key = 'search_defaults';"
+          "UPDATE meta SET value = '2' WHERE key = 'schema_version';");
+  const std::vector<std::pair<std::vector<std::string>, Ids>> cases = {
+      {{"cat=x"}, {ids[0], ids[2]}},
+      {{"price<10"}, {ids[0]}},
+      {{"tags IN [t, u]"}, {ids[0]}},
+      {{"cat=x", "price>=9.5"}, {ids[0]}},
+      {{"cat=z"}, {}}};
+  {
+    auto ro = Catalog::open_read_only(path);  // read as it is: JSON1 answers the filters
+    for (const auto& [where, want] : cases) EXPECT_EQ(ids_of(*ro, where), want) << where[0];
+    auto facet = ro->facet("cat", 10);
+    ASSERT_EQ(facet.size(), 2u);
+    EXPECT_EQ(facet[0], (std::pair<std::string, std::int64_t>{"x", 2}));
+    EXPECT_EQ(ro->facet("tags", 10).size(), 2u);
+    EXPECT_EQ(ro->config()->search_defaults, "{}");
+  }
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"), "2");
+  {
+    auto c = Catalog::open(path, false);  // the writer migrates, building the side table
+    EXPECT_EQ(c->generation(), 1);        // a migration is not a data change
+    for (const auto& [where, want] : cases) EXPECT_EQ(ids_of(*c, where), want) << where[0];
+    EXPECT_EQ(c->config()->search_defaults, "{}");
+  }
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+            std::to_string(lookalike::store::kCatalogSchemaVersion));
+  // a: cat, price, tags x2; b: cat, price; c: cat.
+  EXPECT_EQ(raw_text(path, "SELECT count(*) FROM metadata_terms"), "7");
+  auto ro = Catalog::open_read_only(path);
+  for (const auto& [where, want] : cases) EXPECT_EQ(ids_of(*ro, where), want) << where[0];
+}
+
+TEST(Catalog, ParseWhereGrammar) {
+  using lookalike::store::parse_where;
+  auto one = [](const std::string& term) {
+    auto f = parse_where({term});
+    EXPECT_EQ(f.terms.size(), 1u) << term;
+    return f.terms.at(0);
+  };
+  auto t = one("note=a<b");  // '=' comes first: equality, '<' is in the value
+  EXPECT_EQ(t.op, FilterOp::Eq);
+  EXPECT_EQ(t.field, "note");
+  EXPECT_EQ(t.values, std::vector<std::string>{"a<b"});
+  t = one("a=<5");
+  EXPECT_EQ(t.op, FilterOp::Eq);
+  EXPECT_EQ(t.values, std::vector<std::string>{"<5"});
+  t = one("a==b");
+  EXPECT_EQ(t.values, std::vector<std::string>{"=b"});
+  t = one("q=x IN [a]");  // an IN after the '=' is part of the value
+  EXPECT_EQ(t.op, FilterOp::Eq);
+  EXPECT_EQ(t.values, std::vector<std::string>{"x IN [a]"});
+  t = one(R"(tags In [ a , "b, c" , "[d]", "say \"hi\"", "" ])");
+  EXPECT_EQ(t.op, FilterOp::In);
+  EXPECT_EQ(t.field, "tags");
+  EXPECT_EQ(t.values, (std::vector<std::string>{"a", "b, c", "[d]", "say \"hi\"", ""}));
+  t = one("my field IN[x=1]");
+  EXPECT_EQ(t.field, "my field");
+  EXPECT_EQ(t.values, std::vector<std::string>{"x=1"});
+  for (const auto& [term, op, n] : std::vector<std::tuple<std::string, FilterOp, double>>{
+           {"price<10", FilterOp::Lt, 10},
+           {"price <= 10.5", FilterOp::Le, 10.5},
+           {"price>-3", FilterOp::Gt, -3},
+           {"price>=+1e3", FilterOp::Ge, 1000}}) {
+    t = one(term);
+    EXPECT_EQ(t.field, "price") << term;
+    EXPECT_EQ(t.op, op) << term;
+    EXPECT_EQ(t.number, n) << term;
+  }
+  EXPECT_EQ(parse_where({"a=1", "b<2", "c IN [3]"}).terms.size(), 3u);
+  // Errors name the term and the cause.
+  for (const auto& [term, cause] : std::vector<std::pair<std::string, std::string>>{
+           {"novalue", "expected field=value"},
+           {"=x", "empty field"},
+           {"<3", "empty field"},
+           {"a<=b", "finite number"},
+           {"a>", "finite number"},
+           {"a<1e999", "finite number"},
+           {"a>=nan", "finite number"},
+           {"a<0x10", "finite number"},
+           {"a>1 2", "finite number"},
+           {"tags IN []", "at least one"},
+           {"tags IN [a", "closing"},
+           {"tags IN [a,,b]", "empty value"},
+           {"tags IN [a] b", "after"},
+           {R"(tags IN ["a)", "unterminated"},
+           {R"(tags IN ["a" b])", "expected ','"},
+           {"a\"b=1", "may not contain"},
+           {"a\"b IN [1]", "may not contain"},
+           {std::string(129, 'f') + "<1", "longer than 128"}}) {
+    auto what = error_of([&] { parse_where({"ok=1", term}); });
+    EXPECT_NE(what.find("filter '" + term + "'"), std::string::npos) << term << ": " << what;
+    EXPECT_NE(what.find(cause), std::string::npos) << term << ": " << what;
+  }
+}
+
+TEST(Catalog, SearchDefaultsAndSetIndexConfig) {
+  auto path = scratch_dir("catalog_index_config") / "catalog.db";
+  auto cfg = test_config();
+  cfg.search_defaults = R"({"nprobe":32,"ef_search":128,"rerank":100})";
+  Catalog::create_atomic(path, cfg);
+  auto c = Catalog::open(path, false);
+  EXPECT_EQ(c->config()->search_defaults, cfg.search_defaults);
+  EXPECT_EQ(c->config()->factory, "Flat");
+  // Not compared: the same config with other defaults is accepted and changes nothing.
+  auto other = cfg;
+  other.search_defaults = "{}";
+  EXPECT_NO_THROW(c->set_config(other));
+  EXPECT_EQ(c->config()->search_defaults, cfg.search_defaults);
+  const auto gen = c->generation();
+  c->set_index_config("IVF64,Flat", R"({"nprobe":8})");
+  EXPECT_EQ(c->generation(), gen + 1);
+  EXPECT_EQ(c->config()->factory, "IVF64,Flat");
+  EXPECT_EQ(c->config()->search_defaults, R"({"nprobe":8})");
+  EXPECT_EQ(c->config()->model_id, cfg.model_id);
+  EXPECT_EQ(c->config()->dim, kDim);
+  // Refused: nothing written, generation kept.
+  EXPECT_NE(error_of([&] { c->set_index_config("", "{}"); }).find("factory"), std::string::npos);
+  for (const char* bad : {"[1]", "{oops", "3", ""}) {
+    EXPECT_NE(error_of([&] { c->set_index_config("Flat", bad); }).find("search_defaults"),
+              std::string::npos)
+        << bad;
+  }
+  EXPECT_EQ(c->generation(), gen + 1);
+  EXPECT_EQ(c->config()->factory, "IVF64,Flat");
+  c.reset();
+  auto ro = Catalog::open_read_only(path);
+  EXPECT_EQ(ro->config()->search_defaults, R"({"nprobe":8})");
+  EXPECT_THROW(ro->set_index_config("Flat", "{}"), StoreError);
+  // set_config writes it; absent from meta reads as "{}"; an invalid one is refused.
+  auto d = fresh_catalog("catalog_index_config_default");
+  EXPECT_EQ(d->config()->search_defaults, "{}");
+  raw_sql(d->path(), "DELETE FROM meta WHERE key = 'search_defaults'");
+  EXPECT_EQ(d->config()->search_defaults, "{}");
+  auto e = Catalog::open(scratch_dir("catalog_index_config_bad") / "catalog.db", true);
+  auto bad = test_config();
+  bad.search_defaults = "[]";
+  EXPECT_THROW(e->set_config(bad), StoreError);
+  EXPECT_FALSE(e->config());
+  EXPECT_THROW(e->set_index_config("Flat", "{}"), StoreError);  // no config yet
 }
 
 }  // namespace
