@@ -2,9 +2,11 @@
 // set; see eval/evaluate.h for the procedure, eval/metrics.h for the definitions, docs/cli.md
 // for the output.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -161,11 +163,28 @@ void print_table(const std::vector<eval::EvalRow>& rows) {
   }
 }
 
+// "gallery images skipped: 1 could not be decoded, ..." or "" when nothing was skipped.
+std::string skipped_note(const char* name, const eval::SetCounts& c) {
+  std::vector<std::string> parts;
+  auto add = [&](std::int64_t n, const char* what) {
+    if (n > 0) parts.push_back(fmt::format("{} {}", n, what));
+  };
+  add(c.failed, "could not be decoded");
+  add(c.unlabelled, "directly in the folder (no label)");
+  add(c.empty_labels, "with an empty label");
+  add(c.unreadable, "unreadable entries");
+  if (parts.empty()) return "";
+  return fmt::format("{} images skipped: {}\n", name, fmt::join(parts, ", "));
+}
+
 void print_notes(const std::vector<eval::EvalRow>& rows) {
   if (rows.empty()) return;
   const auto& first = rows.front();
   std::cout << fmt::format("\nmode: {}; full ranking of the gallery up to {} items per query\n",
                            mode_name(first), first.ranked);
+  // Reading and decoding do not depend on the model, so every row skipped the same files.
+  std::cout << skipped_note("gallery", first.gallery);
+  if (!first.leave_one_out) std::cout << skipped_note("query", first.queries);
   for (const auto& r : rows) {
     std::cout << fmt::format("{} ({}) / {}: {}{}", r.model, r.model_id, r.index_spec,
                              r.index_status, params_note(r.search_params));

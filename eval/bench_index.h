@@ -83,7 +83,8 @@ struct BenchRow {
   std::optional<double> filtered_single_qps;
   std::optional<double> filtered_batched_qps;
   std::optional<bool> full_top_k;
-  std::string plan;  // "index" | "exact-subset" | "scan" (the plain loops)
+  std::string plan;  // filtered run: SearchPlan::method ("index", "exact-subset", ...); "scan"
+                     // for the plain loops
 };
 
 struct BenchResult {

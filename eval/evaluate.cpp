@@ -130,45 +130,62 @@ void relevance_of(const std::vector<index::Hit>& hits, int label, const std::vec
   }
 }
 
+index::VectorIndex build_index(const std::string& spec, const Embedded& gallery) {
+  index::VectorIndex idx(gallery.dim, index::Metric::Cosine, spec);
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(gallery.size()));
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>(i);
+  idx.add(gallery.vectors.data(), ids.data(), gallery.size());
+  return idx;
+}
+
+// What the rankings are scored against: gallery labels, and how many of each a query can find.
+struct Relevance {
+  const std::vector<int>& gallery_labels;
+  std::unordered_map<int, std::int64_t> per_label;
+  bool leave_one_out;
+  int keep;  // ranking depth scored per query
+
+  std::int64_t relevant_for(int label) const {
+    const auto it = per_label.find(label);
+    const std::int64_t n = it == per_label.end() ? 0 : it->second;
+    return leave_one_out ? n - 1 : n;  // the query itself is not a result
+  }
+};
+
+void score_chunk(const std::vector<std::vector<index::Hit>>& hits, std::int64_t first,
+                 const Embedded& queries, const Relevance& r, MetricsAccumulator& acc) {
+  std::vector<std::uint8_t> rel;
+  for (std::size_t i = 0; i < hits.size(); ++i) {
+    const std::int64_t q = first + static_cast<std::int64_t>(i);
+    const int label = queries.labels[static_cast<std::size_t>(q)];
+    relevance_of(hits[i], label, r.gallery_labels, r.leave_one_out ? q : -1, r.keep, rel);
+    acc.add(rel, r.relevant_for(label));
+  }
+}
+
 SpecResult evaluate_spec(const std::string& spec, const Embedded& gallery, const Embedded& queries,
                          bool leave_one_out) {
+  const index::VectorIndex idx = build_index(spec, gallery);
   const std::int64_t ng = gallery.size();
-  index::VectorIndex idx(gallery.dim, index::Metric::Cosine, spec);
-  std::vector<std::int64_t> ids(static_cast<std::size_t>(ng));
-  for (std::int64_t i = 0; i < ng; ++i) ids[static_cast<std::size_t>(i)] = i;
-  idx.add(gallery.vectors.data(), ids.data(), ng);
-
-  std::unordered_map<int, std::int64_t> per_label;
-  for (int l : gallery.labels) ++per_label[l];
-
   SpecResult out;
   out.status = idx.status();
-  const std::int64_t others = leave_one_out ? ng - 1 : ng;
-  out.ranked = static_cast<int>(std::min<std::int64_t>(others, store::kMaxTopK));
+  out.ranked =
+      static_cast<int>(std::min<std::int64_t>(leave_one_out ? ng - 1 : ng, store::kMaxTopK));
   // One more in leave-one-out, for the query itself, which is then dropped.
   const int k = static_cast<int>(std::min<std::int64_t>(ng, out.ranked + (leave_one_out ? 1 : 0)));
   out.params = idx.effective_params();
-  // HNSW's candidate list is raised to k for the search (vector_index.h), so that is the value
-  // used.
+  // HNSW's candidate list is raised to k for the search (vector_index.h): that is the value used.
   if (out.params.ef_search > 0) out.params.ef_search = std::max(out.params.ef_search, k);
+
+  Relevance relevance{gallery.labels, {}, leave_one_out, out.ranked};
+  for (int l : gallery.labels) ++relevance.per_label[l];
   MetricsAccumulator acc;
-  std::vector<std::uint8_t> rel;
   for (std::int64_t start = 0; start < queries.size(); start += kSearchChunk) {
     const std::int64_t n = std::min(kSearchChunk, queries.size() - start);
     const auto t0 = Clock::now();
-    const auto hits = k > 0 ? idx.search(queries.vectors.data() + start * gallery.dim, n, k)
-                            : std::vector<std::vector<index::Hit>>(static_cast<std::size_t>(n));
+    const auto hits = idx.search(queries.vectors.data() + start * gallery.dim, n, k);
     out.search_seconds += seconds_since(t0);
-    for (std::int64_t i = 0; i < n; ++i) {
-      const std::int64_t q = start + i;
-      const int label = queries.labels[static_cast<std::size_t>(q)];
-      const std::int64_t self = leave_one_out ? q : -1;
-      relevance_of(hits[static_cast<std::size_t>(i)], label, gallery.labels, self, out.ranked, rel);
-      const auto it = per_label.find(label);
-      std::int64_t relevant = it == per_label.end() ? 0 : it->second;
-      if (leave_one_out) --relevant;
-      acc.add(rel, relevant);
-    }
+    score_chunk(hits, start, queries, relevance, acc);
   }
   out.metrics = acc.result();
   return out;

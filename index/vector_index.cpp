@@ -1003,6 +1003,32 @@ std::optional<std::vector<std::vector<Hit>>> VectorIndex::exact_subset(const flo
     members.emplace_back(it->second, id);
   }
   std::sort(members.begin(), members.end());
+  // Flat storage: score each row where it lies (one pass over the rows, no copy).
+  const faiss::IndexFlat* flat = dynamic_cast<const faiss::IndexFlat*>(&active());
+  if (auto* h = dynamic_cast<const faiss::IndexHNSWFlat*>(&active())) {
+    flat = dynamic_cast<const faiss::IndexFlat*>(h->storage);
+  }
+  if (flat != nullptr) {
+    const float* xb = flat->get_xb();
+    const auto d = static_cast<std::size_t>(dim_);
+    std::vector<std::vector<Hit>> out(static_cast<std::size_t>(nq));
+    std::vector<Scored> all(members.size());
+    for (std::int64_t q = 0; q < nq; ++q) {
+      const float* x = queries + q * dim_;
+      for (std::size_t i = 0; i < members.size(); ++i) {
+        const float* row = xb + static_cast<std::size_t>(members[i].first) * d;
+        all[i] = {metric_ == Metric::Cosine ? faiss::fvec_inner_product(x, row, d)
+                                            : faiss::fvec_L2sqr(x, row, d),
+                  members[i].second};
+      }
+      out[static_cast<std::size_t>(q)] = best_of(all, want, metric_);
+    }
+    if (plan != nullptr) {
+      plan->method = "exact-subset";
+      plan->candidates = static_cast<std::int64_t>(members.size());
+    }
+    return out;
+  }
   constexpr std::size_t kChunk = 1024;
   std::vector<float> rows(kChunk * static_cast<std::size_t>(dim_));
   std::vector<float> scores(kChunk);
@@ -1018,14 +1044,17 @@ std::optional<std::vector<std::vector<Hit>>> VectorIndex::exact_subset(const flo
       chunk_ids[i] = members[at + i].second;
       found[i] = true;
     }
+    // Decoded codes where the index is lossy (re-ranked below); the caller's full vectors only
+    // where the index cannot decode at all (one catalog read per id is far slower).
     bool stored_exact = false;
     const bool stored = read_vectors(chunk_slots.data(), n, rows.data(), stored_exact);
-    if (!stored_exact && options.vectors != nullptr) {
+    if (!stored && options.vectors != nullptr) {
       (*options.vectors)(chunk_ids.data(), static_cast<std::int64_t>(n), rows.data(), found.get());
+      stored_exact = true;
     } else if (!stored) {
       return std::nullopt;
     }
-    exact = exact && (stored_exact || options.vectors != nullptr);
+    exact = exact && stored_exact;
     for (std::int64_t q = 0; q < nq; ++q) {
       score_rows(metric_, queries + q * dim_, rows.data(), n, dim_, scores.data());
       auto& a = all[static_cast<std::size_t>(q)];
@@ -1034,12 +1063,17 @@ std::optional<std::vector<std::vector<Hit>>> VectorIndex::exact_subset(const flo
       }
     }
   }
+  const int depth = effective_params(options.params).rerank;
+  const bool reranking = !exact && depth > 0 && options.vectors != nullptr;
+  const std::int64_t keep = reranking ? std::max<std::int64_t>(want, depth) : want;
   std::vector<std::vector<Hit>> out(static_cast<std::size_t>(nq));
   for (std::int64_t q = 0; q < nq; ++q) {
-    out[static_cast<std::size_t>(q)] = best_of(all[static_cast<std::size_t>(q)], want, metric_);
+    out[static_cast<std::size_t>(q)] = best_of(all[static_cast<std::size_t>(q)], keep, metric_);
   }
+  if (reranking) rerank(queries, out, want, *options.vectors);
   if (plan != nullptr) {
-    plan->method = exact ? "exact-subset" : "subset-decoded";
+    // "subset-decoded": scored on the index's decoded codes (then re-ranked when asked).
+    plan->method = exact ? "exact-subset" : reranking ? "subset-reranked" : "subset-decoded";
     plan->candidates = static_cast<std::int64_t>(members.size());
   }
   return out;

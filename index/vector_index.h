@@ -135,7 +135,9 @@ struct SearchOptions {
 // What one search() did, for timings and reports.
 struct SearchPlan {
   // "index" (the FAISS index, a filter applied inside it), "exact-subset" (a filter that
-  // selects few enough ids that they were scored exactly, one by one: see search()).
+  // selects few enough ids that they were scored exactly, one by one: see search()), and for
+  // lossy indexes "subset-decoded" (scored on the decoded codes) or "subset-reranked" (then the
+  // best `rerank` re-scored from full vectors).
   std::string method = "index";
   std::int64_t candidates = 0;  // ids scored by exact-subset, or candidates re-ranked
   SearchParams params;          // the effective values used (0 where not applicable)
@@ -226,9 +228,10 @@ class VectorIndex {
       const std::unordered_set<std::int64_t>* exclude = nullptr,
       const std::unordered_set<std::int64_t>* allow = nullptr) const;
   // The same with search-time parameters, re-ranking and a report of what was done. With an
-  // allow set of at most exact_subset_limit() live ids, those ids are scored exactly (their
-  // vectors read from the index where it stores them uncompressed, else from options.vectors)
-  // instead of searching the index with a filter: the filtered index search loses recall at
+  // allow set of at most exact_subset_limit() live ids, those ids are scored one by one (their
+  // vectors read from the index: exact where it stores them uncompressed, decoded codes for PQ
+  // and SQ, then re-ranked from options.vectors when params.rerank asks) instead of searching
+  // the index with a filter: the filtered index search loses recall at
   // low selectivity (HNSW walks excluded nodes; IVF's probed lists hold few members), and
   // scoring m ids costs m x dim multiply-adds, less than the index search visits below the
   // limit. Throws IndexError as the other overload, and when params are negative.

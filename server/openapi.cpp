@@ -12,7 +12,7 @@ constexpr const char* kDocument = R"json({
     "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}, "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
     "parameters": {
       "id": {"name": "id", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1}},
-      "where": {"name": "where", "in": "query", "description": "Metadata equality field=value; repeatable, all must hold", "schema": {"type": "array", "items": {"type": "string"}}, "style": "form", "explode": true}
+      "where": {"name": "where", "in": "query", "description": "Metadata filter term: field=value, field IN [a, b], field<N (<=, >, >=); repeatable, all must hold", "schema": {"type": "array", "items": {"type": "string"}}, "style": "form", "explode": true}
     },
     "schemas": {
       "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
@@ -27,13 +27,16 @@ constexpr const char* kDocument = R"json({
         "query": {"type": "object", "properties": {"name": {"type": "string"}, "id": {"type": "integer", "nullable": true}}},
         "generation": {"type": "integer"},
         "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+        "plan": {"type": "object", "description": "how the search ran (docs/indexes.md)", "properties": {"method": {"type": "string", "enum": ["index", "exact-subset", "subset-decoded", "subset-reranked"]}, "params": {"type": "object", "properties": {"nprobe": {"type": "integer"}, "ef_search": {"type": "integer"}, "rerank": {"type": "integer"}}}, "candidates": {"type": "integer"}, "filter_matches": {"type": "integer"}, "filter_ms": {"type": "number"}}},
         "timings": {"type": "object", "properties": {"decode_ms": {"type": "number"}, "embed_ms": {"type": "number"}, "search_ms": {"type": "number"}, "total_ms": {"type": "number"}}}}},
       "SearchById": {"type": "object", "required": ["id"], "properties": {
         "id": {"type": "integer"}, "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10},
         "min_score": {"type": "number"}, "include_self": {"type": "boolean", "default": false},
-        "where": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "string"}}]}}},
+        "nprobe": {"type": "integer", "minimum": 1}, "ef_search": {"type": "integer", "minimum": 1}, "rerank": {"type": "integer", "minimum": 1},
+        "where": {"oneOf": [{"type": "object", "description": "field: value (equality), [values] (IN), {lt, lte, gt, gte: number} (range)"}, {"type": "array", "items": {"type": "string"}}]}}},
       "SearchUpload": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary"}, "k": {"type": "integer"}, "min_score": {"type": "number"},
+        "nprobe": {"type": "integer"}, "ef_search": {"type": "integer"}, "rerank": {"type": "integer"},
         "where": {"type": "array", "items": {"type": "string"}}}},
       "Upload": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary"}, "metadata": {"type": "string", "description": "a JSON object as text"},
@@ -52,7 +55,7 @@ constexpr const char* kDocument = R"json({
   },
   "paths": {
     "/v1/search": {"post": {"summary": "Search by uploaded image or by indexed id", "security": [{}, {"bearer": []}, {"apiKey": []}],
-      "parameters": [{"name": "k", "in": "query", "schema": {"type": "integer"}}, {"name": "min_score", "in": "query", "schema": {"type": "number"}}, {"$ref": "#/components/parameters/where"}],
+      "parameters": [{"name": "k", "in": "query", "schema": {"type": "integer"}}, {"name": "min_score", "in": "query", "schema": {"type": "number"}}, {"name": "nprobe", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"name": "ef_search", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"name": "rerank", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"$ref": "#/components/parameters/where"}],
       "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/SearchUpload"}}, "application/json": {"schema": {"$ref": "#/components/schemas/SearchById"}}}},
       "responses": {"200": {"description": "top-k hits", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchResponse"}}}},
         "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}, "413": {"$ref": "#/components/responses/TooLarge"},

@@ -1080,6 +1080,28 @@ std::optional<std::vector<float>> Catalog::embedding(std::int64_t id) const {
   });
 }
 
+void Catalog::embeddings(const std::int64_t* ids, std::int64_t n, float* out, bool* found) const {
+  reading(path_, [&]() {
+    auto cfg = config();
+    for (std::int64_t i = 0; i < n; ++i) found[i] = false;
+    if (!cfg) return 0;
+    const auto dim = static_cast<std::size_t>(cfg->dim);
+    SQLite::Statement q(*db_, "SELECT vector FROM embeddings WHERE image_id = ? AND model_id = ?");
+    for (std::int64_t i = 0; i < n; ++i) {
+      q.reset();
+      q.bind(1, ids[i]);
+      q.bind(2, cfg->model_id);
+      if (!q.executeStep()) continue;
+      auto col = q.getColumn(0);
+      if (static_cast<std::size_t>(col.getBytes()) != dim * sizeof(float)) continue;
+      float* row = out + static_cast<std::size_t>(i) * dim;
+      std::memcpy(row, col.getBlob(), dim * sizeof(float));
+      found[i] = !vector_problem(row, cfg->dim, cfg->metric == "cosine");
+    }
+    return 0;
+  });
+}
+
 std::optional<std::vector<float>> Catalog::embedding_by_hash(
     const std::string& content_hash) const {
   return reading(path_, [&]() -> std::optional<std::vector<float>> {

@@ -199,6 +199,11 @@ class Catalog {
   // The stored embedding of `id`, checked as vectors are read (see CorruptVector): throws
   // StoreError naming the image and the reason for a corrupt one.
   std::optional<std::vector<float>> embedding(std::int64_t id) const;
+  // The stored embeddings of ids[0..n) into out (n x dim, row-major), in one read transaction
+  // with one prepared statement: found[i] = false for an id without one, or whose vector fails
+  // the checks (CorruptVector; its row of `out` is left as it was). For re-ranking and exact
+  // scoring of filtered subsets: O(n log images).
+  void embeddings(const std::int64_t* ids, std::int64_t n, float* out, bool* found) const;
   // The embedding of some image whose current content_hash is `content_hash` (checked), if any:
   // reuse by content, not by record (a record's content may have changed since it was looked at).
   std::optional<std::vector<float>> embedding_by_hash(const std::string& content_hash) const;

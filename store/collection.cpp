@@ -482,17 +482,8 @@ std::vector<std::vector<SearchResult>> Collection::search(const float* queries, 
   // Full vectors for re-ranking and exact subsets: the catalog's stored embeddings.
   const index::VectorSource vectors = [this](const std::int64_t* ids, std::int64_t n, float* out,
                                              bool* found) {
-    const auto dim = static_cast<std::size_t>(config_.dim);
     reading([&](const Catalog& c) {
-      for (std::int64_t i = 0; i < n; ++i) {
-        std::optional<std::vector<float>> v;
-        try {
-          v = c.embedding(ids[i]);
-        } catch (const StoreError&) {  // a corrupt vector: keep the index's own score
-        }
-        found[i] = v && v->size() == dim;
-        if (found[i]) std::copy(v->begin(), v->end(), out + static_cast<std::size_t>(i) * dim);
-      }
+      c.embeddings(ids, n, out, found);
       return 0;
     });
   };

@@ -39,3 +39,4 @@ set_tests_properties(e2e_browser PROPERTIES SKIP_RETURN_CODE 77)
 # Installs the .deb, runs its service, purges it: root only (else skip, 77); serial for dpkg.
 lookalike_e2e(e2e_package package.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 set_tests_properties(e2e_package PROPERTIES SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
+lookalike_e2e(e2e_indexes indexes.py TIMEOUT 900 REQUIRES model_mobilenet_v2)

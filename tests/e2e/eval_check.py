@@ -14,7 +14,8 @@ from collections import Counter
 import faiss
 import numpy as np
 
-from harness import DATASET, MODEL, fail, images, json_lines, label_of, run, tempdir
+from harness import (DATASET, MODEL, copy_images, fail, images, json_lines, label_of, run,
+                     tempdir)
 
 TOL = 5e-4  # "to 3 decimals"
 METRICS = ["recall@1", "recall@5", "recall@10", "precision@10", "mAP"]
@@ -109,13 +110,16 @@ per_label = Counter(g_labels)
 n_rel = [per_label[l] for l in q_labels]
 want_flat = reference_metrics(flat_rankings(g_emb, q_emb, len(train)), q_labels, g_labels, n_rel)
 
-# IVF64,Flat as VectorIndex builds it: trained on the whole gallery, nprobe = 16 (its rule:
-# nlist / 16 clamped to 16..256 and to nlist). k-means may settle differently, so this one is
-# compared loosely; the Flat comparison is the exact one.
+# IVF64,Flat as VectorIndex builds it: trained on the whole gallery, searching the nprobe lists
+# it reports (its rule: nlist / 16 clamped to 16..256 and to nlist = 16). k-means may settle
+# differently, so this one is compared loosely; the Flat comparison is the exact one.
+assert rows[0]["search_params"] == {}, rows[0]
+nprobe = rows[1]["search_params"]["nprobe"]
+assert nprobe == 16, rows[1]
 ivf_index = faiss.index_factory(g_emb.shape[1], "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
 ivf_index.train(g_emb)
 ivf_index.add(g_emb)
-ivf_index.nprobe = 16
+ivf_index.nprobe = nprobe
 _, ivf_ids = ivf_index.search(q_emb, len(train))
 want_ivf = reference_metrics([[int(i) for i in row if i >= 0] for row in ivf_ids],
                              q_labels, g_labels, n_rel)
@@ -124,8 +128,8 @@ print("clothing-small, MobileNetV2, 372 queries x 3068 gallery")
 print(show("lookalike eval, Flat", flat))
 print(show("Python FAISS, IndexFlatIP", want_flat))
 print(show("lookalike eval, IVF64,Flat", ivf))
-print(show("Python FAISS, IVF64 np=16", want_ivf))
-print("SOURCE.md reference:        recall@1 0.753  recall@5 0.930  recall@10 0.965  mAP 0.452")
+print(show(f"Python FAISS, IVF64 np={nprobe}", want_ivf))
+print("SOURCE.md reference:           recall@1 0.753  recall@5 0.930  recall@10 0.965  mAP 0.452")
 compare("Flat", flat, want_flat)
 compare("IVF64,Flat", ivf, want_ivf, tol=0.02)
 if flat["recall@1"] < 0.72:
@@ -185,4 +189,18 @@ expect_error(["eval", "--gallery", DATASET / "train", "--queries", missing], 1, 
 expect_error(["eval", "--queries", small], 2, "--gallery")
 expect_error(["eval", "--gallery", small, "--label-column", "category", "--index-spec", "IVF0,Flat"],
              2, "IVF0,Flat")
+
+# 5. Skipped files: an image that does not decode (left out, exit 3 "partial") and one directly
+# in the gallery folder (no class: a warning), both counted.
+folder = tmp / "folder"
+copied = copy_images(subset[::40], folder)
+(copied[0].parent / "broken.jpg").write_bytes(b"not a jpeg")
+(folder / "cover.jpg").write_bytes(copied[1].read_bytes())
+proc = run("eval", "--gallery", folder, "--json", "-q")
+if proc.returncode != 3:
+    fail(f"eval with a broken image: exit {proc.returncode}, expected 3\n{proc.stderr}")
+(row,) = json_lines(proc.stdout)
+assert row["gallery"] == len(copied), row
+assert row["skipped"]["gallery"]["failed"] == 1 and row["skipped"]["gallery"]["unlabelled"] == 1, row
+assert "broken.jpg" in proc.stderr and "cover.jpg" in proc.stderr, proc.stderr
 print("eval checks passed")
