@@ -105,6 +105,8 @@ struct Subcommand {
 // (cli/bench_index_command.cpp). `g` is read when run() is called.
 Subcommand add_eval_command(CLI::App& app, const GlobalOptions& g);
 Subcommand add_bench_index_command(CLI::App& app, const GlobalOptions& g);
+// `lookalike duplicates` (cli/duplicates_command.cpp).
+Subcommand add_duplicates_command(CLI::App& app, const GlobalOptions& g);
 
 int run_serve(const GlobalOptions& g, const ServeArgs& a);
 int run_index(const GlobalOptions& g, const IndexArgs& a);

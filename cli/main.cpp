@@ -168,6 +168,7 @@ static int run(int argc, char** argv) {
 
   Subcommand eval = add_eval_command(app, g);
   Subcommand bench_index = add_bench_index_command(app, g);
+  Subcommand duplicates = add_duplicates_command(app, g);
 
   try {
     app.parse(argc, argv);
@@ -204,6 +205,7 @@ static int run(int argc, char** argv) {
     if (*serve) return run_serve(g, sv);
     if (*eval.app) return eval.run();
     if (*bench_index.app) return bench_index.run();
+    if (*duplicates.app) return duplicates.run();
   } catch (const lookalike::engine::EngineError& e) {
     spdlog::error("{}", e.what());
     return e.kind() == lookalike::engine::EngineError::Kind::Invalid ? kUsage : kError;

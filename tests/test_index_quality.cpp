@@ -289,7 +289,9 @@ TEST_P(FilteredSearch, MatchesBruteForceWithDeletesMixedIn) {
   // decoded codes and then re-ranked from full vectors for PQ.
   if (static_cast<std::int64_t>(allow.size()) <= index.exact_subset_limit()) {
     EXPECT_EQ(plan.method, c.rerank > 0 ? "subset-reranked" : "exact-subset");
-    if (c.rerank == 0) EXPECT_DOUBLE_EQ(r, 1.0);
+    if (c.rerank == 0) {
+      EXPECT_DOUBLE_EQ(r, 1.0);
+    }
   }
 }
 
@@ -329,7 +331,6 @@ TEST(FilteredSearch, LargeFiltersUseTheIndexAndStayFull) {
   SearchOptions o;
   o.allow = &allow;
   SearchPlan plan;
-  bool full = false;
   auto hits = index.search(d.queries.data(), kQueries, kK, o, &plan);
   EXPECT_EQ(plan.method, "index");
   for (const auto& h : hits) {

@@ -1,0 +1,135 @@
+// `lookalike duplicates`: exact and near-duplicate groups of the collection; see
+// dedup/duplicates.h for the method and docs/duplicates.md for the output.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/output.h"
+#include "dedup/duplicates.h"
+#include "image/decode.h"
+#include "store/collection.h"
+
+namespace lookalike::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct DuplicatesArgs {
+  double threshold = 0;
+  int k = dedup::kDefaultNeighbours;
+  bool json = false;
+};
+
+json member_json(const dedup::DuplicateMember& m) {
+  json out = {{"id", m.id}};
+  set_path(out, "path", m.path);
+  out.update({{"similarity", m.similarity},
+              {"same_picture", m.same_picture},
+              {"exact", m.exact},
+              {"width", m.width},
+              {"height", m.height},
+              {"hamming", m.hamming >= 0 ? json(m.hamming) : json(nullptr)}});
+  if (!m.note.empty()) out["note"] = m.note;
+  return out;
+}
+
+json report_json(const dedup::DuplicateReport& r) {
+  json groups = json::array();
+  for (const auto& g : r.groups) {
+    json members = json::array();
+    for (const auto& m : g.members) members.push_back(member_json(m));
+    groups.push_back({{"representative", g.representative}, {"members", members}});
+  }
+  json summary = {{"groups", r.groups.size()},
+                  {"images", r.images},
+                  {"images_in_groups", r.images_in_groups},
+                  {"exact_groups", r.exact_groups},
+                  {"threshold", r.threshold},
+                  {"threshold_source", r.threshold_source},
+                  {"k", r.k}};
+  return {{"groups", groups}, {"summary", summary}};
+}
+
+std::string verdict(const dedup::DuplicateMember& m) {
+  if (m.exact) return "same picture (identical file)";
+  if (m.same_picture) return fmt::format("same picture (dHash distance {})", m.hamming);
+  if (m.hamming >= 0) return fmt::format("similar (dHash distance {})", m.hamming);
+  return m.note.empty() ? "similar" : "similar (" + m.note + ")";
+}
+
+void print_human(const dedup::DuplicateReport& r, bool quiet) {
+  for (const auto& g : r.groups) {
+    const auto& rep = g.members.front();
+    std::cout << fmt::format("group of {} (representative {}, {} x {})\n  * {:>8}  {}\n",
+                             g.members.size(), rep.id, rep.width, rep.height, rep.id, rep.path);
+    for (std::size_t i = 1; i < g.members.size(); ++i) {
+      const auto& m = g.members[i];
+      std::cout << fmt::format("    {:>8}  {}  similarity {:.4f}, {}\n", m.id, m.path, m.similarity,
+                               verdict(m));
+    }
+    std::cout << "\n";
+  }
+  if (quiet) return;
+  std::cout << fmt::format(
+      "{} groups, {} of {} images in groups, {} exact groups (threshold {:.2f}, {}; k {})\n",
+      r.groups.size(), r.images_in_groups, r.images, r.exact_groups, r.threshold,
+      r.threshold_source, r.k);
+}
+
+int run(const GlobalOptions& g, const DuplicatesArgs& a, bool threshold_given) {
+  if (!store::Collection::exists(g.collection)) {
+    spdlog::error("{}: no collection here", g.collection.string());
+    return kError;
+  }
+  dedup::DuplicateOptions o;
+  if (threshold_given) o.threshold = a.threshold;
+  o.k = a.k;
+  image::init_decoder();
+  auto collection = store::Collection::open(g.collection, store::Collection::Mode::Read);
+  dedup::DuplicateReport report;
+  try {
+    report = dedup::find_duplicates(*collection, o);
+  } catch (const dedup::DuplicateOptionError& e) {
+    spdlog::error("lookalike duplicates: {}", e.what());
+    return kUsage;
+  }
+  if (g.json || a.json) {
+    std::cout << report_json(report).dump() << "\n";
+  } else {
+    print_human(report, g.quiet);
+  }
+  return kOk;
+}
+
+}  // namespace
+
+Subcommand add_duplicates_command(CLI::App& app, const GlobalOptions& g) {
+  auto args = std::make_shared<DuplicatesArgs>();
+  Subcommand s;
+  s.app = app.add_subcommand(
+      "duplicates",
+      "Groups of exact and near-duplicate images, telling the same picture from similar ones");
+  s.app
+      ->add_option("--threshold", args->threshold,
+                   fmt::format("Cosine similarity at or above which two images are linked "
+                               "(default {:.2f} for mobilenet_v2 and resnet50, {:.2f} otherwise)",
+                               dedup::default_threshold("mobilenet_v2"), dedup::kDefaultThreshold))
+      ->check(CLI::Range(-1.0, 1.0));
+  s.app
+      ->add_option(
+          "-k", args->k,
+          fmt::format("Neighbours searched per image (default {})", dedup::kDefaultNeighbours))
+      ->check(CLI::Range(1, store::kMaxTopK - 1));
+  s.app->add_flag("--json", args->json, "One JSON object: {\"groups\": [...], \"summary\": {...}}");
+  auto* app_ptr = s.app;
+  s.run = [&g, args, app_ptr] { return run(g, *args, app_ptr->count("--threshold") > 0); };
+  return s;
+}
+
+}  // namespace lookalike::cli
