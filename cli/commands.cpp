@@ -36,14 +36,6 @@ index::SearchParams params_of(const SearchParamArgs& a) {
   return p;
 }
 
-json params_json(const index::SearchParams& p) {
-  json out = json::object();
-  if (p.nprobe > 0) out["nprobe"] = p.nprobe;
-  if (p.ef_search > 0) out["ef_search"] = p.ef_search;
-  if (p.rerank > 0) out["rerank"] = p.rerank;
-  return out;
-}
-
 std::string params_line(const index::SearchParams& p) {
   std::string out;
   auto add = [&](const char* name, int v) {
@@ -152,7 +144,7 @@ json response_json(const engine::SearchResponse& r) {
     out["results"].push_back(row);
   }
   out["plan"] = {{"method", r.report.plan.method},
-                 {"params", params_json(r.report.plan.params)},
+                 {"params", store::search_params_json(r.report.plan.params)},
                  {"candidates", r.report.plan.candidates}};
   if (r.report.filter_matches >= 0) {
     out["plan"]["filter_matches"] = r.report.filter_matches;
@@ -284,7 +276,7 @@ int run_reindex(const GlobalOptions& g, const ReindexArgs& a) {
                 {"vectors", r.summary.vectors},
                 {"build_seconds", r.summary.build_seconds},
                 {"index_status", r.summary.status},
-                {"search_params", params_json(info.index_params)},
+                {"search_params", store::search_params_json(info.index_params)},
                 {"index_memory_bytes", info.index_memory_bytes}};
     if (!r.choice_reason.empty()) out["reason"] = r.choice_reason;
     print_record(out);
@@ -366,7 +358,7 @@ int run_info(const GlobalOptions& g) {
                  info.index_vectors > 0 ? info.index_memory_bytes / info.index_vectors : 0},
                 {"index_mapped_bytes", info.index_mapped_bytes},
                 {"index_search_path", info.index_search_path},
-                {"search_params", params_json(info.index_params)},
+                {"search_params", store::search_params_json(info.index_params)},
                 {"exact_subset_limit", info.exact_subset_limit},
                 {"corrupt_vectors", corrupt},
                 {"generation", info.generation},

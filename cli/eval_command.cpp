@@ -89,15 +89,6 @@ json set_json(const eval::SetCounts& c) {
           {"unreadable", c.unreadable}};
 }
 
-// Only the parameters the index has (IVF: nprobe; HNSW: efSearch, which the index raises to k).
-json params_json(const index::SearchParams& p) {
-  json out = json::object();
-  if (p.nprobe > 0) out["nprobe"] = p.nprobe;
-  if (p.ef_search > 0) out["ef_search"] = p.ef_search;
-  if (p.rerank > 0) out["rerank"] = p.rerank;
-  return out;
-}
-
 std::string params_note(const index::SearchParams& p) {
   std::string out;
   if (p.nprobe > 0) out += fmt::format(", nprobe {}", p.nprobe);
@@ -120,7 +111,7 @@ json row_json(const eval::EvalRow& r) {
   row.update({{"model_id", r.model_id},
               {"index_spec", r.index_spec},
               {"index_status", r.index_status},
-              {"search_params", params_json(r.search_params)},
+              {"search_params", store::search_params_json(r.search_params)},
               {"mode", mode_name(r)},
               {"gallery", r.gallery.used},
               {"queries", r.queries.used},

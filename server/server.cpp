@@ -67,11 +67,9 @@ json record_json(const store::ImageRecord& r) {
 
 // How the search ran: "index" or "exact-subset", the effective parameters, filter matches.
 json plan_json(const store::SearchReport& r) {
-  json params = json::object();
-  if (r.plan.params.nprobe > 0) params["nprobe"] = r.plan.params.nprobe;
-  if (r.plan.params.ef_search > 0) params["ef_search"] = r.plan.params.ef_search;
-  if (r.plan.params.rerank > 0) params["rerank"] = r.plan.params.rerank;
-  json out = {{"method", r.plan.method}, {"params", params}, {"candidates", r.plan.candidates}};
+  json out = {{"method", r.plan.method},
+              {"params", store::search_params_json(r.plan.params)},
+              {"candidates", r.plan.candidates}};
   if (r.filter_matches >= 0) {
     out["filter_matches"] = r.filter_matches;
     out["filter_ms"] = r.filter_ms;

@@ -250,12 +250,16 @@ index::SearchParams parse_search_defaults(const std::string& json_text) {
   return p;
 }
 
-std::string search_defaults_json(const index::SearchParams& p) {
+nlohmann::json search_params_json(const index::SearchParams& p) {
   nlohmann::json j = nlohmann::json::object();
   if (p.nprobe > 0) j["nprobe"] = p.nprobe;
   if (p.ef_search > 0) j["ef_search"] = p.ef_search;
   if (p.rerank > 0) j["rerank"] = p.rerank;
-  return j.dump();
+  return j;
+}
+
+std::string search_defaults_json(const index::SearchParams& p) {
+  return search_params_json(p).dump();
 }
 
 Collection::~Collection() {

@@ -25,6 +25,7 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <unordered_set>
@@ -64,7 +65,10 @@ struct SearchReport {
 // a JSON object {"nprobe": N, "ef_search": N, "rerank": N}; absent keys are 0). Throws
 // StoreError naming the key for a value that is not a non-negative integer.
 index::SearchParams parse_search_defaults(const std::string& json_text);
-std::string search_defaults_json(const index::SearchParams& params);  // non-zero keys only
+// The same as a JSON object with the non-zero fields only ({} when all are 0): the catalog's
+// stored form, and what the CLI and the server report as a search's parameters.
+nlohmann::json search_params_json(const index::SearchParams& params);
+std::string search_defaults_json(const index::SearchParams& params);  // search_params_json, as text
 
 // What reindex() did.
 struct ReindexSummary {
