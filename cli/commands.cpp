@@ -52,6 +52,7 @@ engine::EngineOptions engine_options(const GlobalOptions& g) {
   o.collection = g.collection;
   o.model = g.model;
   o.threads = g.threads;
+  o.precision = g.precision;
   o.decode_threads = g.decode_threads;
   o.batch_size = g.batch_size;
   o.max_pixels = g.max_pixels;
@@ -91,6 +92,8 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
   set_path(out, "collection", e.has_collection() ? e.collection().dir().string() : "");
   if (!s.fatal_error.empty()) out["error"] = s.fatal_error;
   if (!s.index_choice.empty()) out["index_choice"] = s.index_choice;
+  if (auto p = e.model_precision())
+    out["precision"] = {{"precision", model::to_string(p->precision)}, {"reason", p->reason}};
   return out;
 }
 
@@ -109,6 +112,8 @@ void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
     std::cout << "nothing to index; no collection was created\n";
   }
   if (!s.index_choice.empty()) std::cout << s.index_choice << "\n";
+  if (auto p = e.model_precision())
+    std::cout << fmt::format("precision {}: {}\n", model::to_string(p->precision), p->reason);
   if (!s.failures.empty()) {
     std::cout << "failed:\n";
     for (const auto& f : s.failures) std::cout << "  " << f.where << ": " << f.reason << "\n";
@@ -268,7 +273,8 @@ int run_reindex(const GlobalOptions& g, const ReindexArgs& a) {
   }
   auto e = engine::Engine::open(engine_options(g), engine::Access::Write);
   const auto r = e->reindex({a.spec, a.memory_budget, params_of(a.params)});
-  const auto info = e->info().collection;
+  const auto full = e->info();
+  const auto& info = full.collection;
   if (g.json) {
     json out = {{"type", "reindex"},
                 {"old_index_spec", r.summary.old_factory},
@@ -338,7 +344,8 @@ int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
 int run_info(const GlobalOptions& g) {
   auto e = engine::Engine::open(engine_options(g), engine::Access::Read);
   e->collection().check_integrity();  // info is where a user looks for damage
-  const auto info = e->info().collection;
+  const auto full = e->info();
+  const auto& info = full.collection;
   if (g.json) {
     json corrupt = json::array();
     for (const auto& c : info.corrupt) corrupt.push_back({{"id", c.id}, {"reason", c.reason}});
@@ -347,6 +354,8 @@ int run_info(const GlobalOptions& g) {
                 {"count", info.count},
                 {"model_id", info.config.model_id},
                 {"model", info.config.model_name},
+                {"precision", full.precision.empty() ? json(nullptr) : json(full.precision)},
+                {"precision_reason", full.precision_reason},
                 {"dim", info.config.dim},
                 {"metric", info.config.metric},
                 {"index_factory", info.config.factory},
@@ -384,6 +393,8 @@ int run_info(const GlobalOptions& g) {
                                   : "",
       params_line(info.index_params), info.exact_subset_limit, human_bytes(info.total_bytes),
       human_bytes(info.catalog_bytes), human_bytes(info.index_bytes));
+  if (!full.precision.empty())
+    std::cout << fmt::format("precision   {} ({})\n", full.precision, full.precision_reason);
   for (const auto& c : info.corrupt) {
     std::cout << fmt::format("corrupt     image {}: {} (left out of the index; re-index it)\n",
                              c.id, c.reason);
@@ -420,6 +431,27 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
   return result.not_found.empty() ? kOk : kPartial;
 }
 
+// "fp32, bf16 (min cosine 0.99985, meets the bar)"; what auto would pick on this CPU.
+std::string precisions_line(const model::ModelCard& card) {
+  std::string line = "fp32";
+  if (card.precisions.is_object())
+    for (const auto& [name, entry] : card.precisions.items()) {
+      if (name == "fp32" || !entry.is_object()) continue;
+      const auto f = entry.value("fidelity", json());
+      line += ", " + name +
+              (f.is_object() ? fmt::format(" (min cosine {:.5f}, {} the bar)",
+                                           f.value("min_cosine", 0.0),
+                                           model::meets_bar(f) ? "meets" : "below")
+                             : std::string(" (not calibrated)"));
+    }
+  try {
+    line += "; " + model::choose_precision("auto", card.precisions, model::cpu_flags(), card.name)
+                       .reason;
+  } catch (const model::ModelError&) {
+  }
+  return line;
+}
+
 int run_models(const GlobalOptions& g) {
   auto dirs = model::default_model_dirs();
   auto models = model::list_models(dirs);
@@ -428,6 +460,10 @@ int run_models(const GlobalOptions& g) {
       json card = model::model_card_to_json(m.card);
       card["archive"] = m.archive.string();
       card["type"] = "model";
+      const auto c = model::choose_precision("auto", m.card.precisions, model::cpu_flags(),
+                                             m.card.name);
+      card["auto_precision"] = {{"precision", model::to_string(c.precision)},
+                                {"reason", c.reason}};
       print_record(card);
     }
     return kOk;
@@ -448,6 +484,7 @@ int run_models(const GlobalOptions& g) {
         m.card.embedding_dim, fmt::format("{}px", m.card.input_size), m.archive.string());
     std::cout << fmt::format("{:<16} weights: {} ({})\n", "", m.card.weights_source,
                              m.card.license);
+    std::cout << fmt::format("{:<16} precision: {}\n", "", precisions_line(m.card));
   }
   return kOk;
 }

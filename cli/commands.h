@@ -30,6 +30,7 @@ struct GlobalOptions {
   std::filesystem::path collection;  // --collection, $LOOKALIKE_COLLECTION, ./lookalike-data
   std::string model;                 // --model NAME|PATH; empty = the collection's, else default
   int threads = 0;                   // LibTorch intra-op threads; 0 = all cores
+  std::string precision = "auto";    // --precision, $LOOKALIKE_PRECISION (docs/precision.md)
   int decode_threads = 1;
   int batch_size = 32;
   std::int64_t max_pixels = 89'478'485;
@@ -116,5 +117,13 @@ int run_embed(const GlobalOptions& g, const EmbedArgs& a);
 int run_info(const GlobalOptions& g);
 int run_remove(const GlobalOptions& g, const RemoveArgs& a);
 int run_models(const GlobalOptions& g);
+// `lookalike models calibrate`: fidelity and speed of each precision, recorded in the card.
+struct CalibrateArgs {
+  std::filesystem::path images;
+  std::vector<std::string> precisions;
+  std::int64_t limit = 0;
+  bool dry_run = false;
+};
+int run_calibrate(const GlobalOptions& g, const CalibrateArgs& a);
 
 }  // namespace lookalike::cli

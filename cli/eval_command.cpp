@@ -55,6 +55,7 @@ void add_options(CLI::App& cmd, EvalArgs& a) {
 engine::EngineOptions engine_options(const GlobalOptions& g) {
   engine::EngineOptions o;
   o.threads = g.threads;
+  o.precision = g.precision;
   o.decode_threads = g.decode_threads;
   o.batch_size = g.batch_size;
   o.max_pixels = g.max_pixels;

@@ -53,6 +53,11 @@ static int run(int argc, char** argv) {
                  "path to a .pt archive; default: the collection's model, else mobilenet_v2");
   app.add_option("--threads", g.threads, "Inference threads (0 = all cores)")
       ->check(CLI::Range(0, 1024));
+  app.add_option("--precision", g.precision,
+                 "Inference precision: auto (fastest that this CPU runs and whose measured "
+                 "fidelity meets the bar, else fp32), fp32, bf16, int8")
+      ->envname("LOOKALIKE_PRECISION")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   app.add_option("--decode-threads", g.decode_threads, "Image decoding threads (1-64)")
       ->check(CLI::Range(1, 64));
   app.add_option("--batch-size", g.batch_size, "Images per forward pass")
@@ -130,6 +135,21 @@ static int run(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 
   auto* models = app.add_subcommand("models", "List installed models and their cards");
+  CalibrateArgs ca;
+  auto* calibrate = models->add_subcommand(
+      "calibrate",
+      "Measure each reduced-precision archive of --model against FP32 on your photos (cosine, "
+      "Recall@1, mAP, images/s) and record it in the model card for --precision auto");
+  calibrate->add_option("images", ca.images,
+                        "Folder of photos (a folder per class adds Recall@1 and mAP) or CSV")
+      ->required();
+  calibrate->add_option("--precisions", ca.precisions,
+                        "Precisions to measure (default: every one the card lists)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"bf16", "int8"}));
+  calibrate->add_option("--limit", ca.limit, "At most this many photos, spread evenly (0 = all)")
+      ->check(CLI::NonNegativeNumber);
+  calibrate->add_flag("--dry-run", ca.dry_run, "Measure and print, leave the card as it is");
 
   ServeArgs sv;
   auto* serve = app.add_subcommand(
@@ -201,6 +221,7 @@ static int run(int argc, char** argv) {
       }
       return run_remove(g, ra);
     }
+    if (*calibrate) return run_calibrate(g, ca);
     if (*models) return run_models(g);
     if (*serve) return run_serve(g, sv);
     if (*eval.app) return eval.run();

@@ -172,16 +172,29 @@ model::EmbeddingModel& Engine::model() {
                      : config                ? config->model_name
                                              : kDefaultModel;
   auto path = model::resolve_model(name, model::default_model_dirs());
-  auto m = model::EmbeddingModel::load(path, {options_.threads, true, options_.batch_size});
+  auto m = model::EmbeddingModel::load(
+      path, {options_.threads, true, options_.batch_size, options_.precision});
   if (config != nullptr && access_ != Access::ModelOnly && m->id() != config->model_id) {
+    // Same weights, other precision: say which precision the collection's vectors need.
+    const bool precision_only =
+        m->id().substr(0, m->id().find('+')) == config->model_id.substr(0, config->model_id.find('+'));
     throw model::ModelError(fmt::format(
-        "{}: model {} does not match the collection {}, which was built with {}; use that "
-        "model or another --collection",
-        path.string(), m->id(), options_.collection.string(), config->model_id));
+        "{}: model {} does not match the collection {}, which was built with {}; {}",
+        path.string(), m->id(), options_.collection.string(), config->model_id,
+        precision_only ? "its vectors come from another precision (" + m->precision().reason +
+                             "): pass the --precision the collection was built with, or "
+                             "re-embed into another --collection"
+                       : std::string("use that model or another --collection")));
   }
   model_ = std::move(m);
   batcher_ = std::make_unique<EmbedBatcher>(*model_, options_.batch_size, options_.batch_wait);
   return *model_;
+}
+
+std::optional<model::PrecisionChoice> Engine::model_precision() const {
+  std::lock_guard lock(model_mu_);
+  if (!model_) return std::nullopt;
+  return model_->precision();
 }
 
 EmbedBatcher& Engine::batcher() {
@@ -567,6 +580,23 @@ EngineInfo Engine::info() const {
   i.collection = collection().info();
   i.threads = resolve_threads(options_.threads);
   if (batcher_) i.batcher = batcher_->stats();
+  if (model_) {
+    i.precision = model::to_string(model_->precision().precision);
+    i.precision_reason = model_->precision().reason;
+  } else {
+    // Resolved from the card alone: info should not pay for loading LibTorch weights.
+    try {
+      const std::string name = !options_.model.empty() ? options_.model : i.collection.config.model_name;
+      const auto card = model::load_model_card(
+          model::resolve_model(name, model::default_model_dirs()).replace_extension(".json"));
+      const auto c = model::choose_precision(options_.precision, card.precisions,
+                                             model::cpu_flags(), name);
+      i.precision = model::to_string(c.precision);
+      i.precision_reason = c.reason;
+    } catch (const model::ModelError&) {
+      // The model is not installed here: info still describes the collection.
+    }
+  }
   return i;
 }
 

@@ -50,6 +50,9 @@ struct EngineOptions {
   std::filesystem::path collection;  // the collection folder
   std::string model;       // name or .pt path; empty = the collection's model, else kDefaultModel
   int threads = 0;         // LibTorch intra-op and OpenMP threads; 0 = all cores
+  // "auto" | "fp32" | "bf16" | "int8" (model::ModelOptions::precision, docs/precision.md);
+  // the CLI's --precision, else $LOOKALIKE_PRECISION, else auto.
+  std::string precision = "auto";
   int decode_threads = 1;  // 1..pipeline::kMaxDecodeThreads
   int batch_size = 32;     // images per forward pass, 1..1024
   std::int64_t max_pixels = 89'478'485;  // PIL's Image.MAX_IMAGE_PIXELS
@@ -146,6 +149,10 @@ index::SpecChoice resolve_index_spec(const IndexSpec& spec, std::int64_t vectors
 struct EngineInfo {
   store::CollectionInfo collection;
   int threads = 0;
+  // The precision the model runs at (or would, if not loaded yet) and why; empty when the
+  // collection's model cannot be found here.
+  std::string precision;
+  std::string precision_reason;
   std::optional<BatcherStats> batcher;  // when the model is loaded
 };
 
@@ -170,6 +177,8 @@ class Engine {
   // kDefaultModel) and checks it matches the collection.
   model::EmbeddingModel& model();
   EmbedBatcher& batcher();
+  // The precision the loaded model runs at and why; nullopt before the model is loaded.
+  std::optional<model::PrecisionChoice> model_precision() const;
 
   // Brings the collection up to date with the inputs (scan, decode, embed, commit per batch).
   // Creates the collection only when the scan found something to index. Bad files are
@@ -238,7 +247,7 @@ class Engine {
   Access access_ = Access::Read;
   NewCollection fresh_;
   std::unique_ptr<store::Collection> collection_;
-  std::mutex model_mu_;  // guards the lazy model and batcher load, and collection creation
+  mutable std::mutex model_mu_;  // guards the lazy model and batcher load, and collection creation
   std::unique_ptr<model::EmbeddingModel> model_;
   std::unique_ptr<EmbedBatcher> batcher_;
 };

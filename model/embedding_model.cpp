@@ -58,6 +58,7 @@ struct EmbeddingModel::Impl {
   fs::path archive;
   ModelCard card;
   std::string id;
+  PrecisionChoice precision;
   int threads = 1;
   int max_batch = 32;
   torch::jit::Module module;
@@ -177,24 +178,35 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
     throw ModelError(card_path.string() + ": model card field 'tower': '" + impl->card.tower +
                      "' is not an image model");
   impl->id = impl->card.name + "@" + archive_digest(archive);
+  impl->precision = choose_precision(options.precision, impl->card.precisions, cpu_flags(),
+                                     card_path.string());
+  if (!impl->precision.interchangeable) impl->id += "+" + to_string(impl->precision.precision);
+  // The reduced-precision archive takes and returns float32 like the FP32 one (the exporter's
+  // wrapper casts), so everything after this point is the same for every precision.
+  const fs::path runs = impl->precision.archive.empty()
+                            ? archive
+                            : archive.parent_path() / impl->precision.archive;
+  if (!fs::is_regular_file(runs, ec))
+    throw ModelError(runs.string() + ": missing " + to_string(impl->precision.precision) +
+                     " archive named by " + card_path.string() + " (no such file)");
   impl->threads = resolve_threads(options.threads);
   impl->max_batch = options.max_batch;
   impl->apply_threads();
 
   try {
-    impl->module = torch::jit::load(archive.string(), torch::kCPU);
+    impl->module = torch::jit::load(runs.string(), torch::kCPU);
   } catch (const c10::Error& e) {
-    throw ModelError(archive.string() +
+    throw ModelError(runs.string() +
                      ": not a loadable TorchScript archive (corrupt, truncated, or not written by "
                      "torch.jit.save): " +
                      first_line(e.what_without_backtrace()));
   } catch (const std::exception& e) {
-    throw ModelError(archive.string() +
+    throw ModelError(runs.string() +
                      ": cannot load TorchScript archive: " + first_line(e.what()));
   }
   const std::string& method = impl->card.method;
   if (!impl->module.find_method(method))
-    throw ModelError(archive.string() + ": has no TorchScript method '" + method +
+    throw ModelError(runs.string() + ": has no TorchScript method '" + method +
                      "' (model card field 'method' in " + card_path.string() + ")");
 
   impl->module.eval();
@@ -208,7 +220,7 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
         impl->module = torch::jit::optimize_for_inference(frozen, {method});
       }
     } catch (const c10::Error& e) {
-      throw ModelError(archive.string() + ": optimize_for_inference failed: " +
+      throw ModelError(runs.string() + ": optimize_for_inference failed: " +
                        first_line(e.what_without_backtrace()));
     }
   }
@@ -228,6 +240,7 @@ int EmbeddingModel::dim() const { return impl_->card.embedding_dim; }
 int EmbeddingModel::threads() const { return impl_->threads; }
 const std::string& EmbeddingModel::id() const { return impl_->id; }
 const fs::path& EmbeddingModel::archive() const { return impl_->archive; }
+const PrecisionChoice& EmbeddingModel::precision() const { return impl_->precision; }
 
 std::vector<float> EmbeddingModel::embed(const float* input, int n) {
   if (n < 0) throw ModelError(impl_->archive.string() + ": embed: negative image count");

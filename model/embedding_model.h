@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "model/model_card.h"
+#include "model/precision.h"
 
 namespace lookalike::model {
 
@@ -20,6 +21,10 @@ struct ModelOptions {
   // embed() runs at most this many images per forward pass, so activation memory stays bounded
   // whatever n the caller passes (VGG-16 needs about 60 MB of activations an image). > 0.
   int max_batch = 32;
+  // "auto" | "fp32" | "bf16" | "int8": which archive runs (model/precision.h, choose_precision;
+  // docs/precision.md). "auto" = the fastest precision this CPU supports whose recorded fidelity
+  // meets the bar, else FP32.
+  std::string precision = "auto";
 };
 
 // Where a model lives: `name_or_path` is either a path to a .pt archive or a .json card, or a
@@ -48,7 +53,8 @@ class EmbeddingModel {
   // optimize_for_inference, sets the thread count, and checks one forward pass returns
   // n x card.embedding_dim. Throws ModelError naming the file and the cause: missing archive or
   // card, invalid card, corrupt archive (truncated, not TorchScript), the card's method missing
-  // from the archive, or an output that is not n x embedding_dim float.
+  // from the archive, or an output that is not n x embedding_dim float; for a reduced
+  // precision, also an unknown precision, one the card does not list, or its archive missing.
   static std::unique_ptr<EmbeddingModel> load(const std::filesystem::path& archive_or_card,
                                               const ModelOptions& options = {});
   ~EmbeddingModel();
@@ -58,10 +64,15 @@ class EmbeddingModel {
   const ModelCard& card() const;
   int dim() const;
   int threads() const;
-  // Identifies the network and weights: "<name>@<first 16 hex of XXH3-128 of the archive>".
-  // Stored with every embedding so a collection never mixes models.
+  // Identifies the network and weights: "<name>@<first 16 hex of XXH3-128 of the FP32 archive>".
+  // Stored with every embedding so a collection never mixes models. A reduced precision whose
+  // recorded fidelity meets the bar keeps this id (its vectors are interchangeable with FP32
+  // ones); one that does not appends "+<precision>", so the collection refuses to mix them.
   const std::string& id() const;
+  // The FP32 archive (the model's identity), whatever precision runs.
   const std::filesystem::path& archive() const;
+  // What runs, and why (ModelOptions::precision resolved against the card and this CPU).
+  const PrecisionChoice& precision() const;
 
   // input: n x 3 x input_size x input_size float32, row-major (NCHW), preprocessed as the card
   // says (image::preprocess). Returns n x dim float32, row-major, each row L2-normalised.

@@ -33,6 +33,14 @@ void read(const json& j, const std::string& source, const char* field, bool requ
   out = v->get<std::string>();
 }
 
+// An optional object field: absent or null stays null.
+void read_object(const json& j, const std::string& source, const char* field, json& out) {
+  const json* v = find(j, source, field, false);
+  if (!v || v->is_null()) return;
+  if (!v->is_object()) fail(source, field, std::string("expected an object, got ") + v->type_name());
+  out = *v;
+}
+
 void read(const json& j, const std::string& source, const char* field, bool required, int& out) {
   const json* v = find(j, source, field, required);
   if (!v) return;
@@ -118,12 +126,14 @@ ModelCard model_card_from_json(const json& j, const std::string& source) {
   read(j, source, "method", true, c.method);
   read(j, source, "tower", false, c.tower);
   read(j, source, "exported_by", false, c.exported_by);
+  read_object(j, source, "training", c.training);
+  read_object(j, source, "precisions", c.precisions);
   validate(c, source);
   return c;
 }
 
 json model_card_to_json(const ModelCard& c) {
-  return json{{"format", c.format},
+  json out{{"format", c.format},
               {"name", c.name},
               {"architecture", c.architecture},
               {"variant", c.variant},
@@ -146,6 +156,9 @@ json model_card_to_json(const ModelCard& c) {
               {"method", c.method},
               {"tower", c.tower},
               {"exported_by", c.exported_by}};
+  if (!c.training.is_null()) out["training"] = c.training;
+  if (!c.precisions.is_null()) out["precisions"] = c.precisions;
+  return out;
 }
 
 ModelCard load_model_card(const std::filesystem::path& path) {

@@ -48,6 +48,14 @@ struct ModelCard {
   std::string method = "forward";   // TorchScript method that returns n x embedding_dim
   std::string tower = "image";      // (optional) modality of this archive
   std::string exported_by;          // (optional) tool and versions that wrote the archive
+  // (optional, null when absent) How a trained model was made (`lookalike train`): base model,
+  // head, loss, margin, mining, epochs, a hash of the training labels, validation metrics.
+  // docs/model-card.md lists its keys.
+  nlohmann::json training;
+  // (optional, null when absent) Reduced-precision paths measured for this archive: an object
+  // keyed by precision name ("bf16", "int8"), each with its measured fidelity against FP32
+  // (docs/model-card.md, docs/precision.md).
+  nlohmann::json precisions;
 
   bool operator==(const ModelCard&) const = default;
 };

@@ -40,3 +40,5 @@ set_tests_properties(e2e_browser PROPERTIES SKIP_RETURN_CODE 77)
 lookalike_e2e(e2e_package package.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 set_tests_properties(e2e_package PROPERTIES SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
 lookalike_e2e(e2e_indexes indexes.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# Reduced precision (docs/precision.md): calibrate, recorded fidelity, auto with a masked CPU.
+lookalike_e2e(e2e_precision precision.py TIMEOUT 900 REQUIRES model_mobilenet_v2)

@@ -1,0 +1,225 @@
+#include "eval/calibrate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "eval/labels.h"
+#include "model/embedding_model.h"
+#include "pipeline/embed_files.h"
+#include "pipeline/scan.h"
+
+namespace lookalike::eval {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct PhotoSet {
+  std::vector<fs::path> files;
+  std::vector<std::string> labels;  // empty when unlabelled
+};
+
+// A labelled set when the folder has class subfolders (or is a CSV with a label column), else
+// every image below the folder, unlabelled: calibration needs photos, labels only add metrics.
+PhotoSet load_photos(const CalibrateOptions& o) {
+  PhotoSet set;
+  try {
+    auto labelled = load_labelled_set(o.images);
+    set.files = std::move(labelled.files);
+    set.labels = std::move(labelled.labels);
+  } catch (const LabelError&) {
+    auto scan = pipeline::scan_inputs({o.images});
+    for (auto& f : scan.files) set.files.push_back(f.path);
+    if (set.files.empty())
+      throw LabelError(o.images.string() + ": no images to calibrate on");
+  }
+  if (o.limit > 0 && static_cast<std::int64_t>(set.files.size()) > o.limit) {
+    // Evenly spread, so every class of a sorted folder stays represented.
+    PhotoSet picked;
+    const double step = static_cast<double>(set.files.size()) / static_cast<double>(o.limit);
+    for (std::int64_t i = 0; i < o.limit; ++i) {
+      const auto j = static_cast<size_t>(static_cast<double>(i) * step);
+      picked.files.push_back(set.files[j]);
+      if (!set.labels.empty()) picked.labels.push_back(set.labels[j]);
+    }
+    set = std::move(picked);
+  }
+  return set;
+}
+
+struct Run {
+  std::vector<float> embeddings;  // n x dim
+  std::vector<std::string> errors;
+  double images_per_s = 0;
+  int dim = 0;
+  std::string archive;
+};
+
+Run embed_at(const CalibrateOptions& o, const std::string& precision, const PhotoSet& set) {
+  model::ModelOptions mo;
+  mo.threads = o.threads;
+  mo.max_batch = o.batch_size;
+  mo.precision = precision;
+  auto m = model::EmbeddingModel::load(o.model, mo);
+  const auto& card = m->card();
+  image::DecodeOptions decode;
+  decode.min_shorter_side = card.resize_shorter > 0 ? card.resize_shorter : card.input_size;
+  double model_s = 0;
+  std::int64_t embedded = 0;
+  auto timed = [&](const float* in, int n) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto out = m->embed(in, n);
+    model_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    embedded += n;
+    return out;
+  };
+  // One warm-up batch first: oneDNN creates its kernels on the first call of each shape.
+  {
+    std::vector<fs::path> warm(set.files.begin(),
+                               set.files.begin() + std::min<size_t>(set.files.size(), 4));
+    pipeline::embed_files(*m, warm, decode, o.decode_threads, o.batch_size);
+  }
+  auto e = pipeline::embed_files(*m, set.files, decode, o.decode_threads, o.batch_size, timed);
+  Run r{std::move(e.embeddings), std::move(e.errors), 0, e.dim, m->precision().archive};
+  r.images_per_s = model_s > 0 ? static_cast<double>(embedded) / model_s : 0;
+  return r;
+}
+
+double dot(const float* a, const float* b, int d) {
+  double s = 0;
+  for (int i = 0; i < d; ++i) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+// Leave-one-out over the photos that embedded at every precision (`ok`): each is a query against
+// all the others, ranked by cosine similarity (rows are L2-normalised).
+Metrics leave_one_out(const Run& r, const std::vector<std::string>& labels,
+                      const std::vector<size_t>& ok) {
+  MetricsAccumulator acc;
+  std::vector<std::pair<double, size_t>> scored;
+  std::vector<std::uint8_t> relevant;
+  for (size_t qi : ok) {
+    scored.clear();
+    std::int64_t n_relevant = 0;
+    for (size_t gi : ok) {
+      if (gi == qi) continue;
+      scored.emplace_back(-dot(&r.embeddings[qi * r.dim], &r.embeddings[gi * r.dim], r.dim), gi);
+      n_relevant += labels[gi] == labels[qi];
+    }
+    std::sort(scored.begin(), scored.end());
+    relevant.clear();
+    for (const auto& [s, gi] : scored) relevant.push_back(labels[gi] == labels[qi]);
+    acc.add(relevant, n_relevant);
+  }
+  return acc.result();
+}
+
+}  // namespace
+
+CalibrationReport calibrate(const CalibrateOptions& o) {
+  CalibrationReport report;
+  const fs::path archive = o.model;
+  report.card = fs::path(archive).replace_extension(".json");
+  const auto card = model::load_model_card(report.card);
+  std::vector<std::string> wanted = o.precisions;
+  if (wanted.empty() && card.precisions.is_object())
+    for (const auto& [name, entry] : card.precisions.items())
+      if (name != "fp32" && entry.is_object() && entry.contains("archive")) wanted.push_back(name);
+  if (wanted.empty())
+    throw model::ModelError(report.card.string() +
+                            ": lists no reduced-precision archive (card field 'precisions'); "
+                            "export one with tools/export_model.py --precisions bf16");
+
+  const PhotoSet set = load_photos(o);
+  const Run fp32 = embed_at(o, "fp32", set);
+  report.fp32_images_per_s = fp32.images_per_s;
+  std::vector<Run> runs;
+  for (const auto& p : wanted) {
+    if (model::parse_precision(p, "--precision", nullptr) == model::Precision::FP32)
+      throw model::ModelError("--precision: calibrate measures reduced precisions, not " + p);
+    runs.push_back(embed_at(o, p, set));
+  }
+  std::vector<size_t> ok;
+  for (size_t i = 0; i < set.files.size(); ++i) {
+    bool all = fp32.errors[i].empty();
+    for (const auto& r : runs) all = all && r.errors[i].empty();
+    if (all) ok.push_back(i);
+  }
+  if (ok.empty()) throw LabelError(o.images.string() + ": no photo could be decoded");
+  report.images = static_cast<std::int64_t>(ok.size());
+  report.failed = static_cast<std::int64_t>(set.files.size() - ok.size());
+  report.labelled = !set.labels.empty();
+  if (report.labelled) report.fp32_metrics = leave_one_out(fp32, set.labels, ok);
+
+  for (size_t k = 0; k < runs.size(); ++k) {
+    const Run& r = runs[k];
+    PrecisionResult pr;
+    pr.precision = model::parse_precision(wanted[k], "--precision", nullptr);
+    pr.archive = r.archive;
+    pr.images_per_s = r.images_per_s;
+    pr.min_cosine = 2;
+    double sum = 0;
+    for (size_t i : ok) {
+      const double c = dot(&r.embeddings[i * r.dim], &fp32.embeddings[i * fp32.dim], r.dim);
+      sum += c;
+      if (c < pr.min_cosine) {
+        pr.min_cosine = c;
+        pr.worst_file = set.files[i].string();
+      }
+    }
+    pr.mean_cosine = sum / static_cast<double>(ok.size());
+    if (report.labelled) {
+      pr.metrics = leave_one_out(r, set.labels, ok);
+      pr.recall_at_1_delta = pr.metrics->recall_at_1 - report.fp32_metrics->recall_at_1;
+      pr.map_delta = pr.metrics->mean_ap - report.fp32_metrics->mean_ap;
+    }
+    pr.meets_bar = model::meets_bar({{"min_cosine", pr.min_cosine},
+                                     {"recall_at_1_delta", pr.recall_at_1_delta},
+                                     {"map_delta", pr.map_delta}});
+    report.precisions.push_back(std::move(pr));
+  }
+  return report;
+}
+
+void record_calibration(const CalibrationReport& report) {
+  auto card = model::load_model_card(report.card);
+  if (!card.precisions.is_object()) card.precisions = json::object();
+  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  card.precisions["fp32"]["images_per_s"] = report.fp32_images_per_s;
+  for (const auto& p : report.precisions) {
+    json f{{"min_cosine", p.min_cosine},
+           {"mean_cosine", p.mean_cosine},
+           {"worst_file", p.worst_file},
+           {"images", report.images},
+           {"labelled", report.labelled},
+           {"meets_bar", p.meets_bar},
+           {"bar", {{"min_cosine", model::kMinCosineBar},
+                    {"max_metric_delta", model::kMaxMetricDelta}}},
+           {"measured_at", when}};
+    if (p.metrics) {
+      f["recall_at_1"] = p.metrics->recall_at_1;
+      f["map"] = p.metrics->mean_ap;
+      f["fp32_recall_at_1"] = report.fp32_metrics->recall_at_1;
+      f["fp32_map"] = report.fp32_metrics->mean_ap;
+      f["recall_at_1_delta"] = p.recall_at_1_delta;
+      f["map_delta"] = p.map_delta;
+    }
+    auto& entry = card.precisions[model::to_string(p.precision)];
+    entry["fidelity"] = f;
+    entry["images_per_s"] = p.images_per_s;
+  }
+  const fs::path tmp = fs::path(report.card).concat(".tmp");
+  model::save_model_card(card, tmp);
+  std::error_code ec;
+  fs::rename(tmp, report.card, ec);
+  if (ec)
+    throw model::ModelError(report.card.string() + ": cannot replace the model card: " +
+                            ec.message());
+}
+
+}  // namespace lookalike::eval

@@ -1,0 +1,163 @@
+#include "model/precision.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "model/model_card.h"
+
+namespace lookalike::model {
+namespace {
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string part;
+  while (std::getline(in, part, sep))
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+std::set<std::string> read_cpu_flags() {
+  std::set<std::string> flags;
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::stringstream words(line.substr(line.find(':') + 1));
+    for (std::string w; words >> w;) flags.insert(w);
+    break;  // every core lists the same flags
+  }
+  if (const char* mask = std::getenv("LOOKALIKE_CPU_MASK")) {
+    if (std::string(mask) == "all") return {};
+    for (const auto& f : split(mask, ',')) flags.erase(f);
+  }
+  return flags;
+}
+
+double number_or(const nlohmann::json& j, const char* key, double fallback) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : fallback;
+}
+
+std::vector<std::string> requirements(const nlohmann::json& entry) {
+  std::vector<std::string> out;
+  if (auto it = entry.find("requires"); it != entry.end() && it->is_array())
+    for (const auto& r : *it)
+      if (r.is_string()) out.push_back(r.get<std::string>());
+  return out;
+}
+
+std::string join(const std::vector<std::string>& parts, const char* sep) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : sep) + p;
+  return out;
+}
+
+}  // namespace
+
+std::string to_string(Precision p) {
+  switch (p) {
+    case Precision::BF16: return "bf16";
+    case Precision::INT8: return "int8";
+    case Precision::FP32: break;
+  }
+  return "fp32";
+}
+
+Precision parse_precision(const std::string& text, const std::string& source, bool* is_auto) {
+  if (is_auto) *is_auto = text == "auto";
+  if (text == "auto" || text == "fp32") return Precision::FP32;
+  if (text == "bf16") return Precision::BF16;
+  if (text == "int8") return Precision::INT8;
+  throw ModelError(source + ": '" + text + "' is not a precision (fp32, bf16, int8 or auto)");
+}
+
+const std::set<std::string>& cpu_flags() {
+  static const std::set<std::string> flags = read_cpu_flags();
+  return flags;
+}
+
+bool cpu_supports(const std::vector<std::string>& needed, const std::set<std::string>& flags) {
+  for (const auto& any : needed) {
+    bool ok = false;
+    for (const auto& f : split(any, '|')) ok = ok || flags.count(f) > 0;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool meets_bar(const nlohmann::json& fidelity) {
+  if (!fidelity.is_object()) return false;
+  const double min_cos = number_or(fidelity, "min_cosine", -1);
+  const double d_r1 = std::abs(number_or(fidelity, "recall_at_1_delta", 0));
+  const double d_map = std::abs(number_or(fidelity, "map_delta", 0));
+  return min_cos >= kMinCosineBar && d_r1 <= kMaxMetricDelta && d_map <= kMaxMetricDelta;
+}
+
+namespace {
+
+PrecisionChoice explicit_choice(Precision p, const nlohmann::json& precisions,
+                                const std::set<std::string>& flags, const std::string& card) {
+  PrecisionChoice c{p, "", true, "--precision " + to_string(p)};
+  if (p == Precision::FP32) return c;
+  const std::string name = to_string(p);
+  const nlohmann::json* entry = precisions.is_object() && precisions.contains(name)
+                                    ? &precisions.at(name) : nullptr;
+  if (!entry || !entry->is_object() || !entry->contains("archive") ||
+      !entry->at("archive").is_string())
+    throw ModelError(card + ": the model has no " + name + " archive (card field 'precisions." +
+                     name + "'); export it with tools/export_model.py --precisions " + name);
+  c.archive = entry->at("archive").get<std::string>();
+  const auto fidelity = entry->value("fidelity", nlohmann::json());
+  c.interchangeable = meets_bar(fidelity);
+  if (!cpu_supports(requirements(*entry), flags))
+    c.reason += "; this CPU lacks " + join(requirements(*entry), ", ") + " (emulated, slow)";
+  if (fidelity.is_null())
+    c.reason += "; fidelity not measured (lookalike models calibrate), so its vectors get their "
+                "own model id";
+  else if (!c.interchangeable)
+    c.reason += "; below the fidelity bar, so its vectors get their own model id";
+  return c;
+}
+
+}  // namespace
+
+PrecisionChoice choose_precision(const std::string& requested, const nlohmann::json& precisions,
+                                 const std::set<std::string>& flags, const std::string& card) {
+  bool is_auto = false;
+  const Precision p = parse_precision(requested, "precision", &is_auto);
+  if (!is_auto) return explicit_choice(p, precisions, flags, card);
+
+  PrecisionChoice best{Precision::FP32, "", true, ""};
+  double best_rate = precisions.is_object() && precisions.contains("fp32")
+                         ? number_or(precisions.at("fp32"), "images_per_s", 0) : 0;
+  std::vector<std::string> passed;
+  for (Precision cand : {Precision::BF16, Precision::INT8}) {
+    const std::string name = to_string(cand);
+    if (!precisions.is_object() || !precisions.contains(name)) continue;
+    const auto& entry = precisions.at(name);
+    if (!entry.is_object() || !entry.contains("archive")) continue;
+    const auto fidelity = entry.value("fidelity", nlohmann::json());
+    const double rate = number_or(entry, "images_per_s", 0);
+    if (!cpu_supports(requirements(entry), flags))
+      passed.push_back(name + ": CPU lacks " + join(requirements(entry), ", "));
+    else if (fidelity.is_null())
+      passed.push_back(name + ": fidelity not measured (lookalike models calibrate)");
+    else if (!meets_bar(fidelity))
+      passed.push_back(name + ": below the fidelity bar (min cosine " +
+                       std::to_string(number_or(fidelity, "min_cosine", 0)).substr(0, 8) + ")");
+    else if (rate <= best_rate)
+      passed.push_back(name + ": not faster than " + to_string(best.precision) + " here");
+    else {
+      best = {cand, entry.at("archive").get<std::string>(), true, ""};
+      best_rate = rate;
+    }
+  }
+  best.reason = "auto: " + to_string(best.precision) +
+                (best.precision == Precision::FP32 ? "" : " (fastest that meets the fidelity bar)");
+  if (!passed.empty()) best.reason += "; passed over " + join(passed, "; ");
+  return best;
+}
+
+}  // namespace lookalike::model

@@ -1,0 +1,72 @@
+// Inference precision of an embedding model: which archive runs (FP32, or a reduced-precision
+// archive the exporter prepared), whether this CPU runs it natively, and whether its vectors are
+// interchangeable with FP32 ones. Design, rule and measurements: docs/precision.md.
+//
+// A model card's "precisions" object (model/model_card.h) lists the reduced-precision archives:
+//   "precisions": {
+//     "bf16": {
+//       "archive": "resnet50.bf16.pt",          // next to the card
+//       "recipe": "whole model in bfloat16, channels-last",
+//       "requires": ["avx512_bf16|amx_bf16"],   // CPU flags (/proc/cpuinfo), any of a|b
+//       "fidelity": {                           // written by `lookalike models calibrate`
+//         "min_cosine": 0.99985, "mean_cosine": 0.99995, "images": 372,
+//         "recall_at_1_delta": 0.0, "map_delta": 0.0003, "meets_bar": true, ...},
+//       "images_per_s": 81.2                    // model-only, measured by calibrate
+//     }
+//     "fp32": {"images_per_s": 35.0}            // the FP32 archive's speed, same run
+//   },
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace lookalike::model {
+
+enum class Precision { FP32, BF16, INT8 };
+
+// "fp32" | "bf16" | "int8"; parse_precision also takes "auto" (returns false in *is_auto).
+std::string to_string(Precision p);
+// Throws ModelError for anything else, naming `source` (e.g. "--precision").
+Precision parse_precision(const std::string& text, const std::string& source, bool* is_auto);
+
+// The fidelity bar a reduced-precision path must meet to be chosen by "auto" and to share the
+// FP32 model id (issue 12; docs/precision.md): cosine similarity to the FP32 embedding of the same
+// photo >= 0.999 on every calibration photo, and, where the photos have labels, leave-one-out
+// Recall@1 and mAP within 0.005 of FP32.
+inline constexpr double kMinCosineBar = 0.999;
+inline constexpr double kMaxMetricDelta = 0.005;
+
+// CPU feature flags as /proc/cpuinfo spells them (avx512_bf16, amx_bf16, avx512_vnni, amx_int8,
+// ...), minus those named in $LOOKALIKE_CPU_MASK (comma-separated, or "all"): the mask lets a
+// test or a user simulate an older CPU. Read once per process.
+const std::set<std::string>& cpu_flags();
+// Every entry of `needed` ("a|b" = either flag) is in `flags`.
+bool cpu_supports(const std::vector<std::string>& needed, const std::set<std::string>& flags);
+
+struct PrecisionChoice {
+  Precision precision = Precision::FP32;
+  std::string archive;       // file name next to the card; empty = the FP32 archive
+  bool interchangeable = true;  // recorded fidelity meets the bar: same model id as FP32
+  std::string reason;           // why, in words (shown by info, index and --json)
+};
+
+// What to run for `requested` ("auto", "fp32", "bf16", "int8") given a card's "precisions"
+// object and the CPU's flags.
+//  - fp32: always.
+//  - an explicit reduced precision: its archive if the card lists one, else ModelError naming
+//    the card and the exporter option that prepares it. Runs even where the CPU lacks the
+//    feature (oneDNN then emulates it, slowly) or the fidelity is unmeasured or below the bar:
+//    then interchangeable = false and the model id carries the precision.
+//  - auto: among FP32 and the listed precisions whose CPU features are present and whose
+//    recorded fidelity meets the bar, the one with the highest recorded images_per_s; FP32 when
+//    none qualifies (reason says why each was passed over).
+// `card_name` names the card in errors.
+PrecisionChoice choose_precision(const std::string& requested, const nlohmann::json& precisions,
+                                 const std::set<std::string>& flags, const std::string& card_name);
+
+// The precision's fidelity record meets the bar (kMinCosineBar, kMaxMetricDelta).
+bool meets_bar(const nlohmann::json& fidelity);
+
+}  // namespace lookalike::model
