@@ -86,9 +86,10 @@ struct Options {
   std::int64_t search_size = 100'000;
   std::vector<int> search_threads = {1, 4, 16};
   double seconds = 5;
-  std::string model;   // empty: the default places
-  std::string photos;  // empty: <shared>/datasets/clothing-small/test
-  int threads = 0;     // LibTorch / OpenMP threads; 0 = all cores
+  std::string model;               // empty: the default places
+  std::string precision = "auto";  // model::ModelOptions::precision (docs/precision.md)
+  std::string photos;              // empty: <shared>/datasets/clothing-small/test
+  int threads = 0;                 // LibTorch / OpenMP threads; 0 = all cores
   fs::path work;
   bool keep = false;
   std::uint64_t seed = 42;
@@ -101,7 +102,7 @@ struct Options {
             << "\nusage: bench_engine [--only commit,concurrent,embed] [--dim 128]"
                " [--sizes 10000,100000,1000000]\n"
                "                    [--search-size 100000] [--search-threads 1,4,16] "
-               "[--seconds 5] [--model PATH]\n"
+               "[--seconds 5] [--model PATH] [--precision auto|fp32|bf16]\n"
                "                    [--photos DIR] [--threads N] [--work DIR] [--keep] "
                "[--seed N] [--json] [--check]\n";
   std::exit(2);
@@ -187,6 +188,8 @@ Options parse(int argc, char** argv) {
       if (!(o.seconds > 0)) usage("--seconds: '" + text + "' is not a positive number");
     } else if (flag == "--model") {
       o.model = value();
+    } else if (flag == "--precision") {
+      o.precision = value();
     } else if (flag == "--photos") {
       o.photos = value();
     } else if (flag == "--threads") {
@@ -831,6 +834,7 @@ json run_embed(const Options& o, bool& ok) {
   eo.collection = o.work / "embed-no-collection";  // ModelOnly: nothing is created there
   eo.model = model_path->string();
   eo.threads = o.threads;
+  eo.precision = o.precision;
   auto eng = engine::Engine::open(eo, engine::Access::ModelOnly);
   auto& batcher = eng->batcher();
   auto& m = eng->model();
@@ -876,9 +880,11 @@ json run_embed(const Options& o, bool& ok) {
     std::vector<std::thread> pool;
     for (int i = 0; i < kEmbedImages; ++i) {
       pool.emplace_back([&, i] {
+        // As the engine's uploads and queries do before decoding (EmbedBatcher::expect).
+        auto announced = batcher.expect();
         armed.count_down();
         go.wait();
-        out[i] = batcher.embed(inputs[i].data(), 1);
+        out[i] = batcher.embed(inputs[i].data(), 1, announced);
         ended[i] = Clock::now();
       });
     }
@@ -931,6 +937,8 @@ json run_embed(const Options& o, bool& ok) {
 
   json j = {{"model", m.id()},
             {"archive", model_path->string()},
+            {"precision", model::to_string(m.precision().precision)},
+            {"precision_reason", m.precision().reason},
             {"threads", m.threads()},
             {"batch_size", eo.batch_size},
             {"batch_wait_us", eo.batch_wait.count()},
@@ -958,8 +966,8 @@ json run_embed(const Options& o, bool& ok) {
   if (!o.as_json) {
     fmt::print(
         "\n== embed: {} single-image embeds through the engine's EmbedBatcher, {}, {} "
-        "threads ==\n",
-        kEmbedImages, m.id(), m.threads());
+        "threads, {} ==\n",
+        kEmbedImages, m.id(), m.threads(), model::to_string(m.precision().precision));
     fmt::print("{:<44} {:>10} {:>10} {:>10} {:>14}\n", "", "median ms", "min ms", "max ms",
                "forward passes");
     double smin = *std::min_element(seq.begin(), seq.end());

@@ -1,7 +1,7 @@
 // Decode-only and embed-only rates for the files in a list, measured in one process, so that
 // bench/run.sh can compare them with `lookalike index` end to end and the Python reference.
 //
-// usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size 32]
+// usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size 32] [--precision auto]
 // Prints one JSON object: decode_ms_per_image (decode + preprocess, one thread),
 // embed_ms_per_image (forward pass only, N threads), their rates (images/s) and the ratio of
 // decode time to embed time, in wall time and in CPU time.
@@ -44,21 +44,28 @@ std::vector<std::string> read_list(const std::string& path) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::cerr << "usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size B]\n";
+    std::cerr << "usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size B] "
+                 "[--precision auto|fp32|bf16]\n";
     return 2;
   }
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   int batch = 32;
+  std::string precision = "auto";
   for (int i = 3; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--threads") threads = std::stoi(argv[i + 1]);
     if (flag == "--batch-size") batch = std::stoi(argv[i + 1]);
+    if (flag == "--precision") precision = argv[i + 1];
   }
   mallopt(M_MMAP_MAX, 0);  // as the lookalike binary does: see cli/main.cpp
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   auto files = read_list(argv[2]);
   image::init_decoder();
-  auto model = model::EmbeddingModel::load(argv[1], {threads, true});
+  model::ModelOptions options;
+  options.threads = threads;
+  options.max_batch = batch;
+  options.precision = precision;
+  auto model = model::EmbeddingModel::load(argv[1], options);
   auto spec = model::preprocess_spec(model->card());
   const int side = model->card().input_size;
   const std::size_t per_image = 3ull * side * side;
@@ -93,6 +100,7 @@ int main(int argc, char** argv) {
   const double n = static_cast<double>(files.size());
   nlohmann::json out = {{"images", files.size()},
                         {"model", model->id()},
+                        {"precision", model::to_string(model->precision().precision)},
                         {"threads", model->threads()},
                         {"batch_size", batch},
                         {"decode_only_ms_per_image", 1000 * jpeg_s / n},

@@ -47,18 +47,6 @@ std::string params_line(const index::SearchParams& p) {
   return out.empty() ? "none" : out;
 }
 
-engine::EngineOptions engine_options(const GlobalOptions& g) {
-  engine::EngineOptions o;
-  o.collection = g.collection;
-  o.model = g.model;
-  o.threads = g.threads;
-  o.precision = g.precision;
-  o.decode_threads = g.decode_threads;
-  o.batch_size = g.batch_size;
-  o.max_pixels = g.max_pixels;
-  return o;
-}
-
 json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
   json failures = json::array();
   for (const auto& f : s.failures) {
@@ -439,14 +427,14 @@ std::string precisions_line(const model::ModelCard& card) {
       if (name == "fp32" || !entry.is_object()) continue;
       const auto f = entry.value("fidelity", json());
       line += ", " + name +
-              (f.is_object() ? fmt::format(" (min cosine {:.5f}, {} the bar)",
-                                           f.value("min_cosine", 0.0),
-                                           model::meets_bar(f) ? "meets" : "below")
-                             : std::string(" (not calibrated)"));
+              (f.is_object()
+                   ? fmt::format(" (min cosine {:.5f}, {} the bar)", f.value("min_cosine", 0.0),
+                                 model::meets_bar(f) ? "meets" : "below")
+                   : std::string(" (not calibrated)"));
     }
   try {
-    line += "; " + model::choose_precision("auto", card.precisions, model::cpu_flags(), card.name)
-                       .reason;
+    line += "; " +
+            model::choose_precision("auto", card.precisions, model::cpu_flags(), card.name).reason;
   } catch (const model::ModelError&) {
   }
   return line;
@@ -460,10 +448,9 @@ int run_models(const GlobalOptions& g) {
       json card = model::model_card_to_json(m.card);
       card["archive"] = m.archive.string();
       card["type"] = "model";
-      const auto c = model::choose_precision("auto", m.card.precisions, model::cpu_flags(),
-                                             m.card.name);
-      card["auto_precision"] = {{"precision", model::to_string(c.precision)},
-                                {"reason", c.reason}};
+      const auto c =
+          model::choose_precision("auto", m.card.precisions, model::cpu_flags(), m.card.name);
+      card["auto_precision"] = {{"precision", model::to_string(c.precision)}, {"reason", c.reason}};
       print_record(card);
     }
     return kOk;
@@ -517,6 +504,18 @@ int run_serve(const GlobalOptions& g, const ServeArgs& a) {
   eo.max_aspect_ratio = a.max_aspect_ratio;
   eo.batch_wait = std::chrono::microseconds(static_cast<std::int64_t>(a.batch_wait_ms * 1000));
   return server::serve(eo, o) == 0 ? kOk : kError;
+}
+
+engine::EngineOptions engine_options(const GlobalOptions& g) {
+  engine::EngineOptions o;
+  o.collection = g.collection;
+  o.model = g.model;
+  o.threads = g.threads;
+  o.precision = g.precision;
+  o.decode_threads = g.decode_threads;
+  o.batch_size = g.batch_size;
+  o.max_pixels = g.max_pixels;
+  return o;
 }
 
 }  // namespace lookalike::cli

@@ -14,6 +14,9 @@
 namespace CLI {
 class App;
 }
+namespace lookalike::engine {
+struct EngineOptions;
+}
 
 namespace lookalike::cli {
 
@@ -96,6 +99,10 @@ struct ServeArgs {
   double batch_wait_ms = 2;  // engine::EngineOptions::batch_wait
 };
 
+// The engine options every subcommand opens its engine with (collection, model, threads,
+// precision, decode threads, batch size, pixel limit), from the global options.
+engine::EngineOptions engine_options(const GlobalOptions& g);
+
 // A subcommand that registers its own options (in its own file): main() calls run() when the
 // subcommand was given, after parsing, with the global options filled in.
 struct Subcommand {
@@ -108,6 +115,11 @@ Subcommand add_eval_command(CLI::App& app, const GlobalOptions& g);
 Subcommand add_bench_index_command(CLI::App& app, const GlobalOptions& g);
 // `lookalike duplicates` (cli/duplicates_command.cpp).
 Subcommand add_duplicates_command(CLI::App& app, const GlobalOptions& g);
+// `lookalike map` (cli/map_command.cpp).
+Subcommand add_map_command(CLI::App& app, const GlobalOptions& g);
+// `lookalike train` and `lookalike reembed` (cli/train_command.cpp, train/train.h).
+Subcommand add_train_command(CLI::App& app, const GlobalOptions& g);
+Subcommand add_reembed_command(CLI::App& app, const GlobalOptions& g);
 
 int run_serve(const GlobalOptions& g, const ServeArgs& a);
 int run_index(const GlobalOptions& g, const IndexArgs& a);

@@ -23,7 +23,16 @@ using nlohmann::json;
 struct DuplicatesArgs {
   double threshold = 0;
   int k = dedup::kDefaultNeighbours;
+  int nprobe = 0;
+  int ef_search = 0;
   bool json = false;
+};
+
+// What became of the perceptual hashes computed from files during the run.
+struct Backfill {
+  std::int64_t computed = 0;
+  std::int64_t stored = 0;
+  std::string not_stored;  // why they could not be stored (locked, read-only); empty otherwise
 };
 
 json member_json(const dedup::DuplicateMember& m) {
@@ -34,12 +43,13 @@ json member_json(const dedup::DuplicateMember& m) {
               {"exact", m.exact},
               {"width", m.width},
               {"height", m.height},
+              {"picture", m.picture},
               {"hamming", m.hamming >= 0 ? json(m.hamming) : json(nullptr)}});
   if (!m.note.empty()) out["note"] = m.note;
   return out;
 }
 
-json report_json(const dedup::DuplicateReport& r) {
+json report_json(const dedup::DuplicateReport& r, const Backfill& b) {
   json groups = json::array();
   for (const auto& g : r.groups) {
     json members = json::array();
@@ -52,18 +62,25 @@ json report_json(const dedup::DuplicateReport& r) {
                   {"exact_groups", r.exact_groups},
                   {"threshold", r.threshold},
                   {"threshold_source", r.threshold_source},
-                  {"k", r.k}};
+                  {"k", r.k},
+                  {"search_params", store::search_params_json(r.params)},
+                  {"hashes_computed", b.computed},
+                  {"hashes_stored", b.stored}};
+  if (!b.not_stored.empty()) summary["hashes_not_stored"] = b.not_stored;
   return {{"groups", groups}, {"summary", summary}};
 }
 
 std::string verdict(const dedup::DuplicateMember& m) {
   if (m.exact) return "same picture (identical file)";
-  if (m.same_picture) return fmt::format("same picture (dHash distance {})", m.hamming);
-  if (m.hamming >= 0) return fmt::format("similar (dHash distance {})", m.hamming);
+  if (m.same_picture) return fmt::format("same picture (pHash distance {})", m.hamming);
+  if (m.hamming >= 0) {
+    return fmt::format("similar (pHash distance {}{})", m.hamming,
+                       m.picture > 0 ? fmt::format(", picture {}", m.picture) : "");
+  }
   return m.note.empty() ? "similar" : "similar (" + m.note + ")";
 }
 
-void print_human(const dedup::DuplicateReport& r, bool quiet) {
+void print_human(const dedup::DuplicateReport& r, const Backfill& b, bool quiet) {
   for (const auto& g : r.groups) {
     const auto& rep = g.members.front();
     std::cout << fmt::format("group of {} (representative {}, {} x {})\n  * {:>8}  {}\n",
@@ -80,6 +97,26 @@ void print_human(const dedup::DuplicateReport& r, bool quiet) {
       "{} groups, {} of {} images in groups, {} exact groups (threshold {:.2f}, {}; k {})\n",
       r.groups.size(), r.images_in_groups, r.images, r.exact_groups, r.threshold,
       r.threshold_source, r.k);
+  if (b.computed > 0) {
+    std::cout << fmt::format("{} perceptual hashes computed from files, {} stored{}\n", b.computed,
+                             b.stored, b.not_stored.empty() ? "" : " (" + b.not_stored + ")");
+  }
+}
+
+// Rows indexed before schema 4 have no perceptual hash: what the run computed is stored now,
+// through a short write-mode open (the writer lock is not held during the search itself).
+Backfill store_hashes(const GlobalOptions& g, const dedup::DuplicateReport& report) {
+  Backfill b;
+  b.computed = static_cast<std::int64_t>(report.computed_hashes.size());
+  if (b.computed == 0) return b;
+  try {
+    auto writer = store::Collection::open(g.collection, store::Collection::Mode::Write);
+    b.stored = dedup::store_computed_hashes(*writer, report);
+  } catch (const store::StoreError& e) {
+    b.not_stored = fmt::format("not stored: {}", e.what());
+    spdlog::warn("perceptual hashes {}; they will be computed again next time", b.not_stored);
+  }
+  return b;
 }
 
 int run(const GlobalOptions& g, const DuplicatesArgs& a, bool threshold_given) {
@@ -90,19 +127,24 @@ int run(const GlobalOptions& g, const DuplicatesArgs& a, bool threshold_given) {
   dedup::DuplicateOptions o;
   if (threshold_given) o.threshold = a.threshold;
   o.k = a.k;
+  o.params.nprobe = a.nprobe;
+  o.params.ef_search = a.ef_search;
   image::init_decoder();
-  auto collection = store::Collection::open(g.collection, store::Collection::Mode::Read);
   dedup::DuplicateReport report;
-  try {
-    report = dedup::find_duplicates(*collection, o);
-  } catch (const dedup::DuplicateOptionError& e) {
-    spdlog::error("lookalike duplicates: {}", e.what());
-    return kUsage;
+  {
+    auto collection = store::Collection::open(g.collection, store::Collection::Mode::Read);
+    try {
+      report = dedup::find_duplicates(*collection, o);
+    } catch (const dedup::DuplicateOptionError& e) {
+      spdlog::error("lookalike duplicates: {}", e.what());
+      return kUsage;
+    }
   }
+  const auto backfill = store_hashes(g, report);
   if (g.json || a.json) {
-    std::cout << report_json(report).dump() << "\n";
+    std::cout << report_json(report, backfill).dump() << "\n";
   } else {
-    print_human(report, g.quiet);
+    print_human(report, backfill, g.quiet);
   }
   return kOk;
 }
@@ -126,6 +168,14 @@ Subcommand add_duplicates_command(CLI::App& app, const GlobalOptions& g) {
           "-k", args->k,
           fmt::format("Neighbours searched per image (default {})", dedup::kDefaultNeighbours))
       ->check(CLI::Range(1, store::kMaxTopK - 1));
+  s.app
+      ->add_option("--nprobe", args->nprobe,
+                   "IVF lists visited per neighbour search (default: the collection's)")
+      ->check(CLI::Range(0, 1 << 20));
+  s.app
+      ->add_option("--ef-search", args->ef_search,
+                   "HNSW candidate list per neighbour search (default: the collection's)")
+      ->check(CLI::Range(0, 1 << 20));
   s.app->add_flag("--json", args->json, "One JSON object: {\"groups\": [...], \"summary\": {...}}");
   auto* app_ptr = s.app;
   s.run = [&g, args, app_ptr] { return run(g, *args, app_ptr->count("--threshold") > 0); };

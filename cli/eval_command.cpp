@@ -52,16 +52,6 @@ void add_options(CLI::App& cmd, EvalArgs& a) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 }
 
-engine::EngineOptions engine_options(const GlobalOptions& g) {
-  engine::EngineOptions o;
-  o.threads = g.threads;
-  o.precision = g.precision;
-  o.decode_threads = g.decode_threads;
-  o.batch_size = g.batch_size;
-  o.max_pixels = g.max_pixels;
-  return o;
-}
-
 eval::EvalOptions eval_options(const GlobalOptions& g, const EvalArgs& a) {
   eval::EvalOptions o;
   o.gallery = a.gallery;
@@ -71,7 +61,10 @@ eval::EvalOptions eval_options(const GlobalOptions& g, const EvalArgs& a) {
   o.models = a.models;
   if (o.models.empty()) o.models = {g.model.empty() ? engine::kDefaultModel : g.model};
   if (!a.specs.empty()) o.index_specs = a.specs;
+  // No collection: eval indexes into its own scratch collections, one per model and spec.
   o.engine = engine_options(g);
+  o.engine.collection.clear();
+  o.engine.model.clear();
   if (!g.quiet) {
     o.progress = [](const std::string& line) { fmt::print(stderr, "lookalike eval: {}\n", line); };
   }

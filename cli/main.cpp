@@ -140,11 +140,13 @@ static int run(int argc, char** argv) {
       "calibrate",
       "Measure each reduced-precision archive of --model against FP32 on your photos (cosine, "
       "Recall@1, mAP, images/s) and record it in the model card for --precision auto");
-  calibrate->add_option("images", ca.images,
-                        "Folder of photos (a folder per class adds Recall@1 and mAP) or CSV")
+  calibrate
+      ->add_option("images", ca.images,
+                   "Folder of photos (a folder per class adds Recall@1 and mAP) or CSV")
       ->required();
-  calibrate->add_option("--precisions", ca.precisions,
-                        "Precisions to measure (default: every one the card lists)")
+  calibrate
+      ->add_option("--precisions", ca.precisions,
+                   "Precisions to measure (default: every one the card lists)")
       ->delimiter(',')
       ->check(CLI::IsMember({"bf16", "int8"}));
   calibrate->add_option("--limit", ca.limit, "At most this many photos, spread evenly (0 = all)")
@@ -189,6 +191,9 @@ static int run(int argc, char** argv) {
   Subcommand eval = add_eval_command(app, g);
   Subcommand bench_index = add_bench_index_command(app, g);
   Subcommand duplicates = add_duplicates_command(app, g);
+  Subcommand map = add_map_command(app, g);
+  Subcommand train = add_train_command(app, g);
+  Subcommand reembed = add_reembed_command(app, g);
 
   try {
     app.parse(argc, argv);
@@ -227,6 +232,9 @@ static int run(int argc, char** argv) {
     if (*eval.app) return eval.run();
     if (*bench_index.app) return bench_index.run();
     if (*duplicates.app) return duplicates.run();
+    if (*map.app) return map.run();
+    if (*train.app) return train.run();
+    if (*reembed.app) return reembed.run();
   } catch (const lookalike::engine::EngineError& e) {
     spdlog::error("{}", e.what());
     return e.kind() == lookalike::engine::EngineError::Kind::Invalid ? kUsage : kError;

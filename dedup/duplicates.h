@@ -7,17 +7,22 @@
 // Groups are the connected components (union-find, Tarjan 1975) of that graph with at least two
 // images, so a group may chain: A~B and B~C put A and C together even when A and C are under the
 // threshold. The graph is never materialised as an N x N matrix: every image is searched once, in
-// batches of `batch` queries, and only the union-find arrays (O(n)), the catalog's image rows
-// (list(), O(n)) and one batch's queries and hits (O(batch x (dim + k))) are held. With an
+// batches of `batch` queries (their vectors read with Catalog::embeddings), and only O(n)
+// arrays are held beside the index: 44 bytes an image (a compact row of id and content hash, the
+// union-find arrays, a sort permutation), plus one page of 10,000 catalog records, one batch's
+// queries and hits (O(batch x (dim + k))) and, one group at a time, its records. With an
 // approximate index (IVF, HNSW, PQ) a neighbour the index misses is not linked (recall, not
-// precision, drops); with Flat the search is exact.
+// precision, drops; raise `params` nprobe / ef_search); with Flat the search is exact.
+// Measured at 100,000 and 1,000,000 generated vectors: bench/bench_duplicates.cpp.
 //
 // Each group has a representative: the largest width * height, then the smallest added_at_ms,
 // then the smallest id. Each member carries its cosine similarity to the representative (dot
 // product of the stored L2-normalised embeddings, so it may be under the threshold in a chain)
-// and whether it is the same picture as the representative: identical content_hash, or a
-// difference hash (dedup/dhash.h, Krawetz 2013) within max_hamming bits, computed from the
-// files of group members only.
+// and which picture it is: members are "the same picture" when they have the same content_hash
+// or their perceptual hashes (dedup/phash.h, images.phash) are within max_distance bits, and
+// `picture` numbers these same-picture sets inside the group (0: the representative's). The
+// hash is read from the catalog; a row without one (indexed before schema 4) is hashed from
+// its file and returned in computed_hashes for the caller to store (store_computed_hashes).
 //
 // Threshold defaults (cosine similarity), from tests/e2e/duplicates.py and the clothing-small
 // gallery (3,068 product photos on plain backgrounds, docs/duplicates.md):
@@ -38,7 +43,8 @@
 #include <string>
 #include <vector>
 
-#include "dedup/dhash.h"
+#include "dedup/phash.h"
+#include "index/vector_index.h"
 #include "store/collection.h"
 
 namespace lookalike::dedup {
@@ -46,6 +52,9 @@ namespace lookalike::dedup {
 inline constexpr double kDefaultThreshold = 0.90;
 inline constexpr int kDefaultNeighbours = 10;
 inline constexpr int kDefaultBatch = 256;
+// Groups up to this size compare the perceptual hashes of every pair of members (O(g^2));
+// larger ones (a long chain at a low threshold) compare each member with the representative.
+inline constexpr std::size_t kPairwiseLimit = 2048;
 
 // The collection cannot be searched for duplicates (metric l2, no embeddings), or a search
 // failed. what() names the collection folder and the cause.
@@ -63,8 +72,11 @@ struct DuplicateOptions {
   std::optional<double> threshold;  // cosine similarity in [-1, 1]; unset: default_threshold()
   int k = kDefaultNeighbours;       // neighbours searched per image, 1..store::kMaxTopK - 1
   int batch = kDefaultBatch;        // queries per Collection::search call, >= 1
-  int max_hamming = kSamePictureMaxHamming;  // dHash bits, 0..64
-  bool perceptual_hash = true;               // false: same_picture only from content_hash
+  int max_distance = kSamePictureMaxDistance;  // pHash bits (dedup::distance), 0..64
+  bool perceptual_hash = true;                 // false: same_picture only from content_hash
+  // Search-time parameters of the neighbour searches (nprobe for IVF, ef_search for HNSW,
+  // rerank for PQ/SQ); 0 fields: the collection's defaults. Negative: DuplicateOptionError.
+  index::SearchParams params;
 };
 
 struct DuplicateMember {
@@ -72,10 +84,15 @@ struct DuplicateMember {
   std::string path;
   int width = 0, height = 0;
   double similarity = 0;      // cosine similarity to the representative (1 for itself)
-  bool same_picture = false;  // same content_hash, or dHash within max_hamming
+  bool same_picture = false;  // picture == 0: the same picture as the representative
   bool exact = false;         // same content_hash as the representative
-  int hamming = -1;           // dHash distance to the representative; -1 when not computed
-  std::string note;           // why same_picture could not be decided (an unreadable file)
+  int hamming = -1;           // pHash distance (dedup::distance) to the representative; -1: none
+  // Same-picture set inside the group: members with the same number are the same picture
+  // (linked by content_hash or pHash within max_distance, transitively); 0 is the
+  // representative's, the others numbered in member order. Without a hash a member is a set
+  // of its own (unless its content_hash matches).
+  int picture = 0;
+  std::string note;  // why the hash is missing (an unreadable file)
 };
 
 struct DuplicateGroup {
@@ -92,6 +109,10 @@ struct DuplicateReport {
   double threshold = 0;          // the one used
   std::string threshold_source;  // "--threshold" or "default for <model>"
   int k = 0;
+  index::SearchParams params;  // as given (0 fields: the collection's defaults)
+  // Perceptual hashes computed from files because the catalog row had none (a row written
+  // before schema 4, or a read-only catalog without the columns).
+  std::vector<store::Catalog::PictureHashUpdate> computed_hashes;
 };
 
 // The default threshold for a model id ("mobilenet_v2@..." or a bare name); see the top comment.
@@ -117,8 +138,13 @@ std::size_t pick_representative(const std::vector<store::ImageRecord>& images,
 
 // Throws DuplicateOptionError for options out of range, DuplicateError for an l2 collection,
 // store::StoreError / index::IndexError when the catalog or the index fails. Files that cannot
-// be decoded for dHash do not throw: the member gets same_picture false and a note.
+// be decoded for the perceptual hash do not throw: the member gets a picture of its own and a
+// note.
 DuplicateReport find_duplicates(const store::Collection& collection,
                                 const DuplicateOptions& options = {});
+
+// Stores report.computed_hashes (Collection::set_picture_hashes; write mode). Returns the rows
+// updated (a row re-indexed meanwhile keeps its own). Throws store::StoreError.
+std::int64_t store_computed_hashes(store::Collection& collection, const DuplicateReport& report);
 
 }  // namespace lookalike::dedup

@@ -19,10 +19,42 @@ EmbedBatcher::~EmbedBatcher() {
   worker_.join();
 }
 
+EmbedBatcher::Expected::Expected(EmbedBatcher* b) : b_(b) {
+  std::lock_guard lock(b_->mu_);
+  ++b_->expected_;
+}
+
+EmbedBatcher::Expected& EmbedBatcher::Expected::operator=(Expected&& o) noexcept {
+  if (this != &o) {
+    release();
+    b_ = std::exchange(o.b_, nullptr);
+  }
+  return *this;
+}
+
+void EmbedBatcher::Expected::release() {
+  if (!b_) return;
+  {
+    std::lock_guard lock(b_->mu_);
+    --b_->expected_;
+  }
+  b_->wake_worker_.notify_all();
+  b_ = nullptr;
+}
+
 std::vector<float> EmbedBatcher::embed(const float* inputs, int n) {
+  Expected none;
+  return embed(inputs, n, none);
+}
+
+std::vector<float> EmbedBatcher::embed(const float* inputs, int n, Expected& announced) {
   if (n <= 0) return {};
   Request r{inputs, n, {}, nullptr, false};
   std::unique_lock lock(mu_);
+  if (announced.b_ == this) {
+    --expected_;
+    announced.b_ = nullptr;
+  }
   queue_.push_back(&r);
   queued_images_ += n;
   wake_worker_.notify_all();
@@ -41,10 +73,12 @@ void EmbedBatcher::run() {
   for (;;) {
     wake_worker_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stopping, nothing left
-    // The first request opened the window: wait for company until it closes or a batch is full.
+    // The first request opened the window: wait for the callers still decoding until they have
+    // queued, the window closes or a batch is full. With nobody on the way, start at once.
     const auto deadline = std::chrono::steady_clock::now() + max_wait_;
-    wake_worker_.wait_until(lock, deadline,
-                            [&] { return stopping_ || queued_images_ >= max_batch_; });
+    wake_worker_.wait_until(lock, deadline, [&] {
+      return stopping_ || queued_images_ >= max_batch_ || expected_ <= 0;
+    });
     std::vector<Request*> batch;
     int images = 0;
     while (!queue_.empty() && (batch.empty() || images + queue_.front()->n <= max_batch_)) {

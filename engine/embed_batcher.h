@@ -1,10 +1,12 @@
 // Dynamic batching for one loaded model: callers on any thread hand in preprocessed images and
 // block; one worker thread groups what is waiting into one forward pass. A pass starts when
-// `max_batch` images are queued, or `max_wait` after the first queued request, whichever comes
-// first (the same policy as NVIDIA Triton's dynamic batcher and TorchServe's batch_delay), so
-// 16 concurrent single-image queries on 2 cores run as a few passes instead of 16 competing
-// ones. The model is only ever called from the worker: EmbeddingModel::embed is not
-// thread-safe, and LibTorch's intra-op threads are process-wide.
+// `max_batch` images are queued, when `max_wait` has passed since the first queued request, or
+// at once when no other caller is on its way (see Expected): the window of NVIDIA Triton's
+// dynamic batcher and TorchServe's batch_delay, without making a lone query pay for it. So 16
+// concurrent single-image queries on 2 cores run as a few passes instead of 16 competing ones,
+// and one query at a time runs with no added wait. Requests that arrive during a pass are
+// grouped into the next one whatever the window. The model is only ever called from the worker:
+// EmbeddingModel::embed is not thread-safe, and LibTorch's intra-op threads are process-wide.
 #pragma once
 
 #include <chrono>
@@ -14,6 +16,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "model/embedding_model.h"
@@ -37,10 +40,31 @@ class EmbedBatcher {
   EmbedBatcher(const EmbedBatcher&) = delete;
   EmbedBatcher& operator=(const EmbedBatcher&) = delete;
 
+  // A caller that will call embed() soon (it is decoding its image) says so, so that the worker
+  // holds a pass open for it (up to max_wait) instead of starting without it. Released when
+  // destroyed, or by the embed() call it is handed to. Thread-safe.
+  class Expected {
+   public:
+    Expected() = default;
+    explicit Expected(EmbedBatcher* b);
+    Expected(Expected&& o) noexcept : b_(std::exchange(o.b_, nullptr)) {}
+    Expected& operator=(Expected&& o) noexcept;
+    ~Expected() { release(); }
+    void release();
+
+   private:
+    friend class EmbedBatcher;
+    EmbedBatcher* b_ = nullptr;
+  };
+  Expected expect() { return Expected(this); }
+
   // inputs: n x 3 x S x S float32 (S = the card's input_size), preprocessed; returns n x dim,
   // L2-normalised, row-major. Thread-safe; blocks until its pass is done. Rethrows the model's
   // ModelError for the pass that contained this request.
   std::vector<float> embed(const float* inputs, int n);
+  // The same, for a caller that announced itself with expect(): its announcement ends as its
+  // request is queued (under one lock, so the worker never starts a pass between the two).
+  std::vector<float> embed(const float* inputs, int n, Expected& announced);
   BatcherStats stats() const;
   model::EmbeddingModel& model() { return model_; }
 
@@ -62,6 +86,7 @@ class EmbedBatcher {
   std::condition_variable wake_worker_, wake_callers_;
   std::deque<Request*> queue_;
   int queued_images_ = 0;
+  int expected_ = 0;  // callers holding an Expected (decoding, about to queue)
   bool stopping_ = false;
   BatcherStats stats_;
   std::thread worker_;

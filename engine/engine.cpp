@@ -11,6 +11,7 @@
 #include <cstring>
 #include <thread>
 
+#include "dedup/phash.h"
 #include "image/decode.h"
 #include "image/preprocess.h"
 #include "pipeline/files.h"
@@ -176,11 +177,11 @@ model::EmbeddingModel& Engine::model() {
       path, {options_.threads, true, options_.batch_size, options_.precision});
   if (config != nullptr && access_ != Access::ModelOnly && m->id() != config->model_id) {
     // Same weights, other precision: say which precision the collection's vectors need.
-    const bool precision_only =
-        m->id().substr(0, m->id().find('+')) == config->model_id.substr(0, config->model_id.find('+'));
+    const bool precision_only = m->id().substr(0, m->id().find('+')) ==
+                                config->model_id.substr(0, config->model_id.find('+'));
     throw model::ModelError(fmt::format(
-        "{}: model {} does not match the collection {}, which was built with {}; {}",
-        path.string(), m->id(), options_.collection.string(), config->model_id,
+        "{}: model {} does not match the collection {}, which was built with {}; {}", path.string(),
+        m->id(), options_.collection.string(), config->model_id,
         precision_only ? "its vectors come from another precision (" + m->precision().reason +
                              "): pass the --precision the collection was built with, or "
                              "re-embed into another --collection"
@@ -290,6 +291,9 @@ std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
   auto& m = model();
   const auto spec = model::preprocess_spec(m.card());
   auto start = Clock::now();
+  // Announced before decoding, so a pass that opens meanwhile waits for this image (batching
+  // concurrent uploads), while a lone request never waits for company that is not coming.
+  auto announced = batcher().expect();
   auto options = decode_options();
   options.rows_for = &spec;
   auto decoded = image::decode_buffer(bytes, name, options);
@@ -303,7 +307,7 @@ std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
   if (format) *format = decoded.format;
   t.decode_ms = ms_since(start);
   start = Clock::now();
-  auto out = batcher().embed(input.data(), 1);
+  auto out = batcher().embed(input.data(), 1, announced);
   t.embed_ms = ms_since(start);
   return out;
 }
@@ -340,6 +344,11 @@ AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::stri
   put.record.mtime_ns = pipeline::mtime_ns(path);
   put.record.metadata = metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   put.record.added_at_ms = now_ms();
+  try {  // `duplicates` compares it; an image it cannot hash is still added (and reported there)
+    const auto h = dedup::picture_hash_bytes(bytes, name, decode_options());
+    put.record.picture_hash = store::StoredPictureHash{h.full, h.center95, h.center90};
+  } catch (const std::exception&) {
+  }
   auto ids = c.apply({put}, {});
   auto stored = c.get(ids.at(0));
   return {stored.value_or(put.record), true};
@@ -586,11 +595,12 @@ EngineInfo Engine::info() const {
   } else {
     // Resolved from the card alone: info should not pay for loading LibTorch weights.
     try {
-      const std::string name = !options_.model.empty() ? options_.model : i.collection.config.model_name;
+      const std::string name =
+          !options_.model.empty() ? options_.model : i.collection.config.model_name;
       const auto card = model::load_model_card(
           model::resolve_model(name, model::default_model_dirs()).replace_extension(".json"));
-      const auto c = model::choose_precision(options_.precision, card.precisions,
-                                             model::cpu_flags(), name);
+      const auto c =
+          model::choose_precision(options_.precision, card.precisions, model::cpu_flags(), name);
       i.precision = model::to_string(c.precision);
       i.precision_reason = c.reason;
     } catch (const model::ModelError&) {

@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "dedup/phash.h"
 #include "image/decode.h"
 #include "image/preprocess.h"
 #include "pipeline/batch_runner.h"
@@ -56,6 +57,21 @@ bool same_record(const store::ImageRecord& a, const store::ImageRecord& b) {
          nlohmann::json::parse(a.metadata) == nlohmann::json::parse(b.metadata);
 }
 
+// The perceptual hash `duplicates` compares (dedup/phash.h), from a second, DCT-downscaled decode
+// of the bytes already in memory: the decode for the model skips the rows outside its centre
+// crop (rows_for), so its pixels are not the whole picture. Unset when that decode fails: the
+// image is still indexed, and `duplicates` reports it. Cost measured in docs/duplicates.md.
+std::optional<store::StoredPictureHash> picture_hash_of(const std::vector<std::uint8_t>& bytes,
+                                                        const std::string& path,
+                                                        const image::DecodeOptions& decode) {
+  try {
+    const auto h = dedup::picture_hash_bytes(bytes, path, decode);
+    return store::StoredPictureHash{h.full, h.center95, h.center90};
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
 // Runs on a decode worker: hash the file, compare with the catalog, decode only if needed.
 Prepared prepare_file(const SourceFile& src, const Known& known,
                       const store::Collection& collection, const IndexOptions& options,
@@ -88,6 +104,11 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
       }
       if (auto v = collection.embedding_by_hash(rec.content_hash)) {
         state.change = Change::Refresh;
+        // Same bytes: the stored hash stays (write_batch keeps it); rows from before schema 4
+        // get one now, since the bytes are at hand.
+        if (!old->second->picture_hash) {
+          rec.picture_hash = picture_hash_of(bytes, rec.path, options.decode);
+        }
         state.reused = std::move(*v);
         return Prepared::NoEmbed;
       }
@@ -99,6 +120,8 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
       if (auto twin = collection.embedding_by_hash(rec.content_hash)) {
         rec.width = same->second->width;
         rec.height = same->second->height;
+        rec.picture_hash = same->second->picture_hash;
+        if (!rec.picture_hash) rec.picture_hash = picture_hash_of(bytes, rec.path, options.decode);
         state.reused = std::move(*twin);
         return Prepared::NoEmbed;
       }
@@ -110,6 +133,7 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
     rec.height = decoded.source_height;
     image::preprocess(decoded.rgb, decoded.source_width, decoded.source_height, spec, input,
                       rec.path);
+    rec.picture_hash = picture_hash_of(bytes, rec.path, options.decode);
     return Prepared::Embed;
   } catch (const image::DecodeError& e) {
     state.error = e.reason();

@@ -59,6 +59,9 @@ constexpr const char* kMigrations[] = {
     "INSERT OR IGNORE INTO meta(key, value) VALUES('collection_id', lower(hex(randomblob(16))));",
     // 2 -> 3: the metadata_terms side table, built from the rows already there (kTermsTable).
     nullptr,
+    // 3 -> 4: the perceptual hash columns (migrate_to_4), NULL for the rows already there:
+    // computing them needs every file, so `duplicates` fills them lazily.
+    nullptr,
 };
 static_assert(std::size(kMigrations) == kCatalogSchemaVersion - 1);
 
@@ -174,6 +177,12 @@ ImageRecord read_record(SQLite::Statement& q) {
   r.metadata = q.getColumn(7).getString();
   r.added_at_ms = q.getColumn(8).getInt64();
   r.updated_at_ms = q.getColumn(9).getInt64();
+  // Stored as SQLite's signed 64-bit integers, bit for bit.
+  if (!q.getColumn(10).isNull() && !q.getColumn(11).isNull() && !q.getColumn(12).isNull()) {
+    r.picture_hash = StoredPictureHash{static_cast<std::uint64_t>(q.getColumn(10).getInt64()),
+                                       static_cast<std::uint64_t>(q.getColumn(11).getInt64()),
+                                       static_cast<std::uint64_t>(q.getColumn(12).getInt64())};
+  }
   return r;
 }
 
@@ -258,8 +267,26 @@ void write_terms(SQLite::Database& db, std::int64_t id, const std::string& metad
   add.exec();
 }
 
+bool has_column(SQLite::Database& db, const char* table, const char* column) {
+  SQLite::Statement q(db, "SELECT 1 FROM pragma_table_info(?) WHERE name = ?");
+  q.bind(1, table);
+  q.bind(2, column);
+  return q.executeStep();
+}
+
+// The 3 -> 4 step. ALTER TABLE is transactional in SQLite: a kill leaves version 3 without the
+// columns or version 4 with them. A catalog aged back by hand may have them already.
+void migrate_to_4(SQLite::Database& db) {
+  for (const char* column : {"phash", "phash_95", "phash_90"}) {
+    if (!has_column(db, "images", column)) {
+      db.exec(std::string("ALTER TABLE images ADD COLUMN ") + column + " INTEGER");
+    }
+  }
+}
+
 void run_migration(SQLite::Database& db, int from) {
   if (from == 2) return migrate_to_3(db);
+  if (from == 3) return migrate_to_4(db);
   db.exec(kMigrations[from - 1]);
 }
 
@@ -742,6 +769,17 @@ bool Catalog::terms_indexed() const {
   return terms_indexed_;
 }
 
+bool Catalog::hashes_stored() const {
+  if (!hashes_stored_) hashes_stored_ = has_column(*db_, "images", "phash");
+  return hashes_stored_;
+}
+
+std::string Catalog::image_columns() const {
+  return std::string(kImageColumns) + (hashes_stored()
+                                           ? ", phash, phash_95, phash_90"
+                                           : ", NULL AS phash, NULL AS phash_95, NULL AS phash_90");
+}
+
 void add_term(MetadataFilter& filter, const std::string& field, const std::string& value) {
   check_field(field, field + "=" + value);
   filter.terms.push_back({field, FilterOp::Eq, {value}, 0});
@@ -818,7 +856,7 @@ std::vector<ImageRecord> Catalog::list_page(std::int64_t after_id, int limit,
         return out;
       }
       // Every term common: matches are dense, so walking by id finds `limit` of them soon.
-      std::string sql = std::string("SELECT ") + kImageColumns + " FROM images WHERE id > ?";
+      std::string sql = std::string("SELECT ") + image_columns() + " FROM images WHERE id > ?";
       for (const auto& t : filter->terms) {
         sql += " AND EXISTS (SELECT 1 FROM metadata_terms AS t WHERE t.image_id = images.id AND " +
                term_cond(t, true) + ")";
@@ -831,9 +869,9 @@ std::vector<ImageRecord> Catalog::list_page(std::int64_t after_id, int limit,
       tx.commit();
       return out;
     }
-    SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns + " FROM images WHERE id > ?" +
-                                  (filtered ? " AND " + json1_sql(*filter) : "") +
-                                  " ORDER BY id LIMIT ?");
+    SQLite::Statement q(
+        *db_, std::string("SELECT ") + image_columns() + " FROM images WHERE id > ?" +
+                  (filtered ? " AND " + json1_sql(*filter) : "") + " ORDER BY id LIMIT ?");
     int at = 1;
     q.bind(at++, after_id);
     if (filtered) at = bind_filter(q, *filter, at);
@@ -996,7 +1034,8 @@ std::int64_t Catalog::count() const {
 
 std::optional<ImageRecord> Catalog::get(std::int64_t id) const {
   return reading(path_, [&]() -> std::optional<ImageRecord> {
-    SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns + " FROM images WHERE id = ?");
+    SQLite::Statement q(*db_,
+                        std::string("SELECT ") + image_columns() + " FROM images WHERE id = ?");
     q.bind(1, id);
     if (!q.executeStep()) return std::nullopt;
     return read_record(q);
@@ -1008,7 +1047,7 @@ std::vector<ImageRecord> Catalog::get_many(const std::vector<std::int64_t>& ids)
     std::vector<ImageRecord> out;
     if (ids.empty()) return out;
     // One statement for any number of ids: they travel as a JSON array.
-    SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns +
+    SQLite::Statement q(*db_, std::string("SELECT ") + image_columns() +
                                   " FROM images WHERE id IN (SELECT value FROM json_each(?))"
                                   " ORDER BY id");
     q.bind(1, nlohmann::json(ids).dump());
@@ -1020,7 +1059,7 @@ std::vector<ImageRecord> Catalog::get_many(const std::vector<std::int64_t>& ids)
 std::optional<ImageRecord> Catalog::find_path(const std::string& path) const {
   return reading(path_, [&]() -> std::optional<ImageRecord> {
     SQLite::Statement q(*db_,
-                        std::string("SELECT ") + kImageColumns + " FROM images WHERE path = ?");
+                        std::string("SELECT ") + image_columns() + " FROM images WHERE path = ?");
     q.bind(1, path);
     if (!q.executeStep()) return std::nullopt;
     return read_record(q);
@@ -1029,7 +1068,7 @@ std::optional<ImageRecord> Catalog::find_path(const std::string& path) const {
 
 std::vector<ImageRecord> Catalog::find_hash(const std::string& content_hash) const {
   return reading(path_, [&] {
-    SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns +
+    SQLite::Statement q(*db_, std::string("SELECT ") + image_columns() +
                                   " FROM images WHERE content_hash = ? ORDER BY id");
     q.bind(1, content_hash);
     std::vector<ImageRecord> out;
@@ -1040,7 +1079,8 @@ std::vector<ImageRecord> Catalog::find_hash(const std::string& content_hash) con
 
 std::vector<ImageRecord> Catalog::list() const {
   return reading(path_, [&] {
-    SQLite::Statement q(*db_, std::string("SELECT ") + kImageColumns + " FROM images ORDER BY id");
+    SQLite::Statement q(*db_,
+                        std::string("SELECT ") + image_columns() + " FROM images ORDER BY id");
     std::vector<ImageRecord> out;
     while (q.executeStep()) out.push_back(read_record(q));
     return out;
@@ -1145,8 +1185,17 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
     SQLite::Statement upsert(
         *db_,
         "INSERT INTO images(path, content_hash, bytes, width, height, mtime_ns, metadata, "
-        "added_at_ms, updated_at_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT(path) DO UPDATE SET content_hash = excluded.content_hash, "
+        "added_at_ms, updated_at_ms, phash, phash_95, phash_90) "
+        "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(path) DO UPDATE SET "
+        // A put without a hash keeps the stored one only while the bytes are the same.
+        "phash = CASE WHEN excluded.phash IS NOT NULL THEN excluded.phash "
+        "WHEN images.content_hash = excluded.content_hash THEN images.phash END, "
+        "phash_95 = CASE WHEN excluded.phash IS NOT NULL THEN excluded.phash_95 "
+        "WHEN images.content_hash = excluded.content_hash THEN images.phash_95 END, "
+        "phash_90 = CASE WHEN excluded.phash IS NOT NULL THEN excluded.phash_90 "
+        "WHEN images.content_hash = excluded.content_hash THEN images.phash_90 END, "
+        "content_hash = excluded.content_hash, "
         "bytes = excluded.bytes, width = excluded.width, height = excluded.height, "
         "mtime_ns = excluded.mtime_ns, metadata = excluded.metadata, "
         "updated_at_ms = excluded.updated_at_ms RETURNING id");
@@ -1165,6 +1214,15 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
       upsert.bind(7, r.metadata);
       upsert.bind(8, r.added_at_ms > 0 ? r.added_at_ms : now);
       upsert.bind(9, now);
+      if (r.picture_hash) {
+        upsert.bind(10, static_cast<std::int64_t>(r.picture_hash->full));
+        upsert.bind(11, static_cast<std::int64_t>(r.picture_hash->center95));
+        upsert.bind(12, static_cast<std::int64_t>(r.picture_hash->center90));
+      } else {
+        upsert.bind(10);
+        upsert.bind(11);
+        upsert.bind(12);
+      }
       upsert.executeStep();
       std::int64_t id = upsert.getColumn(0).getInt64();
       upsert.reset();
@@ -1191,6 +1249,30 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
     throw error(path_, std::string("write failed, nothing written: ") + e.what());
   }
   return ids;
+}
+
+std::int64_t Catalog::set_picture_hashes(const std::vector<PictureHashUpdate>& updates) {
+  if (updates.empty()) return 0;
+  try {
+    SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
+    SQLite::Statement q(*db_,
+                        "UPDATE images SET phash = ?, phash_95 = ?, phash_90 = ? WHERE id = ? "
+                        "AND content_hash = ?");
+    std::int64_t n = 0;
+    for (const auto& u : updates) {
+      q.bind(1, static_cast<std::int64_t>(u.hash.full));
+      q.bind(2, static_cast<std::int64_t>(u.hash.center95));
+      q.bind(3, static_cast<std::int64_t>(u.hash.center90));
+      q.bind(4, u.id);
+      q.bind(5, u.content_hash);
+      n += q.exec();
+      q.reset();
+    }
+    tx.commit();
+    return n;
+  } catch (const SQLite::Exception& e) {
+    throw error(path_, std::string("cannot store perceptual hashes, nothing written: ") + e.what());
+  }
 }
 
 std::int64_t Catalog::for_each_embedding(const std::function<void(std::int64_t, const float*)>& fn,

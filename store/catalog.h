@@ -29,7 +29,17 @@ class StoreError : public std::runtime_error {
 // 2: meta.collection_id (a random 128-bit id that binds index cache files to their catalog).
 // 3: the metadata_terms side table that metadata filters and facets read (an index over the
 //    top-level metadata fields), and meta.search_defaults.
-inline constexpr int kCatalogSchemaVersion = 3;
+// 4: images.phash, phash_95 and phash_90, the perceptual hash of each image (dedup/phash.h);
+//    NULL until computed (rows written by an older lookalike get theirs from `duplicates`).
+inline constexpr int kCatalogSchemaVersion = 4;
+
+// Perceptual DCT hash of an image's pixels (dedup/phash.h computes it; the catalog only stores
+// it): 64 bits each of the whole frame, its central 95% x 95% and its central 90% x 90%.
+struct StoredPictureHash {
+  std::uint64_t full = 0;
+  std::uint64_t center95 = 0;
+  std::uint64_t center90 = 0;
+};
 
 struct ImageRecord {
   std::int64_t id = 0;       // assigned by the catalog, never reused
@@ -42,6 +52,10 @@ struct ImageRecord {
   std::string metadata = "{}";   // JSON object text (CSV manifest columns, user fields)
   std::int64_t added_at_ms = 0;  // when first added, ms since the Unix epoch
   std::int64_t updated_at_ms = 0;
+  // images.phash/phash_95/phash_90; unset when not computed yet, or on a read-only connection to a
+  // catalog older than schema 4. A put without one keeps the stored hash when its content_hash
+  // is the stored one (same bytes, same pixels) and clears it otherwise.
+  std::optional<StoredPictureHash> picture_hash;
 };
 
 // Fixed when the collection is created.
@@ -219,6 +233,19 @@ class Catalog {
   std::vector<std::int64_t> write_batch(const std::vector<Put>& puts,
                                         const std::vector<std::int64_t>& removes);
 
+  struct PictureHashUpdate {
+    std::int64_t id = 0;
+    std::string content_hash;  // the content the hash was computed from
+    StoredPictureHash hash;
+  };
+  // Stores perceptual hashes computed after the fact (the lazy backfill of `duplicates`), in one
+  // transaction: each row only while its content_hash is still the one given (a file
+  // re-indexed meanwhile keeps its own). Does not bump the generation: the hash is derived
+  // from the content the row already names, and no index cache depends on it. Returns the rows
+  // updated. O(updates log n). Throws StoreError on a read-only connection or a failed write
+  // (nothing written then).
+  std::int64_t set_picture_hashes(const std::vector<PictureHashUpdate>& updates);
+
   // Calls fn(id, vector) for every embedding of the config's model, by id. vector: dim floats,
   // valid during the call only. Reads one snapshot and returns the generation it reflects.
   // Vectors that fail the checks (CorruptVector) are not passed to fn; they are appended to
@@ -231,9 +258,13 @@ class Catalog {
   // Whether metadata_terms exists (schema >= 3); a read-only connection to an older catalog
   // evaluates filters by JSON1 instead. Once true, it stays true.
   bool terms_indexed() const;
+  // Whether images has the phash columns (schema >= 4); the same for a read-only older catalog.
+  bool hashes_stored() const;
+  std::string image_columns() const;  // the SELECT list read_record reads
   std::filesystem::path path_;
   std::unique_ptr<SQLite::Database> db_;
   mutable bool terms_indexed_ = false;
+  mutable bool hashes_stored_ = false;
 };
 
 }  // namespace lookalike::store

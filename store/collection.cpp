@@ -444,6 +444,13 @@ bool Collection::set_metadata(std::int64_t id, const std::string& metadata) {
   return true;
 }
 
+std::int64_t Collection::set_picture_hashes(
+    const std::vector<Catalog::PictureHashUpdate>& updates) {
+  require_write("set_picture_hashes");
+  std::lock_guard writer(write_mu_);
+  return writer_->set_picture_hashes(updates);
+}
+
 void Collection::save_index() {
   require_write("save_index");
   std::lock_guard writer(write_mu_);
@@ -625,6 +632,13 @@ std::vector<std::int64_t> Collection::ids_under(const std::string& path) const {
 }
 std::optional<std::vector<float>> Collection::embedding(std::int64_t id) const {
   return reading([&](const Catalog& c) { return c.embedding(id); });
+}
+void Collection::embeddings(const std::int64_t* ids, std::int64_t n, float* out,
+                            bool* found) const {
+  reading([&](const Catalog& c) {
+    c.embeddings(ids, n, out, found);
+    return 0;
+  });
 }
 std::optional<std::vector<float>> Collection::embedding_by_hash(const std::string& hash) const {
   return reading([&](const Catalog& c) { return c.embedding_by_hash(hash); });

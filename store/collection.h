@@ -155,6 +155,8 @@ class Collection {
   std::vector<std::int64_t> ids_under(const std::string& path) const;
   std::optional<std::vector<float>> embedding(std::int64_t id) const;
   std::optional<std::vector<float>> embedding_by_hash(const std::string& content_hash) const;
+  // Catalog::embeddings: the stored vectors of ids[0..n) into out (n x dim), found[i] per id.
+  void embeddings(const std::int64_t* ids, std::int64_t n, float* out, bool* found) const;
   std::int64_t count() const;  // O(n) in SQLite; not for per-batch paths
   // The generation the in-memory index reflects (what a search sees now).
   std::int64_t generation() const;
@@ -175,6 +177,8 @@ class Collection {
   // Write mode only. Replaces an image's metadata (a JSON object's text); false when no such
   // id. Bumps the generation.
   bool set_metadata(std::int64_t id, const std::string& metadata);
+  // Write mode only. Catalog::set_picture_hashes (the generation and the index are untouched).
+  std::int64_t set_picture_hashes(const std::vector<Catalog::PictureHashUpdate>& updates);
   // Writes index-<generation>.faiss atomically and deletes other cache files; does nothing when
   // that file already holds the in-memory index. Write mode only (else StoreError). Searches go
   // on while it writes; writers wait.

@@ -24,7 +24,8 @@ endfunction()
 lookalike_e2e(e2e_index_gallery index_gallery.py TIMEOUT 900
               SETUP gallery REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_retrieval retrieval.py TIMEOUT 600 REQUIRES "gallery;model_mobilenet_v2")
-lookalike_e2e(e2e_retrieval_resnet50 retrieval_resnet50.py TIMEOUT 1500 REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_retrieval_resnet50 retrieval_resnet50.py TIMEOUT 2400
+              SETUP gallery_resnet50 REQUIRES "model_mobilenet_v2;model_resnet50")
 lookalike_e2e(e2e_reindex_noop reindex_noop.py TIMEOUT 300 REQUIRES "gallery;model_mobilenet_v2")
 lookalike_e2e(e2e_fidelity fidelity.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_incremental incremental.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
@@ -42,3 +43,12 @@ set_tests_properties(e2e_package PROPERTIES SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
 lookalike_e2e(e2e_indexes indexes.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 # Reduced precision (docs/precision.md): calibrate, recorded fidelity, auto with a masked CPU.
 lookalike_e2e(e2e_precision precision.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# `lookalike train` and `reembed` (docs/train.md): quality through `eval`, cache, determinism.
+lookalike_e2e(e2e_train train.py TIMEOUT 1200 REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_train_options train_options.py TIMEOUT 300 REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_train_resnet50 train_resnet50.py TIMEOUT 1800
+              REQUIRES "model_mobilenet_v2;model_resnet50;gallery_resnet50")
+# Every reduced-precision archive against FP32 on all 372 test photos, MobileNetV2 and ResNet-50;
+# reuses the FP32 galleries of e2e_index_gallery and e2e_retrieval_resnet50.
+lookalike_e2e(e2e_precision_fidelity precision_fidelity.py TIMEOUT 2400
+              REQUIRES "model_mobilenet_v2;gallery;model_resnet50;gallery_resnet50")

@@ -1,7 +1,10 @@
 // dedup: union-find groups against brute-force connected components, the representative rule,
-// and dHash distances on generated images written to files with libvips.
+// pHash and dHash distances on generated images written to files with libvips, the stored
+// perceptual hash (schema 4: migration of an older catalog, lazy backfill, keep/clear on
+// re-put), and groups at 20,000 vectors through an IVF index against a brute-force scan.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <vips/vips.h>
 
 #include <algorithm>
@@ -9,10 +12,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
 
 #include "dedup/dhash.h"
 #include "dedup/duplicates.h"
+#include "dedup/phash.h"
 #include "image/decode.h"
 #include "store/collection.h"
 #include "store_test_util.h"
@@ -191,7 +196,7 @@ TEST(DedupGroups, RepresentativeFirstWithSimilarityToIt) {
     const auto& m = g.members[i];
     const auto& p = puts[m.id == ids[0] ? 0 : 2];
     EXPECT_NEAR(m.similarity, dot(p.embedding, puts[1].embedding), 1e-5);
-    EXPECT_FALSE(m.same_picture);  // no content hash match and no dHash asked for
+    EXPECT_FALSE(m.same_picture);  // no content hash match and no perceptual hash asked for
   }
   EXPECT_GE(g.members[1].similarity, g.members[2].similarity);
 }
@@ -329,6 +334,276 @@ TEST(DHash, UnreadableFileNamesIt) {
   } catch (const image::DecodeError& e) {
     EXPECT_NE(std::string(e.what()).find("not-an-image.jpg"), std::string::npos) << e.what();
   }
+}
+
+// Something closer to a photo for pHash than two sinusoids (whose few strong DCT coefficients
+// leave the median among near-zero ones, where noise decides the bits): 16 soft blobs of
+// random place, size and brightness over a gradient, luma in about 40..200 times `gain`.
+image::RgbImage blobs(int w, int h, int seed, double gain = 1.0) {
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  struct Blob {
+    double x, y, r, a;
+  };
+  std::vector<Blob> bs;
+  for (int i = 0; i < 16; ++i) bs.push_back({u(rng), u(rng), 0.05 + 0.2 * u(rng), u(rng) - 0.5});
+  image::RgbImage img{w, h, std::vector<std::uint8_t>(static_cast<std::size_t>(w) * h * 3)};
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w; ++x) {
+      const double px = static_cast<double>(x) / w, py = static_cast<double>(y) / h;
+      double v = 0.3 * px;
+      for (const auto& b : bs) {
+        const double d2 = (px - b.x) * (px - b.x) + (py - b.y) * (py - b.y);
+        v += b.a * std::exp(-d2 / (b.r * b.r));
+      }
+      const double luma = std::clamp(gain * (120.0 + 80.0 * std::tanh(v)), 0.0, 255.0);
+      auto* p = &img.pixels[(static_cast<std::size_t>(y) * w + x) * 3];
+      p[0] = p[1] = p[2] = static_cast<std::uint8_t>(luma);
+    }
+  }
+  return img;
+}
+
+image::RgbImage mirror(const image::RgbImage& img) {
+  auto out = img;
+  for (int y = 0; y < img.height; ++y) {
+    for (int x = 0; x < img.width; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        out.pixels[(static_cast<std::size_t>(y) * img.width + x) * 3 + c] =
+            img.pixels[(static_cast<std::size_t>(y) * img.width + (img.width - 1 - x)) * 3 + c];
+      }
+    }
+  }
+  return out;
+}
+
+TEST(PHash, EditsOfOnePictureAreCloseFlipsAndOthersFar) {
+  const auto original = picture_hash_file(write(blobs(640, 480, 1), "p-original.png"));
+  const auto jpeg = picture_hash_file(write(blobs(640, 480, 1), "p-reencoded.jpg"));
+  const auto half = picture_hash_file(write(blobs(320, 240, 1), "p-half.png"));
+  const auto bright = picture_hash_file(write(blobs(640, 480, 1, 1.2), "p-bright.png"));
+  // 5% off every side: the case the centre hash is for.
+  const auto cropped = picture_hash_file(write(crop(blobs(640, 480, 1), 0.05), "p-crop.png"));
+  for (auto [name, h] :
+       {std::pair{"jpeg", jpeg}, {"half", half}, {"bright", bright}, {"crop", cropped}}) {
+    EXPECT_LE(distance(original, h), kSamePictureMaxDistance) << name;
+    EXPECT_EQ(distance(original, h), distance(h, original)) << name;
+  }
+  EXPECT_LE(distance(original, cropped), 3);
+  EXPECT_EQ(distance(original, original), 0);
+  const auto flipped = picture_hash_file(write(mirror(blobs(640, 480, 1)), "p-flip.png"));
+  EXPECT_GT(distance(original, flipped), kSamePictureMaxDistance);
+  for (int seed : {2, 3, 4, 5}) {
+    const auto other =
+        picture_hash_file(write(blobs(640, 480, seed), fmt::format("p-o{}.png", seed)));
+    EXPECT_GT(distance(original, other), kSamePictureMaxDistance) << "seed " << seed;
+  }
+}
+
+TEST(PHash, MedianSplitsTheBlockAndSmallImagesAreRefused) {
+  const auto h = picture_hash(pattern(64, 48, 3));
+  // Bits above the median of 64 distinct coefficients: exactly half.
+  EXPECT_EQ(std::popcount(h.full), 32);
+  EXPECT_EQ(std::popcount(h.center95), 32);
+  EXPECT_EQ(std::popcount(h.center90), 32);
+  EXPECT_THROW(picture_hash(image::RgbImage{31, 40, std::vector<std::uint8_t>(31 * 40 * 3)}),
+               std::invalid_argument);
+  EXPECT_THROW(picture_hash(image::RgbImage{40, 40, std::vector<std::uint8_t>(10)}),
+               std::invalid_argument);
+  const auto small = write(pattern(20, 20, 1), "p-small.png");
+  try {
+    picture_hash_file(small);
+    FAIL() << "no error";
+  } catch (const image::DecodeError& e) {
+    EXPECT_NE(std::string(e.what()).find("p-small.png"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("too small"), std::string::npos) << e.what();
+  }
+}
+
+// A DCT-downscaled decode (what the indexer hashes) and a full-size one give nearly one hash.
+TEST(PHash, ThumbnailDecodeMatchesFullDecode) {
+  const auto path = write(blobs(800, 600, 7), "p-large.jpg");
+  image::DecodeOptions full;
+  const auto from_full = picture_hash(image::decode_file(path, full).rgb);
+  const auto from_thumb = picture_hash_file(path);
+  EXPECT_LE(distance(from_full, from_thumb), 2);
+}
+
+store::StoredPictureHash stored(const PictureHash& h) { return {h.full, h.center95, h.center90}; }
+
+// Groups judge "same picture" from the stored hashes (the files here do not exist), set by set:
+// a flipped copy is a picture of its own even when it represents the group.
+TEST(DedupPictures, StoredHashesNumberTheSamePictureSets) {
+  auto puts = clustered_puts(1, 3);  // one base and three close copies
+  const auto base = picture_hash(blobs(640, 480, 1));
+  const auto edit = picture_hash(blobs(640, 480, 1, 1.2));
+  const auto flip = picture_hash(mirror(blobs(640, 480, 1)));
+  puts[0].record.picture_hash = stored(base);
+  puts[1].record.picture_hash = stored(edit);
+  puts[2].record.picture_hash = stored(flip);
+  puts[2].record.width = 5000;                 // the flip represents the group
+  puts[3].record.picture_hash = std::nullopt;  // no hash, no file: a picture of its own
+  auto c = Collection::create_or_open(scratch_dir("dedup_pictures"), config());
+  const auto ids = c->apply(puts, {});
+  DuplicateOptions o;
+  o.threshold = 0.3;
+  const auto r = find_duplicates(*c, o);
+  ASSERT_EQ(r.groups.size(), 1u);
+  const auto& g = r.groups[0];
+  EXPECT_EQ(g.representative, ids[2]);
+  std::map<std::int64_t, DuplicateMember> by_id;
+  for (const auto& m : g.members) by_id[m.id] = m;
+  EXPECT_EQ(by_id[ids[2]].picture, 0);
+  EXPECT_TRUE(by_id[ids[2]].same_picture);
+  EXPECT_NE(by_id[ids[0]].picture, 0);
+  EXPECT_EQ(by_id[ids[0]].picture, by_id[ids[1]].picture);  // base and its edit: one picture
+  EXPECT_FALSE(by_id[ids[0]].same_picture);
+  EXPECT_GT(by_id[ids[0]].hamming, kSamePictureMaxDistance);  // distance to the flip
+  EXPECT_NE(by_id[ids[3]].picture, by_id[ids[0]].picture);
+  EXPECT_NE(by_id[ids[3]].picture, 0);
+  EXPECT_EQ(by_id[ids[3]].hamming, -1);
+  EXPECT_NE(by_id[ids[3]].note.find("/photos/"), std::string::npos) << by_id[ids[3]].note;
+  EXPECT_TRUE(r.computed_hashes.empty());
+}
+
+// Rows without a hash are hashed from their files once, then stored; the next run reads them.
+TEST(DedupPictures, MissingHashesAreComputedAndStored) {
+  auto puts = clustered_puts(1, 1);
+  puts[0].record.path = write(blobs(640, 480, 1), "b-original.png").string();
+  puts[1].record.path = write(blobs(640, 480, 1, 1.2), "b-bright.png").string();
+  auto c = Collection::create_or_open(scratch_dir("dedup_backfill"), config());
+  c->apply(puts, {});
+  DuplicateOptions o;
+  o.threshold = 0.5;
+  const auto first = find_duplicates(*c, o);
+  ASSERT_EQ(first.groups.size(), 1u);
+  EXPECT_TRUE(first.groups[0].members[1].same_picture);
+  ASSERT_EQ(first.computed_hashes.size(), 2u);
+  EXPECT_EQ(store_computed_hashes(*c, first), 2);
+  for (const auto& r : c->list()) ASSERT_TRUE(r.picture_hash) << r.path;
+  const auto second = find_duplicates(*c, o);
+  EXPECT_TRUE(second.computed_hashes.empty());
+  EXPECT_EQ(second.groups[0].members[1].hamming, first.groups[0].members[1].hamming);
+}
+
+void raw_sql(const std::filesystem::path& db, const std::string& sql) {
+  sqlite3* h = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+  char* err = nullptr;
+  const int rc = sqlite3_exec(h, sql.c_str(), nullptr, nullptr, &err);
+  EXPECT_EQ(rc, SQLITE_OK) << (err ? err : "");
+  sqlite3_free(err);
+  sqlite3_close(h);
+}
+
+// A schema-3 catalog (no phash columns) is read as it is by a read-only connection, and
+// migrated with every row kept by a writer; a put without a hash keeps the stored one only for
+// the same content.
+TEST(CatalogSchema4, OlderCatalogReadsAndMigrates) {
+  using store::Catalog;
+  const auto path = scratch_dir("dedup_schema3") / "catalog.db";
+  {
+    auto c = Catalog::open(path, true);
+    c->set_config(config());
+    auto puts = clustered_puts(2, 0);
+    puts[0].record.picture_hash = store::StoredPictureHash{1, 2, 3};
+    c->write_batch(puts, {});
+  }
+  raw_sql(path,
+          "ALTER TABLE images DROP COLUMN phash; ALTER TABLE images DROP COLUMN phash_95;"
+          "ALTER TABLE images DROP COLUMN phash_90;"
+          "UPDATE meta SET value = '3' WHERE key = 'schema_version';");
+  {
+    auto ro = Catalog::open_read_only(path);
+    const auto rows = ro->list();
+    ASSERT_EQ(rows.size(), 2u);
+    EXPECT_FALSE(rows[0].picture_hash);
+    EXPECT_EQ(ro->get(rows[1].id)->path, "/photos/1.jpg");
+    EXPECT_THROW(ro->set_picture_hashes({{rows[0].id, rows[0].content_hash, {1, 2, 3}}}),
+                 store::StoreError);
+  }
+  auto c = Catalog::open(path, false);  // migrates to 4
+  auto rows = c->list();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_FALSE(rows[0].picture_hash);
+  EXPECT_EQ(c->embedding(rows[0].id)->size(), static_cast<std::size_t>(kDim));
+  // A stale content hash is not overwritten; the current one is.
+  EXPECT_EQ(c->set_picture_hashes({{rows[0].id, "stale", {7, 8, 9}},
+                                   {rows[1].id, rows[1].content_hash, {~0ull, 5, 6}}}),
+            1);
+  rows = c->list();
+  EXPECT_FALSE(rows[0].picture_hash);
+  ASSERT_TRUE(rows[1].picture_hash);
+  EXPECT_EQ(rows[1].picture_hash->full, ~0ull);  // all 64 bits survive SQLite's signed integer
+  EXPECT_EQ(rows[1].picture_hash->center95, 5u);
+  EXPECT_EQ(rows[1].picture_hash->center90, 6u);
+  // Re-put without a hash: same bytes keep it, new bytes clear it.
+  auto puts = clustered_puts(2, 0);
+  c->write_batch({puts[1]}, {});
+  EXPECT_TRUE(c->get(rows[1].id)->picture_hash);
+  puts[1].record.content_hash = "changed";
+  c->write_batch({puts[1]}, {});
+  EXPECT_FALSE(c->get(rows[1].id)->picture_hash);
+  c.reset();
+  // Opening again does not migrate twice (the columns are there).
+  EXPECT_NO_THROW(Catalog::open(path, false));
+}
+
+// 20,000 generated vectors with planted near-duplicate pairs, through IVF with every list
+// probed: the same groups as a brute-force scan of all pairs above the threshold.
+TEST(DedupScale, IvfGroupsEqualBruteForceAt20k) {
+  constexpr int n = 20'000, dim = 16, planted = 500;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<Put> puts;
+  std::vector<std::vector<float>> vecs;
+  for (int i = 0; i < n; ++i) {
+    std::vector<float> v(dim);
+    if (i >= n - planted) {
+      v = vecs[static_cast<std::size_t>(i - (n - planted)) * 7];
+      for (auto& x : v) x += 0.02f * normal(rng);
+    } else {
+      for (auto& x : v) x = normal(rng);
+    }
+    v = normalised(v);
+    vecs.push_back(v);
+    Put p;
+    p.record.path = "/gen/" + std::to_string(i);
+    p.record.content_hash = fmt::format("{:032x}", i);
+    p.embedding = v;
+    puts.push_back(std::move(p));
+  }
+  auto cfg = config();
+  cfg.dim = dim;
+  cfg.factory = "IVF64,Flat";
+  auto c = Collection::create_or_open(scratch_dir("dedup_scale"), cfg);
+  for (std::size_t b = 0; b < puts.size(); b += 5000) {
+    c->apply(std::vector<Put>(puts.begin() + b, puts.begin() + b + 5000), {});
+  }
+  const double threshold = 0.97;
+  // Brute force over all pairs, by blocks of rows: label propagation through union-find.
+  DisjointSets truth(n);
+  for (int i = 0; i < n; ++i) {
+    for (int j = i + 1; j < n; ++j) {
+      double s = 0;
+      for (int d = 0; d < dim; ++d) s += double{vecs[i][d]} * vecs[j][d];
+      if (s >= threshold) truth.unite(i, j);
+    }
+  }
+  std::map<std::size_t, std::set<std::string>> by_root;
+  for (int i = 0; i < n; ++i) {
+    if (truth.size_of(i) > 1) by_root[truth.find(i)].insert(puts[i].record.path);
+  }
+  std::set<std::set<std::string>> expected;
+  for (auto& [root, paths] : by_root) expected.insert(paths);
+  DuplicateOptions o;
+  o.threshold = threshold;
+  o.k = 50;  // 16-d random vectors crowd: generous k so top-k holds every link
+  o.perceptual_hash = false;
+  o.params.nprobe = 64;
+  const auto r = find_duplicates(*c, o);
+  EXPECT_GE(expected.size(), static_cast<std::size_t>(planted) / 2);
+  EXPECT_EQ(found(r), expected);
 }
 
 }  // namespace

@@ -127,6 +127,13 @@ function checkScores(results, what, min = -1) {
   }
 }
 async function waitThumbnails(selector, what) {
+  // The page loads thumbnails lazily (loading="lazy"): one far below the viewport (a phone's
+  // single column) never starts until a user scrolls to it, so scroll through them as a user would.
+  const count = await page.locator(selector).count();
+  for (let i = 0; i < count; i++) {
+    await page.locator(selector).nth(i).scrollIntoViewIfNeeded().catch(() => {});
+  }
+  await page.evaluate(() => window.scrollTo(0, 0));
   try {
     await page.waitForFunction((sel) => [...document.querySelectorAll(sel)]
       .every((img) => img.complete && img.naturalWidth > 0), selector, { timeout: WAIT });

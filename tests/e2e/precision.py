@@ -68,7 +68,8 @@ def main():
 
         # A precision the card does not list: a clear error naming the card and the fix.
         bad = run("embed", photo, "--precision", "int8", model=model, check=1)
-        assert "no int8 archive" in bad.stderr and "--precisions int8" in bad.stderr, bad.stderr
+        assert "no int8 archive" in bad.stderr and "not offered" in bad.stderr, bad.stderr
+        assert "docs/precision.md" in bad.stderr, bad.stderr
         bad = run("embed", photo, "--precision", "fp16", model=model, check=2)
         print("ok")
     finally:

@@ -1,0 +1,208 @@
+// `lookalike train` and `lookalike reembed`: argument parsing and printing over train/train.h.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/output.h"
+#include "image/decode.h"
+#include "model/model_card.h"
+#include "train/train.h"
+
+namespace lookalike::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct TrainArgs {
+  train::TrainOptions o;
+  std::string base;
+};
+
+struct ReembedArgs {
+  std::filesystem::path out;
+  std::filesystem::path cache_dir;
+};
+
+json epoch_record(const train::EpochReport& r) {
+  return {{"type", "train_epoch"},
+          {"epoch", r.epoch},
+          {"epochs", r.epochs},
+          {"loss", r.loss},
+          {"active_triplets", r.active},
+          {"val_recall_at_1", r.val_recall_at_1 < 0 ? json(nullptr) : json(r.val_recall_at_1)},
+          {"best", r.best},
+          {"seconds", r.seconds},
+          {"triplets_per_s", r.triplets_per_s},
+          {"eta_seconds", r.eta_seconds}};
+}
+
+void print_epoch(const train::EpochReport& r) {
+  const std::string val = r.val_recall_at_1 < 0 ? "-" : fmt::format("{:.3f}", r.val_recall_at_1);
+  std::cerr << fmt::format(
+      "epoch {:>3}/{}  loss {:.4f}  active {:>3.0f}%  val Recall@1 {}{}  {:.2f} s  "
+      "{:.0f} triplets/s  ETA {}\n",
+      r.epoch, r.epochs, r.loss, 100 * r.active, val, r.best ? " *" : "", r.seconds,
+      r.triplets_per_s, format_seconds(r.eta_seconds));
+}
+
+int report_error(const char* command, const std::exception& e, int code) {
+  spdlog::error("lookalike {}: {}", command, e.what());
+  return code;
+}
+
+int run_train(const GlobalOptions& g, TrainArgs& a) {
+  auto& o = a.o;
+  o.base = a.base.empty() ? (g.model.empty() ? "mobilenet_v2" : g.model) : a.base;
+  o.threads = g.threads;
+  o.decode_threads = g.decode_threads;
+  o.batch_size = g.batch_size;
+  o.max_pixels = g.max_pixels;
+  const bool json_out = g.json;
+  train::TrainCallbacks cb;
+  cb.on_embed = [&](const train::EmbedProgress& p) {
+    if (json_out)
+      print_record(
+          {{"type", "train_progress"}, {"stage", "embed"}, {"done", p.done}, {"total", p.total}});
+    else if (!g.quiet)
+      std::cerr << fmt::format("base embeddings: {} of {}\n", p.done, p.total);
+  };
+  cb.on_epoch = [&](const train::EpochReport& r) {
+    if (json_out)
+      print_record(epoch_record(r));
+    else if (!g.quiet)
+      print_epoch(r);
+  };
+  image::init_decoder();
+  train::TrainResult r;
+  try {
+    r = train::train_model(o, cb);
+  } catch (const train::TrainError& e) {
+    return report_error("train", e, e.usage() ? kUsage : kError);
+  } catch (const model::ModelError& e) {
+    return report_error("train", e, kError);
+  }
+  for (const auto& f : r.failed) spdlog::warn("left out: {}", f);
+  const auto& v = r.training["validation"];
+  if (json_out) {
+    json out = {{"type", "train"},      {"images", r.images},    {"cached", r.cached},
+                {"decoded", r.decoded}, {"failed", r.failed},    {"best_epoch", r.best_epoch},
+                {"seconds", r.seconds}, {"training", r.training}};
+    set_path(out, "archive", r.archive.string());
+    set_path(out, "card", r.card.string());
+    print_record(out);
+  } else {
+    std::cout << fmt::format(
+        "wrote {} and {}\n{} images ({} base embeddings from the cache, {} decoded, {} left "
+        "out); best epoch {} of {}, validation Recall@1 {}; {}\n",
+        r.archive.string(), r.card.string(), r.images, r.cached, r.decoded, r.failed.size(),
+        r.best_epoch, r.epochs.size(),
+        v["recall_at_1"].is_null() ? "-" : fmt::format("{:.3f}", v["recall_at_1"].get<double>()),
+        format_seconds(r.seconds));
+  }
+  return r.failed.empty() ? kOk : kPartial;
+}
+
+int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
+  if (g.model.empty()) {
+    spdlog::error("lookalike reembed: give the new model with --model NAME|PATH");
+    return kUsage;
+  }
+  train::ReembedOptions o;
+  o.collection = g.collection;
+  o.out = a.out;
+  o.model = g.model;
+  o.cache_dir = a.cache_dir;
+  o.threads = g.threads;
+  o.decode_threads = g.decode_threads;
+  o.batch_size = g.batch_size;
+  o.max_pixels = g.max_pixels;
+  image::init_decoder();
+  train::ReembedResult r;
+  try {
+    r = train::reembed_collection(o);
+  } catch (const train::TrainError& e) {
+    return report_error("reembed", e, kError);
+  } catch (const model::ModelError& e) {
+    return report_error("reembed", e, kError);
+  }
+  for (const auto& f : r.failed) spdlog::warn("left out: {}", f);
+  if (g.json) {
+    json out = {{"type", "reembed"},       {"images", r.images}, {"from_cache", r.from_cache},
+                {"decoded", r.decoded},    {"failed", r.failed}, {"model_id", r.model_id},
+                {"head_only", r.head_only}};
+    set_path(out, "out", a.out.string());
+    print_record(out);
+  } else {
+    std::cout << fmt::format(
+        "wrote {} with {}: {} images, {} from cached base embeddings (head only), {} decoded{}, "
+        "{} left out\n",
+        a.out.string(), r.model_id, r.images, r.from_cache, r.decoded,
+        r.head_only && r.decoded ? " (not in the cache)" : "", r.failed.size());
+  }
+  return r.failed.empty() ? kOk : kPartial;
+}
+
+void add_train_options(CLI::App& cmd, TrainArgs& a) {
+  auto& o = a.o;
+  cmd.add_option("--labels", o.labels, "Labelled images: a folder per class, or a CSV manifest")
+      ->required();
+  cmd.add_option("--label-column", o.label_column, "CSV: the label column (default label)");
+  cmd.add_option("--file-column", o.file_column, "CSV: the image path column");
+  cmd.add_option("--base", a.base,
+                 "Base model, name or .pt path (default: the global --model, else mobilenet_v2)");
+  cmd.add_option("--out", o.out, "The trained model's archive, PATH.pt (card: PATH.json)")
+      ->required();
+  cmd.add_option("--epochs", o.epochs, "Epochs at most (default 30)");
+  cmd.add_option("--dim", o.dim, "Output dimension (default 256)");
+  cmd.add_option("--head", o.head, "linear (default) or mlp");
+  cmd.add_option("--hidden", o.hidden, "mlp: hidden width (default 1024)");
+  cmd.add_option("--margin", o.margin, "Triplet margin, Euclidean on unit vectors (default 0.2)");
+  cmd.add_option("--mining", o.mining, "batch-hard (default) or semi-hard");
+  cmd.add_option("--labels-per-batch", o.labels_per_batch, "P (default 16)");
+  cmd.add_option("--images-per-label", o.images_per_label, "K (default 8)");
+  cmd.add_option("--lr", o.learning_rate, "Adam learning rate (default 0.003)");
+  cmd.add_option("--seed", o.seed, "Random seed (default 0)");
+  cmd.add_option("--val-fraction", o.val_fraction,
+                 "Share of the labelled images held out for validation (default 0.1; 0 = none)");
+  cmd.add_option("--val-split", o.val_split,
+                 "stratified (default: per label) or by-label (whole labels held out)");
+  cmd.add_option("--patience", o.patience,
+                 "Stop after this many epochs without a better validation Recall@1 (default 10)");
+  cmd.add_option("--cache", o.cache_dir,
+                 "Base-embedding cache folder (default $XDG_CACHE_HOME/lookalike)");
+  cmd.add_flag("--full", o.full, "Also fine-tune the backbone's last stage (not implemented yet)");
+}
+
+}  // namespace
+
+Subcommand add_train_command(CLI::App& app, const GlobalOptions& g) {
+  auto args = std::make_shared<TrainArgs>();
+  Subcommand s;
+  s.app = app.add_subcommand("train",
+                             "Train a model on labelled images: a projection head on a base "
+                             "model, triplet loss (docs/train.md)");
+  add_train_options(*s.app, *args);
+  s.run = [&g, args] { return run_train(g, *args); };
+  return s;
+}
+
+Subcommand add_reembed_command(CLI::App& app, const GlobalOptions& g) {
+  auto args = std::make_shared<ReembedArgs>();
+  Subcommand s;
+  s.app = app.add_subcommand("reembed",
+                             "Write a copy of the collection embedded by --model (a trained "
+                             "head: from cached base embeddings, decoding only what is missing)");
+  s.app->add_option("--out", args->out, "The new collection folder (must not exist)")->required();
+  s.app->add_option("--cache", args->cache_dir,
+                    "Base-embedding cache folder (default $XDG_CACHE_HOME/lookalike)");
+  s.run = [&g, args] { return run_reembed(g, *args); };
+  return s;
+}
+
+}  // namespace lookalike::cli

@@ -1,0 +1,465 @@
+// train_model: labels -> cached base embeddings -> head trained with the triplet loss ->
+// archive + card. See train/train.h and docs/train.md.
+#include "train/train.h"
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "eval/labels.h"
+#include "model/embedding_model.h"
+#include "pipeline/embed_files.h"
+#include "pipeline/files.h"
+#include "train/head.h"
+
+namespace lookalike::train {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+void check_options(const TrainOptions& o) {
+  auto usage = [](const std::string& what) { throw TrainError(what, true); };
+  if (o.out.empty() || o.out.extension() != ".pt") usage("--out: must name a .pt file");
+  if (o.epochs < 1) usage("--epochs: must be at least 1");
+  if (o.dim < 1) usage("--dim: must be at least 1");
+  if (o.head != "linear" && o.head != "mlp") usage("--head: '" + o.head + "' (linear or mlp)");
+  if (o.hidden < 1) usage("--hidden: must be at least 1");
+  if (!(o.margin > 0)) usage("--margin: must be > 0");
+  if (o.mining != "batch-hard" && o.mining != "semi-hard")
+    usage("--mining: '" + o.mining + "' (batch-hard or semi-hard)");
+  if (o.labels_per_batch < 2) usage("--labels-per-batch: must be at least 2");
+  if (o.images_per_label < 2) usage("--images-per-label: must be at least 2");
+  if (!(o.learning_rate > 0)) usage("--lr: must be > 0");
+  if (!(o.val_fraction >= 0 && o.val_fraction < 1)) usage("--val-fraction: must be in [0, 1)");
+  if (o.val_split != "stratified" && o.val_split != "by-label")
+    usage("--val-split: '" + o.val_split + "' (stratified or by-label)");
+  if (o.patience < 1) usage("--patience: must be at least 1");
+  if (o.full)
+    throw TrainError(
+        "--full: fine-tuning the backbone is not implemented yet (docs/train.md); train the "
+        "head alone without --full",
+        true);
+}
+
+std::string read_hash(const fs::path& file, std::string* error) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    *error = file.string() + ": cannot read";
+    return {};
+  }
+  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                                  std::istreambuf_iterator<char>());
+  return pipeline::content_hash(bytes);
+}
+
+// The labelled images with their base embeddings (cache first, base model for the rest).
+struct Dataset {
+  std::vector<fs::path> files;
+  std::vector<std::string> hashes;
+  std::vector<std::string> label_names;  // sorted
+  std::vector<std::int64_t> labels;      // index into label_names, per file
+  torch::Tensor base;                    // n x base_dim, L2-normalised
+};
+
+Dataset embed_dataset(const eval::LabelledSet& set, model::EmbeddingModel& base,
+                      const TrainOptions& o, const fs::path& cache_dir, TrainResult& r,
+                      const TrainCallbacks& cb) {
+  std::vector<fs::path> files;
+  std::vector<std::string> hashes, labels;
+  for (std::size_t i = 0; i < set.files.size(); ++i) {
+    std::string error;
+    std::string h = read_hash(set.files[i], &error);
+    if (!error.empty()) {
+      r.failed.push_back(error);
+      continue;
+    }
+    files.push_back(set.files[i]);
+    hashes.push_back(std::move(h));
+    labels.push_back(set.labels[i]);
+  }
+  const int dim = base.dim();
+  auto cached = cache_lookup(cache_dir, base.id(), hashes);
+  if (cached.dim && cached.dim != dim) cached = {{}, {}, std::vector<bool>(hashes.size(), false)};
+  std::vector<fs::path> missing;
+  std::vector<std::string> missing_hashes;
+  for (std::size_t i = 0; i < files.size(); ++i)
+    if (!cached.found[i]) {
+      missing.push_back(files[i]);
+      missing_hashes.push_back(hashes[i]);
+    }
+  r.cached = static_cast<std::int64_t>(files.size() - missing.size());
+  if (cb.on_embed) cb.on_embed({r.cached, static_cast<std::int64_t>(files.size())});
+
+  std::vector<float> fresh;
+  std::vector<std::string> errors;
+  if (!missing.empty()) {
+    image::DecodeOptions decode;
+    decode.max_pixels = o.max_pixels;
+    // In chunks, so progress shows and a failure late in a long run keeps what was cached.
+    const std::size_t chunk = 256;
+    for (std::size_t start = 0; start < missing.size(); start += chunk) {
+      const std::size_t end = std::min(missing.size(), start + chunk);
+      std::vector<fs::path> part(missing.begin() + start, missing.begin() + end);
+      auto e = pipeline::embed_files(base, part, decode, o.decode_threads, o.batch_size);
+      std::vector<std::string> ok_hashes;
+      std::vector<float> ok_rows;
+      for (std::size_t i = 0; i < part.size(); ++i) {
+        errors.push_back(e.errors[i]);
+        fresh.insert(fresh.end(), e.embeddings.begin() + i * dim,
+                     e.embeddings.begin() + (i + 1) * dim);
+        if (!e.errors[i].empty()) continue;
+        ok_hashes.push_back(missing_hashes[start + i]);
+        ok_rows.insert(ok_rows.end(), e.embeddings.begin() + i * dim,
+                       e.embeddings.begin() + (i + 1) * dim);
+      }
+      cache_store(cache_dir, base.id(), ok_hashes, ok_rows, dim);
+      r.decoded += static_cast<std::int64_t>(part.size());
+      if (cb.on_embed) cb.on_embed({r.cached + r.decoded, static_cast<std::int64_t>(files.size())});
+    }
+  }
+
+  Dataset d;
+  std::vector<float> rows;
+  std::size_t next_cached = 0, next_fresh = 0;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const float* row;
+    if (cached.found[i]) {
+      row = cached.rows.data() + (next_cached++) * dim;
+    } else {
+      const std::size_t k = next_fresh++;
+      if (!errors[k].empty()) {
+        r.failed.push_back(errors[k]);
+        continue;
+      }
+      row = fresh.data() + k * dim;
+    }
+    rows.insert(rows.end(), row, row + dim);
+    d.files.push_back(files[i]);
+    d.hashes.push_back(hashes[i]);
+    d.label_names.push_back(labels[i]);  // names for now, indices below
+  }
+  std::set<std::string> names(d.label_names.begin(), d.label_names.end());
+  std::vector<std::string> sorted(names.begin(), names.end());
+  for (const auto& n : d.label_names)
+    d.labels.push_back(std::lower_bound(sorted.begin(), sorted.end(), n) - sorted.begin());
+  d.label_names = sorted;
+  const auto n = static_cast<std::int64_t>(d.files.size());
+  d.base = torch::from_blob(rows.data(), {n, dim}, torch::kFloat32).clone();
+  return d;
+}
+
+// Hash of what the head was trained on: (content hash, label) pairs, order-independent, so the
+// same photos and labels give the same hash wherever the files live.
+std::string labels_hash(const Dataset& d) {
+  std::vector<std::string> lines;
+  for (std::size_t i = 0; i < d.files.size(); ++i)
+    lines.push_back(d.hashes[i] + "\t" + d.label_names[d.labels[i]] + "\n");
+  std::sort(lines.begin(), lines.end());
+  std::string all;
+  for (const auto& l : lines) all += l;
+  return pipeline::content_hash({reinterpret_cast<const std::uint8_t*>(all.data()), all.size()});
+}
+
+struct Split {
+  std::vector<std::int64_t> train, val;
+};
+
+Split split_dataset(const Dataset& d, const TrainOptions& o, std::mt19937_64& rng) {
+  const auto n_labels = static_cast<std::int64_t>(d.label_names.size());
+  std::vector<std::vector<std::int64_t>> by_label(n_labels);
+  for (std::size_t i = 0; i < d.labels.size(); ++i)
+    by_label[d.labels[i]].push_back(static_cast<std::int64_t>(i));
+  Split s;
+  if (o.val_fraction <= 0) {
+    for (std::size_t i = 0; i < d.labels.size(); ++i)
+      s.train.push_back(static_cast<std::int64_t>(i));
+    return s;
+  }
+  if (o.val_split == "by-label") {
+    std::vector<std::int64_t> order(n_labels);
+    for (std::int64_t i = 0; i < n_labels; ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), rng);
+    const auto held = std::max<std::int64_t>(1, std::llround(o.val_fraction * n_labels));
+    if (n_labels - held < 2)
+      throw TrainError(o.labels.string() + ": --val-split by-label holds out " +
+                       std::to_string(held) + " of " + std::to_string(n_labels) +
+                       " labels, leaving fewer than two to train on");
+    for (std::int64_t k = 0; k < n_labels; ++k)
+      for (auto i : by_label[order[k]]) (k < held ? s.val : s.train).push_back(i);
+  } else {
+    for (auto& members : by_label) {
+      std::shuffle(members.begin(), members.end(), rng);
+      const auto count = static_cast<std::int64_t>(members.size());
+      auto held = std::llround(o.val_fraction * count);
+      if (held == 0 && count >= 3) held = 1;
+      held = std::min<std::int64_t>(held, std::max<std::int64_t>(0, count - 2));
+      for (std::int64_t k = 0; k < count; ++k) (k < held ? s.val : s.train).push_back(members[k]);
+    }
+  }
+  std::sort(s.train.begin(), s.train.end());
+  std::sort(s.val.begin(), s.val.end());
+  return s;
+}
+
+// Leave-one-out Recall@1 of the validation images against every labelled image (the training
+// images are gallery too, as they will be once indexed with the trained model). Queries whose
+// label has no other image are skipped. -1 when there is no query.
+double val_recall_at_1(const detail::Head& head, const Dataset& d, const Split& s) {
+  if (s.val.empty()) return -1;
+  torch::NoGradGuard no_grad;
+  const auto all = detail::apply_head(head, d.base);
+  const auto q_idx = torch::tensor(s.val, torch::kInt64);
+  auto sims = all.index_select(0, q_idx).mm(all.t());
+  sims.index_put_({torch::arange(q_idx.size(0)), q_idx}, -std::numeric_limits<float>::infinity());
+  const auto best = sims.argmax(1);
+  std::vector<std::int64_t> count(d.label_names.size(), 0);
+  for (auto l : d.labels) ++count[l];
+  std::int64_t hits = 0, queries = 0;
+  const auto* b = best.data_ptr<std::int64_t>();
+  for (std::size_t k = 0; k < s.val.size(); ++k) {
+    const auto label = d.labels[s.val[k]];
+    if (count[label] < 2) continue;
+    ++queries;
+    hits += d.labels[b[k]] == label;
+  }
+  return queries ? static_cast<double>(hits) / queries : -1;
+}
+
+// One P x K batch: P distinct labels, K images each (with repeats when a label has fewer).
+std::vector<std::int64_t> sample_batch(const std::vector<std::vector<std::int64_t>>& pool, int p,
+                                       int k, std::mt19937_64& rng) {
+  std::vector<std::size_t> order(pool.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<std::int64_t> batch;
+  for (int i = 0; i < p && i < static_cast<int>(order.size()); ++i) {
+    auto members = pool[order[i]];
+    std::shuffle(members.begin(), members.end(), rng);
+    for (int j = 0; j < k; ++j) batch.push_back(members[j % members.size()]);
+  }
+  return batch;
+}
+
+struct Trained {
+  detail::Head head;
+  std::vector<EpochReport> epochs;
+  int best_epoch = 0;
+  double best_recall = -1;
+};
+
+Trained fit(const Dataset& d, const Split& s, const TrainOptions& o, std::mt19937_64& rng,
+            const TrainCallbacks& cb) {
+  std::map<std::int64_t, std::vector<std::int64_t>> members;
+  for (auto i : s.train) members[d.labels[i]].push_back(i);
+  std::vector<std::vector<std::int64_t>> pool;
+  for (auto& [label, m] : members)
+    if (m.size() >= 2) pool.push_back(m);
+  if (pool.size() < 2)
+    throw TrainError(o.labels.string() +
+                     ": needs at least two labels with two or more training images each, found " +
+                     std::to_string(pool.size()));
+  const int p = std::min<int>(o.labels_per_batch, static_cast<int>(pool.size()));
+  const int k = o.images_per_label;
+  const auto batches =
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(s.train.size()) / (p * k));
+
+  Trained t;
+  t.head = detail::init_head(o.head, static_cast<int>(d.base.size(1)), o.hidden, o.dim);
+  torch::optim::Adam adam(t.head.params, torch::optim::AdamOptions(o.learning_rate));
+  const auto labels = torch::tensor(d.labels, torch::kInt64);
+  std::vector<torch::Tensor> best_params;
+  int stale = 0;
+  for (int epoch = 1; epoch <= o.epochs; ++epoch) {
+    const auto start = Clock::now();
+    double loss_sum = 0, active_sum = 0;
+    for (std::int64_t b = 0; b < batches; ++b) {
+      const auto idx = torch::tensor(sample_batch(pool, p, k, rng), torch::kInt64);
+      const auto e = detail::apply_head(t.head, d.base.index_select(0, idx));
+      const auto y = labels.index_select(0, idx);
+      double active = 0;
+      auto loss = o.mining == "semi-hard" ? detail::semi_hard_loss(e, y, o.margin, &active)
+                                          : detail::batch_hard_loss(e, y, o.margin, &active);
+      adam.zero_grad();
+      loss.backward();
+      adam.step();
+      loss_sum += loss.item<double>();
+      active_sum += active;
+    }
+    EpochReport r;
+    r.epoch = epoch;
+    r.epochs = o.epochs;
+    r.loss = loss_sum / batches;
+    r.active = active_sum / batches;
+    r.val_recall_at_1 = val_recall_at_1(t.head, d, s);
+    r.best = r.val_recall_at_1 < 0 || r.val_recall_at_1 >= t.best_recall;
+    if (r.best) {
+      t.best_recall = r.val_recall_at_1;
+      t.best_epoch = epoch;
+      best_params.clear();
+      for (const auto& q : t.head.params) best_params.push_back(q.detach().clone());
+      stale = 0;
+    } else {
+      ++stale;
+    }
+    r.seconds = seconds_since(start);
+    r.triplets_per_s = static_cast<double>(batches) * p * k / std::max(r.seconds, 1e-9);
+    r.eta_seconds = r.seconds * (o.epochs - epoch);
+    t.epochs.push_back(r);
+    if (cb.on_epoch) cb.on_epoch(r);
+    if (stale >= o.patience) break;
+  }
+  t.head.params = best_params;
+  return t;
+}
+
+json epoch_json(const EpochReport& r) {
+  return {{"epoch", r.epoch},
+          {"loss", r.loss},
+          {"active_triplets", r.active},
+          {"val_recall_at_1", r.val_recall_at_1 < 0 ? json(nullptr) : json(r.val_recall_at_1)}};
+}
+
+json training_json(const TrainOptions& o, const model::EmbeddingModel& base,
+                   const eval::LabelledSet& set, const Dataset& d, const Split& s, const Trained& t,
+                   int threads) {
+  json per_epoch = json::array();
+  for (const auto& r : t.epochs) per_epoch.push_back(epoch_json(r));
+  const int in = static_cast<int>(d.base.size(1));
+  return {{"base_model",
+           {{"name", base.card().name},
+            {"id", base.id()},
+            {"archive", fs::absolute(base.archive()).lexically_normal().string()},
+            {"embedding_dim", in}}},
+          {"head",
+           {{"type", o.head},
+            {"method", "head"},
+            {"input_dim", in},
+            {"hidden_dim", o.head == "mlp" ? json(o.hidden) : json(nullptr)},
+            {"output_dim", o.dim},
+            {"input", "the base model's embedding (L2-normalised inside the head)"},
+            {"output", "L2-normalised"}}},
+          {"fine_tuned", false},
+          {"loss", "triplet"},
+          {"margin", o.margin},
+          {"mining", o.mining},
+          {"batch",
+           {{"labels_per_batch", std::min<int>(o.labels_per_batch, d.label_names.size())},
+            {"images_per_label", o.images_per_label}}},
+          {"optimizer", {{"name", "adam"}, {"learning_rate", o.learning_rate}}},
+          {"epochs", o.epochs},
+          {"epochs_run", static_cast<int>(t.epochs.size())},
+          {"best_epoch", t.best_epoch},
+          {"patience", o.patience},
+          {"seed", o.seed},
+          {"threads", threads},
+          {"labels",
+           {{"source", fs::absolute(set.source).lexically_normal().string()},
+            {"images", d.files.size()},
+            {"classes", d.label_names.size()},
+            {"hash", labels_hash(d)},
+            {"hash_of", "XXH3-128 of the sorted lines '<content hash>\\t<label>\\n'"}}},
+          {"validation",
+           {{"split", o.val_split},
+            {"fraction", o.val_fraction},
+            {"train_images", s.train.size()},
+            {"images", s.val.size()},
+            {"recall_at_1", t.best_recall < 0 ? json(nullptr) : json(t.best_recall)},
+            {"per_epoch", per_epoch}}},
+          {"papers",
+           {"Schroff, Kalenichenko, Philbin, FaceNet, CVPR 2015, https://arxiv.org/abs/1503.03832",
+            "Hermans, Beyer, Leibe, In Defense of the Triplet Loss, 2017, "
+            "https://arxiv.org/abs/1703.07737"}}};
+}
+
+model::ModelCard trained_card(const model::ModelCard& base, const TrainOptions& o, json training) {
+  model::ModelCard c = base;
+  c.name = o.out.stem().string();
+  c.weights_source = "lookalike train: a " + o.head + " head on " + base.name +
+                     " trained on the labels of " + training["labels"]["source"].get<std::string>();
+  c.weights_sha256.clear();
+  c.embedding_dim = o.dim;
+  c.normalized = true;
+  c.embedding_output = std::to_string(o.dim) + "-d L2-normalised output of a " + o.head +
+                       " head (method 'head') on " + base.name + "'s embedding";
+  c.method = "forward";
+  c.exported_by = "lookalike train (LibTorch " TORCH_VERSION ")";
+  // Reduced-precision archives belong to the base archive; a trained model runs FP32 until it
+  // is calibrated itself (docs/precision.md).
+  c.precisions = nullptr;
+  c.training = std::move(training);
+  return c;
+}
+
+}  // namespace
+
+TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
+  const auto started = Clock::now();
+  check_options(o);
+  eval::LabelledSet set;
+  try {
+    set = eval::load_labelled_set(o.labels, o.label_column, o.file_column);
+  } catch (const eval::LabelError& e) {
+    throw TrainError(e.what());
+  }
+  std::set<std::string> distinct(set.labels.begin(), set.labels.end());
+  if (distinct.size() < 2)
+    throw TrainError(o.labels.string() + ": needs at least two labels to learn from, found " +
+                     std::to_string(distinct.size()) +
+                     (distinct.empty() ? "" : " ('" + *distinct.begin() + "')"));
+
+  model::ModelOptions mo;
+  mo.threads = o.threads;
+  mo.max_batch = o.batch_size;
+  mo.precision = "fp32";  // cached base vectors must be the FP32 ones the archive reproduces
+  const fs::path base_path = model::resolve_model(o.base, model::default_model_dirs());
+  auto base = model::EmbeddingModel::load(base_path, mo);
+  if (!base->card().training.is_null())
+    throw TrainError(base_path.string() +
+                     ": is itself a trained model (card field 'training'); "
+                     "train from its base model '" +
+                     base->card().training["base_model"].value("name", std::string("?")) + "'");
+
+  TrainResult r;
+  const fs::path cache_dir = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
+  Dataset d = embed_dataset(set, *base, o, cache_dir, r, cb);
+  r.images = static_cast<std::int64_t>(d.files.size());
+
+  at::set_num_threads(base->threads());
+  torch::manual_seed(o.seed);
+  std::mt19937_64 rng(o.seed);
+  const Split s = split_dataset(d, o, rng);
+  Trained t = fit(d, s, o, rng, cb);
+
+  json training = training_json(o, *base, set, d, s, t, base->threads());
+  const model::ModelCard card = trained_card(base->card(), o, training);
+  const fs::path card_path = fs::path(o.out).replace_extension(".json");
+  if (!o.out.parent_path().empty()) fs::create_directories(o.out.parent_path());
+  detail::save_archive(base_path, base->card().method, t.head, o.out);
+  model::save_model_card(card, card_path);
+  // Proves the files form a model every command can load (the loader runs one forward pass).
+  model::EmbeddingModel::load(o.out, mo);
+
+  r.archive = o.out;
+  r.card = card_path;
+  r.training = std::move(training);
+  r.epochs = t.epochs;
+  r.best_epoch = t.best_epoch;
+  r.seconds = seconds_since(started);
+  return r;
+}
+
+}  // namespace lookalike::train
