@@ -270,7 +270,11 @@ image::RgbImage pattern(int w, int h, int seed, double gain = 1.0, double offset
 }
 
 std::filesystem::path write(const image::RgbImage& img, const std::string& name) {
-  static const auto dir = scratch_dir("dedup_dhash");
+  // One folder per test: ctest runs the tests of this file as parallel processes, and
+  // scratch_dir empties the folder it is given.
+  static const auto dir =
+      scratch_dir(std::string("dedup_dhash_") +
+                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
   image::init_decoder();
   VipsImage* v = vips_image_new_from_memory_copy(img.pixels.data(), img.pixels.size(), img.width,
                                                  img.height, 3, VIPS_FORMAT_UCHAR);
