@@ -10,7 +10,10 @@ faiss.IndexFlatIP. Same weights, batch size and thread count as the lookalike ro
                   ResNet-50)
 
 Prints one JSON object: images/s end to end (first batch requested to last vector added; the
-model is traced and warmed up before). Run with Debian's /usr/bin/python3.
+model is traced and warmed up before), and steady_images_per_s: the images after the first
+batch over the time from its vectors' add to the last add (as `lookalike index` reports its
+steady state: without the DataLoader's start and first batch). Run with Debian's
+/usr/bin/python3.
 """
 import argparse
 import json
@@ -89,20 +92,28 @@ def main():
     index = faiss.IndexFlatIP(export_model.ARCHITECTURES[args.arch]["dim"])
     loader = DataLoader(Photos(files), batch_size=args.batch_size, num_workers=args.workers)
     start = time.perf_counter()
+    first_done, first_images = None, 0
     with torch.no_grad(), torch.cpu.amp.autocast(enabled=args.mode == "autocast",
                                                  dtype=torch.bfloat16):
         for batch in loader:
+            n_batch = batch.shape[0]
             if args.mode == "bf16":
                 batch = batch.to(torch.bfloat16)
             if args.mode != "fp32":
                 batch = batch.contiguous(memory_format=torch.channels_last)
             emb = torch.nn.functional.normalize(model(batch).float(), dim=1).numpy()
             index.add(np.ascontiguousarray(emb, dtype=np.float32))
-    seconds = time.perf_counter() - start
+            if first_done is None:
+                first_done, first_images = time.perf_counter(), n_batch
+    end = time.perf_counter()
+    seconds = end - start
+    steady = (len(files) - first_images) / (end - first_done) if end > first_done else 0.0
     print(json.dumps({"arch": args.arch, "mode": args.mode, "images": len(files),
                       "threads": torch.get_num_threads(), "workers": args.workers,
                       "batch_size": args.batch_size, "seconds": seconds,
-                      "images_per_s": len(files) / seconds, "indexed": index.ntotal}))
+                      "images_per_s": len(files) / seconds,
+                      "first_batch_s": first_done - start, "steady_images_per_s": steady,
+                      "indexed": index.ntotal}))
 
 
 if __name__ == "__main__":

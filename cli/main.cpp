@@ -228,7 +228,10 @@ static int run(int argc, char** argv) {
     }
     if (*calibrate) return run_calibrate(g, ca);
     if (*models) return run_models(g);
-    if (*serve) return run_serve(g, sv);
+    if (*serve) {
+      lookalike::engine::use_passive_omp_wait(argv);  // may re-execute: see engine.h
+      return run_serve(g, sv);
+    }
     if (*eval.app) return eval.run();
     if (*bench_index.app) return bench_index.run();
     if (*duplicates.app) return duplicates.run();

@@ -31,6 +31,7 @@ struct ReembedArgs {
 
 json epoch_record(const train::EpochReport& r) {
   return {{"type", "train_epoch"},
+          {"phase", r.phase},
           {"epoch", r.epoch},
           {"epochs", r.epochs},
           {"loss", r.loss},
@@ -45,10 +46,10 @@ json epoch_record(const train::EpochReport& r) {
 void print_epoch(const train::EpochReport& r) {
   const std::string val = r.val_recall_at_1 < 0 ? "-" : fmt::format("{:.3f}", r.val_recall_at_1);
   std::cerr << fmt::format(
-      "epoch {:>3}/{}  loss {:.4f}  active {:>3.0f}%  val Recall@1 {}{}  {:.2f} s  "
+      "{}epoch {:>3}/{}  loss {:.4f}  active {:>3.0f}%  val Recall@1 {}{}  {:.2f} s  "
       "{:.0f} triplets/s  ETA {}\n",
-      r.epoch, r.epochs, r.loss, 100 * r.active, val, r.best ? " *" : "", r.seconds,
-      r.triplets_per_s, format_seconds(r.eta_seconds));
+      r.phase == "full" ? "full " : "", r.epoch, r.epochs, r.loss, 100 * r.active, val,
+      r.best ? " *" : "", r.seconds, r.triplets_per_s, format_seconds(r.eta_seconds));
 }
 
 int report_error(const char* command, const std::exception& e, int code) {
@@ -97,11 +98,18 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
     set_path(out, "card", r.card.string());
     print_record(out);
   } else {
+    const json ft = r.training.value("fine_tune", json());
+    const std::string best =
+        ft.is_object() && ft.value("best_epoch", 0) > 0
+            ? fmt::format("kept fine-tuning epoch {} of {}", ft.value("best_epoch", 0),
+                          ft.value("epochs", 0))
+            : fmt::format("kept head epoch {} of {}{}", r.best_epoch,
+                          r.training.value("epochs_run", 0),
+                          ft.is_object() ? " (no fine-tuning epoch beat it)" : "");
     std::cout << fmt::format(
         "wrote {} and {}\n{} images ({} base embeddings from the cache, {} decoded, {} left "
-        "out); best epoch {} of {}, validation Recall@1 {}; {}\n",
-        r.archive.string(), r.card.string(), r.images, r.cached, r.decoded, r.failed.size(),
-        r.best_epoch, r.epochs.size(),
+        "out); {}, validation Recall@1 {}; {}\n",
+        r.archive.string(), r.card.string(), r.images, r.cached, r.decoded, r.failed.size(), best,
         v["recall_at_1"].is_null() ? "-" : fmt::format("{:.3f}", v["recall_at_1"].get<double>()),
         format_seconds(r.seconds));
   }
@@ -176,7 +184,12 @@ void add_train_options(CLI::App& cmd, TrainArgs& a) {
                  "Stop after this many epochs without a better validation Recall@1 (default 10)");
   cmd.add_option("--cache", o.cache_dir,
                  "Base-embedding cache folder (default $XDG_CACHE_HOME/lookalike)");
-  cmd.add_flag("--full", o.full, "Also fine-tune the backbone's last stage (not implemented yet)");
+  cmd.add_flag("--full", o.full,
+               "Then fine-tune the base's last stage with the head on augmented images "
+               "(mobilenet_v2, resnet50)");
+  cmd.add_option("--full-epochs", o.full_epochs, "--full: epochs of fine-tuning (default 4)");
+  cmd.add_option("--full-lr", o.full_learning_rate,
+                 "--full: Adam learning rate of the stage; the head gets 10x (default 0.00002)");
 }
 
 }  // namespace

@@ -15,57 +15,102 @@ namespace {
 constexpr int kGrid = 32;  // the average the DCT runs on
 constexpr int kBlock = 8;  // low frequencies kept, after the DC row and column
 
-// Per output cell, the source pixels it covers and how much of each (area weights): a box
-// filter with fractional edges, so a 100-pixel side averaged to 32 cells weighs every pixel
-// as much as its area says (whole-pixel binning would give cells of 3 and 4 pixels).
-struct Span {
-  int first = 0;
-  std::vector<double> weights;  // for pixels first, first + 1, ...
+// The 32 x 32 luma average of a rectangle [x0, x1) x [y0, y1) of the image (source pixels,
+// fractional edges): a box filter with fractional edges, so a 100-pixel side averaged to 32
+// cells weighs every pixel as much as its area says (whole-pixel binning would give cells of
+// 3 and 4 pixels). Luma: ITU-R BT.601.
+//
+// How: as integrals. The sum of a pixel grid up to a fractional position i + f (pixel i, a
+// fraction f into it) is the sum up to pixel i plus f times pixel i, along either axis. Down the
+// image, a running sum of the rows so far (per byte column, unsigned 32-bit integers, so exact: 255
+// x 10,000,000 rows, libvips' largest, fits) is at hand at each row; at a cell row's lower edge,
+// that sum minus the one kept at its upper edge (each plus its fractional row) is the cell row's
+// column integrals, which are then cut across the same way. Each pixel costs one add whatever the
+// number of frames, in loops the compiler vectorises; per frame the extra work is per cell row, not
+// per source row. An earlier version weighed each pixel once per frame and cell (the same sums,
+// about 4x slower on a 400 x 533 photo).
+struct Frame {
+  std::array<double, kGrid + 1> x_edges{};  // cell boundaries across, source pixels
+  std::array<double, kGrid + 1> y_edges{};  // and down
+  std::array<double, kGrid * kGrid> cells{};
+  // The running row sum at the last y edge passed, and that edge's row and fraction.
+  std::vector<std::uint32_t> sum_at_edge;
+  int edge_row = 0;
+  double edge_frac = 0;
+  int next_edge = 0;  // the next y edge to reach
+
+  Frame(double x0, double x1, double y0, double y1) {
+    for (int c = 0; c <= kGrid; ++c) {
+      x_edges[c] = x0 + (x1 - x0) * c / kGrid;
+      y_edges[c] = y0 + (y1 - y0) * c / kGrid;
+    }
+  }
 };
 
-std::array<Span, kGrid> spans(double from, double to) {
-  std::array<Span, kGrid> out;
-  const double step = (to - from) / kGrid;
-  for (int c = 0; c < kGrid; ++c) {
-    const double a = from + c * step, b = a + step;
-    auto& s = out[c];
-    s.first = static_cast<int>(std::floor(a));
-    for (int i = s.first; i < b; ++i) {
-      const double w = std::min<double>(b, i + 1) - std::max<double>(a, i);
-      s.weights.push_back(std::max(0.0, w) / step);
+// Called at each of a frame's y edges, in order, with `rows_above` = the per-byte sum of rows
+// [0, y) where y = floor(edge): fills the cell row that ends at that edge (none at the first).
+void reach_edge(const image::RgbImage& rgb, Frame& f, const std::vector<std::uint32_t>& rows_above,
+                int y, double frac, std::vector<double>& columns, std::vector<double>& prefix) {
+  const int w = rgb.width;
+  const std::size_t n = static_cast<std::size_t>(w) * 3;
+  const int r = f.next_edge - 1;  // the cell row ending here
+  if (r >= 0) {
+    // Raw pointers: the build's _GLIBCXX_ASSERTIONS bounds-checks operator[], which keeps
+    // loops from being vectorised.
+    const std::uint32_t* below = rows_above.data();
+    const std::uint32_t* above = f.sum_at_edge.data();
+    double* col = columns.data();
+    for (std::size_t k = 0; k < n; ++k) col[k] = static_cast<double>(below[k] - above[k]);
+    auto add_row = [&](int row, double weight) {
+      if (weight == 0 || row >= rgb.height) return;
+      const std::uint8_t* p = rgb.pixels.data() + static_cast<std::size_t>(row) * n;
+      for (std::size_t k = 0; k < n; ++k) col[k] += weight * p[k];
+    };
+    add_row(y, frac);
+    add_row(f.edge_row, -f.edge_frac);
+    // Luma of the column integrals, then their running sum across.
+    double* run = prefix.data();
+    run[0] = 0;
+    for (int x = 0; x < w; ++x) {
+      run[x + 1] = run[x] + 0.299 * col[3 * x] + 0.587 * col[3 * x + 1] + 0.114 * col[3 * x + 2];
+    }
+    auto running_to = [&](double x) {
+      const int i = std::clamp(static_cast<int>(std::floor(x)), 0, w);
+      return i == w ? run[w] : run[i] + (x - i) * (run[i + 1] - run[i]);
+    };
+    const double height = f.y_edges[r + 1] - f.y_edges[r];
+    for (int c = 0; c < kGrid; ++c) {
+      const double width = f.x_edges[c + 1] - f.x_edges[c];
+      f.cells[r * kGrid + c] =
+          (running_to(f.x_edges[c + 1]) - running_to(f.x_edges[c])) / (width * height);
     }
   }
-  return out;
+  f.sum_at_edge = rows_above;
+  f.edge_row = y;
+  f.edge_frac = frac;
+  ++f.next_edge;
 }
 
-// Luma of the rectangle [x0, x1) x [y0, y1) (source pixels, fractional) averaged to 32 x 32.
-std::array<double, kGrid * kGrid> average(const image::RgbImage& rgb, double x0, double x1,
-                                          double y0, double y1) {
-  const auto cols = spans(x0, x1);
-  const auto rows = spans(y0, y1);
-  const int y_first = rows.front().first;
-  const int y_last = rows.back().first + static_cast<int>(rows.back().weights.size());
-  // Each source row in range reduced to 32 column averages first (separable filter).
-  std::vector<double> across(static_cast<std::size_t>(y_last - y_first) * kGrid, 0.0);
-  for (int y = y_first; y < y_last; ++y) {
-    const auto* row = rgb.pixels.data() + static_cast<std::size_t>(y) * rgb.width * 3;
-    for (int c = 0; c < kGrid; ++c) {
-      double sum = 0;
-      for (std::size_t k = 0; k < cols[c].weights.size(); ++k) {
-        const auto* p = row + static_cast<std::size_t>(cols[c].first + k) * 3;
-        sum += cols[c].weights[k] * (0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]);
+// The frames' 32 x 32 averages in one pass down the image.
+template <std::size_t N>
+void average(const image::RgbImage& rgb, std::array<Frame, N>& frames) {
+  const std::size_t n = static_cast<std::size_t>(rgb.width) * 3;
+  std::vector<std::uint32_t> rows_above(n, 0);  // per byte column, the sum of rows [0, y)
+  std::vector<double> columns(n), prefix(static_cast<std::size_t>(rgb.width) + 1);
+  for (int y = 0; y <= rgb.height; ++y) {
+    for (auto& f : frames) {
+      while (f.next_edge <= kGrid) {
+        const double e = f.y_edges[f.next_edge];
+        const int row = std::clamp(static_cast<int>(std::floor(e)), 0, rgb.height);
+        if (row != y) break;
+        reach_edge(rgb, f, rows_above, y, row < rgb.height ? e - row : 0.0, columns, prefix);
       }
-      across[static_cast<std::size_t>(y - y_first) * kGrid + c] = sum;
     }
+    if (y == rgb.height) break;
+    const std::uint8_t* p = rgb.pixels.data() + static_cast<std::size_t>(y) * n;
+    std::uint32_t* sum = rows_above.data();
+    for (std::size_t k = 0; k < n; ++k) sum[k] += p[k];
   }
-  std::array<double, kGrid * kGrid> out{};
-  for (int r = 0; r < kGrid; ++r) {
-    for (std::size_t k = 0; k < rows[r].weights.size(); ++k) {
-      const auto* a = &across[static_cast<std::size_t>(rows[r].first + k - y_first) * kGrid];
-      for (int c = 0; c < kGrid; ++c) out[r * kGrid + c] += rows[r].weights[k] * a[c];
-    }
-  }
-  return out;
 }
 
 // DCT-II basis, rows 0..kBlock (row 0, the DC, is computed but never used).
@@ -128,9 +173,11 @@ PictureHash picture_hash(const image::RgbImage& rgb) {
   const double w = rgb.width, h = rgb.height;
   auto central = [&](double keep) {
     const double mx = w * (1 - keep) / 2, my = h * (1 - keep) / 2;
-    return dct_hash(average(rgb, mx, w - mx, my, h - my));
+    return Frame(mx, w - mx, my, h - my);
   };
-  return {dct_hash(average(rgb, 0, w, 0, h)), central(0.95), central(0.90)};
+  std::array<Frame, 3> frames{Frame(0, w, 0, h), central(0.95), central(0.90)};
+  average(rgb, frames);
+  return {dct_hash(frames[0].cells), dct_hash(frames[1].cells), dct_hash(frames[2].cells)};
 }
 
 image::DecodeOptions picture_hash_decode_options(const image::DecodeOptions& base) {

@@ -48,13 +48,13 @@ class EngineError : public std::runtime_error {
 
 struct EngineOptions {
   std::filesystem::path collection;  // the collection folder
-  std::string model;       // name or .pt path; empty = the collection's model, else kDefaultModel
-  int threads = 0;         // LibTorch intra-op and OpenMP threads; 0 = all cores
+  std::string model;  // name or .pt path; empty = the collection's model, else kDefaultModel
+  int threads = 0;    // LibTorch intra-op and OpenMP threads; 0 = all cores
   // "auto" | "fp32" | "bf16" | "int8" (model::ModelOptions::precision, docs/precision.md);
   // the CLI's --precision, else $LOOKALIKE_PRECISION, else auto.
   std::string precision = "auto";
-  int decode_threads = 1;  // 1..pipeline::kMaxDecodeThreads
-  int batch_size = 32;     // images per forward pass, 1..1024
+  int decode_threads = 1;                // 1..pipeline::kMaxDecodeThreads
+  int batch_size = 32;                   // images per forward pass, 1..1024
   std::int64_t max_pixels = 89'478'485;  // PIL's Image.MAX_IMAGE_PIXELS
   double max_aspect_ratio = 0;           // image::DecodeOptions::max_aspect_ratio; 0 = no limit
   std::chrono::microseconds batch_wait{2000};  // EmbedBatcher's window
@@ -157,8 +157,22 @@ struct EngineInfo {
 };
 
 // Process-wide set-up, done once (later calls do nothing): glibc heap reuse for LibTorch's
-// activations (mallopt), and the OpenMP thread count used by FAISS and OpenBLAS.
+// activations (mallopt; one malloc arena for all threads, so that it holds for the batcher's
+// thread too), and the OpenMP thread count used by FAISS and OpenBLAS. Call it before starting
+// threads: a thread keeps the arena it first allocated from.
 void setup_process(int threads);
+
+// For a process whose forward passes share the cores with other work at the same moment (`serve`:
+// HTTP workers decode uploads and search the index while the batcher's pass runs): makes sure
+// OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE). libgomp's default lets a thread that
+// waits at a barrier or for the next parallel region spin for about 300,000 iterations first;
+// on 2 cores those spinning threads take the CPU from the decodes, the searches and from the
+// pass's own other thread, and `serve` measured single uploads of 1.2 s instead of ~40 ms under
+// load (bench/README.md, "The server"). libgomp reads the variable only when it is loaded, so
+// when it is unset this sets it and re-executes the program (/proc/self/exe, same argv and pid);
+// it returns when the variable is already set (by the user, who keeps the last word, or by the
+// re-execution) or when the re-execution fails (logged; the program then runs as it is).
+void use_passive_omp_wait(char** argv);
 
 class Engine {
  public:

@@ -57,15 +57,26 @@ bool same_record(const store::ImageRecord& a, const store::ImageRecord& b) {
          nlohmann::json::parse(a.metadata) == nlohmann::json::parse(b.metadata);
 }
 
-// The perceptual hash `duplicates` compares (dedup/phash.h), from a second, DCT-downscaled decode
-// of the bytes already in memory: the decode for the model skips the rows outside its centre
-// crop (rows_for), so its pixels are not the whole picture. Unset when that decode fails: the
-// image is still indexed, and `duplicates` reports it. Cost measured in docs/duplicates.md.
+// The perceptual hash `duplicates` compares (dedup/phash.h), for images whose pixels are not at
+// hand (an embedding reused by content hash): a DCT-downscaled decode of the bytes already in
+// memory. Unset when that decode fails: the image is still indexed, and `duplicates` reports it.
 std::optional<store::StoredPictureHash> picture_hash_of(const std::vector<std::uint8_t>& bytes,
                                                         const std::string& path,
                                                         const image::DecodeOptions& decode) {
   try {
     const auto h = dedup::picture_hash_bytes(bytes, path, decode);
+    return store::StoredPictureHash{h.full, h.center95, h.center90};
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// The same from the pixels the model input was made from (the whole upright frame), so that an
+// embedded image is decoded once, not a second time for its hash (docs/duplicates.md, *Cost*).
+// Unset for a decode under 32 x 32 pixels, as picture_hash_bytes would refuse it.
+std::optional<store::StoredPictureHash> picture_hash_of(const image::RgbImage& rgb) {
+  try {
+    const auto h = dedup::picture_hash(rgb);
     return store::StoredPictureHash{h.full, h.center95, h.center90};
   } catch (const std::exception&) {
     return std::nullopt;
@@ -126,14 +137,16 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
         return Prepared::NoEmbed;
       }
     }
-    image::DecodeOptions decode = options.decode;
-    decode.rows_for = &spec;  // the pixels go straight to preprocess
-    auto decoded = image::decode_buffer(bytes, rec.path, decode);
+    // The whole frame (no rows_for): the hash needs the rows outside the model's centre crop.
+    // Skipping their IDCT saved 0.08 ms of a 0.50 ms decode (400 x 533), but the second decode
+    // for the hash cost 0.34 ms, against 0.23 for hashing these pixels (docs/duplicates.md,
+    // *Cost at index time*).
+    auto decoded = image::decode_buffer(bytes, rec.path, options.decode);
     rec.width = decoded.source_width;
     rec.height = decoded.source_height;
     image::preprocess(decoded.rgb, decoded.source_width, decoded.source_height, spec, input,
                       rec.path);
-    rec.picture_hash = picture_hash_of(bytes, rec.path, options.decode);
+    rec.picture_hash = picture_hash_of(decoded.rgb);
     return Prepared::Embed;
   } catch (const image::DecodeError& e) {
     state.error = e.reason();
@@ -182,11 +195,28 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   progress.total = summary.scanned;
   std::atomic<std::int64_t> examined{0};
 
+  // Stage timings (IndexSummary): nanoseconds, the workers' summed atomically.
+  std::atomic<std::int64_t> prepare_ns{0};
+  std::int64_t embed_ns = 0, commit_ns = 0;  // the calling thread's only
+  auto ns_since = [](Clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t).count();
+  };
+  std::optional<Clock::time_point> first_commit, last_commit;
+  std::int64_t embedded_at_first_commit = 0;
+
   auto prepare = [&](std::size_t job, float* input) {
+    const auto t0 = Clock::now();
     Prepared p =
         prepare_file(scan.files[job], known, collection, options, spec, states[job], input);
+    prepare_ns += ns_since(t0);
     ++examined;
     return p;
+  };
+  auto embed = [&](const float* inputs, int n) {
+    const auto t0 = Clock::now();
+    auto out = options.embed ? options.embed(inputs, n) : model.embed(inputs, n);
+    embed_ns += ns_since(t0);
+    return out;
   };
   auto consume = [&](const std::vector<std::size_t>& jobs, const std::vector<Prepared>& kinds,
                      const std::vector<float>& embeddings) {
@@ -207,8 +237,17 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
       puts.push_back(std::move(put));
       put_states.push_back(&s);
     }
+    const auto t0 = Clock::now();
     collection.apply(puts, {});
+    commit_ns += ns_since(t0);
     ++summary.committed_batches;
+    if (summary.embedded > 0) {
+      if (!first_commit) {
+        first_commit = Clock::now();
+        embedded_at_first_commit = summary.embedded;
+      }
+      last_commit = Clock::now();
+    }
     for (JobState* s : put_states) s->committed = true;
     progress.done = examined.load();
     progress.embedded = summary.embedded;
@@ -220,7 +259,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     }
   };
 
-  RunOptions run{options.decode_threads, options.batch_size, options.cancel, options.embed};
+  RunOptions run{options.decode_threads, options.batch_size, options.cancel, embed};
   try {
     run_batched(scan.files.size(), model, run, prepare, consume);
   } catch (const std::exception& e) {
@@ -253,6 +292,15 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   summary.images_per_s = summary.embedded / std::max(summary.seconds, 1e-9);
+  summary.prepare_seconds = prepare_ns.load() * 1e-9;
+  summary.embed_seconds = embed_ns * 1e-9;
+  summary.commit_seconds = commit_ns * 1e-9;
+  if (first_commit) {
+    summary.first_batch_seconds = std::chrono::duration<double>(*first_commit - start).count();
+    const double steady_s = std::chrono::duration<double>(*last_commit - *first_commit).count();
+    const auto steady_images = summary.embedded - embedded_at_first_commit;
+    if (steady_images > 0 && steady_s > 0) summary.steady_images_per_s = steady_images / steady_s;
+  }
   return summary;
 }
 

@@ -49,8 +49,19 @@ struct IndexSummary {
   std::vector<std::string> vanished;  // catalog paths whose file is gone
   std::vector<Failure> failures;
   std::int64_t embedded = 0;  // images that went through the network
-  double seconds = 0;         // wall time of the whole run
+  double seconds = 0;         // wall time of the whole run (the model is loaded before it)
   double images_per_s = 0;    // embedded / seconds
+  // Where the time went, for benchmarks (bench/precision.sh). Seconds, summed over threads:
+  double prepare_seconds = 0;  // decode workers: read, hash, decode, preprocess, pHash
+  double embed_seconds = 0;    // the forward passes (the model's own threads inside them)
+  double commit_seconds = 0;   // catalog and index writes of the batches
+  // Steady state: images embedded after the first committed batch, over the wall time from
+  // that commit to the last one. It leaves out what does not grow with the number of images:
+  // the first forward pass at the batch size (TorchScript's profiling run and oneDNN's kernel
+  // creation), filling the decode queue, opening and saving the collection. 0 when fewer than
+  // two batches embedded images.
+  double first_batch_seconds = 0;  // run start to the first commit with embedded images
+  double steady_images_per_s = 0;
   bool interrupted = false;
   int decode_threads = 0;
   int model_threads = 0;

@@ -6,10 +6,14 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <thread>
@@ -503,8 +507,10 @@ void load_engine(State& st) {
     }
     st.metrics.set_build_info(m.card().name, metric, factory);
     st.ready.store(true);
-    spdlog::info("ready: collection {}, model {} ({} threads)",
-                 st.engine_options.collection.string(), m.id(), m.threads());
+    const char* wait = std::getenv("OMP_WAIT_POLICY");  // engine::use_passive_omp_wait
+    spdlog::info("ready: collection {}, model {} ({} threads, OMP_WAIT_POLICY={})",
+                 st.engine_options.collection.string(), m.id(), m.threads(),
+                 wait != nullptr ? wait : "unset");
   } catch (const std::exception& e) {
     st.load_error = e.what();
     spdlog::error("{}", e.what());
@@ -536,6 +542,17 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   svr.set_read_timeout(options.read_timeout_s, 0);
   svr.set_write_timeout(options.write_timeout_s, 0);
   svr.set_payload_max_length(options.max_upload_bytes);
+  // cpp-httplib listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, fixed in Debian's
+  // compiled library): 16 clients connecting at once overflowed it (TcpExtListenOverflows), and
+  // each dropped SYN is retried by the client's kernel after 1 s, so bench_server's 16-client
+  // rows had ~1.2 s p99s. The socket is taken here (httplib's own options are kept) and listened
+  // on again with the system's maximum once bound: listen(2) on a listening socket resizes its
+  // backlog.
+  int listen_fd = -1;
+  svr.set_socket_options([&listen_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = sock;
+  });
   RouteTable table;
   add_routes(svr, st, table);
   // httplib calls this for every response with status >= 400, ours included: those already
@@ -559,6 +576,9 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   if (port < 0) {
     throw std::runtime_error(options.host + ":" + std::to_string(options.port) +
                              ": cannot listen (address in use, or not an address of this host)");
+  }
+  if (listen_fd >= 0 && ::listen(listen_fd, SOMAXCONN) != 0) {
+    spdlog::warn("cannot enlarge the listen backlog: {}", std::strerror(errno));
   }
   spdlog::info("listening on http://{}:{}/ ({} workers)", options.host, port, options.workers);
   if (options.on_listening) options.on_listening(port);

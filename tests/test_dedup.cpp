@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <numbers>
 #include <random>
 #include <set>
 
@@ -424,7 +425,66 @@ TEST(PHash, MedianSplitsTheBlockAndSmallImagesAreRefused) {
   }
 }
 
-// A DCT-downscaled decode (what the indexer hashes) and a full-size one give nearly one hash.
+// The header's definition computed the plain way: every pixel weighted by the area it shares
+// with each cell, luma with BT.601 weights, then the DCT-II block and the median. picture_hash
+// sums the same areas through running integrals, one pass for all three frames
+// (dedup/phash.cpp); sizes that put cell edges at odd fractions, one under a pixel a cell
+// (center90 of a 33-pixel side), and colour so that the luma weights count.
+std::uint64_t reference_hash(const image::RgbImage& img, double keep) {
+  const double w = img.width, h = img.height;
+  const double x0 = w * (1 - keep) / 2, y0 = h * (1 - keep) / 2;
+  const double sx = (w - 2 * x0) / 32, sy = (h - 2 * y0) / 32;
+  std::vector<double> g(32 * 32, 0.0);
+  for (int y = 0; y < img.height; ++y) {
+    for (int x = 0; x < img.width; ++x) {
+      const auto* p = &img.pixels[(static_cast<std::size_t>(y) * img.width + x) * 3];
+      const double luma = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+      for (int r = 0; r < 32; ++r) {
+        const double oy = std::min(y + 1.0, y0 + (r + 1) * sy) - std::max<double>(y, y0 + r * sy);
+        if (oy <= 0) continue;
+        for (int c = 0; c < 32; ++c) {
+          const double ox = std::min(x + 1.0, x0 + (c + 1) * sx) - std::max<double>(x, x0 + c * sx);
+          if (ox > 0) g[r * 32 + c] += ox * oy * luma / (sx * sy);
+        }
+      }
+    }
+  }
+  std::vector<double> coeff;
+  for (int u = 1; u <= 8; ++u) {
+    for (int v = 1; v <= 8; ++v) {
+      double sum = 0;
+      for (int y = 0; y < 32; ++y) {
+        for (int x = 0; x < 32; ++x) {
+          sum += g[y * 32 + x] * std::cos(std::numbers::pi * (2 * y + 1) * u / 64.0) *
+                 std::cos(std::numbers::pi * (2 * x + 1) * v / 64.0);
+        }
+      }
+      coeff.push_back(sum);
+    }
+  }
+  auto sorted = coeff;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = (sorted[31] + sorted[32]) / 2;
+  std::uint64_t bits = 0;
+  for (double c : coeff) bits = (bits << 1) | (c > median ? 1u : 0u);
+  return bits;
+}
+
+TEST(PHash, AreaAveragesMatchThePlainDefinition) {
+  for (auto [w, h] : {std::pair{37, 45}, {101, 67}, {33, 700}, {400, 533}}) {
+    auto img = blobs(w, h, w);
+    const auto tint = blobs(w, h, h);  // another picture in the red channel
+    for (std::size_t i = 0; i < img.pixels.size(); i += 3) img.pixels[i] = tint.pixels[i + 1];
+    const auto hash = picture_hash(img);
+    EXPECT_EQ(hash.full, reference_hash(img, 1.0)) << w << " x " << h;
+    EXPECT_EQ(hash.center95, reference_hash(img, 0.95)) << w << " x " << h;
+    EXPECT_EQ(hash.center90, reference_hash(img, 0.90)) << w << " x " << h;
+  }
+}
+
+// A DCT-downscaled decode (what uploads and `duplicates` hash) and a full-size one (what the
+// indexer hashes for photos whose shorter side is under twice the model's resize) give nearly
+// one hash.
 TEST(PHash, ThumbnailDecodeMatchesFullDecode) {
   const auto path = write(blobs(800, 600, 7), "p-large.jpg");
   image::DecodeOptions full;

@@ -1,7 +1,9 @@
 #include "train/head.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 
 namespace lookalike::train::detail {
 namespace fs = std::filesystem;
@@ -80,6 +82,51 @@ torch::Tensor semi_hard_loss(const torch::Tensor& e, const torch::Tensor& labels
   const auto l = torch::relu(d - chosen + margin).masked_select(pos);
   *active = (l > 0).to(torch::kFloat64).mean().item<double>();
   return l.mean();
+}
+
+double leave_one_out_recall_at_1(const torch::Tensor& all, const std::vector<std::int64_t>& labels,
+                                 std::int64_t n_labels, const std::vector<std::int64_t>& val) {
+  if (val.empty()) return -1;
+  torch::NoGradGuard no_grad;
+  const auto q_idx = torch::tensor(val, torch::kInt64);
+  auto sims = all.index_select(0, q_idx).mm(all.t());
+  sims.index_put_({torch::arange(q_idx.size(0)), q_idx}, -std::numeric_limits<float>::infinity());
+  const auto best = sims.argmax(1);
+  std::vector<std::int64_t> count(n_labels, 0);
+  for (auto l : labels) ++count[l];
+  std::int64_t hits = 0, queries = 0;
+  const auto* b = best.data_ptr<std::int64_t>();
+  for (std::size_t k = 0; k < val.size(); ++k) {
+    const auto label = labels[val[k]];
+    if (count[label] < 2) continue;
+    ++queries;
+    hits += labels[b[k]] == label;
+  }
+  return queries ? static_cast<double>(hits) / queries : -1;
+}
+
+std::vector<std::vector<std::int64_t>> batch_pool(const std::vector<std::int64_t>& labels,
+                                                  const std::vector<std::int64_t>& train) {
+  std::map<std::int64_t, std::vector<std::int64_t>> members;
+  for (auto i : train) members[labels[i]].push_back(i);
+  std::vector<std::vector<std::int64_t>> pool;
+  for (auto& [label, m] : members)
+    if (m.size() >= 2) pool.push_back(m);
+  return pool;
+}
+
+std::vector<std::int64_t> sample_batch(const std::vector<std::vector<std::int64_t>>& pool, int p,
+                                       int k, std::mt19937_64& rng) {
+  std::vector<std::size_t> order(pool.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<std::int64_t> batch;
+  for (int i = 0; i < p && i < static_cast<int>(order.size()); ++i) {
+    auto members = pool[order[i]];
+    std::shuffle(members.begin(), members.end(), rng);
+    for (int j = 0; j < k; ++j) batch.push_back(members[j % members.size()]);
+  }
+  return batch;
 }
 
 void save_archive(const fs::path& base, const std::string& base_method, const Head& head,

@@ -5,7 +5,9 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,22 @@ torch::Tensor batch_hard_loss(const torch::Tensor& e, const torch::Tensor& label
                               double* active);
 torch::Tensor semi_hard_loss(const torch::Tensor& e, const torch::Tensor& labels, double margin,
                              double* active);
+
+// Leave-one-out Recall@1 of the rows `val` of `all` (n x d unit rows, one per labelled image,
+// labels in [0, n_labels)) against every other row: the training images are gallery too, as
+// they will be once indexed with the trained model. Queries whose label has no other image are
+// skipped. -1 when there is no query.
+double leave_one_out_recall_at_1(const torch::Tensor& all, const std::vector<std::int64_t>& labels,
+                                 std::int64_t n_labels, const std::vector<std::int64_t>& val);
+
+// The training images grouped by label (labels in ascending order), leaving out labels with
+// fewer than two images: the pool P x K batches are drawn from.
+std::vector<std::vector<std::int64_t>> batch_pool(const std::vector<std::int64_t>& labels,
+                                                  const std::vector<std::int64_t>& train);
+
+// One P x K batch: P distinct labels, K images each (with repeats when a label has fewer).
+std::vector<std::int64_t> sample_batch(const std::vector<std::vector<std::int64_t>>& pool, int p,
+                                       int k, std::mt19937_64& rng);
 
 // Writes a TorchScript archive: `base` (the base model's archive, loaded as a submodule) and the
 // head, with methods forward(images) = head(base.<base_method>(images)) and head(embeddings).

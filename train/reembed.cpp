@@ -62,8 +62,10 @@ ReembedResult reembed_collection(const ReembedOptions& o,
   for (const auto& rec : records) hashes.push_back(rec.content_hash);
   std::vector<bool> done(records.size(), false);
   std::vector<float> vectors(records.size() * dim, 0.f);
+  // A fine-tuned backbone (train --full) changes the base embeddings themselves: the cached
+  // vectors of the original base no longer feed the head, so every image is decoded.
   if (training.is_object() && training.contains("base_model") &&
-      training["base_model"].contains("id")) {
+      training["base_model"].contains("id") && !training.value("fine_tuned", false)) {
     r.head_only = true;
     const auto base_id = training["base_model"]["id"].get<std::string>();
     const int in = training["base_model"].value("embedding_dim", 0);

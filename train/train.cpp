@@ -10,6 +10,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -18,6 +19,7 @@
 #include "model/embedding_model.h"
 #include "pipeline/embed_files.h"
 #include "pipeline/files.h"
+#include "train/finetune.h"
 #include "train/head.h"
 
 namespace lookalike::train {
@@ -48,11 +50,8 @@ void check_options(const TrainOptions& o) {
   if (o.val_split != "stratified" && o.val_split != "by-label")
     usage("--val-split: '" + o.val_split + "' (stratified or by-label)");
   if (o.patience < 1) usage("--patience: must be at least 1");
-  if (o.full)
-    throw TrainError(
-        "--full: fine-tuning the backbone is not implemented yet (docs/train.md); train the "
-        "head alone without --full",
-        true);
+  if (o.full_epochs < 1) usage("--full-epochs: must be at least 1");
+  if (!(o.full_learning_rate > 0)) usage("--full-lr: must be > 0");
 }
 
 std::string read_hash(const fs::path& file, std::string* error) {
@@ -215,43 +214,11 @@ Split split_dataset(const Dataset& d, const TrainOptions& o, std::mt19937_64& rn
   return s;
 }
 
-// Leave-one-out Recall@1 of the validation images against every labelled image (the training
-// images are gallery too, as they will be once indexed with the trained model). Queries whose
-// label has no other image are skipped. -1 when there is no query.
 double val_recall_at_1(const detail::Head& head, const Dataset& d, const Split& s) {
   if (s.val.empty()) return -1;
   torch::NoGradGuard no_grad;
-  const auto all = detail::apply_head(head, d.base);
-  const auto q_idx = torch::tensor(s.val, torch::kInt64);
-  auto sims = all.index_select(0, q_idx).mm(all.t());
-  sims.index_put_({torch::arange(q_idx.size(0)), q_idx}, -std::numeric_limits<float>::infinity());
-  const auto best = sims.argmax(1);
-  std::vector<std::int64_t> count(d.label_names.size(), 0);
-  for (auto l : d.labels) ++count[l];
-  std::int64_t hits = 0, queries = 0;
-  const auto* b = best.data_ptr<std::int64_t>();
-  for (std::size_t k = 0; k < s.val.size(); ++k) {
-    const auto label = d.labels[s.val[k]];
-    if (count[label] < 2) continue;
-    ++queries;
-    hits += d.labels[b[k]] == label;
-  }
-  return queries ? static_cast<double>(hits) / queries : -1;
-}
-
-// One P x K batch: P distinct labels, K images each (with repeats when a label has fewer).
-std::vector<std::int64_t> sample_batch(const std::vector<std::vector<std::int64_t>>& pool, int p,
-                                       int k, std::mt19937_64& rng) {
-  std::vector<std::size_t> order(pool.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::shuffle(order.begin(), order.end(), rng);
-  std::vector<std::int64_t> batch;
-  for (int i = 0; i < p && i < static_cast<int>(order.size()); ++i) {
-    auto members = pool[order[i]];
-    std::shuffle(members.begin(), members.end(), rng);
-    for (int j = 0; j < k; ++j) batch.push_back(members[j % members.size()]);
-  }
-  return batch;
+  return detail::leave_one_out_recall_at_1(detail::apply_head(head, d.base), d.labels,
+                                           static_cast<std::int64_t>(d.label_names.size()), s.val);
 }
 
 struct Trained {
@@ -263,11 +230,7 @@ struct Trained {
 
 Trained fit(const Dataset& d, const Split& s, const TrainOptions& o, std::mt19937_64& rng,
             const TrainCallbacks& cb) {
-  std::map<std::int64_t, std::vector<std::int64_t>> members;
-  for (auto i : s.train) members[d.labels[i]].push_back(i);
-  std::vector<std::vector<std::int64_t>> pool;
-  for (auto& [label, m] : members)
-    if (m.size() >= 2) pool.push_back(m);
+  const auto pool = detail::batch_pool(d.labels, s.train);
   if (pool.size() < 2)
     throw TrainError(o.labels.string() +
                      ": needs at least two labels with two or more training images each, found " +
@@ -287,7 +250,7 @@ Trained fit(const Dataset& d, const Split& s, const TrainOptions& o, std::mt1993
     const auto start = Clock::now();
     double loss_sum = 0, active_sum = 0;
     for (std::int64_t b = 0; b < batches; ++b) {
-      const auto idx = torch::tensor(sample_batch(pool, p, k, rng), torch::kInt64);
+      const auto idx = torch::tensor(detail::sample_batch(pool, p, k, rng), torch::kInt64);
       const auto e = detail::apply_head(t.head, d.base.index_select(0, idx));
       const auto y = labels.index_select(0, idx);
       double active = 0;
@@ -327,7 +290,8 @@ Trained fit(const Dataset& d, const Split& s, const TrainOptions& o, std::mt1993
 }
 
 json epoch_json(const EpochReport& r) {
-  return {{"epoch", r.epoch},
+  return {{"phase", r.phase},
+          {"epoch", r.epoch},
           {"loss", r.loss},
           {"active_triplets", r.active},
           {"val_recall_at_1", r.val_recall_at_1 < 0 ? json(nullptr) : json(r.val_recall_at_1)}};
@@ -361,7 +325,8 @@ json training_json(const TrainOptions& o, const model::EmbeddingModel& base,
             {"images_per_label", o.images_per_label}}},
           {"optimizer", {{"name", "adam"}, {"learning_rate", o.learning_rate}}},
           {"epochs", o.epochs},
-          {"epochs_run", static_cast<int>(t.epochs.size())},
+          {"epochs_run", std::count_if(t.epochs.begin(), t.epochs.end(),
+                                       [](const EpochReport& r) { return r.phase == "head"; })},
           {"best_epoch", t.best_epoch},
           {"patience", o.patience},
           {"seed", o.seed},
@@ -388,8 +353,10 @@ json training_json(const TrainOptions& o, const model::EmbeddingModel& base,
 model::ModelCard trained_card(const model::ModelCard& base, const TrainOptions& o, json training) {
   model::ModelCard c = base;
   c.name = o.out.stem().string();
+  const bool fine_tuned = training.value("fine_tuned", false);
   c.weights_source = "lookalike train: a " + o.head + " head on " + base.name +
-                     " trained on the labels of " + training["labels"]["source"].get<std::string>();
+                     (fine_tuned ? " (last stage fine-tuned)" : "") + " trained on the labels of " +
+                     training["labels"]["source"].get<std::string>();
   c.weights_sha256.clear();
   c.embedding_dim = o.dim;
   c.normalized = true;
@@ -443,12 +410,29 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
   std::mt19937_64 rng(o.seed);
   const Split s = split_dataset(d, o, rng);
   Trained t = fit(d, s, o, rng, cb);
+  if (!o.out.parent_path().empty()) fs::create_directories(o.out.parent_path());
+  std::optional<detail::FineTuned> ft;
+  if (o.full) {
+    auto backbone = detail::load_backbone(base_path, base->card().architecture);
+    const detail::FineTuneData data{
+        d.files, d.labels, static_cast<std::int64_t>(d.label_names.size()), s.train, s.val};
+    ft = detail::fine_tune(backbone, data, model::preprocess_spec(base->card()), t.head,
+                           t.best_recall, o, rng, cb);
+    t.head = ft->head;
+    t.best_recall = ft->best_recall;
+    t.epochs.insert(t.epochs.end(), ft->epochs.begin(), ft->epochs.end());
+  }
 
   json training = training_json(o, *base, set, d, s, t, base->threads());
+  // Kept only when an epoch of fine-tuning won: otherwise the base is unchanged and its cached
+  // embeddings still feed the head (reembed).
+  const bool fine_tuned = ft && ft->best_epoch > 0;
+  training["fine_tuned"] = fine_tuned;
+  if (ft) training["fine_tune"] = ft->info;
   const model::ModelCard card = trained_card(base->card(), o, training);
   const fs::path card_path = fs::path(o.out).replace_extension(".json");
-  if (!o.out.parent_path().empty()) fs::create_directories(o.out.parent_path());
-  detail::save_archive(base_path, base->card().method, t.head, o.out);
+  detail::save_archive(fine_tuned ? ft->backbone : base_path, base->card().method, t.head, o.out);
+  if (ft) fs::remove(ft->backbone);
   model::save_model_card(card, card_path);
   // Proves the files form a model every command can load (the loader runs one forward pass).
   model::EmbeddingModel::load(o.out, mo);

@@ -19,9 +19,17 @@ def index(*args, code=0):
 
 s = index(folder)
 assert (s["added"], s["embedded"], s["unchanged"], s["failed"]) == (40, 40, 0, 0), s
+# Stage timings (docs/cli.md): 40 images at the default batch of 32 commit two batches, so a
+# steady-state rate exists (the 8 after the first commit); one decode worker and the forward
+# passes each fit in the run's wall time.
+st = s["stages"]
+assert 0 < st["prepare_s"] <= s["seconds"] and 0 < st["embed_s"] <= s["seconds"], s
+assert 0 < st["first_batch_s"] <= s["seconds"] and st["steady_images_per_s"] > 0, s
 
 s = index(folder)
 assert (s["added"], s["updated"], s["embedded"], s["unchanged"]) == (0, 0, 0, 40), s
+# Nothing embedded: no first batch, no steady state.
+assert s["stages"]["first_batch_s"] == 0 and s["stages"]["steady_images_per_s"] == 0, s
 
 # One new file: exactly one embedding.
 extra = images("train", classes=["skirt"], per_class=1)[0]

@@ -140,6 +140,16 @@ print(f"gallery {len(gallery)} photos in {len(set(map(label_of, gallery)))} cate
 srv = Server(collection)
 print("saw 503 while loading:", srv.saw_503)
 
+# ---- process set-up (docs/api.md) -----------------------------------------------------------
+# OpenMP waits passively unless the caller chose a policy: serve re-executes itself (same pid).
+environ = Path(f"/proc/{srv.proc.pid}/environ").read_bytes().split(b"\0")
+policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE").encode()
+assert b"OMP_WAIT_POLICY=" + policy in environ, [e for e in environ if e.startswith(b"OMP")]
+# The listen backlog is SOMAXCONN, not cpp-httplib's 5 (ss: Send-Q of a listening socket).
+listening = subprocess.run(["ss", "-ltnH", f"sport = :{srv.port}"], capture_output=True,
+                           text=True, check=True).stdout.split()
+assert len(listening) >= 3 and int(listening[2]) >= 128, listening
+
 # ---- routes ---------------------------------------------------------------------------------
 health, _ = srv.json("GET", "/healthz")
 assert health == {"status": "ok"}, health
