@@ -7,6 +7,8 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "pipeline/files.h"
+
 namespace lookalike::eval {
 
 namespace {
@@ -18,29 +20,6 @@ constexpr double kLeft = 70, kTop = 50, kPlotW = 560, kPlotH = 440;
 // Tableau 10 (the matplotlib default cycle): distinct and readable on white.
 constexpr const char* kColours[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                                     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
-
-std::string escape(const std::string& s) {
-  std::string out;
-  for (char ch : s) {
-    switch (ch) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += ch;
-    }
-  }
-  return out;
-}
 
 struct Axis {
   double lo = 0, hi = 1;  // decades of QPS: 10^lo .. 10^hi
@@ -108,7 +87,7 @@ std::string one_series(const PlotSeries& s, const Axis& a, int index) {
   for (auto [q, r] : pts) coords += fmt::format("{:.1f},{:.1f} ", a.x(q), Axis::y(r));
   std::string out = fmt::format(
       R"~(<g><title>{}</title><polyline fill="none" stroke="{}" stroke-width="1.8" points="{}"/>)~",
-      escape(s.label), colour, coords);
+      pipeline::markup_text(s.label), colour, coords);
   for (auto [q, r] : pts) {
     out += fmt::format(R"~(<circle cx="{:.1f}" cy="{:.1f}" r="3" fill="{}"/>)~", a.x(q), Axis::y(r),
                        colour);
@@ -118,7 +97,7 @@ std::string one_series(const PlotSeries& s, const Axis& a, int index) {
   out += fmt::format(
       R"~(<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2"/><text x="{}" y="{}" font-size="11">{}</text>)~"
       "\n",
-      lx, ly, lx + 20, ly, colour, lx + 26, ly + 4, escape(s.label));
+      lx, ly, lx + 20, ly, colour, lx + 26, ly + 4, pipeline::markup_text(s.label));
   return out;
 }
 
@@ -135,7 +114,7 @@ std::string render_recall_qps_svg(const std::vector<PlotSeries>& series, const s
       "\n"
       R"~(<text x="{}" y="28" font-size="16" text-anchor="middle">{}</text>)~"
       "\n",
-      kWidth, kHeight, kWidth, kHeight, kWidth / 2, escape(title));
+      kWidth, kHeight, kWidth, kHeight, kWidth / 2, pipeline::markup_text(title));
   out += axes(a);
   for (std::size_t i = 0; i < series.size(); ++i)
     out += one_series(series[i], a, static_cast<int>(i));

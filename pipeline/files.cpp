@@ -162,4 +162,31 @@ std::filesystem::path normalize_path(const std::filesystem::path& path) {
   return std::filesystem::absolute(path).lexically_normal();
 }
 
+std::string markup_text(std::string_view raw) {
+  std::string s = pipeline::utf8_display(raw), out;
+  out.reserve(s.size());
+  for (char c : s) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) >= 0x20 || c == '\t' || c == '\n') out += c;
+    }
+  }
+  return out;
+}
+
 }  // namespace lookalike::pipeline

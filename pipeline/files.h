@@ -38,6 +38,11 @@ bool is_valid_utf8(std::string_view bytes);
 // bytes.decode("utf-8", "replace") and the WHATWG decoder do). Valid input comes back as is.
 std::string utf8_display(std::string_view bytes);
 
+// Text to place in XML or HTML (the map's SVG, eval's plots, the /docs page): utf8_display of
+// `raw`, with & < > " ' as character references and the control characters XML 1.0 forbids
+// (all below U+0020 but tab and newline) dropped.
+std::string markup_text(std::string_view raw);
+
 // Base64 (RFC 4648 section 4: A-Z a-z 0-9 + /, '=' padding, no line breaks) of `bytes`.
 std::string base64(std::string_view bytes);
 

@@ -1,5 +1,7 @@
 #include "server/openapi.h"
 
+#include "pipeline/files.h"
+
 namespace lookalike::server {
 
 namespace {
@@ -91,29 +93,6 @@ constexpr const char* kDocument = R"json({
   }
 })json";
 
-std::string escape_html(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '&':
-        out += "&amp;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 nlohmann::json openapi_document(const std::string& version) {
@@ -131,8 +110,8 @@ std::string openapi_html(const nlohmann::json& doc) {
       "code{background:#f2f2f2;padding:0 .25rem}h2{margin-top:2rem;font-size:1.1rem}"
       "td,th{padding:.2rem .6rem;text-align:left;vertical-align:top}</style></head><body>"
       "<h1>lookalike API " +
-      escape_html(doc["info"].value("version", "")) + "</h1><p>" +
-      escape_html(doc["info"].value("description", "")) +
+      pipeline::markup_text(doc["info"].value("version", "")) + "</h1><p>" +
+      pipeline::markup_text(doc["info"].value("description", "")) +
       "</p><p>Machine-readable: <a href=/openapi.json>/openapi.json</a> (OpenAPI 3). "
       "The web page: <a href=/>/</a>.</p>";
   for (const auto& [path, item] : doc["paths"].items()) {
@@ -140,8 +119,8 @@ std::string openapi_html(const nlohmann::json& doc) {
       if (method == "parameters") continue;
       std::string m = method;
       for (char& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-      html += "<h2><code>" + m + " " + escape_html(path) + "</code></h2><p>" +
-              escape_html(op.value("summary", "")) +
+      html += "<h2><code>" + m + " " + pipeline::markup_text(path) + "</code></h2><p>" +
+              pipeline::markup_text(op.value("summary", "")) +
               "</p><table><tr><th>status</th><th>"
               "meaning</th></tr>";
       for (const auto& [status, r] : op["responses"].items()) {
@@ -151,7 +130,7 @@ std::string openapi_html(const nlohmann::json& doc) {
           desc = doc["components"]["responses"][ref.substr(ref.rfind('/') + 1)].value("description",
                                                                                       "");
         }
-        html += "<tr><td>" + status + "</td><td>" + escape_html(desc) + "</td></tr>";
+        html += "<tr><td>" + status + "</td><td>" + pipeline::markup_text(desc) + "</td></tr>";
       }
       html += "</table>";
     }

@@ -341,3 +341,13 @@ TEST(FilesTest, Base64FollowsRfc4648) {
   EXPECT_EQ(base64("\xFF\xFE"), "//4=");
   EXPECT_EQ(base64(std::string("\0\0\0", 3)), "AAAA");
 }
+
+// One escaper for every XML or HTML text lookalike writes (map SVG, eval plots, /docs).
+TEST(Files, MarkupTextEscapesMarkupAndDropsWhatXmlForbids) {
+  using lookalike::pipeline::markup_text;
+  EXPECT_EQ(markup_text("<a href=\"x\">T-shirts & 'tops'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;T-shirts &amp; &apos;tops&apos;&lt;/a&gt;");
+  EXPECT_EQ(markup_text("bell\x07 tab\tline\nend"), "bell tab\tline\nend");
+  EXPECT_EQ(markup_text("caf\xE9 <"), "caf\uFFFD &lt;");
+  EXPECT_EQ(markup_text(""), "");
+}

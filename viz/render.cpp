@@ -56,34 +56,7 @@ Layout layout(const CollectionMap& map, const MapStyle& s) {
   return l;
 }
 
-// Text for XML: valid UTF-8 (ill-formed bytes as U+FFFD), markup escaped, and the control
-// characters XML 1.0 forbids dropped.
-std::string xml(const std::string& raw) {
-  std::string s = pipeline::utf8_display(raw), out;
-  out.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&apos;";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) >= 0x20 || c == '\t' || c == '\n') out += c;
-    }
-  }
-  return out;
-}
+std::string xml(const std::string& raw) { return pipeline::markup_text(raw); }
 
 std::string percent(double ratio) { return fmt::format("{:.1f}%", 100 * ratio); }
 
