@@ -163,7 +163,8 @@ struct EngineInfo {
 void setup_process(int threads);
 
 // For a process whose forward passes share the cores with other work at the same moment (`serve`:
-// HTTP workers decode uploads and search the index while the batcher's pass runs): makes sure
+// HTTP workers decode uploads and search the index while the batcher's pass runs; `index`,
+// `reindex`, `eval`, `train`, `reembed`: decode threads feed the model): makes sure
 // OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE). libgomp's default lets a thread that
 // waits at a barrier or for the next parallel region spin for about 300,000 iterations first;
 // on 2 cores those spinning threads take the CPU from the decodes, the searches and from the
