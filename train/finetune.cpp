@@ -249,12 +249,7 @@ FineTuned fine_tune(Backbone& b, const FineTuneData& data, const image::Preproce
       const auto e = apply_head(head, backbone_forward(b, x, true));
       const auto y = labels.index_select(0, torch::tensor(idx, torch::kInt64));
       double active = 0;
-      auto loss = o.mining == "semi-hard" ? semi_hard_loss(e, y, o.margin, &active)
-                                          : batch_hard_loss(e, y, o.margin, &active);
-      adam.zero_grad();
-      loss.backward();
-      adam.step();
-      loss_sum += loss.item<double>();
+      loss_sum += triplet_step(adam, e, y, o.mining, o.margin, &active);
       active_sum += active;
     }
     EpochReport r;

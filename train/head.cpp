@@ -84,6 +84,17 @@ torch::Tensor semi_hard_loss(const torch::Tensor& e, const torch::Tensor& labels
   return l.mean();
 }
 
+double triplet_step(torch::optim::Optimizer& optimizer, const torch::Tensor& e,
+                    const torch::Tensor& labels, const std::string& mining, double margin,
+                    double* active) {
+  auto loss = mining == "semi-hard" ? semi_hard_loss(e, labels, margin, active)
+                                    : batch_hard_loss(e, labels, margin, active);
+  optimizer.zero_grad();
+  loss.backward();
+  optimizer.step();
+  return loss.item<double>();
+}
+
 double leave_one_out_recall_at_1(const torch::Tensor& all, const std::vector<std::int64_t>& labels,
                                  std::int64_t n_labels, const std::vector<std::int64_t>& val) {
   if (val.empty()) return -1;

@@ -31,6 +31,12 @@ torch::Tensor batch_hard_loss(const torch::Tensor& e, const torch::Tensor& label
 torch::Tensor semi_hard_loss(const torch::Tensor& e, const torch::Tensor& labels, double margin,
                              double* active);
 
+// One optimiser step on the triplet loss of a batch (`mining`: "batch-hard" | "semi-hard"):
+// zero_grad, backward, step. Returns the batch's loss; `active` as for the losses above.
+double triplet_step(torch::optim::Optimizer& optimizer, const torch::Tensor& e,
+                    const torch::Tensor& labels, const std::string& mining, double margin,
+                    double* active);
+
 // Leave-one-out Recall@1 of the rows `val` of `all` (n x d unit rows, one per labelled image,
 // labels in [0, n_labels)) against every other row: the training images are gallery too, as
 // they will be once indexed with the trained model. Queries whose label has no other image are

@@ -254,12 +254,7 @@ Trained fit(const Dataset& d, const Split& s, const TrainOptions& o, std::mt1993
       const auto e = detail::apply_head(t.head, d.base.index_select(0, idx));
       const auto y = labels.index_select(0, idx);
       double active = 0;
-      auto loss = o.mining == "semi-hard" ? detail::semi_hard_loss(e, y, o.margin, &active)
-                                          : detail::batch_hard_loss(e, y, o.margin, &active);
-      adam.zero_grad();
-      loss.backward();
-      adam.step();
-      loss_sum += loss.item<double>();
+      loss_sum += detail::triplet_step(adam, e, y, o.mining, o.margin, &active);
       active_sum += active;
     }
     EpochReport r;
