@@ -314,7 +314,9 @@ std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
   // concurrent uploads), while a lone request never waits for company that is not coming.
   auto announced = batcher().expect();
   auto options = decode_options();
-  options.rows_for = &spec;
+  // An upload (shape given) takes its pHash from these pixels, so it needs the whole frame; a
+  // query only the rows preprocess reads.
+  if (shape == nullptr) options.rows_for = &spec;
   auto decoded = image::decode_buffer(bytes, name, options);
   std::vector<float> input(3 * static_cast<std::size_t>(spec.crop) * spec.crop);
   image::preprocess(decoded.rgb, decoded.source_width, decoded.source_height, spec, input.data(),
@@ -322,6 +324,13 @@ std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
   if (shape) {
     shape->width = decoded.source_width;
     shape->height = decoded.source_height;
+    // `duplicates` compares it; an image too small to hash is still added (and reported there).
+    // From the pixels at hand, as `index` does, instead of a second decode.
+    try {
+      const auto h = dedup::picture_hash(decoded.rgb);
+      shape->picture_hash = store::StoredPictureHash{h.full, h.center95, h.center90};
+    } catch (const std::exception&) {
+    }
   }
   if (format) *format = decoded.format;
   t.decode_ms = ms_since(start);
@@ -363,11 +372,6 @@ AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::stri
   put.record.mtime_ns = pipeline::mtime_ns(path);
   put.record.metadata = metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   put.record.added_at_ms = now_ms();
-  try {  // `duplicates` compares it; an image it cannot hash is still added (and reported there)
-    const auto h = dedup::picture_hash_bytes(bytes, name, decode_options());
-    put.record.picture_hash = store::StoredPictureHash{h.full, h.center95, h.center90};
-  } catch (const std::exception&) {
-  }
   auto ids = c.apply({put}, {});
   auto stored = c.get(ids.at(0));
   return {stored.value_or(put.record), true};

@@ -254,6 +254,7 @@ class Engine {
   void check_k(int k) const;
   SearchResponse run_search(const float* embedding, const SearchRequest& request,
                             std::vector<std::int64_t> exclude);
+  // `shape` (uploads): receives width, height and the pHash of the whole decoded frame.
   std::vector<float> embed_buffer(std::span<const std::uint8_t> bytes, const std::string& name,
                                   Timings& t, store::ImageRecord* shape = nullptr,
                                   std::string* format = nullptr);

@@ -14,6 +14,7 @@
 #include <set>
 #include <thread>
 
+#include "dedup/phash.h"
 #include "engine/engine.h"
 #include "image/decode.h"
 
@@ -68,6 +69,14 @@ TEST(Engine, UploadsAreStoredOnceFoundAndRemovedWithTheirFile) {
   EXPECT_TRUE(first.created);
   EXPECT_TRUE(fs::exists(first.record.path));
   EXPECT_EQ(first.record.metadata, R"({"category":"shoes"})");
+  // The upload's pHash comes from the decode that fed the model (the whole frame), as `index`
+  // computes it; `duplicates` compares it.
+  ASSERT_TRUE(first.record.picture_hash.has_value());
+  const auto expected =
+      lookalike::dedup::picture_hash(lookalike::image::decode_buffer(bytes, "x").rgb);
+  EXPECT_EQ(first.record.picture_hash->full, expected.full);
+  EXPECT_EQ(first.record.picture_hash->center95, expected.center95);
+  EXPECT_EQ(first.record.picture_hash->center90, expected.center90);
   auto again = e->add_image(bytes, "again.jpg", nlohmann::json::object());
   EXPECT_FALSE(again.created);
   EXPECT_EQ(again.record.id, first.record.id);
