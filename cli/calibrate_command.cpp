@@ -20,7 +20,8 @@ nlohmann::json metrics_json(const std::optional<eval::Metrics>& m) {
 }
 
 void print_human(const eval::CalibrationReport& r, bool recorded) {
-  std::cout << fmt::format("{} photos{}{}\n", r.images, r.labelled ? " (labelled, leave-one-out)" : "",
+  std::cout << fmt::format("{} photos{}{}\n", r.images,
+                           r.labelled ? " (labelled, leave-one-out)" : "",
                            r.failed ? fmt::format(", {} could not be decoded", r.failed) : "");
   std::cout << fmt::format("{:<6} {:>10} {:>11} {:>10} {:>8} {:>9}  {}\n", "", "min cos",
                            "mean cos", "Recall@1", "mAP", "images/s", "bar");
@@ -35,7 +36,8 @@ void print_human(const eval::CalibrationReport& r, bool recorded) {
                              model::to_string(p.precision), p.min_cosine, p.mean_cosine,
                              metric(p.metrics, false), metric(p.metrics, true), p.images_per_s,
                              p.meets_bar ? "meets" : "below");
-  std::cout << (recorded ? "recorded in " + r.card.string() : std::string("--dry-run: card unchanged"))
+  std::cout << (recorded ? "recorded in " + r.card.string()
+                         : std::string("--dry-run: card unchanged"))
             << "\n";
 }
 
@@ -48,9 +50,7 @@ int run_calibrate(const GlobalOptions& g, const CalibrateArgs& a) {
   o.images = a.images;
   o.precisions = a.precisions;
   o.limit = a.limit;
-  o.threads = g.threads;
-  o.batch_size = g.batch_size;
-  o.decode_threads = g.decode_threads;
+  apply_run_settings(g, o);
   engine::setup_process(g.threads);
   const auto report = eval::calibrate(o);
   if (!a.dry_run) eval::record_calibration(report);
@@ -64,15 +64,19 @@ int run_calibrate(const GlobalOptions& g, const CalibrateArgs& a) {
                      {"failed", report.failed},
                      {"labelled", report.labelled},
                      {"recorded", !a.dry_run},
-                     {"fp32", {{"images_per_s", report.fp32_images_per_s},
-                               {"metrics", metrics_json(report.fp32_metrics)}}}};
+                     {"fp32",
+                      {{"images_per_s", report.fp32_images_per_s},
+                       {"metrics", metrics_json(report.fp32_metrics)}}}};
   for (const auto& p : report.precisions)
-    out["precisions"][model::to_string(p.precision)] = {
-        {"archive", p.archive},         {"min_cosine", p.min_cosine},
-        {"mean_cosine", p.mean_cosine}, {"worst_file", p.worst_file},
-        {"images_per_s", p.images_per_s}, {"metrics", metrics_json(p.metrics)},
-        {"recall_at_1_delta", p.recall_at_1_delta}, {"map_delta", p.map_delta},
-        {"meets_bar", p.meets_bar}};
+    out["precisions"][model::to_string(p.precision)] = {{"archive", p.archive},
+                                                        {"min_cosine", p.min_cosine},
+                                                        {"mean_cosine", p.mean_cosine},
+                                                        {"worst_file", p.worst_file},
+                                                        {"images_per_s", p.images_per_s},
+                                                        {"metrics", metrics_json(p.metrics)},
+                                                        {"recall_at_1_delta", p.recall_at_1_delta},
+                                                        {"map_delta", p.map_delta},
+                                                        {"meets_bar", p.meets_bar}};
   print_record(out);
   return kOk;
 }

@@ -516,11 +516,8 @@ engine::EngineOptions engine_options(const GlobalOptions& g) {
   engine::EngineOptions o;
   o.collection = g.collection;
   o.model = g.model;
-  o.threads = g.threads;
   o.precision = g.precision;
-  o.decode_threads = g.decode_threads;
-  o.batch_size = g.batch_size;
-  o.max_pixels = g.max_pixels;
+  apply_run_settings(g, o);
   return o;
 }
 

@@ -103,6 +103,16 @@ struct ServeArgs {
 // precision, decode threads, batch size, pixel limit), from the global options.
 engine::EngineOptions engine_options(const GlobalOptions& g);
 
+// The global run settings (--threads, and where the command's options have them
+// --decode-threads, --batch-size, --max-pixels) copied into a command's own options struct.
+template <class Options>
+void apply_run_settings(const GlobalOptions& g, Options& o) {
+  o.threads = g.threads;
+  if constexpr (requires { o.decode_threads; }) o.decode_threads = g.decode_threads;
+  if constexpr (requires { o.batch_size; }) o.batch_size = g.batch_size;
+  if constexpr (requires { o.max_pixels; }) o.max_pixels = g.max_pixels;
+}
+
 // A subcommand that registers its own options (in its own file): main() calls run() when the
 // subcommand was given, after parsing, with the global options filled in.
 struct Subcommand {

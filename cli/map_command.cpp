@@ -118,7 +118,7 @@ int run(const GlobalOptions& g, const MapArgs& a) {
   o.seed = a.seed;
   o.perplexity = a.perplexity;
   o.iterations = a.iterations;
-  o.threads = g.threads;
+  apply_run_settings(g, o);
   auto catalog = store::Catalog::open_read_only(g.collection / "catalog.db");
   const auto name = std::filesystem::absolute(g.collection).lexically_normal().filename().string();
   viz::CollectionMap map;

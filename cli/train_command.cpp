@@ -60,10 +60,7 @@ int report_error(const char* command, const std::exception& e, int code) {
 int run_train(const GlobalOptions& g, TrainArgs& a) {
   auto& o = a.o;
   o.base = a.base.empty() ? (g.model.empty() ? "mobilenet_v2" : g.model) : a.base;
-  o.threads = g.threads;
-  o.decode_threads = g.decode_threads;
-  o.batch_size = g.batch_size;
-  o.max_pixels = g.max_pixels;
+  apply_run_settings(g, o);
   const bool json_out = g.json;
   train::TrainCallbacks cb;
   cb.on_embed = [&](const train::EmbedProgress& p) {
@@ -126,10 +123,7 @@ int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
   o.out = a.out;
   o.model = g.model;
   o.cache_dir = a.cache_dir;
-  o.threads = g.threads;
-  o.decode_threads = g.decode_threads;
-  o.batch_size = g.batch_size;
-  o.max_pixels = g.max_pixels;
+  apply_run_settings(g, o);
   image::init_decoder();
   train::ReembedResult r;
   try {
