@@ -25,8 +25,8 @@ struct SpecChoice {
 // vectors >= 0, dim >= 1; memory_budget_bytes 0 = no budget. In order:
 //  1. vectors x dim <= kExactWorkLimit: "Flat" (exact; an IVF would not be faster).
 //  2. IVF with nlist = the power of two nearest 4 sqrt(vectors) (FAISS's guideline, "Guidelines
-//     to choose an index", 4-16 sqrt(n)), clamped to 256..65,536, and nprobe = nlist / 32 clamped
-//     to 16..256 (recall@10 >= 0.95 on clustered data in bench-index); the lists hold, in the first
+//     to choose an index", 4-16 sqrt(n)), clamped to 256..65,536, its nprobe left to the tuning
+//     done when it trains (ProbeTuning, vector_index.h); the lists hold, in the first
 //     form that fits the budget: Flat (4 x dim bytes a vector), SQ8 (dim bytes), PQ with m = the
 //     largest divisor of dim in {dim/4, dim/8, dim/16, dim/32} that fits (m bytes), re-ranked
 //     exactly from the catalog's vectors (rerank 100).

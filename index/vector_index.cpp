@@ -549,6 +549,14 @@ void score_rows(Metric metric, const float* query, const float* rows, std::size_
 // ---------------------------------------------------------------------------------------------
 // Files.
 
+void put_u16le(unsigned char* out, std::uint16_t v) {
+  for (int i = 0; i < 2; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
+void put_u32le(unsigned char* out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
 void put_u64le(unsigned char* out, std::uint64_t v) {
   for (int i = 0; i < 8; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
 }
@@ -646,6 +654,7 @@ std::string hex(const unsigned char* p, std::size_t n) {
 
 struct FileLayout {
   unsigned char state = 0;
+  ProbeTuning tuning;
   std::uint64_t faiss_bytes = 0;
   std::uint64_t slots = 0;
 };
@@ -709,6 +718,15 @@ FileLayout verify_file(const std::filesystem::path& path, std::FILE* f,
     throw IndexError(path.string() + ": read failed: " + errno_text());
   }
   out.state = header[0];
+  const unsigned recall = header[2] | (header[3] << 8);
+  const std::uint32_t nprobe = header[4] | (header[5] << 8) | (header[6] << 16) |
+                               (static_cast<std::uint32_t>(header[7]) << 24);
+  if (recall > 10000 || nprobe > kMaxLists || (out.state == kStateFallback && nprobe != 0)) {
+    throw IndexError(path.string() + ": inconsistent header (state " + std::to_string(out.state) +
+                     ", tuned nprobe " + std::to_string(nprobe) + ", recall " +
+                     std::to_string(recall) + " / 10,000)");
+  }
+  out.tuning = {static_cast<int>(nprobe), recall / 10000.0};
   if ((out.state != kStateFallback && out.state != kStateFactory) || out.faiss_bytes > payload ||
       out.slots > payload / 8 || kHeaderBytes + out.faiss_bytes + 8 * out.slots != payload) {
     throw IndexError(path.string() + ": inconsistent layout (state " + std::to_string(out.state) +
@@ -717,6 +735,75 @@ FileLayout verify_file(const std::filesystem::path& path, std::FILE* f,
                      ")");
   }
   return out;
+}
+
+std::string fmt_recall(double recall) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, " (Recall@10 %.3f when trained)", recall);
+  return buf;
+}
+
+// nprobe when nothing was tuned: nlist / 16, clamped to 16..256 and to nlist.
+std::size_t untuned_nprobe(const faiss::IndexIVF& ivf) {
+  return std::min(ivf.nlist, std::clamp(ivf.nlist / 16, kMinProbes, kMaxProbes));
+}
+
+std::size_t builtin_nprobe(const faiss::IndexIVF& ivf, const ProbeTuning& tuning) {
+  if (tuning.nprobe <= 0) return untuned_nprobe(ivf);
+  return std::min(ivf.nlist, static_cast<std::size_t>(tuning.nprobe));
+}
+
+// See ProbeTuning. `index` (whose core is `ivf`) holds exactly the n rows of x, as slots 0..n-1,
+// and is not shared yet: its nprobe member is set here. Throws what FAISS throws.
+ProbeTuning tune_nprobe(faiss::Index& index, faiss::IndexIVF& ivf, const float* x, std::int64_t n,
+                        int dim, Metric metric) {
+  if (n < 2) return {};
+  const std::int64_t nq = std::min<std::int64_t>(kTuneQueries, n);
+  const std::int64_t k = std::min<std::int64_t>(10, n - 1);
+  const std::int64_t kq = k + 1;  // the query itself comes back too
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(nq));
+  std::vector<float> q(static_cast<std::size_t>(nq) * dim);
+  for (std::int64_t i = 0; i < nq; ++i) {
+    rows[i] = i * n / nq;
+    std::memcpy(&q[i * dim], x + rows[i] * dim, sizeof(float) * dim);
+  }
+  std::vector<float> D(static_cast<std::size_t>(nq * kq));
+  std::vector<idx_t> I(static_cast<std::size_t>(nq * kq));
+  // The first k labels of row i other than the query's own.
+  auto neighbours = [&](std::int64_t i) {
+    std::vector<idx_t> out;
+    for (std::int64_t j = 0; j < kq && static_cast<std::int64_t>(out.size()) < k; ++j) {
+      const idx_t label = I[i * kq + j];
+      if (label >= 0 && label != rows[i]) out.push_back(label);
+    }
+    return out;
+  };
+  if (metric == Metric::Cosine) {
+    faiss::knn_inner_product(q.data(), x, dim, nq, n, kq, D.data(), I.data());
+  } else {
+    faiss::knn_L2sqr(q.data(), x, dim, nq, n, kq, D.data(), I.data());
+  }
+  std::vector<std::vector<idx_t>> truth(static_cast<std::size_t>(nq));
+  for (std::int64_t i = 0; i < nq; ++i) {
+    truth[i] = neighbours(i);
+    std::sort(truth[i].begin(), truth[i].end());
+  }
+  ProbeTuning previous;
+  for (std::size_t p = 1;; p = std::min(2 * p, ivf.nlist)) {
+    ivf.nprobe = p;
+    index.search(nq, q.data(), kq, D.data(), I.data());
+    std::int64_t found = 0;
+    for (std::int64_t i = 0; i < nq; ++i) {
+      for (idx_t label : neighbours(i)) {
+        found += std::binary_search(truth[i].begin(), truth[i].end(), label) ? 1 : 0;
+      }
+    }
+    const ProbeTuning now{static_cast<int>(p),
+                          static_cast<double>(found) / static_cast<double>(nq * k)};
+    if (previous.nprobe > 0 && now.recall - previous.recall < kTunePlateau) return previous;
+    if (now.recall >= kTuneRecall || p == ivf.nlist) return now;
+    previous = now;
+  }
 }
 
 }  // namespace
@@ -775,6 +862,10 @@ std::string VectorIndex::status() const {
   std::string counts = with_commas(size()) + " vectors";
   if (deleted() > 0) counts += ", " + with_commas(deleted()) + " deleted";
   if (threshold_ == 0) return factory_ + "; " + counts;
+  if (trained() && tuning_.nprobe > 0) {
+    return factory_ + ", trained; " + counts + "; nprobe " + std::to_string(tuning_.nprobe) +
+           fmt_recall(tuning_.recall);
+  }
   if (trained()) return factory_ + ", trained; " + counts;
   std::string out = "exact search until " + with_commas(std::max(threshold_, retry_at_)) +
                     " vectors (" + factory_ + " trains then); " + with_commas(size()) + " now";
@@ -786,7 +877,7 @@ std::string VectorIndex::status() const {
 void VectorIndex::apply_search_defaults() {
   faiss::Index* at = core(index_.get(), true);
   if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(at)) {
-    ivf->nprobe = std::min(ivf->nlist, std::clamp(ivf->nlist / 16, kMinProbes, kMaxProbes));
+    ivf->nprobe = builtin_nprobe(*ivf, tuning_);
   } else if (auto* h = dynamic_cast<faiss::IndexHNSW*>(at)) {
     h->hnsw.efSearch = kHnswEfSearchFloor;
   }
@@ -830,6 +921,7 @@ void VectorIndex::train_and_move() {
   std::unique_ptr<faiss::Index> fresh;
   std::vector<std::int64_t> ids;
   std::unordered_map<std::int64_t, std::int64_t> id_slot;
+  ProbeTuning tuning;
   try {  // nothing here changes *this until it all worked
     std::vector<float> x(static_cast<std::size_t>(live) * dim_);
     ids.resize(static_cast<std::size_t>(live));
@@ -843,6 +935,9 @@ void VectorIndex::train_and_move() {
     fresh->train(live, x.data());
     enable_direct_map(fresh.get());
     fresh->add(live, x.data());
+    if (auto* ivf = dynamic_cast<faiss::IndexIVF*>(core(fresh.get(), true))) {
+      tuning = tune_nprobe(*fresh, *ivf, x.data(), live, dim_, metric_);
+    }
     id_slot.reserve(ids.size());
     for (std::size_t s = 0; s < ids.size(); ++s) id_slot.emplace(ids[s], s);
   } catch (const std::exception& e) {
@@ -856,6 +951,7 @@ void VectorIndex::train_and_move() {
   retry_at_ = 0;
   id_slot_ = std::move(id_slot);
   slot_id_ = std::move(ids);
+  tuning_ = tuning;
   apply_search_defaults();
 }
 
@@ -930,7 +1026,7 @@ SearchParams VectorIndex::effective_params(const SearchParams& request) const {
   SearchParams e;
   const faiss::Index* at = core(&active(), true);
   if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(at)) {
-    const auto builtin = std::min(ivf->nlist, std::clamp(ivf->nlist / 16, kMinProbes, kMaxProbes));
+    const auto builtin = builtin_nprobe(*ivf, tuning_);
     const auto n = static_cast<std::size_t>(
         pick(request.nprobe, pick(defaults_.nprobe, static_cast<int>(builtin))));
     e.nprobe = static_cast<int>(std::min(n, ivf->nlist));
@@ -1297,6 +1393,8 @@ void VectorIndex::save(const std::filesystem::path& path, const std::string& col
     HashingWriter writer(f.get(), hash.state);
     std::array<unsigned char, kHeaderBytes> header{};
     header[0] = trained() ? kStateFactory : kStateFallback;
+    put_u16le(&header[2], static_cast<std::uint16_t>(std::lround(tuning_.recall * 10000)));
+    put_u32le(&header[4], static_cast<std::uint32_t>(tuning_.nprobe));
     writer.put(header.data(), header.size(), tmp);
     try {
       // write_index reads hnsw.efSearch, which a concurrent search may be setting.
@@ -1420,6 +1518,7 @@ VectorIndex VectorIndex::load(const std::filesystem::path& path, int dim, Metric
   } else {
     out.index_ = std::move(loaded);
     out.fallback_.reset();
+    out.tuning_ = layout.tuning;
     out.apply_search_defaults();
     enable_direct_map(out.index_.get());
     out.mapped_ = mapping;
@@ -1479,6 +1578,7 @@ VectorIndex VectorIndex::compact() const {
     copy->reset();
     out.index_ = std::move(copy);
     out.fallback_.reset();
+    out.tuning_ = tuning_;
     out.apply_search_defaults();
     out.append(x.data(), ids.data(), static_cast<std::int64_t>(ids.size()));
   } else {

@@ -641,7 +641,13 @@ TEST(VectorIndex, L2ScoresAreDistancesBeforeAndAfterTraining) {
     EXPECT_NEAR(self[0].score, 0.0f, 1e-3);
   }
   index.remove({ids[1], ids[2]});
-  EXPECT_EQ(index.status(), "IVF16,Flat, trained; 698 vectors, 2 deleted");
+  const auto& tuned = index.probe_tuning();
+  ASSERT_GT(tuned.nprobe, 0);
+  char recall[16];
+  std::snprintf(recall, sizeof recall, "%.3f", tuned.recall);
+  EXPECT_EQ(index.status(), "IVF16,Flat, trained; 698 vectors, 2 deleted; nprobe " +
+                                std::to_string(tuned.nprobe) + " (Recall@10 " + recall +
+                                " when trained)");
 }
 
 // ---------------------------------------------------------------------------------------------

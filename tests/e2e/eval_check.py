@@ -111,11 +111,13 @@ n_rel = [per_label[l] for l in q_labels]
 want_flat = reference_metrics(flat_rankings(g_emb, q_emb, len(train)), q_labels, g_labels, n_rel)
 
 # IVF64,Flat as VectorIndex builds it: trained on the whole gallery, searching the nprobe lists
-# it reports (its rule: nlist / 16 clamped to 16..256 and to nlist = 16). k-means may settle
-# differently, so this one is compared loosely; the Flat comparison is the exact one.
+# it reports (tuned when it trained: the smallest power of two reaching Recall@10 0.99 on the
+# vectors it trained on, which index_status states). k-means may settle differently, so this one
+# is compared loosely; the Flat comparison is the exact one.
 assert rows[0]["search_params"] == {}, rows[0]
 nprobe = rows[1]["search_params"]["nprobe"]
-assert nprobe == 16, rows[1]
+assert 1 <= nprobe <= 64 and nprobe & (nprobe - 1) == 0, rows[1]
+assert f"nprobe {nprobe} (Recall@10 " in rows[1]["index_status"], rows[1]
 ivf_index = faiss.index_factory(g_emb.shape[1], "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
 ivf_index.train(g_emb)
 ivf_index.add(g_emb)
