@@ -743,6 +743,17 @@ std::string fmt_recall(double recall) {
   return buf;
 }
 
+// FAISS maps an IVF index's lists as OnDiskInvertedLists, whose prefetch_lists() (called by
+// every IndexIVF::search) starts prefetch_nthread = 32 threads per search to touch the probed
+// lists' pages. For a file in the page cache that is all cost: measured on 100,000 x 1280,
+// IVF1024,Flat, one query at nprobe 32, 4.6-5.9 ms mapped against 0.58 ms in memory, and
+// 0.58 ms mapped with the prefetch off. Pages not yet in memory fault in on first touch.
+void no_list_prefetch(faiss::Index* index) {
+  auto* ivf = dynamic_cast<faiss::IndexIVF*>(core(index, true));
+  if (ivf == nullptr) return;
+  if (auto* od = dynamic_cast<faiss::OnDiskInvertedLists*>(ivf->invlists)) od->prefetch_nthread = 0;
+}
+
 // nprobe when nothing was tuned: nlist / 16, clamped to 16..256 and to nlist.
 std::size_t untuned_nprobe(const faiss::IndexIVF& ivf) {
   return std::min(ivf.nlist, std::clamp(ivf.nlist / 16, kMinProbes, kMaxProbes));
@@ -1522,6 +1533,7 @@ VectorIndex VectorIndex::load(const std::filesystem::path& path, int dim, Metric
     out.apply_search_defaults();
     enable_direct_map(out.index_.get());
     out.mapped_ = mapping;
+    if (mapping) no_list_prefetch(out.index_.get());
   }
   return out;
 }
