@@ -137,16 +137,21 @@ void transpose_pixels(const std::uint8_t* in, std::size_t in_stride, int rows, i
 __attribute__((target_clones("avx2", "default"))) void vertical_pass(View in, int in_row0,
                                                                      const Taps& taps, int samples,
                                                                      std::uint8_t* out) {
-  std::vector<std::int32_t> acc(samples);
+  std::vector<std::int32_t> acc_buffer(samples);
+  // __restrict: the accumulator, the input rows and the output never overlap. Without it GCC
+  // guards the vector loop with a runtime overlap check, and the scalar fallback ran instead
+  // (perf: 49% of preprocess in a scalar imul/add loop).
+  std::int32_t* __restrict acc = acc_buffer.data();
   for (int y = 0; y < taps.entries(); ++y) {
     const std::int32_t* k = &taps.weights[std::size_t(y) * taps.ksize];
-    std::fill(acc.begin(), acc.end(), kHalf);
+    std::fill(acc, acc + samples, kHalf);
     for (int i = 0; i < taps.count[y]; ++i) {
-      const std::uint8_t* row = in.data + std::size_t(taps.first[y] + i - in_row0) * in.stride;
+      const std::uint8_t* __restrict row =
+          in.data + std::size_t(taps.first[y] + i - in_row0) * in.stride;
       const std::int32_t ki = k[i];
       for (int s = 0; s < samples; ++s) acc[s] += row[s] * ki;
     }
-    std::uint8_t* dst = out + std::size_t(y) * samples;
+    std::uint8_t* __restrict dst = out + std::size_t(y) * samples;
     for (int s = 0; s < samples; ++s) dst[s] = clip8(acc[s]);
   }
 }
