@@ -1,6 +1,6 @@
 // bench_server: `lookalike serve` under load, in one bounded run on 127.0.0.1.
 //
-//   bench_server [--vectors 100000] [--real 1000] [--seconds 4] [--index IVF1024,Flat]
+//   bench_server [--vectors 100000] [--real 1000] [--seconds 4] [--index IVF2048,Flat]
 //                [--model PATH] [--bin PATH] [--work DIR] [--json] [--keep] [--reuse]
 //                [--batch-wait-ms MS] [--model-only]
 //
@@ -64,7 +64,7 @@ struct Options {
   std::int64_t vectors = 100'000;
   int real = 1000;
   double seconds = 4;
-  std::string factory = "IVF1024,Flat";
+  std::string factory = "IVF2048,Flat";  // what `--index-spec auto` picks at 100,000 vectors
   fs::path model, bin, work;
   bool json_out = false;
   bool keep = false;                // --keep: leave the collection in --work

@@ -40,7 +40,7 @@ SpecChoice choose_index_spec(std::int64_t vectors, int dim, std::int64_t budget)
     return c;
   }
   const std::int64_t nlist = std::clamp<std::int64_t>(
-      nearest_power_of_two(4 * std::sqrt(static_cast<double>(n))), 256, 65536);
+      nearest_power_of_two(kListsPerSqrtN * std::sqrt(static_cast<double>(n))), 256, 65536);
   const std::string ivf = "IVF" + std::to_string(nlist) + ",";
   const std::string size_text = std::to_string(n) + " vectors x " + std::to_string(dim) + " dims";
   struct Form {
@@ -60,7 +60,7 @@ SpecChoice choose_index_spec(std::int64_t vectors, int dim, std::int64_t budget)
     c.defaults.rerank = f.rerank;
     c.estimated_bytes = bytes;
     c.reason = size_text + " is past exact search's 2^25 multiply-adds a query; IVF with " +
-               std::to_string(nlist) + " lists (about 4 sqrt(n)), nprobe tuned when it trains, " +
+               std::to_string(nlist) + " lists (about 8 sqrt(n)), nprobe tuned when it trains, " +
                f.lists + " lists need about " + mib(bytes);
     if (budget > 0) c.reason += " of the " + mib(budget) + " budget";
     if (f.code < 4LL * dim) {

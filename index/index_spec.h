@@ -15,6 +15,14 @@ namespace lookalike::index {
 // AVX2 (bench-index: Flat at 10,000 x 512 answers in about 0.5 ms). Above it IVF pays off.
 inline constexpr std::int64_t kExactWorkLimit = std::int64_t{1} << 25;
 
+// IVF lists per sqrt(vectors), within FAISS's 4-16. Measured on the 100,000 x 1280 collection of
+// bench/bench_server.cpp (500 queries, Recall@10 against exact search, codes scanned per query
+// from faiss::indexIVF_stats): IVF1024 (4 sqrt(n)) scanned 14,323 codes at nprobe 16 for 0.973,
+// IVF2048 5,548 codes at nprobe 16 for 0.965 and 9,719 at 32 for 0.995: about half the memory
+// traffic of a search (which is bound by it) for the same recall, for twice the k-means work
+// and a training threshold of 39 x nlist vectors (80,000 at 100,000).
+inline constexpr double kListsPerSqrtN = 8.0;
+
 struct SpecChoice {
   std::string factory;               // e.g. "Flat", "IVF4096,Flat", "IVF4096,SQ8", "IVF4096,PQ64"
   SearchParams defaults;             // stored as the collection's search defaults
@@ -24,9 +32,9 @@ struct SpecChoice {
 
 // vectors >= 0, dim >= 1; memory_budget_bytes 0 = no budget. In order:
 //  1. vectors x dim <= kExactWorkLimit: "Flat" (exact; an IVF would not be faster).
-//  2. IVF with nlist = the power of two nearest 4 sqrt(vectors) (FAISS's guideline, "Guidelines
-//     to choose an index", 4-16 sqrt(n)), clamped to 256..65,536, its nprobe left to the tuning
-//     done when it trains (ProbeTuning, vector_index.h); the lists hold, in the first
+//  2. IVF with nlist = the power of two nearest kListsPerSqrtN sqrt(vectors) (FAISS's guideline,
+//     "Guidelines to choose an index", 4-16 sqrt(n)), clamped to 256..65,536, its nprobe left to
+//     the tuning done when it trains (ProbeTuning, vector_index.h); the lists hold, in the first
 //     form that fits the budget: Flat (4 x dim bytes a vector), SQ8 (dim bytes), PQ with m = the
 //     largest divisor of dim in {dim/4, dim/8, dim/16, dim/32} that fits (m bytes), re-ranked
 //     exactly from the catalog's vectors (rerank 100).

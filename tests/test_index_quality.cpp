@@ -480,12 +480,12 @@ TEST(ChooseIndexSpec, ExactWhenSmallIvfWhenLargePqWhenTheBudgetDemands) {
   using lookalike::index::choose_index_spec;
   EXPECT_EQ(choose_index_spec(5'000, 512, 0).factory, "Flat");
   const auto large = choose_index_spec(1'000'000, 512, 0);
-  EXPECT_EQ(large.factory, "IVF4096,Flat");
+  EXPECT_EQ(large.factory, "IVF8192,Flat");  // 8 sqrt(n) = 8,000
   EXPECT_EQ(large.defaults.nprobe, 0);  // tuned when the index trains, not fixed here
   const auto sq = choose_index_spec(1'000'000, 512, std::int64_t{1} << 30);  // 1 GiB
-  EXPECT_EQ(sq.factory, "IVF4096,SQ8");
+  EXPECT_EQ(sq.factory, "IVF8192,SQ8");
   const auto pq = choose_index_spec(1'000'000, 512, 200ll << 20);  // 200 MiB
-  EXPECT_EQ(pq.factory.rfind("IVF4096,PQ", 0), 0u) << pq.factory;
+  EXPECT_EQ(pq.factory.rfind("IVF8192,PQ", 0), 0u) << pq.factory;
   EXPECT_GT(pq.defaults.rerank, 0);
   EXPECT_LE(pq.estimated_bytes, 200ll << 20);
   const auto none = choose_index_spec(1'000'000, 512, 1 << 20);  // 1 MiB: nothing fits
