@@ -2,6 +2,7 @@
 // bench/run.sh can compare them with `lookalike index` end to end and the Python reference.
 //
 // usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size 32] [--precision auto]
+//                     [--prepack on|off]
 // Prints one JSON object: decode_ms_per_image (decode + preprocess + perceptual hash, one
 // thread: what the indexer's decode worker does for an image it embeds, pipeline/indexer.cpp),
 // embed_ms_per_image (forward pass only, N threads), their rates (images/s) and the ratio of
@@ -47,17 +48,19 @@ std::vector<std::string> read_list(const std::string& path) {
 int main(int argc, char** argv) {
   if (argc < 3) {
     std::cerr << "usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size B] "
-                 "[--precision auto|fp32|bf16]\n";
+                 "[--precision auto|fp32|bf16] [--prepack on|off]\n";
     return 2;
   }
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   int batch = 32;
   std::string precision = "auto";
+  bool prepack = true;
   for (int i = 3; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--threads") threads = std::stoi(argv[i + 1]);
     if (flag == "--batch-size") batch = std::stoi(argv[i + 1]);
     if (flag == "--precision") precision = argv[i + 1];
+    if (flag == "--prepack") prepack = std::string(argv[i + 1]) != "off";
   }
   mallopt(M_MMAP_MAX, 0);  // as the lookalike binary does: see cli/main.cpp
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
@@ -67,6 +70,7 @@ int main(int argc, char** argv) {
   options.threads = threads;
   options.max_batch = batch;
   options.precision = precision;
+  options.prepack = prepack;
   auto model = model::EmbeddingModel::load(argv[1], options);
   auto spec = model::preprocess_spec(model->card());
   const int side = model->card().input_size;
