@@ -78,6 +78,9 @@ class EmbeddingModel {
   const std::filesystem::path& archive() const;
   // What runs, and why (ModelOptions::precision resolved against the card and this CPU).
   const PrecisionChoice& precision() const;
+  // Convolutions whose weights were prepacked at load (ModelOptions::prepack): 0 for FP32 and
+  // with prepack off; every convolution of a whole-BF16 ResNet-50 (53).
+  int prepacked_convolutions() const;
 
   // input: n x 3 x input_size x input_size float32, row-major (NCHW), preprocessed as the card
   // says (image::preprocess). Returns n x dim float32, row-major, each row L2-normalised.

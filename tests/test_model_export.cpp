@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <cstring>
 
 #include "model/embedding_model.h"
 #include "tests/model_test_util.h"
@@ -85,6 +86,28 @@ TEST(ExportModel, ResNet50SharedWeightsAreDetectedAsV1) {
   double worst = 1;
   for (int i = 0; i < 4; ++i) worst = std::min(worst, cosine(&a[i * 2048], &b[i * 2048], 2048));
   EXPECT_LT(worst, 0.99) << "v1 and v1.5 archives embed alike: the variant was not applied";
+
+  // The BF16 archive with its convolutions prepacked at load (the default) against the same
+  // archive without: every convolution rewritten, the embeddings bit-identical (same oneDNN
+  // kernels, the weights only reordered once instead of on every pass), for a full batch of
+  // 4 and a partial one of 3 (the layouts were chosen for max_batch 4).
+  const Reference ref = load_reference();
+  auto packed = EmbeddingModel::load(dir / "resnet50.pt",
+                                     {.threads = 2, .max_batch = 4, .precision = "bf16"});
+  auto plain = EmbeddingModel::load(
+      dir / "resnet50.pt", {.threads = 2, .max_batch = 4, .precision = "bf16", .prepack = false});
+  EXPECT_EQ(packed->prepacked_convolutions(), 53);
+  EXPECT_EQ(plain->prepacked_convolutions(), 0);
+  EXPECT_EQ(EmbeddingModel::load(dir / "resnet50.pt", {.threads = 2, .precision = "fp32"})
+                ->prepacked_convolutions(),
+            0);
+  for (int n : {4, 3}) {
+    const auto p = packed->embed(ref.input.data(), n);
+    const auto q = plain->embed(ref.input.data(), n);
+    ASSERT_EQ(p.size(), q.size());
+    EXPECT_EQ(std::memcmp(p.data(), q.data(), p.size() * sizeof(float)), 0)
+        << "prepacked BF16 convolutions changed the embeddings (batch " << n << ")";
+  }
 }
 
 // vit_b_16 (343 MB) and vgg16 (537 MB) with random weights, each with its BF16 archive (whole
