@@ -17,8 +17,8 @@ inline constexpr std::int64_t kExactWorkLimit = std::int64_t{1} << 25;
 
 // IVF lists per sqrt(vectors), within FAISS's 4-16. Measured on the 100,000 x 1280 collection of
 // bench/bench_server.cpp (500 queries, Recall@10 against exact search, codes scanned per query
-// from faiss::indexIVF_stats): IVF1024 (4 sqrt(n)) scanned 14,323 codes at nprobe 16 for 0.973,
-// IVF2048 5,548 codes at nprobe 16 for 0.965 and 9,719 at 32 for 0.995: about half the memory
+// from faiss::indexIVF_stats): IVF1024 (4 sqrt(n)) scanned 14,324 codes at nprobe 16 for 0.973,
+// IVF2048 5,548 codes at nprobe 16 for 0.965 and 9,720 at 32 for 0.995: about half the memory
 // traffic of a search (which is bound by it) for the same recall, for twice the k-means work
 // and a training threshold of 39 x nlist vectors (80,000 at 100,000).
 inline constexpr double kListsPerSqrtN = 8.0;

@@ -142,9 +142,9 @@ struct SearchOptions {
 // the codes themselves cap recall (PQ, SQ), nprobe stops rising when a doubling gains less than
 // kTunePlateau, and the smaller one is kept. Capped at nlist.
 // Why: a fixed share of the lists fits no collection. On 100,000 MobileNetV2-like vectors
-// (bench/bench_server.cpp, IVF1024,Flat, lists 8.8x imbalanced) the former nlist / 16 = 64 cost
-// 4.7 ms a query where nprobe 16 costs 2.4 ms (in the server, by id) at Recall@10 0.963 on the
-// tuning sample and 0.988 for the real photos among them (0.994 / 0.999 at 32).
+// (bench/bench_server.cpp, IVF1024,Flat, lists 8.8x imbalanced) the former nlist / 16 = 64
+// scanned 38,750 codes a query for Recall@10 0.999 where nprobe 16 scanned 14,324 for 0.973
+// (bench/ivf_nlist.py); a search's time follows the bytes it scans.
 // The target, 0.95, is the operating point the former `--index-spec auto` rule was set for
 // (nlist / 32, "recall@10 >= 0.95 on clustered data") and the usual one of ANN benchmarks: of
 // ten results, about one in twenty is the 11th-or-later neighbour instead; `--nprobe` buys more.
