@@ -206,8 +206,9 @@ static int run(int argc, char** argv) {
   // threads should sleep, not spin, between parallel regions (engine.h; may re-execute).
   // `index` measured faster with it than libgomp's default in 6 of 7 interleaved pairs
   // (docs/api.md).
-  if (*index || *reindex || *serve || *eval.app || *train.app || *reembed.app)
+  if (*index || *reindex || *eval.app || *train.app || *reembed.app)
     lookalike::engine::use_passive_omp_wait(argv);
+  if (*serve) lookalike::engine::use_short_omp_spin(argv);  // small batches: engine.h
 
   try {
     if (*index) {

@@ -114,6 +114,14 @@ void use_passive_omp_wait(char** argv) {
                std::strerror(errno));
 }
 
+void use_short_omp_spin(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  if (::setenv("GOMP_SPINCOUNT", kServeSpinCount, 1) != 0) return;
+  ::execv("/proc/self/exe", argv);
+  std::fprintf(stderr, "lookalike: warning: cannot re-execute with GOMP_SPINCOUNT=%s: %s\n",
+               kServeSpinCount, std::strerror(errno));
+}
+
 std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access,
                                      const NewCollection& fresh) {
   if (options.decode_threads < 1 || options.decode_threads > pipeline::kMaxDecodeThreads) {

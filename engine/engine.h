@@ -175,6 +175,18 @@ void setup_process(int threads);
 // re-execution) or when the re-execution fails (logged; the program then runs as it is).
 void use_passive_omp_wait(char** argv);
 
+// For `serve` instead: its passes are mostly of 1 to 8 images, where a forward pass is dozens of
+// short parallel regions and a passively waiting thread's futex wake-up at each costs more than
+// the region's work. A bounded spin before sleeping (GOMP_SPINCOUNT=kServeSpinCount iterations)
+// keeps batch-1 latency without libgomp's default spin of 300,000, which PASSIVE was brought in
+// against. Measured with bench/upload_timings.py on the bench_server collection (MobileNetV2,
+// one upload at a time, the server's batch-1 embed_ms): idle, PASSIVE 8.9-9.3 ms, 20,000
+// 4.2-4.6 ms, 200,000 4.6 ms; with two CPU-bound processes beside it, PASSIVE 16.3 ms, 20,000
+// 12.8 ms. Sets it and re-executes as use_passive_omp_wait does, unless OMP_WAIT_POLICY or
+// GOMP_SPINCOUNT is already set (the user's word).
+inline constexpr const char* kServeSpinCount = "20000";
+void use_short_omp_spin(char** argv);
+
 class Engine {
  public:
   // Throws EngineError (NotFound: no collection at a Read path; Invalid: bad option,

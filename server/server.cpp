@@ -507,10 +507,12 @@ void load_engine(State& st) {
     }
     st.metrics.set_build_info(m.card().name, metric, factory);
     st.ready.store(true);
-    const char* wait = std::getenv("OMP_WAIT_POLICY");  // engine::use_passive_omp_wait
-    spdlog::info("ready: collection {}, model {} ({} threads, OMP_WAIT_POLICY={})",
-                 st.engine_options.collection.string(), m.id(), m.threads(),
-                 wait != nullptr ? wait : "unset");
+    const char* wait = std::getenv("OMP_WAIT_POLICY");  // engine::use_short_omp_spin
+    const char* spin = std::getenv("GOMP_SPINCOUNT");
+    spdlog::info(
+        "ready: collection {}, model {} ({} threads, OMP_WAIT_POLICY={}, GOMP_SPINCOUNT={})",
+        st.engine_options.collection.string(), m.id(), m.threads(),
+        wait != nullptr ? wait : "unset", spin != nullptr ? spin : "unset");
   } catch (const std::exception& e) {
     st.load_error = e.what();
     spdlog::error("{}", e.what());

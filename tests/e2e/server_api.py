@@ -141,10 +141,17 @@ srv = Server(collection)
 print("saw 503 while loading:", srv.saw_503)
 
 # ---- process set-up (docs/api.md) -----------------------------------------------------------
-# OpenMP waits passively unless the caller chose a policy: serve re-executes itself (same pid).
+# OpenMP spins briefly before sleeping (GOMP_SPINCOUNT=20000) unless the caller chose a wait
+# policy or spin count: serve re-executes itself to set it (same pid).
 environ = Path(f"/proc/{srv.proc.pid}/environ").read_bytes().split(b"\0")
-policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE").encode()
-assert b"OMP_WAIT_POLICY=" + policy in environ, [e for e in environ if e.startswith(b"OMP")]
+omp = [e for e in environ if e.startswith((b"OMP", b"GOMP"))]
+if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if name in os.environ:
+            assert f"{name}={os.environ[name]}".encode() in environ, omp
+else:
+    assert b"GOMP_SPINCOUNT=20000" in environ, omp
+    assert not any(e.startswith(b"OMP_WAIT_POLICY=") for e in environ), omp
 # The listen backlog is SOMAXCONN, not cpp-httplib's 5 (ss: Send-Q of a listening socket).
 listening = subprocess.run(["ss", "-ltnH", f"sport = :{srv.port}"], capture_output=True,
                            text=True, check=True).stdout.split()
