@@ -202,8 +202,9 @@ static int run(int argc, char** argv) {
     return code == 0 ? kOk : kUsage;
   }
 
-  // Commands whose decode or HTTP threads share the cores with the model's OpenMP threads: those
+  // Commands whose decode threads share the cores with the model's OpenMP threads: those
   // threads should sleep, not spin, between parallel regions (engine.h; may re-execute).
+  // `serve`, whose passes are small, spins briefly instead.
   // `index` measured faster with it than libgomp's default in 6 of 7 interleaved pairs
   // (docs/api.md).
   if (*index || *reindex || *eval.app || *train.app || *reembed.app)

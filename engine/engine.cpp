@@ -105,22 +105,23 @@ void setup_process(int threads) {
   });
 }
 
-void use_passive_omp_wait(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  if (::setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0) return;
+namespace {
+// Sets name=value and re-executes this program (libgomp reads its variables only at load),
+// unless `name` or OMP_WAIT_POLICY is set already (the user's word, or the re-execution).
+// Returns only when nothing was done or the re-execution failed (logged; the process then runs
+// as it is).
+void reexecute_with(const char* name, const char* value, char** argv) {
+  if (std::getenv(name) != nullptr || std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  if (::setenv(name, value, 1) != 0) return;
   ::execv("/proc/self/exe", argv);
-  // Still here: the re-execution failed; this process keeps libgomp's default policy.
-  std::fprintf(stderr, "lookalike: warning: cannot re-execute with OMP_WAIT_POLICY=PASSIVE: %s\n",
+  std::fprintf(stderr, "lookalike: warning: cannot re-execute with %s=%s: %s\n", name, value,
                std::strerror(errno));
 }
+}  // namespace
 
-void use_short_omp_spin(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
-  if (::setenv("GOMP_SPINCOUNT", kServeSpinCount, 1) != 0) return;
-  ::execv("/proc/self/exe", argv);
-  std::fprintf(stderr, "lookalike: warning: cannot re-execute with GOMP_SPINCOUNT=%s: %s\n",
-               kServeSpinCount, std::strerror(errno));
-}
+void use_passive_omp_wait(char** argv) { reexecute_with("OMP_WAIT_POLICY", "PASSIVE", argv); }
+
+void use_short_omp_spin(char** argv) { reexecute_with("GOMP_SPINCOUNT", kServeSpinCount, argv); }
 
 std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access,
                                      const NewCollection& fresh) {
