@@ -491,6 +491,7 @@ int run_serve(const GlobalOptions& g, const ServeArgs& a) {
   o.host = a.host;
   o.port = a.port;
   o.workers = a.workers;
+  o.worker_nice = a.worker_nice;
   o.max_upload_bytes = static_cast<std::size_t>(a.max_upload_mb * 1024 * 1024);
   o.api_key = a.api_key;
   if (o.api_key.empty()) {

@@ -161,6 +161,11 @@ static int run(int argc, char** argv) {
       ->check(CLI::Range(0, 65535));
   serve->add_option("--workers", sv.workers, "HTTP worker threads (default 32)")
       ->check(CLI::Range(1, 1024));
+  serve
+      ->add_option("--worker-nice", sv.worker_nice,
+                   "Lower the HTTP workers' CPU priority by this much, so that forward passes "
+                   "keep their cores (default 10; 0 = off)")
+      ->check(CLI::Range(0, 19));
   serve->add_option("--max-upload-mb", sv.max_upload_mb, "Request body limit in MB (default 20)")
       ->check(CLI::Range(0.001, 4096.0));
   serve->add_option("--api-key", sv.api_key,

@@ -6,7 +6,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -492,6 +494,38 @@ void add_routes(httplib::Server& svr, State& st, RouteTable& table) {
 
 // ---- start, load, stop ---------------------------------------------------------------------
 
+// httplib's ThreadPool whose threads lower their own CPU priority (nice + `nice`) before their
+// first request (ServerOptions::worker_nice). Per thread: on Linux each thread has its own nice
+// value, and threads the workers start (libvips') inherit it. The model's threads are started by
+// the loader thread and the batcher, at the process's priority.
+class NicedThreadPool : public httplib::TaskQueue {
+ public:
+  NicedThreadPool(std::size_t threads, int nice) : pool_(threads), nice_(nice) {}
+  void enqueue(std::function<void()> fn) override {
+    pool_.enqueue([fn = std::move(fn), nice = nice_] {
+      thread_local const bool lowered = lower_priority(nice);
+      (void)lowered;
+      fn();
+    });
+  }
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  static bool lower_priority(int nice) {
+    if (nice <= 0) return true;
+    const auto tid = static_cast<id_t>(::gettid());
+    errno = 0;
+    const int now = ::getpriority(PRIO_PROCESS, tid);
+    if (errno != 0 || ::setpriority(PRIO_PROCESS, tid, std::min(19, now + nice)) != 0) {
+      spdlog::debug("worker thread: cannot lower its priority: {}", std::strerror(errno));
+      return false;
+    }
+    return true;
+  }
+  httplib::ThreadPool pool_;
+  int nice_;
+};
+
 void load_engine(State& st) {
   try {
     st.engine = engine::Engine::open(st.engine_options, engine::Access::Write);
@@ -536,7 +570,8 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   st.engine_options = engine_options;
   httplib::Server svr;
   const auto workers = static_cast<std::size_t>(options.workers);
-  svr.new_task_queue = [workers] { return new httplib::ThreadPool(workers); };
+  const int nice = std::clamp(options.worker_nice, 0, 19);
+  svr.new_task_queue = [workers, nice] { return new NicedThreadPool(workers, nice); };
   // Without it small responses on a keep-alive connection wait for the delayed ACK (~40 ms).
   svr.set_tcp_nodelay(true);
   svr.set_keep_alive_max_count(static_cast<std::size_t>(options.keep_alive_max));
@@ -582,7 +617,8 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   if (listen_fd >= 0 && ::listen(listen_fd, SOMAXCONN) != 0) {
     spdlog::warn("cannot enlarge the listen backlog: {}", std::strerror(errno));
   }
-  spdlog::info("listening on http://{}:{}/ ({} workers)", options.host, port, options.workers);
+  spdlog::info("listening on http://{}:{}/ ({} workers at nice +{})", options.host, port,
+               options.workers, nice);
   if (options.on_listening) options.on_listening(port);
 
   std::thread loader([&st] { load_engine(st); });

@@ -173,6 +173,25 @@ scores = [r["score"] for r in res["results"]]
 assert scores == sorted(scores, reverse=True) and -1 <= scores[-1] <= scores[0] <= 1, scores
 for key in ("decode_ms", "embed_ms", "search_ms", "total_ms"):
     assert res["timings"][key] >= 0, res["timings"]
+
+# The HTTP workers run 10 nice levels below the process (serve --worker-nice), the threads that
+# run forward passes (started by the loader and the batcher) at its own level. Field 19 of
+# /proc/PID/task/TID/stat is the thread's nice value.
+def thread_nices(pid):
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile
+    return out
+
+
+nices = thread_nices(srv.proc.pid)
+base = nices[srv.proc.pid]
+assert min(19, base + 10) in nices.values(), nices  # the worker that answered the search
+assert list(nices.values()).count(base) >= 2, nices  # the main thread, and the model's
+
 assert res["timings"]["embed_ms"] > 0 and res["timings"]["total_ms"] >= res["timings"]["embed_ms"]
 top = res["results"][0]
 assert top["metadata"]["category"] == label_of(top["path"]), top
