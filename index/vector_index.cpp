@@ -59,6 +59,8 @@ constexpr std::int64_t kDefaultTrainingPoints = kPointsPerCentroid * 256;
 constexpr int kHnswEfSearchFloor = 64;
 constexpr std::size_t kMinProbes = 16, kMaxProbes = 256;
 constexpr double kSerialTrainingWork = 4e9;  // multiply-adds; about a second on one core
+// Adds of fewer vectors run FAISS on the calling thread alone (see VectorIndex::add).
+constexpr std::int64_t kSerialAddBelow = 1024;
 
 // File layout (see vector_index.h).
 constexpr std::array<char, 8> kTrailerMagic = {'L', 'K', 'L', 'K', 'I', 'D', 'X', '2'};
@@ -998,7 +1000,15 @@ void VectorIndex::add(const float* vectors, const std::int64_t* ids, std::int64_
     std::int64_t chunk = m - done;
     const std::int64_t target = std::max(threshold_, retry_at_);
     if (!trained()) chunk = std::min(chunk, std::max<std::int64_t>(1, target - size()));
-    append(x + done * dim_, xid + done, chunk);
+    {
+      // FAISS's IVF add opens an OpenMP parallel region whatever the count, and libgomp keeps a
+      // team of threads for every thread that ever ran one. An upload adds one vector from an
+      // HTTP worker: with a team per worker the process held more OpenMP threads than cores,
+      // and libgomp then throttles the spin of every team, the forward pass's included (its
+      // batch-1 MobileNetV2 pass went from 4.0 to 8.3-9.3 ms after the first upload).
+      OmpSerial serial(chunk < kSerialAddBelow);
+      append(x + done * dim_, xid + done, chunk);
+    }
     done += chunk;
     if (!trained() && size() >= target) train_and_move();
   }

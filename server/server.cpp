@@ -3,6 +3,7 @@
 // Debian's cpp-httplib is a compiled library (libcpp-httplib.so), so its CPPHTTPLIB_* defaults
 // are fixed in it; TCP_NODELAY is set through the setter instead (see ../shared/STACK.md).
 #include <httplib.h>
+#include <omp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -494,10 +495,17 @@ void add_routes(httplib::Server& svr, State& st, RouteTable& table) {
 
 // ---- start, load, stop ---------------------------------------------------------------------
 
-// httplib's ThreadPool whose threads lower their own CPU priority (nice + `nice`) before their
-// first request (ServerOptions::worker_nice). Per thread: on Linux each thread has its own nice
-// value, and threads the workers start (libvips') inherit it. The model's threads are started by
-// the loader thread and the batcher, at the process's priority.
+// httplib's ThreadPool whose threads, before their first request, lower their own CPU priority
+// (nice + `nice`, ServerOptions::worker_nice) and limit OpenMP to themselves. Per thread: on
+// Linux each thread has its own nice value, and threads the workers start (libvips') inherit it.
+// The model's threads are started by the loader thread and the batcher, at the process's
+// priority. OpenMP: libgomp keeps a team for every thread that ran a parallel region, and once
+// the process holds more OpenMP threads than cores it throttles every team's spin, so the
+// batcher's team sleeps and is woken at each of a pass's parallel regions. FAISS's IVF add
+// opened one per upload (VectorIndex::add now adds small batches serially): after the first
+// POST /v1/images the batch-1 MobileNetV2 pass went from 4.0 to 8.3-9.3 ms for good (measured
+// through /v1/search's timings.embed_ms). Requests run side by side on the workers; none needs
+// a team of its own, whatever library code it reaches.
 class NicedThreadPool : public httplib::TaskQueue {
  public:
   NicedThreadPool(std::size_t threads, int nice) : pool_(threads), nice_(nice) {}
@@ -505,6 +513,7 @@ class NicedThreadPool : public httplib::TaskQueue {
     pool_.enqueue([fn = std::move(fn), nice = nice_] {
       thread_local const bool lowered = lower_priority(nice);
       (void)lowered;
+      omp_set_num_threads(1);  // this thread's own setting; cheap
       fn();
     });
   }

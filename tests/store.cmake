@@ -1,5 +1,5 @@
 # index/ and store/ tests: random seeded vectors, no model needed.
-lookalike_test(test_index SOURCES test_index.cpp LIBS lookalike_index)
+lookalike_test(test_index SOURCES test_index.cpp LIBS lookalike_index OpenMP::OpenMP_CXX)
 lookalike_test(test_index_quality SOURCES test_index_quality.cpp LIBS lookalike_index)
 lookalike_test(test_catalog SOURCES test_catalog.cpp LIBS lookalike_store SQLite::SQLite3)
 # SQLite: the tests damage catalogs and age their schema through raw connections. spdlog: the

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
+#include <omp.h>
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -526,6 +528,42 @@ INSTANTIATE_TEST_SUITE_P(
 
 // ---------------------------------------------------------------------------------------------
 // Trainable factories: exact search until there are enough vectors to train.
+
+// Threads of this process, from /proc (the test's own and any OpenMP team's).
+int threads_in_process() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& t : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+  return n;
+}
+
+// An upload adds one vector from an HTTP worker. FAISS's IVF add opens an OpenMP region whatever
+// the count, and libgomp keeps a team for every thread that ran one: more OpenMP threads than
+// cores makes it throttle every team's spin, the forward pass's too (VectorIndex::add). So a
+// one-vector add into a trained IVF index, from a thread allowed two OpenMP threads, must start
+// no thread.
+TEST(VectorIndex, SmallAddsStartNoOpenMpThreads) {
+  auto base = structured(5, 1600, 32);
+  auto ids = sparse_ids(1600);
+  VectorIndex index(32, Metric::Cosine, "IVF40,Flat");
+  index.add(base.data(), ids.data(), 1600);
+  ASSERT_TRUE(index.trained());
+  const auto more = structured(6, 2, 32);
+  const std::vector<std::int64_t> more_ids{900001, 900002};
+  int before = -1, after = -1;
+  std::thread writer([&] {
+    omp_set_num_threads(2);  // as on a 2-core machine, whatever this one has
+    before = threads_in_process();
+    index.add(more.data(), more_ids.data(), 1);
+    index.add(more.data() + 32, more_ids.data() + 1, 1);
+    after = threads_in_process();
+  });
+  writer.join();
+  EXPECT_EQ(after, before) << "a one-vector add left its thread an OpenMP team";
+  EXPECT_EQ(index.size(), 1602);
+  const auto hits = index.search(more.data(), 1, 1);
+  ASSERT_EQ(hits[0].size(), 1u);
+  EXPECT_EQ(hits[0][0].id, 900001);
+}
 
 TEST(VectorIndex, TrainingThresholdsFollowTheFactory) {
   EXPECT_EQ(VectorIndex(32, Metric::Cosine, "Flat").training_threshold(), 0);
