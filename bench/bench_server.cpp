@@ -15,7 +15,7 @@
 // 3. Starts the real server process (`lookalike serve`) and drives it with 1, 4 and 16
 //    keep-alive clients for --seconds each: search by id (JSON) and search by uploaded JPEG
 //    (multipart; 16 clothing-small test photos in turn). The client threads run at the server's
-//    worker priority (serve --worker-nice, passed through: default 10), as remote clients would
+//    worker priority (serve --worker-nice, passed through: default 0), as remote clients would
 //    not take the cores from the server's workers. Reports QPS and p50/p99 latency, and the
 //    1-client upload's time split by the server's own timings (decode, the batch-1 pass in the
 //    server, search, the rest).
@@ -78,7 +78,7 @@ struct Options {
   std::string batch_wait_ms = "2";  // passed to serve --batch-wait-ms
   bool reuse = false;               // --reuse: use the collection a --keep run left in --work
   bool model_only = false;          // --model-only: measure the model-only latency, then stop
-  std::string worker_nice = "10";   // serve --worker-nice, and this process's client threads
+  std::string worker_nice = "0";    // serve --worker-nice, and this process's client threads
 };
 
 fs::path exe_dir() { return fs::canonical("/proc/self/exe").parent_path(); }

@@ -88,7 +88,7 @@ struct ServeArgs {
   std::string host = "127.0.0.1";
   int port = 8080;
   int workers = 32;
-  int worker_nice = 10;
+  int worker_nice = 0;
   double max_upload_mb = 20;
   std::string api_key;  // --api-key, else $LOOKALIKE_API_KEY
   bool private_reads = false;

@@ -164,7 +164,7 @@ static int run(int argc, char** argv) {
   serve
       ->add_option("--worker-nice", sv.worker_nice,
                    "Lower the HTTP workers' CPU priority by this much, so that forward passes "
-                   "keep their cores (default 10; 0 = off)")
+                   "keep their cores (default 0 = off; docs/api.md)")
       ->check(CLI::Range(0, 19));
   serve->add_option("--max-upload-mb", sv.max_upload_mb, "Request body limit in MB (default 20)")
       ->check(CLI::Range(0.001, 4096.0));

@@ -6,7 +6,7 @@
 // parallel; uploads, patches and deletes are serialised by the engine; concurrent uploads and
 // searches by image are embedded together by the engine's batcher. So `workers` bounds how
 // many requests can wait on one batch: 16 concurrent uploads need at least 16 workers. The workers
-// run at a lower CPU priority than the model's threads (ServerOptions::worker_nice).
+// can run at a lower CPU priority than the model's threads (ServerOptions::worker_nice).
 #pragma once
 
 #include <cstddef>
@@ -23,15 +23,15 @@ struct ServerOptions {
   std::string host = "127.0.0.1";  // loopback unless told otherwise
   int port = 8080;                 // 0: any free port (the one bound is logged)
   int workers = 32;                // HTTP worker threads, 1..1024
-  // Added to the worker threads' nice value (0..19; 0 = same priority as the model's threads).
-  // The forward pass is what every upload waits for; at equal priority on 2 cores the request
-  // threads (decoding, searching, answering) took the cores from its OpenMP team, which then
-  // waits at each barrier for a thread that has no core. bench_server --worker-nice 10 against 0,
-  // MobileNetV2, two runs each (bench/README.md): uploads/s at 4 clients 161-167 against
-  // 116-138, at 1 client 106-121 against 96-104 (p99 16-17 against 23-25 ms), at 16 clients
-  // 168-169 against 160-165. Searches by id that run during a forward pass get the smaller share
-  // of the CPU meanwhile.
-  int worker_nice = 10;
+  // Added to the worker threads' nice value (0..19; 0, the default: same priority as the model's
+  // threads). The forward pass is what every upload waits for; at equal priority on 2 cores the
+  // request threads (decoding, searching, answering) take cores from its OpenMP team, which then
+  // waits at each barrier for a thread that has none. bench_server --worker-nice 10 against 0,
+  // MobileNetV2 (bench/README.md): uploads/s at 4 clients 161-200 against 116-138, at 1 client
+  // 106-139 against 96-122; but at 16 clients the p99 rose from 135-239 ms to 147-562 ms, and
+  // searches by id that arrive during a forward pass get a tenth of a core. Off by default:
+  // worth it where uploads dominate.
+  int worker_nice = 0;
   std::size_t max_upload_bytes = std::size_t(20) << 20;  // request body limit (413 above)
   std::string api_key;         // non-empty: writes need it (and reads too when private_reads)
   bool private_reads = false;  // --private
