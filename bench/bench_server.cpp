@@ -331,7 +331,7 @@ struct Row {
   int clients = 0;
   double qps = 0, p50 = 0, p99 = 0;
   std::int64_t requests = 0, errors = 0;
-  double embed_p50 = 0;  // uploads: p50 of the responses' timings.embed_ms (the server's pass)
+  double embed_p50 = 0;   // uploads: p50 of the responses' timings.embed_ms (the server's pass)
   double decode_p50 = 0;  // uploads: p50 of timings.decode_ms (decode + preprocess)
   double search_p50 = 0;  // p50 of timings.search_ms (the index search and the hits' records)
 };
