@@ -86,7 +86,7 @@ done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 "$py" - "$work" "$models" <<'PY'
-import json, sys
+import json, os, sys
 work, models = sys.argv[1], sys.argv[2].split(",")
 load = lambda arch, name: json.load(open(f"{work}/{arch}/{name}.json"))
 def wall(arch, name):
@@ -150,4 +150,11 @@ for arch in models:
           f"{verdict(share <= 0.20)}), {100 * share_cpu:.1f}% of the CPU time")
     print(f"end to end / model only at {chosen}: steady {100 * e2e:.1f}% (target >= 90%: "
           f"{verdict(e2e >= 0.90)}), whole process {100 * e2e_proc:.1f}%")
+    # Decoding runs on the cores the model keeps busy: end to end can reach at most the model's
+    # CPU time over the model's plus the decoder's (bench_stages' CPU-time share).
+    cores = os.cpu_count() or 1
+    if st[chosen]["threads"] >= cores:
+        print(f"  ceiling with decoding on the same {cores} cores: {100 / (1 + share_cpu):.1f}% "
+              f"(model CPU / (model + decode CPU)); 90% needs decoding at most "
+              f"{100 * (1 / 0.9 - 1):.1f}% of the model's CPU time, it is {100 * share_cpu:.1f}%")
 PY
