@@ -66,7 +66,9 @@ bool looks_like_path(const std::string& s) {
 // Not fused, for want of a way in LibTorch 1.13 (no oneDNN Graph, no TensorExpr fuser without
 // LLVM, _add_relu_ refuses bf16, mkldnn_prepacked has no sum post-op): the residual add and the
 // ReLU after it, about 10% of a ResNet-50 BF16 pass (measured by removing them, timing only).
-// Fusing them would mean calling oneDNN directly (libdnnl-dev, not a dependency today).
+// Calling oneDNN directly (libdnnl 2.6: the last convolution of each bottleneck with sum and ReLU
+// post-ops) was tried on 2026-12-05 and ran no faster: its post-op convolutions lost what the
+// add and ReLU had cost (docs/precision.md).
 int prepack_bf16_convolutions(torch::jit::Module& module, const std::string& method, int batch,
                               int side) {
   using namespace torch::jit;
