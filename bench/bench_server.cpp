@@ -176,30 +176,16 @@ struct ModelOnly {
 };
 
 // Batch-1 forward pass of a preprocessed query image: the floor under any search by upload.
-// Measured as `serve` runs it: the model loaded on a thread that then exits (serve's loader), the
-// passes run by the engine's EmbedBatcher on its worker thread (same archive, precision, thread
-// count and OpenMP settings as start_server's), this thread only waiting. Why it matters: libgomp
-// keeps a team of threads for every thread that has run a parallel region, and once a process
-// holds more OpenMP threads than cores it cuts GOMP_SPINCOUNT to its throttled value, so the
-// team sleeps and is woken at each of the pass's ~100 parallel regions. Loading the model on
-// this thread (a team of its own, alive until exit) made the batcher's pass 8-13 ms against the
-// server's 4-5 ms, with ~200 context switches a pass (perf stat) against ~5 an upload in serve.
+// Measured as `serve` runs it: the passes run by the engine's EmbedBatcher on its worker thread
+// (same archive, precision, thread count and OpenMP settings as start_server's), this thread
+// only waiting. The engine loads the model on a thread that ends (Engine::model: a team of
+// OpenMP threads left on this one would make libgomp throttle the batcher's spin; measured
+// here before that, 8-13 ms a pass instead of 3-4).
 ModelOnly model_only(const Options& o, const fs::path& query) {
   engine::EngineOptions eo;
   eo.collection = o.work / "no-collection";
   eo.model = o.model.string();
-  std::unique_ptr<engine::Engine> e;
-  std::exception_ptr failed;
-  std::thread loader([&] {
-    try {
-      e = engine::Engine::open(eo, engine::Access::ModelOnly);
-      e->model();
-    } catch (...) {
-      failed = std::current_exception();
-    }
-  });
-  loader.join();
-  if (failed) std::rethrow_exception(failed);
+  auto e = engine::Engine::open(eo, engine::Access::ModelOnly);
   auto& m = e->model();
   auto& batcher = e->batcher();
   const auto spec = model::preprocess_spec(m.card());

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <thread>
 
 #include "dedup/phash.h"
@@ -201,8 +202,24 @@ model::EmbeddingModel& Engine::model() {
                      : config                ? config->model_name
                                              : kDefaultModel;
   auto path = model::resolve_model(name, model::default_model_dirs());
-  auto m = model::EmbeddingModel::load(
-      path, {options_.threads, true, options_.batch_size, options_.precision});
+  // Loaded on a thread that ends here. Loading runs LibTorch's parallel regions (freezing, the
+  // probe pass), and libgomp keeps a team of threads for every thread that has run one: a team
+  // left on the caller beside the batcher's puts more OpenMP threads than cores in the process,
+  // and libgomp then throttles every team's spin, so the batcher's team sleeps and is woken at
+  // each of a pass's parallel regions (bench_server, loading on its main thread: a batch-1
+  // MobileNetV2 pass 8-13 ms against 3-4 ms, bench/README.md).
+  std::unique_ptr<model::EmbeddingModel> m;
+  std::exception_ptr failed;
+  std::thread loader([&] {
+    try {
+      m = model::EmbeddingModel::load(
+          path, {options_.threads, true, options_.batch_size, options_.precision});
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  });
+  loader.join();
+  if (failed) std::rethrow_exception(failed);
   if (config != nullptr && access_ != Access::ModelOnly && m->id() != config->model_id) {
     // Same weights, other precision: say which precision the collection's vectors need.
     const bool precision_only = m->id().substr(0, m->id().find('+')) ==
