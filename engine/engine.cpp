@@ -202,12 +202,9 @@ model::EmbeddingModel& Engine::model() {
                      : config                ? config->model_name
                                              : kDefaultModel;
   auto path = model::resolve_model(name, model::default_model_dirs());
-  // Loaded on a thread that ends here. Loading runs LibTorch's parallel regions (freezing, the
-  // probe pass), and libgomp keeps a team of threads for every thread that has run one: a team
-  // left on the caller beside the batcher's puts more OpenMP threads than cores in the process,
-  // and libgomp then throttles every team's spin, so the batcher's team sleeps and is woken at
-  // each of a pass's parallel regions (bench_server, loading on its main thread: a batch-1
-  // MobileNetV2 pass 8-13 ms against 3-4 ms, bench/README.md).
+  // Loaded on a thread that ends here: loading runs parallel regions (freezing, the probe pass),
+  // and an OpenMP team left on the caller would slow every pass of the batcher's (docs/engine.md,
+  // "OpenMP teams"; bench_server loading on its main thread: batch-1 MobileNetV2 8-13 ms, not 3-4).
   std::unique_ptr<model::EmbeddingModel> m;
   std::exception_ptr failed;
   std::thread loader([&] {

@@ -1001,11 +1001,9 @@ void VectorIndex::add(const float* vectors, const std::int64_t* ids, std::int64_
     const std::int64_t target = std::max(threshold_, retry_at_);
     if (!trained()) chunk = std::min(chunk, std::max<std::int64_t>(1, target - size()));
     {
-      // FAISS's IVF add opens an OpenMP parallel region whatever the count, and libgomp keeps a
-      // team of threads for every thread that ever ran one. An upload adds one vector from an
-      // HTTP worker: with a team per worker the process held more OpenMP threads than cores,
-      // and libgomp then throttles the spin of every team, the forward pass's included (its
-      // batch-1 MobileNetV2 pass went from 4.0 to 8.3-9.3 ms after the first upload).
+      // FAISS's IVF add opens an OpenMP parallel region whatever the count: an upload's one
+      // vector, added from an HTTP worker, would leave an OpenMP team on that worker and slow
+      // every forward pass (docs/engine.md, "OpenMP teams": 4.0 -> 8.3-9.3 ms a batch-1 pass).
       OmpSerial serial(chunk < kSerialAddBelow);
       append(x + done * dim_, xid + done, chunk);
     }

@@ -495,32 +495,28 @@ void add_routes(httplib::Server& svr, State& st, RouteTable& table) {
 
 // ---- start, load, stop ---------------------------------------------------------------------
 
-// httplib's ThreadPool whose threads, before their first request, lower their own CPU priority
-// (nice + `nice`, ServerOptions::worker_nice) and limit OpenMP to themselves. Per thread: on
-// Linux each thread has its own nice value, and threads the workers start (libvips') inherit it.
-// The model's threads are started by the loader thread and the batcher, at the process's
-// priority. OpenMP: libgomp keeps a team for every thread that ran a parallel region, and once
-// the process holds more OpenMP threads than cores it throttles every team's spin, so the
-// batcher's team sleeps and is woken at each of a pass's parallel regions. FAISS's IVF add
-// opened one per upload (VectorIndex::add now adds small batches serially): after the first
-// POST /v1/images the batch-1 MobileNetV2 pass went from 4.0 to 8.3-9.3 ms for good (measured
-// through /v1/search's timings.embed_ms). Requests run side by side on the workers; none needs
-// a team of its own, whatever library code it reaches.
+// httplib's ThreadPool whose threads, before their first request, limit OpenMP to themselves
+// (so that no library code a request reaches starts an OpenMP team beside the forward pass's:
+// docs/engine.md, "OpenMP teams") and lower their own CPU priority by `nice`
+// (ServerOptions::worker_nice). Per thread: on Linux each thread has its own nice value, and
+// threads the workers start (libvips') inherit it; the model's threads are started by the
+// loader thread and the batcher, at the process's priority.
 class NicedThreadPool : public httplib::TaskQueue {
  public:
   NicedThreadPool(std::size_t threads, int nice) : pool_(threads), nice_(nice) {}
   void enqueue(std::function<void()> fn) override {
     pool_.enqueue([fn = std::move(fn), nice = nice_] {
-      thread_local const bool lowered = lower_priority(nice);
-      (void)lowered;
-      omp_set_num_threads(1);  // this thread's own setting; cheap
+      thread_local const bool prepared = prepare_worker(nice);
+      (void)prepared;
       fn();
     });
   }
   void shutdown() override { pool_.shutdown(); }
 
  private:
-  static bool lower_priority(int nice) {
+  // Once per worker thread. Returns whether its priority is as asked.
+  static bool prepare_worker(int nice) {
+    omp_set_num_threads(1);  // this thread's own setting (OpenMP's nthreads-var is per thread)
     if (nice <= 0) return true;
     const auto tid = static_cast<id_t>(::gettid());
     errno = 0;
@@ -630,6 +626,7 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
                options.workers, nice);
   if (options.on_listening) options.on_listening(port);
 
+  // Loading takes seconds; meanwhile the workers answer /healthz and 503 on everything else.
   std::thread loader([&st] { load_engine(st); });
   std::atomic<bool> stopped{false};
   std::thread stopper([&] {
