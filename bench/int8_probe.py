@@ -8,8 +8,10 @@ model-only images/s (TorchScript traced + frozen, batch 32, preprocessed input) 
 (frozen; optimize_for_inference does not apply to quantized graphs), measured one after another
 in this one process.
 
+--exclude MODULE[,MODULE...] keeps those modules in FP32 (FX qconfig None), e.g. conv1,layer4.
+
 usage: /usr/bin/python3 bench/int8_probe.py --arch resnet50 --weights FILE [--calibrate 256]
-       [--photos 372] [--threads 2]
+       [--photos 372] [--threads 2] [--exclude conv1,layer4]
 Prints one JSON object.
 """
 import argparse
@@ -68,6 +70,7 @@ def main():
     ap.add_argument("--photos", type=int, default=372)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--exclude", default="", help="modules kept in FP32, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.backends.quantized.engine = "onednn"
@@ -83,7 +86,11 @@ def main():
     to_bf16 = lambda t: t.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
 
     t0 = time.perf_counter()
-    prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("onednn"), example)
+    qconfig = get_default_qconfig_mapping("onednn")
+    excluded = [m for m in args.exclude.split(",") if m]
+    for name in excluded:
+        qconfig = qconfig.set_module_name(name, None)
+    prepared = prepare_fx(copy.deepcopy(model), qconfig, example)
     with torch.no_grad():
         for i in range(0, len(cal), b):
             prepared(cal[i:i + b])
@@ -95,7 +102,8 @@ def main():
     ref = torch.nn.functional.normalize(run(fp32, test, b), dim=1)
     result = {"arch": args.arch, "threads": args.threads, "batch_size": b,
               "calibration_photos": len(cal), "test_photos": len(test),
-              "quantize_seconds": quantize_s, "engine": torch.backends.quantized.engine}
+              "quantize_seconds": quantize_s, "engine": torch.backends.quantized.engine,
+              "fp32_modules": excluded}
     for name, m, prep in (("bf16", bf16, to_bf16), ("int8", int8, lambda t: t)):
         e = torch.nn.functional.normalize(run(m, test, b, prep), dim=1)
         cos = (ref * e).sum(1).numpy()

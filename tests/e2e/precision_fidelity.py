@@ -10,9 +10,9 @@ A path that misses the bar is not offered by `auto` (the issue's rule): for ever
 measured figures are written into a copy of the card, as `lookalike models calibrate` records
 them, and `lookalike models --json` must then show `auto` passing over a path that misses and
 allowing one that meets it (made the fastest, so only the bar can stop it). Which paths must meet
-the bar outright is MUST_MEET: ResNet-50's whole-model BF16, the path the speed-up comes from.
-MobileNetV2's mixed BF16 archive measured Recall@1 +0.011 against FP32 (docs/precision.md): it
-is not offered, and it was not faster than FP32 either.
+the bar outright is MUST_MEET: ResNet-50's whole-model BF16, the path the speed-up comes from, and
+MobileNetV2's mixed BF16 (features[0:7] and [18] in FP32, chosen with bench/mobilenet_split.py:
+the earlier split with only features[0:2] in FP32 missed on Recall@1, +0.0108).
 
 The FP32 figures come from the galleries other tests already indexed at FP32 (e2e_index_gallery's
 collection, ranked here through `lookalike search`; e2e_retrieval_resnet50's eval-fp32.json), so
@@ -33,7 +33,7 @@ from harness import (DATASET, FIXTURES, GALLERY_COLLECTION, MODEL, evaluate, ima
 
 COSINE_BAR = 0.999   # model/precision.h kMinCosineBar
 METRIC_BAR = 0.005   # model/precision.h kMaxMetricDelta
-MUST_MEET = {("resnet50", "bf16")}
+MUST_MEET = {("resnet50", "bf16"), ("mobilenet_v2", "bf16")}
 
 
 def auto_choice(model, precision, fidelity, tmp):
