@@ -37,7 +37,7 @@ struct PrecisionResult {
   std::string archive;
   double min_cosine = 0, mean_cosine = 0;
   std::string worst_file;         // the photo with min_cosine
-  double images_per_s = 0;        // model only
+  double images_per_s = 0;        // model only, over full batches (after a full warm-up one)
   std::optional<Metrics> metrics;  // leave-one-out, when labelled
   double recall_at_1_delta = 0, map_delta = 0;  // this minus FP32 (0 when unlabelled)
   bool meets_bar = false;         // model::meets_bar of the record
