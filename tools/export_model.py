@@ -147,10 +147,16 @@ BF16_RECIPES = {
 }
 
 
-def build_bf16(model, arch, size):
-    """Traces the BF16 archive of `model` (left unchanged) and checks it on random input."""
+def build_bf16(model, arch, size, split=None):
+    """Traces the BF16 archive of `model` (left unchanged) and checks it on random input.
+    split: (A, B) for MobileNetV2's mixed archive (features[A:B] in BF16), to compare splits."""
     wrapper_cls, recipe = BF16_RECIPES[arch]
-    wrapped = wrapper_cls(copy.deepcopy(model)).eval()
+    if split is not None:
+        wrapped = wrapper_cls(copy.deepcopy(model), split).eval()
+        recipe = (f"mixed: features[0:{split[0]}] and features[{split[1]}:] in FP32, "
+                  f"features[{split[0]}:{split[1]}] in bfloat16 channels-last")
+    else:
+        wrapped = wrapper_cls(copy.deepcopy(model)).eval()
     gen = torch.Generator().manual_seed(4321)
     example = torch.randn(2, 3, size, size, generator=gen)
     probe = torch.randn(3, 3, size, size, generator=gen)
@@ -193,7 +199,16 @@ def parse_args(argv):
     p.add_argument("--precisions", default="bf16",
                    help="reduced-precision archives to write next to the FP32 one, "
                         "comma-separated: bf16, or none (default bf16; docs/precision.md)")
-    return p.parse_args(argv)
+    p.add_argument("--bf16-split", metavar="A:B",
+                   type=lambda v: tuple(int(x) for x in v.split(":")),
+                   help="mobilenet_v2 only: run features[A:B] in bfloat16 instead of the chosen "
+                        "split (7:18), to compare splits (bench/mobilenet_split.py)")
+    args = p.parse_args(argv)
+    if args.bf16_split is not None and (args.architecture != "mobilenet_v2"
+                                        or len(args.bf16_split) != 2
+                                        or not 0 <= args.bf16_split[0] < args.bf16_split[1] <= 18):
+        p.error("--bf16-split A:B is for mobilenet_v2, with 0 <= A < B <= 18")
+    return args
 
 
 def sha256_of(path):
@@ -394,7 +409,7 @@ def main(argv):
     extra = {}  # file name -> traced module
     precisions = {}
     if "bf16" in wanted:
-        bf16, entry = build_bf16(model, args.architecture, prep["input_size"])
+        bf16, entry = build_bf16(model, args.architecture, prep["input_size"], args.bf16_split)
         entry["archive"] = name + ".bf16.pt"
         extra[entry["archive"]] = bf16
         precisions["bf16"] = entry
