@@ -33,8 +33,7 @@ PhotoSet load_photos(const CalibrateOptions& o) {
   } catch (const LabelError&) {
     auto scan = pipeline::scan_inputs({o.images});
     for (auto& f : scan.files) set.files.push_back(f.path);
-    if (set.files.empty())
-      throw LabelError(o.images.string() + ": no images to calibrate on");
+    if (set.files.empty()) throw LabelError(o.images.string() + ": no images to calibrate on");
   }
   if (o.limit > 0 && static_cast<std::int64_t>(set.files.size()) > o.limit) {
     // Evenly spread, so every class of a sorted folder stays represented.
@@ -211,8 +210,8 @@ void record_calibration(const CalibrationReport& report) {
            {"images", report.images},
            {"labelled", report.labelled},
            {"meets_bar", p.meets_bar},
-           {"bar", {{"min_cosine", model::kMinCosineBar},
-                    {"max_metric_delta", model::kMaxMetricDelta}}},
+           {"bar",
+            {{"min_cosine", model::kMinCosineBar}, {"max_metric_delta", model::kMaxMetricDelta}}},
            {"measured_at", when}};
     if (p.metrics) {
       f["recall_at_1"] = p.metrics->recall_at_1;
@@ -231,8 +230,8 @@ void record_calibration(const CalibrationReport& report) {
   std::error_code ec;
   fs::rename(tmp, report.card, ec);
   if (ec)
-    throw model::ModelError(report.card.string() + ": cannot replace the model card: " +
-                            ec.message());
+    throw model::ModelError(report.card.string() +
+                            ": cannot replace the model card: " + ec.message());
 }
 
 }  // namespace lookalike::eval
