@@ -65,10 +65,11 @@ bool looks_like_path(const std::string& s) {
 // where this LibTorch lacks the op).
 // Not fused, for want of a way in LibTorch 1.13 (no oneDNN Graph, no TensorExpr fuser without
 // LLVM, _add_relu_ refuses bf16, mkldnn_prepacked has no sum post-op): the residual add and the
-// ReLU after it, about 10% of a ResNet-50 BF16 pass (measured by removing them, timing only).
+// ReLU after it, at most 10% of a ResNet-50 BF16 pass (measured by removing them, timing only).
 // Calling oneDNN directly (libdnnl 2.6: the last convolution of each bottleneck with sum and ReLU
 // post-ops) was tried on 2026-12-05 and ran no faster: its post-op convolutions lost what the
-// add and ReLU had cost (docs/precision.md).
+// add and ReLU had cost (docs/precision.md). So was a one-pass add + ReLU of our own (AVX-512,
+// bit-identical to aten's two): +1.4% images/s in bench_stages, within noise; not kept.
 int prepack_bf16_convolutions(torch::jit::Module& module, const std::string& method, int batch,
                               int side) {
   using namespace torch::jit;
