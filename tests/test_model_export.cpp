@@ -222,5 +222,21 @@ TEST(ExportModel, VariantIsForResNet50Only) {
   EXPECT_NE(r.output.find("--variant applies to resnet50 only"), std::string::npos) << r.output;
 }
 
+// --bf16-split (comparing MobileNetV2's mixed BF16 splits, bench/mobilenet_split.py): refused,
+// with the reason, for another architecture, an empty or reversed range, or a value that is not
+// A:B; argparse's usage error (status 2), never a traceback.
+TEST(ExportModel, Bf16SplitIsForMobileNetV2AndAValidRange) {
+  ScratchDir dir;
+  for (const std::string args :
+       {"resnet50 --bf16-split 2:18", "mobilenet_v2 --bf16-split 7:7",
+        "mobilenet_v2 --bf16-split 0:19", "mobilenet_v2 --bf16-split 7-18"}) {
+    const CommandResult r =
+        export_model(args + " --random-weights --out " + quoted(dir.path.string()));
+    EXPECT_EQ(r.status, 2) << args << ": " << r.output;
+    EXPECT_NE(r.output.find("--bf16-split"), std::string::npos) << args << ": " << r.output;
+    EXPECT_EQ(r.output.find("Traceback"), std::string::npos) << args << ": " << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace lookalike::model
