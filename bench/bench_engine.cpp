@@ -838,7 +838,7 @@ json run_embed(const Options& o, bool& ok) {
   auto eng = engine::Engine::open(eo, engine::Access::ModelOnly);
   auto& batcher = eng->batcher();
   auto& m = eng->model();
-  const auto spec = model::preprocess_spec(m.card());
+  const auto spec = m.preprocess_spec();
   const std::size_t per_image = 3ull * spec.crop * spec.crop;
   const auto dim = static_cast<std::size_t>(m.dim());
 

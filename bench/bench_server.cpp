@@ -189,7 +189,7 @@ ModelOnly model_only(const Options& o, const fs::path& query) {
   auto e = engine::Engine::open(eo, engine::Access::ModelOnly);
   auto& m = e->model();
   auto& batcher = e->batcher();
-  const auto spec = model::preprocess_spec(m.card());
+  const auto spec = m.preprocess_spec();
   image::DecodeOptions d;
   d.min_shorter_side = m.card().resize_shorter > 0 ? m.card().resize_shorter : spec.crop;
   auto img = image::decode_file(query, d);

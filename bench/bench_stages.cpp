@@ -2,7 +2,7 @@
 // bench/run.sh can compare them with `lookalike index` end to end and the Python reference.
 //
 // usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size 32] [--precision auto]
-//                     [--prepack on|off]
+//                     [--prepack on|off] [--channels-last-input on|off]
 // Prints one JSON object: decode_ms_per_image (decode + preprocess + perceptual hash, one
 // thread: what the indexer's decode worker does for an image it embeds, pipeline/indexer.cpp),
 // embed_ms_per_image (forward pass only, N threads), their rates (images/s) and the ratio of
@@ -48,19 +48,21 @@ std::vector<std::string> read_list(const std::string& path) {
 int main(int argc, char** argv) {
   if (argc < 3) {
     std::cerr << "usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size B] "
-                 "[--precision auto|fp32|bf16] [--prepack on|off]\n";
+                 "[--precision auto|fp32|bf16] [--prepack on|off] [--channels-last-input on|off]\n";
     return 2;
   }
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   int batch = 32;
   std::string precision = "auto";
   bool prepack = true;
+  bool channels_last = true;
   for (int i = 3; i + 1 < argc; i += 2) {
     std::string flag = argv[i];
     if (flag == "--threads") threads = std::stoi(argv[i + 1]);
     if (flag == "--batch-size") batch = std::stoi(argv[i + 1]);
     if (flag == "--precision") precision = argv[i + 1];
     if (flag == "--prepack") prepack = std::string(argv[i + 1]) != "off";
+    if (flag == "--channels-last-input") channels_last = std::string(argv[i + 1]) != "off";
   }
   mallopt(M_MMAP_MAX, 0);  // as the lookalike binary does: see cli/main.cpp
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
@@ -71,8 +73,9 @@ int main(int argc, char** argv) {
   options.max_batch = batch;
   options.precision = precision;
   options.prepack = prepack;
+  options.channels_last_input = channels_last;
   auto model = model::EmbeddingModel::load(argv[1], options);
-  auto spec = model::preprocess_spec(model->card());
+  auto spec = model->preprocess_spec();
   const int side = model->card().input_size;
   const std::size_t per_image = 3ull * side * side;
   image::DecodeOptions decode;
@@ -115,6 +118,7 @@ int main(int argc, char** argv) {
                         {"precision", model::to_string(model->precision().precision)},
                         {"threads", model->threads()},
                         {"batch_size", batch},
+                        {"channels_last_input", model->preprocess_spec().channels_last},
                         {"decode_only_ms_per_image", 1000 * jpeg_s / n},
                         {"preprocess_only_ms_per_image", 1000 * preprocess_s / n},
                         {"phash_ms_per_image", 1000 * phash_s / n},

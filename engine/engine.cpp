@@ -331,7 +331,7 @@ std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
                                         const std::string& name, Timings& t,
                                         store::ImageRecord* shape, std::string* format) {
   auto& m = model();
-  const auto spec = model::preprocess_spec(m.card());
+  const auto spec = m.preprocess_spec();
   auto start = Clock::now();
   // Announced before decoding, so a pass that opens meanwhile waits for this image (batching
   // concurrent uploads), while a lone request never waits for company that is not coming.

@@ -352,11 +352,25 @@ void resize_crop_normalise(const RgbImage& img, int source_width, int source_hei
     for (int v = 0; v < 256; ++v) lut[c][v] = (float(v) / 255.0f - spec.mean[c]) / spec.std[c];
   }
   const std::size_t plane = std::size_t(spec.crop) * spec.crop;
+  const bool padded = sx.length < spec.crop || sy.length < spec.crop;
+  if (spec.channels_last) {
+    if (padded) {  // torchvision pads with 0 before normalising
+      for (std::size_t i = 0; i < plane; ++i) {
+        for (int c = 0; c < 3; ++c) out[i * 3 + c] = lut[c][0];
+      }
+    }
+    for (int y = 0; y < sy.length; ++y) {
+      const std::uint8_t* src = window.pixels.data() + std::size_t(y) * sx.length * 3;
+      float* row = out + (std::size_t(sy.dst_start + y) * spec.crop + sx.dst_start) * 3;
+      for (int i = 0; i < sx.length * 3; i += 3) {
+        for (int c = 0; c < 3; ++c) row[i + c] = lut[c][src[i + c]];
+      }
+    }
+    return;
+  }
   for (int c = 0; c < 3; ++c) {
     float* dst = out + c * plane;
-    if (sx.length < spec.crop || sy.length < spec.crop) {
-      std::fill(dst, dst + plane, lut[c][0]);  // torchvision pads with 0 before normalising
-    }
+    if (padded) std::fill(dst, dst + plane, lut[c][0]);
     for (int y = 0; y < sy.length; ++y) {
       const std::uint8_t* src = window.pixels.data() + std::size_t(y) * sx.length * 3 + c;
       float* row = dst + std::size_t(sy.dst_start + y) * spec.crop + sx.dst_start;

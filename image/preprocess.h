@@ -19,6 +19,10 @@ struct PreprocessSpec {
   std::string interpolation = "bilinear";  // "bilinear" or "bicubic" (Pillow's filters)
   std::array<float, 3> mean = {0.485f, 0.456f, 0.406f};  // ImageNet, on 0..1 RGB
   std::array<float, 3> std = {0.229f, 0.224f, 0.225f};
+  // Output layout: false = CHW (planar R, G, B), true = HWC (R, G, B interleaved per pixel; the
+  // memory of an NCHW tensor in channels-last format, which a channels-last model takes without
+  // a reorder: model::EmbeddingModel::preprocess_spec()).
+  bool channels_last = false;
 };
 
 // torchvision's output size {width, height} for Resize(shorter) of a width x height image: the
@@ -37,8 +41,9 @@ RgbImage resize(const RgbImage& src, int width, int height, const std::string& i
 std::array<int, 2> rows_read(int width, int height, int source_width, int source_height,
                              const PreprocessSpec& spec);
 
-// Writes the model input: 3 x crop x crop float32, CHW (planar R, G, B), row-major, normalised.
-// `out` must hold 3 * crop * crop floats. `source_width`/`source_height` are the full-resolution
+// Writes the model input: 3 x crop x crop float32, CHW (planar R, G, B), row-major, normalised;
+// crop x crop x 3 HWC with spec.channels_last (the same values). `out` must hold 3 * crop * crop
+// floats. `source_width`/`source_height` are the full-resolution
 // upright size (the decoder may have DCT-downscaled `img`); torchvision's sizes are computed
 // from them so that downscaled and full decodes resize to the same geometry. Bit-identical to
 // torchvision 0.14 on PIL for full-size decodes (test_preprocess).

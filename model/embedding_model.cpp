@@ -162,6 +162,7 @@ struct EmbeddingModel::Impl {
   int threads = 1;
   int max_batch = 32;
   int prepacked = 0;
+  bool channels_last = false;  // input HWC per image (ModelOptions::channels_last_input)
   torch::jit::Module module;
   torch::jit::Method method() { return module.get_method(card.method); }
 
@@ -173,7 +174,10 @@ struct EmbeddingModel::Impl {
   // contiguous float32.
   torch::Tensor forward(const float* input, int n) {
     const int s = card.input_size;
-    auto x = torch::from_blob(const_cast<float*>(input), {n, 3, s, s}, torch::kFloat32);
+    auto x = channels_last
+                 ? torch::from_blob(const_cast<float*>(input), {n, 3, s, s},
+                                    {3LL * s * s, 1, 3LL * s, 3}, torch::kFloat32)
+                 : torch::from_blob(const_cast<float*>(input), {n, 3, s, s}, torch::kFloat32);
     torch::IValue out;
     try {
       out = method()({x});
@@ -282,6 +286,12 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
   impl->precision =
       choose_precision(options.precision, impl->card.precisions, cpu_flags(), card_path.string());
   if (!impl->precision.interchangeable) impl->id += "+" + to_string(impl->precision.precision);
+  if (options.channels_last_input && !impl->precision.archive.empty()) {
+    const auto& all = impl->card.precisions;
+    const auto entry = all.is_object() ? all.find(to_string(impl->precision.precision)) : all.end();
+    impl->channels_last =
+        entry != all.end() && entry->is_object() && entry->value("input", "") == "channels_last";
+  }
   // The reduced-precision archive takes and returns float32 like the FP32 one (the exporter's
   // wrapper casts), so everything after this point is the same for every precision.
   const fs::path runs =
@@ -352,6 +362,12 @@ const fs::path& EmbeddingModel::archive() const { return impl_->archive; }
 const PrecisionChoice& EmbeddingModel::precision() const { return impl_->precision; }
 
 int EmbeddingModel::prepacked_convolutions() const { return impl_->prepacked; }
+
+image::PreprocessSpec EmbeddingModel::preprocess_spec() const {
+  image::PreprocessSpec spec = model::preprocess_spec(impl_->card);
+  spec.channels_last = impl_->channels_last;
+  return spec;
+}
 
 std::vector<float> EmbeddingModel::embed(const float* input, int n) {
   if (n < 0) throw ModelError(impl_->archive.string() + ": embed: negative image count");

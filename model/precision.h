@@ -7,6 +7,7 @@
 //     "bf16": {
 //       "archive": "resnet50.bf16.pt",          // next to the card
 //       "recipe": "whole model in bfloat16, channels-last",
+//       "input": "channels_last",               // optional: takes HWC input without a reorder
 //       "requires": ["avx512_bf16|amx_bf16"],   // CPU flags (/proc/cpuinfo), any of a|b
 //       "fidelity": {                           // written by `lookalike models calibrate`
 //         "min_cosine": 0.99985, "mean_cosine": 0.99995, "images": 372,

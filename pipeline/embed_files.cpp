@@ -23,7 +23,7 @@ EmbeddedFiles embed_files(model::EmbeddingModel& model,
   out.errors.assign(n, "");
   out.widths.assign(n, 0);
   out.heights.assign(n, 0);
-  const auto spec = model::preprocess_spec(model.card());
+  const auto spec = model.preprocess_spec();
 
   auto prepare = [&](std::size_t job, float* input) {
     try {

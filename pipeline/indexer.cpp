@@ -188,7 +188,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
 
   const auto records = collection.list();
   const Known known = index_records(records, collection.corrupt_ids());
-  const auto spec = model::preprocess_spec(model.card());
+  const auto spec = model.preprocess_spec();
   std::vector<JobState> states(scan.files.size());
 
   Progress progress;

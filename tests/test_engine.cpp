@@ -118,7 +118,7 @@ TEST(Engine, ConcurrentSingleImageEmbedsShareForwardPasses) {
   o.batch_wait = std::chrono::seconds(2);
   auto e = Engine::open(o, Access::ModelOnly);
   auto& model = e->model();
-  auto spec = lookalike::model::preprocess_spec(model.card());
+  auto spec = model.preprocess_spec();
   auto files = photos("test", 2);
   ASSERT_GE(files.size(), 16u);
   const std::size_t per = 3ull * spec.crop * spec.crop;
@@ -159,7 +159,7 @@ TEST(Engine, ALoneRequestDoesNotWaitForTheBatchWindow) {
   auto o = options("lone");
   o.batch_wait = std::chrono::seconds(20);
   auto e = Engine::open(o, Access::ModelOnly);
-  auto spec = lookalike::model::preprocess_spec(e->model().card());
+  auto spec = e->model().preprocess_spec();
   auto d = lookalike::image::decode_file(photos("test", 1).at(0));
   std::vector<float> input(3ull * spec.crop * spec.crop);
   lookalike::image::preprocess(d.rgb, d.source_width, d.source_height, spec, input.data());

@@ -42,12 +42,26 @@ CommandResult export_model(const std::string& args, const std::string& env = "")
 }
 
 // Loads the exported model (at `precision`) and embeds the first `n` reference photos.
+// The reference images (CHW) in the layout `model` takes (EmbeddingModel::preprocess_spec).
+std::vector<float> input_for(const EmbeddingModel& model, const Reference& ref) {
+  if (!model.preprocess_spec().channels_last) return ref.input;
+  const std::size_t plane = std::size_t(ref.size) * ref.size;
+  std::vector<float> hwc(ref.input.size());
+  for (std::size_t i = 0; i < ref.input.size() / (3 * plane); ++i) {
+    for (std::size_t p = 0; p < plane; ++p) {
+      for (std::size_t c = 0; c < 3; ++c)
+        hwc[i * 3 * plane + p * 3 + c] = ref.input[i * 3 * plane + c * plane + p];
+    }
+  }
+  return hwc;
+}
+
 std::vector<float> embed_reference(const fs::path& archive, int n, int expected_dim,
                                    const std::string& precision = "fp32") {
   const Reference ref = load_reference();
   auto model = EmbeddingModel::load(archive, {.threads = 2, .precision = precision});
   EXPECT_EQ(model->dim(), expected_dim);
-  std::vector<float> out = model->embed(ref.input.data(), n);
+  std::vector<float> out = model->embed(input_for(*model, ref).data(), n);
   EXPECT_EQ(out.size(), static_cast<size_t>(n) * expected_dim);
   for (int i = 0; i < n; ++i) {
     const float* r = out.data() + static_cast<size_t>(i) * expected_dim;
@@ -101,13 +115,32 @@ TEST(ExportModel, ResNet50SharedWeightsAreDetectedAsV1) {
   EXPECT_EQ(EmbeddingModel::load(dir / "resnet50.pt", {.threads = 2, .precision = "fp32"})
                 ->prepacked_convolutions(),
             0);
+  // Both take their input channels-last (the card's "input": "channels_last"); here in the
+  // same CHW reference images, transposed to HWC.
+  ASSERT_TRUE(packed->preprocess_spec().channels_last);
+  ASSERT_TRUE(plain->preprocess_spec().channels_last);
+  const std::vector<float> hwc = input_for(*packed, ref);
   for (int n : {4, 3}) {
-    const auto p = packed->embed(ref.input.data(), n);
-    const auto q = plain->embed(ref.input.data(), n);
+    const auto p = packed->embed(hwc.data(), n);
+    const auto q = plain->embed(hwc.data(), n);
     ASSERT_EQ(p.size(), q.size());
     EXPECT_EQ(std::memcmp(p.data(), q.data(), p.size() * sizeof(float)), 0)
         << "prepacked BF16 convolutions changed the embeddings (batch " << n << ")";
   }
+
+  // Channels-last input against the archive reordering CHW input itself: bit-identical.
+  auto chw_model = EmbeddingModel::load(
+      dir / "resnet50.pt",
+      {.threads = 2, .max_batch = 4, .precision = "bf16", .channels_last_input = false});
+  ASSERT_FALSE(chw_model->preprocess_spec().channels_last);
+  const auto p = packed->embed(hwc.data(), 4);
+  const auto q = chw_model->embed(ref.input.data(), 4);
+  EXPECT_EQ(std::memcmp(p.data(), q.data(), p.size() * sizeof(float)), 0)
+      << "channels-last input changed the embeddings";
+  // The FP32 archive keeps CHW input.
+  EXPECT_FALSE(EmbeddingModel::load(dir / "resnet50.pt", {.threads = 2, .precision = "fp32"})
+                   ->preprocess_spec()
+                   .channels_last);
 }
 
 // vit_b_16 (343 MB) and vgg16 (537 MB) with random weights, each with its BF16 archive (whole

@@ -198,6 +198,38 @@ TEST_F(PreprocessTest, PaddingUsesNormalisedZero) {
   }
 }
 
+// spec.channels_last writes the same values HWC: a real photo (resized and cropped) and a small
+// image that is padded.
+TEST_F(PreprocessTest, ChannelsLastIsTheSameValuesInterleaved) {
+  const auto photo = img::decode_file(
+      fs::path(LOOKALIKE_SHARED_DIR) / "datasets/clothing-small/test/shoes" /
+      fs::directory_iterator(fs::path(LOOKALIKE_SHARED_DIR) / "datasets/clothing-small/test/shoes")
+          ->path()
+          .filename());
+  img::RgbImage tiny{10, 6, std::vector<std::uint8_t>(10 * 6 * 3)};
+  for (std::size_t i = 0; i < tiny.pixels.size(); ++i) tiny.pixels[i] = std::uint8_t(i * 7);
+  struct Case {
+    const img::RgbImage* image;
+    int width, height, resize, crop;
+  };
+  for (const Case& k : {Case{&photo.rgb, photo.source_width, photo.source_height, 256, 224},
+                        Case{&tiny, 10, 6, 0, 16}}) {
+    img::PreprocessSpec spec;
+    spec.resize_shorter = k.resize;
+    spec.crop = k.crop;
+    const std::size_t plane = std::size_t(k.crop) * k.crop;
+    std::vector<float> chw(3 * plane), hwc(3 * plane, -99.0f);
+    img::preprocess(*k.image, k.width, k.height, spec, chw.data());
+    spec.channels_last = true;
+    img::preprocess(*k.image, k.width, k.height, spec, hwc.data());
+    std::size_t mismatches = 0;
+    for (std::size_t p = 0; p < plane; ++p) {
+      for (int c = 0; c < 3; ++c) mismatches += hwc[p * 3 + c] != chw[c * plane + p];
+    }
+    EXPECT_EQ(mismatches, 0u) << k.width << " x " << k.height << " crop " << k.crop;
+  }
+}
+
 TEST_F(PreprocessTest, BadArgumentsAreRefused) {
   img::RgbImage pixel{1, 1, {1, 2, 3}};
   std::vector<float> out(3 * 224 * 224);

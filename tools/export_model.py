@@ -173,7 +173,12 @@ def build_bf16(model, arch, size, split=None):
     if not cos >= MIN_COSINE_BF16_RANDOM:
         raise ExportError(f"{arch} bf16: disagrees with FP32 (min cosine {cos:.5f} < "
                           f"{MIN_COSINE_BF16_RANDOM} on random input)")
-    return traced, {"recipe": recipe, "requires": BF16_REQUIRES}
+    entry = {"recipe": recipe, "requires": BF16_REQUIRES}
+    if wrapper_cls is WholeBF16:
+        # Its first step makes the input channels-last: the loader then passes it so (HWC per
+        # image, no reorder of each batch; model/embedding_model.h, channels_last_input).
+        entry["input"] = "channels_last"
+    return traced, entry
 
 
 def parse_args(argv):
