@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
                         {"precision", model::to_string(model->precision().precision)},
                         {"threads", model->threads()},
                         {"batch_size", batch},
-                        {"channels_last_input", model->preprocess_spec().channels_last},
+                        {"channels_last_input", spec.channels_last},
                         {"decode_only_ms_per_image", 1000 * jpeg_s / n},
                         {"preprocess_only_ms_per_image", 1000 * preprocess_s / n},
                         {"phash_ms_per_image", 1000 * phash_s / n},

@@ -34,13 +34,18 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sha
                     "clothing-small")
 
 
-def photos(split, limit):
+def photo_files(split, limit=0):
+    """The split's photos sorted by path, `limit` of them spread evenly (0 = all)."""
     files = sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(DATA, split))
                    for f in fs if f.endswith(".jpg"))
     if limit and limit < len(files):
         step = len(files) / limit
         files = [files[int(i * step)] for i in range(limit)]
-    return torch.stack([pp.TF(Image.open(f).convert("RGB")) for f in files])
+    return files
+
+
+def photos(split, limit):
+    return torch.stack([pp.TF(Image.open(f).convert("RGB")) for f in photo_files(split, limit)])
 
 
 def run(model, x, batch, prep=lambda t: t):

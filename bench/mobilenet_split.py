@@ -22,29 +22,23 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import int8_probe as ip  # noqa: E402  (photo listing, batched inference)
 import python_precision as pp  # noqa: E402  (weights loading, transforms, the exporter)
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets",
-                    "clothing-small")
 BATCH = 32
 
 
 def photos(split):
-    """N x 3 x 224 x 224 preprocessed photos and their N class names, sorted by path."""
-    files = sorted((os.path.join(r, f), os.path.basename(r))
-                   for r, _, fs in os.walk(os.path.join(DATA, split)) for f in fs
-                   if f.endswith(".jpg"))
-    x = torch.stack([pp.TF(Image.open(f).convert("RGB")) for f, _ in files])
-    return x, np.array([c for _, c in files])
+    """N x 3 x 224 x 224 preprocessed photos and their N class names (folders), sorted by path."""
+    files = ip.photo_files(split)
+    x = torch.stack([pp.TF(Image.open(f).convert("RGB")) for f in files])
+    return x, np.array([os.path.basename(os.path.dirname(f)) for f in files])
 
 
 def embed(model, x):
-    """Unit-length N x d embeddings, batch 32."""
-    with torch.no_grad():
-        traced = torch.jit.trace(model.eval(), x[:BATCH], check_trace=False)
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-        out = torch.cat([frozen(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
-    return torch.nn.functional.normalize(out.float(), dim=1).numpy()
+    """Unit-length N x d embeddings: traced, frozen and optimized as the Python pipeline is."""
+    out = ip.run(pp.script(model, "fp32", BATCH), x, BATCH)
+    return torch.nn.functional.normalize(out, dim=1).numpy()
 
 
 def retrieval(q, yq, g, yg):

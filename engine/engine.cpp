@@ -124,6 +124,19 @@ void use_passive_omp_wait(char** argv) { reexecute_with("OMP_WAIT_POLICY", "PASS
 
 void use_short_omp_spin(char** argv) { reexecute_with("GOMP_SPINCOUNT", kServeSpinCount, argv); }
 
+void run_on_own_thread(const std::function<void()>& work) {
+  std::exception_ptr failed;
+  std::thread worker([&] {
+    try {
+      work();
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  });
+  worker.join();
+  if (failed) std::rethrow_exception(failed);
+}
+
 std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access,
                                      const NewCollection& fresh) {
   if (options.decode_threads < 1 || options.decode_threads > pipeline::kMaxDecodeThreads) {
@@ -202,21 +215,13 @@ model::EmbeddingModel& Engine::model() {
                      : config                ? config->model_name
                                              : kDefaultModel;
   auto path = model::resolve_model(name, model::default_model_dirs());
-  // Loaded on a thread that ends here: loading runs parallel regions (freezing, the probe pass),
-  // and an OpenMP team left on the caller would slow every pass of the batcher's (docs/engine.md,
-  // "OpenMP teams"; bench_server loading on its main thread: batch-1 MobileNetV2 8-13 ms, not 3-4).
+  // Loading runs parallel regions (freezing, the probe pass): bench_server loading on its main
+  // thread measured batch-1 MobileNetV2 passes at 8-13 ms, not 3-4.
   std::unique_ptr<model::EmbeddingModel> m;
-  std::exception_ptr failed;
-  std::thread loader([&] {
-    try {
-      m = model::EmbeddingModel::load(
-          path, {options_.threads, true, options_.batch_size, options_.precision});
-    } catch (...) {
-      failed = std::current_exception();
-    }
+  run_on_own_thread([&] {
+    m = model::EmbeddingModel::load(
+        path, {options_.threads, true, options_.batch_size, options_.precision});
   });
-  loader.join();
-  if (failed) std::rethrow_exception(failed);
   if (config != nullptr && access_ != Access::ModelOnly && m->id() != config->model_id) {
     // Same weights, other precision: say which precision the collection's vectors need.
     const bool precision_only = m->id().substr(0, m->id().find('+')) ==

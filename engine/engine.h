@@ -187,6 +187,12 @@ void use_passive_omp_wait(char** argv);
 inline constexpr const char* kServeSpinCount = "20000";
 void use_short_omp_spin(char** argv);
 
+// Runs `work` on a new thread and waits for it, rethrowing whatever it threw. For work that runs
+// OpenMP parallel regions (loading a model, training an IVF index) from a thread that lives on:
+// an OpenMP team left on that thread would slow every forward pass (docs/engine.md, "OpenMP
+// teams").
+void run_on_own_thread(const std::function<void()>& work);
+
 class Engine {
  public:
   // Throws EngineError (NotFound: no collection at a Read path; Invalid: bad option,
