@@ -80,6 +80,7 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
                 {"first_batch_s", s.first_batch_seconds},
                 {"steady_images_per_s", s.steady_images_per_s}}},
               {"model_threads", s.model_threads},
+              {"passes", s.passes},
               {"decode_threads", s.decode_threads},
               {"interrupted", s.interrupted},
               {"count", e.has_collection() ? e.collection().count() : 0}};
@@ -98,9 +99,9 @@ void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
       s.unchanged, s.removed, s.failures.size());
   if (e.has_collection()) {
     std::cout << fmt::format(
-        "embedded {} images at {:.1f} images/s (inference threads: {}, decode threads: {}); "
-        "collection {} now holds {} images\n",
-        s.embedded, s.images_per_s, s.model_threads, s.decode_threads,
+        "embedded {} images at {:.1f} images/s (inference threads: {}, passes side by side: {}, "
+        "decode threads: {}); collection {} now holds {} images\n",
+        s.embedded, s.images_per_s, s.model_threads, s.passes, s.decode_threads,
         e.collection().dir().string(), e.collection().count());
   } else {
     std::cout << "nothing to index; no collection was created\n";

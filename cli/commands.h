@@ -36,6 +36,7 @@ struct GlobalOptions {
   std::string precision = "auto";    // --precision, $LOOKALIKE_PRECISION (docs/precision.md)
   int decode_threads = 1;
   int batch_size = 32;
+  int passes = 0;  // --passes: forward passes side by side in bulk work; 0 = auto
   std::int64_t max_pixels = 89'478'485;
   bool json = false;
   bool quiet = false;
@@ -101,7 +102,7 @@ struct ServeArgs {
 };
 
 // The engine options every subcommand opens its engine with (collection, model, threads,
-// precision, decode threads, batch size, pixel limit), from the global options.
+// precision, decode threads, batch size, passes, pixel limit), from the global options.
 engine::EngineOptions engine_options(const GlobalOptions& g);
 
 // The global run settings (--threads, and where the command's options have them
@@ -111,6 +112,7 @@ void apply_run_settings(const GlobalOptions& g, Options& o) {
   o.threads = g.threads;
   if constexpr (requires { o.decode_threads; }) o.decode_threads = g.decode_threads;
   if constexpr (requires { o.batch_size; }) o.batch_size = g.batch_size;
+  if constexpr (requires { o.passes; }) o.passes = g.passes;
   if constexpr (requires { o.max_pixels; }) o.max_pixels = g.max_pixels;
 }
 

@@ -62,6 +62,12 @@ static int run(int argc, char** argv) {
       ->check(CLI::Range(1, 64));
   app.add_option("--batch-size", g.batch_size, "Images per forward pass")
       ->check(CLI::Range(1, 1024));
+  app.add_option(
+         "--passes", g.passes,
+         "Forward passes side by side when embedding many images, each on its share of "
+         "--threads (0 = auto: 2 given two threads and two batches, else 1); searches use all "
+         "threads")
+      ->check(CLI::Range(0, 16));
   app.add_option("--max-pixels", g.max_pixels,
                  "Refuse images with more pixels (decompression-bomb guard)")
       ->check(CLI::PositiveNumber);

@@ -5,8 +5,13 @@
 // dynamic batcher and TorchServe's batch_delay, without making a lone query pay for it. So 16
 // concurrent single-image queries on 2 cores run as a few passes instead of 16 competing ones,
 // and one query at a time runs with no added wait. Requests that arrive during a pass are
-// grouped into the next one whatever the window. The model is only ever called from the worker:
-// EmbeddingModel::embed is not thread-safe, and LibTorch's intra-op threads are process-wide.
+// grouped into the next one whatever the window.
+//
+// Passes side by side: a request may ask for fewer intra-op threads than the model's threads()
+// (bulk work: pipeline::run_batched keeps k full batches in flight with threads() / k each).
+// Passes then run at once on several workers while the threads of the running passes add up
+// to at most threads(); a request for all of them (the default: a search, an upload) runs
+// alone, as before. docs/engine.md, "Passes side by side", has the measurements.
 #pragma once
 
 #include <chrono>
@@ -27,6 +32,7 @@ struct BatcherStats {
   std::int64_t requests = 0;        // embed() calls served
   std::int64_t images = 0;          // images embedded
   std::int64_t forward_passes = 0;  // model.embed calls made
+  int peak_passes = 0;              // most passes that ran at once
 };
 
 class EmbedBatcher {
@@ -36,7 +42,7 @@ class EmbedBatcher {
   // company. Default 2 ms: about 1% of one MobileNetV2 image's forward pass on 2 cores.
   EmbedBatcher(model::EmbeddingModel& model, int max_batch,
                std::chrono::microseconds max_wait = std::chrono::microseconds(2000));
-  ~EmbedBatcher();  // finishes queued requests, then stops the worker
+  ~EmbedBatcher();  // finishes queued requests, then stops the workers
   EmbedBatcher(const EmbedBatcher&) = delete;
   EmbedBatcher& operator=(const EmbedBatcher&) = delete;
 
@@ -60,8 +66,9 @@ class EmbedBatcher {
 
   // inputs: n x 3 x S x S float32 (S = the card's input_size), preprocessed; returns n x dim,
   // L2-normalised, row-major. Thread-safe; blocks until its pass is done. Rethrows the model's
-  // ModelError for the pass that contained this request.
-  std::vector<float> embed(const float* inputs, int n);
+  // ModelError for the pass that contained this request. threads: intra-op threads of its pass,
+  // 1..model().threads(); 0 or more than that = all (see "Passes side by side" above).
+  std::vector<float> embed(const float* inputs, int n, int threads = 0);
   // The same, for a caller that announced itself with expect(): its announcement ends as its
   // request is queued (under one lock, so the worker never starts a pass between the two).
   std::vector<float> embed(const float* inputs, int n, Expected& announced);
@@ -72,12 +79,15 @@ class EmbedBatcher {
   struct Request {
     const float* inputs;
     int n;
+    int threads;  // of its pass, 1..model_.threads()
     std::vector<float> out;
     std::exception_ptr error;
     bool done = false;
   };
+  std::vector<float> submit(const float* inputs, int n, int threads, Expected& announced);
   void run();
-  void serve(std::vector<Request*>& batch);
+  void stop();  // finishes queued requests, joins the workers
+  void serve(std::vector<Request*>& batch, int threads);
 
   model::EmbeddingModel& model_;
   const int max_batch_;
@@ -86,10 +96,12 @@ class EmbedBatcher {
   std::condition_variable wake_worker_, wake_callers_;
   std::deque<Request*> queue_;
   int queued_images_ = 0;
-  int expected_ = 0;  // callers holding an Expected (decoding, about to queue)
+  int expected_ = 0;      // callers holding an Expected (decoding, about to queue)
+  int busy_threads_ = 0;  // intra-op threads of the passes running
+  int running_ = 0;       // passes running
   bool stopping_ = false;
   BatcherStats stats_;
-  std::thread worker_;
+  std::vector<std::thread> workers_;  // one per thread of the model (at most 16)
 };
 
 }  // namespace lookalike::engine

@@ -148,6 +148,11 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
     throw EngineError(Kind::Invalid, fmt::format("batch size must be between 1 and 1024, got {}",
                                                  options.batch_size));
   }
+  if (options.passes < 0 || options.passes > pipeline::kMaxPasses) {
+    throw EngineError(Kind::Invalid,
+                      fmt::format("passes must be between 1 and {} (0 = auto), got {}",
+                                  pipeline::kMaxPasses, options.passes));
+  }
   if (options.threads < 0 || options.threads > 1024) {
     throw EngineError(Kind::Invalid,
                       fmt::format("threads must be between 0 and 1024, got {}", options.threads));
@@ -326,7 +331,8 @@ pipeline::IndexSummary Engine::index(const IndexRequest& r) {
   o.decode = decode_options();
   o.cancel = r.cancel;
   o.on_progress = r.on_progress;
-  o.embed = [this](const float* in, int n) { return batcher().embed(in, n); };
+  o.passes = bulk_passes(scan.files.size());
+  o.embed = bulk_embed(o.passes);
   auto summary = pipeline::index_files(c, m, scan, o);
   summary.index_choice = choice;
   return summary;
@@ -508,9 +514,22 @@ std::vector<SearchResponse> Engine::search_files(const std::vector<fs::path>& im
 
 pipeline::EmbeddedFiles Engine::embed_files(const std::vector<fs::path>& images) {
   auto& m = model();
+  const int passes = bulk_passes(images.size());
   return pipeline::embed_files(m, images, decode_options(), options_.decode_threads,
-                               options_.batch_size,
-                               [this](const float* in, int n) { return batcher().embed(in, n); });
+                               options_.batch_size, bulk_embed(passes), passes);
+}
+
+int Engine::bulk_passes(std::size_t images) {
+  if (options_.passes > 0) return options_.passes;
+  // Auto: two passes where there are two batches to share the cores (one pass of a lone batch
+  // on half the threads would only take longer).
+  const std::size_t batches = (images + options_.batch_size - 1) / options_.batch_size;
+  return static_cast<int>(std::clamp<std::size_t>(batches, 1, std::min(2, model().threads())));
+}
+
+pipeline::EmbedFn Engine::bulk_embed(int passes) {
+  const int threads = std::max(1, model().threads() / passes);
+  return [this, threads](const float* in, int n) { return batcher().embed(in, n, threads); };
 }
 
 std::optional<store::ImageRecord> Engine::get(std::int64_t id) const {

@@ -53,8 +53,13 @@ struct EngineOptions {
   // "auto" | "fp32" | "bf16" | "int8" (model::ModelOptions::precision, docs/precision.md);
   // the CLI's --precision, else $LOOKALIKE_PRECISION, else auto.
   std::string precision = "auto";
-  int decode_threads = 1;                // 1..pipeline::kMaxDecodeThreads
-  int batch_size = 32;                   // images per forward pass, 1..1024
+  int decode_threads = 1;  // 1..pipeline::kMaxDecodeThreads
+  int batch_size = 32;     // images per forward pass, 1..1024
+  // Forward passes side by side in bulk work (index, embedding many files), each on threads /
+  // passes intra-op threads; 1..pipeline::kMaxPasses, 0 = auto: 2 where there are two cores
+  // and two batches, else 1. Searches and uploads always run on all threads. docs/engine.md,
+  // "Passes side by side".
+  int passes = 0;
   std::int64_t max_pixels = 89'478'485;  // PIL's Image.MAX_IMAGE_PIXELS
   double max_aspect_ratio = 0;           // image::DecodeOptions::max_aspect_ratio; 0 = no limit
   std::chrono::microseconds batch_wait{2000};  // EmbedBatcher's window
@@ -276,6 +281,10 @@ class Engine {
   std::vector<float> embed_buffer(std::span<const std::uint8_t> bytes, const std::string& name,
                                   Timings& t, store::ImageRecord* shape = nullptr,
                                   std::string* format = nullptr);
+  // Bulk work's passes in flight (options.passes, auto resolved) and the embed function that
+  // runs each on its share of the model's threads through the batcher.
+  int bulk_passes(std::size_t images);
+  pipeline::EmbedFn bulk_embed(int passes);
 
   EngineOptions options_;
   Access access_ = Access::Read;

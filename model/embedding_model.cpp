@@ -166,8 +166,8 @@ struct EmbeddingModel::Impl {
   torch::jit::Module module;
   torch::jit::Method method() { return module.get_method(card.method); }
 
-  void apply_threads() const {
-    if (at::get_num_threads() != threads) at::set_num_threads(threads);
+  void apply_threads(int n) const {
+    if (at::get_num_threads() != n) at::set_num_threads(n);
   }
 
   // One forward pass of `n` images; checks the output is n x embedding_dim and returns it as
@@ -301,7 +301,7 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
                      " archive named by " + card_path.string() + " (no such file)");
   impl->threads = resolve_threads(options.threads);
   impl->max_batch = options.max_batch;
-  impl->apply_threads();
+  impl->apply_threads(impl->threads);
 
   try {
     impl->module = torch::jit::load(runs.string(), torch::kCPU);
@@ -369,7 +369,7 @@ image::PreprocessSpec EmbeddingModel::preprocess_spec() const {
   return spec;
 }
 
-std::vector<float> EmbeddingModel::embed(const float* input, int n) {
+std::vector<float> EmbeddingModel::embed(const float* input, int n, int threads) {
   if (n < 0) throw ModelError(impl_->archive.string() + ": embed: negative image count");
   if (n == 0) return {};
   if (!input) throw ModelError(impl_->archive.string() + ": embed: null input");
@@ -377,7 +377,7 @@ std::vector<float> EmbeddingModel::embed(const float* input, int n) {
   const size_t image_floats =
       3 * static_cast<size_t>(impl_->card.input_size) * impl_->card.input_size;
   std::vector<float> out(static_cast<size_t>(n) * dim);
-  impl_->apply_threads();
+  impl_->apply_threads(threads > 0 ? threads : impl_->threads);
   c10::InferenceMode guard;
   for (int start = 0; start < n; start += impl_->max_batch) {
     const int count = std::min(impl_->max_batch, n - start);

@@ -95,10 +95,14 @@ class EmbeddingModel {
   // CHW (NCHW, row-major) or HWC where preprocess_spec().channels_last: what image::preprocess
   // writes with preprocess_spec(). Returns n x dim float32, row-major, each row L2-normalised.
   // n = 0 returns an empty vector. Throws ModelError for n < 0, a null input, or a forward pass
-  // that fails or returns the wrong shape. Sets LibTorch's thread count to threads() first (the
-  // setting is process-wide and OpenMP's is per calling thread).
-  // Not thread-safe: one caller at a time.
-  std::vector<float> embed(const float* input, int n);
+  // that fails or returns the wrong shape. Sets the calling thread's intra-op thread count
+  // (at::set_num_threads, which sets OpenMP's per-thread count) to `threads`, or threads() when
+  // threads <= 0, first.
+  // Thread-safe: passes may run side by side, each on its calling thread's own OpenMP threads
+  // (TorchScript's graph executor takes a lock only to build its plan; the weights are only
+  // read). Side by side passes with threads() / k threads each are how pipeline::run_batched
+  // keeps k passes in flight (docs/engine.md, "Passes side by side").
+  std::vector<float> embed(const float* input, int n, int threads = 0);
 
  private:
   struct Impl;

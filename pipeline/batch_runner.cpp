@@ -5,6 +5,7 @@
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -36,13 +37,14 @@ class Queue {
   }
 
   // Takes up to `max` items, waiting until it has `embed_target` Embed items, `max` items in
-  // all, or every producer is done. Returns an empty vector when nothing is left.
+  // all, or every producer is done. Returns an empty vector when nothing is left or stopped.
   std::vector<Item> pop_batch(std::size_t max, std::size_t embed_target) {
     std::unique_lock lock(mu_);
     not_empty_.wait(lock, [&] {
-      return producers_done_ || items_.size() >= max || count_embed() >= embed_target;
+      return stopped_ || producers_done_ || items_.size() >= max || count_embed() >= embed_target;
     });
     std::vector<Item> out;
+    if (stopped_) return out;
     std::size_t embeds = 0;
     while (!items_.empty() && out.size() < max && embeds < embed_target) {
       if (items_.front().kind == Prepared::Embed) ++embeds;
@@ -63,6 +65,7 @@ class Queue {
     std::lock_guard lock(mu_);
     stopped_ = true;
     not_full_.notify_all();
+    not_empty_.notify_all();
   }
 
  private:
@@ -88,7 +91,7 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
   const std::size_t input_floats = 3ull * side * side;
   const int dim = model.dim();
 
-  Queue queue(2 * batch);
+  Queue queue((std::max(1, options.passes) + 1) * batch);
   std::atomic<std::size_t> next{0};
   std::atomic<bool> failed{false};
   std::exception_ptr worker_error;
@@ -119,6 +122,10 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
                                 std::to_string(kMaxDecodeThreads) + ", got " +
                                 std::to_string(n_workers));
   }
+  if (options.passes < 1 || options.passes > kMaxPasses) {
+    throw std::invalid_argument("passes must be between 1 and " + std::to_string(kMaxPasses) +
+                                ", got " + std::to_string(options.passes));
+  }
   std::vector<std::thread> threads;
   std::atomic<int> running{n_workers};
   for (int i = 0; i < n_workers; ++i) {
@@ -136,42 +143,121 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
     }
   }
 
+  // Pass threads take batches off the queue in turn (a ticket each, in queue order), embed
+  // them, and leave the result for the calling thread, which consumes tickets in order. Up to
+  // `passes` passes run at once, and one more batch may wait embedded while the calling thread
+  // commits the one before: so commits overlap the next pass.
+  const int passes = options.passes;
+  const int pass_threads = passes > 1 ? std::max(1, model.threads() / passes) : 0;
+  struct Result {
+    std::vector<std::size_t> jobs;
+    std::vector<Prepared> kinds;
+    std::vector<float> embeddings;
+    std::exception_ptr error;
+  };
+  std::mutex pop_mu, result_mu;
+  std::condition_variable result_ready, turn_moved;
+  std::map<std::size_t, Result> results;
+  std::size_t next_ticket = 0, turn = 0;
+  int passes_running = passes;
+  bool stop_passes = false;  // set by the calling thread when it stops consuming
+
+  auto embed_batch = [&](std::vector<Item>& items, Result& r) {
+    std::vector<float> inputs;
+    std::vector<std::size_t> embed_rows;
+    for (auto& item : items) {
+      if (item.kind == Prepared::Embed) {
+        embed_rows.push_back(r.jobs.size());
+        inputs.insert(inputs.end(), item.input.begin(), item.input.end());
+      }
+      r.jobs.push_back(item.job);
+      r.kinds.push_back(item.kind);
+    }
+    r.embeddings.assign(r.jobs.size() * dim, 0.0f);
+    if (embed_rows.empty()) return;
+    const int rows = static_cast<int>(embed_rows.size());
+    auto out = options.embed ? options.embed(inputs.data(), rows)
+                             : model.embed(inputs.data(), rows, pass_threads);
+    for (std::size_t row = 0; row < embed_rows.size(); ++row) {
+      std::memcpy(&r.embeddings[embed_rows[row] * dim], &out[row * dim], dim * sizeof(float));
+    }
+  };
+  auto pass_loop = [&] {
+    for (;;) {
+      std::vector<Item> items;
+      std::size_t ticket = 0;
+      {
+        std::unique_lock order(pop_mu);
+        {
+          // At most passes + 1 batches taken and not yet consumed.
+          std::unique_lock lock(result_mu);
+          turn_moved.wait(lock, [&] { return stop_passes || next_ticket < turn + passes + 1; });
+          if (stop_passes) break;
+        }
+        items = queue.pop_batch(2 * batch, batch);
+        // After Ctrl-C: stop without embedding what was queued; everything consumed so far
+        // stays. Checked under the pop lock, so no later ticket is embedded after a dropped one.
+        if (items.empty() || failed || (options.cancel != nullptr && options.cancel->load())) break;
+        ticket = next_ticket++;
+      }
+      Result r;
+      try {
+        embed_batch(items, r);
+      } catch (...) {
+        r.error = std::current_exception();
+      }
+      std::lock_guard lock(result_mu);
+      const bool error = r.error != nullptr;
+      results.emplace(ticket, std::move(r));
+      result_ready.notify_all();
+      if (error) break;  // the calling thread rethrows it in its turn
+    }
+    std::lock_guard lock(result_mu);
+    --passes_running;
+    result_ready.notify_all();
+  };
+
+  // One pass at a time on the model itself: on the calling thread, as the caller's OpenMP team
+  // is then the only one (docs/engine.md, "OpenMP teams"); commits do not overlap passes.
+  const bool inline_passes = passes == 1 && !options.embed;
+  std::vector<std::thread> pass_pool;
   std::exception_ptr consumer_error;
   try {
-    std::vector<float> inputs, embeddings;
-    while (!failed) {
+    while (inline_passes && !failed) {
       auto items = queue.pop_batch(2 * batch, batch);
-      if (items.empty()) break;
-      // After Ctrl-C: stop without embedding what was queued; everything consumed so far stays.
-      if (options.cancel != nullptr && options.cancel->load()) break;
-      std::vector<std::size_t> jobs;
-      std::vector<Prepared> kinds;
-      std::vector<std::size_t> embed_rows;
-      inputs.clear();
-      for (auto& item : items) {
-        if (item.kind == Prepared::Embed) {
-          embed_rows.push_back(jobs.size());
-          inputs.insert(inputs.end(), item.input.begin(), item.input.end());
-        }
-        jobs.push_back(item.job);
-        kinds.push_back(item.kind);
+      if (items.empty() || (options.cancel != nullptr && options.cancel->load())) break;
+      Result r;
+      embed_batch(items, r);
+      consume(r.jobs, r.kinds, r.embeddings);
+    }
+    for (int i = 0; i < (inline_passes ? 0 : passes); ++i) pass_pool.emplace_back(pass_loop);
+    while (!inline_passes) {
+      Result r;
+      {
+        std::unique_lock lock(result_mu);
+        result_ready.wait(lock,
+                          [&] { return failed || results.count(turn) > 0 || passes_running == 0; });
+        auto it = results.find(turn);
+        if (failed || it == results.end()) break;
+        r = std::move(it->second);
+        results.erase(it);
+        ++turn;
+        turn_moved.notify_all();
       }
-      embeddings.assign(jobs.size() * dim, 0.0f);
-      if (!embed_rows.empty()) {
-        const int rows = static_cast<int>(embed_rows.size());
-        auto out =
-            options.embed ? options.embed(inputs.data(), rows) : model.embed(inputs.data(), rows);
-        for (std::size_t r = 0; r < embed_rows.size(); ++r) {
-          std::memcpy(&embeddings[embed_rows[r] * dim], &out[r * dim], dim * sizeof(float));
-        }
-      }
-      consume(jobs, kinds, embeddings);
+      if (r.error) std::rethrow_exception(r.error);
+      consume(r.jobs, r.kinds, r.embeddings);
     }
   } catch (...) {
     consumer_error = std::current_exception();
   }
   failed = failed || consumer_error != nullptr;
+  {
+    std::lock_guard lock(result_mu);
+    stop_passes = true;
+    turn_moved.notify_all();
+  }
   queue.stop();
+  for (auto& t : pass_pool) t.join();
   for (auto& t : threads) t.join();
   if (consumer_error) std::rethrow_exception(consumer_error);
   if (worker_error) std::rethrow_exception(worker_error);

@@ -15,7 +15,7 @@ std::size_t EmbeddedFiles::failed() const {
 EmbeddedFiles embed_files(model::EmbeddingModel& model,
                           const std::vector<std::filesystem::path>& files,
                           const image::DecodeOptions& decode, int decode_threads, int batch_size,
-                          const EmbedFn& embed) {
+                          const EmbedFn& embed, int passes) {
   const std::size_t n = files.size();
   EmbeddedFiles out;
   out.dim = model.dim();
@@ -50,7 +50,7 @@ EmbeddedFiles embed_files(model::EmbeddingModel& model,
                   out.dim * sizeof(float));
     }
   };
-  run_batched(n, model, {decode_threads, batch_size, nullptr, embed}, prepare, consume);
+  run_batched(n, model, {decode_threads, batch_size, nullptr, embed, passes}, prepare, consume);
   return out;
 }
 

@@ -19,12 +19,12 @@ struct EmbeddedFiles {
   std::size_t failed() const;
 };
 
-// Decodes on `decode_threads` workers and embeds in batches on the calling thread. A file that
-// cannot be read or decoded gets its error message (naming the file and cause), never an
-// exception; model failures throw ModelError.
+// Decodes on `decode_threads` workers and embeds in batches, `passes` at once (RunOptions). A
+// file that cannot be read or decoded gets its error message (naming the file and cause), never
+// an exception; model failures throw ModelError.
 EmbeddedFiles embed_files(model::EmbeddingModel& model,
                           const std::vector<std::filesystem::path>& files,
                           const image::DecodeOptions& decode = {}, int decode_threads = 1,
-                          int batch_size = 32, const EmbedFn& embed = {});
+                          int batch_size = 32, const EmbedFn& embed = {}, int passes = 1);
 
 }  // namespace lookalike::pipeline

@@ -184,6 +184,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   summary.scanned = static_cast<std::int64_t>(scan.files.size());
   summary.decode_threads = options.decode_threads;
   summary.model_threads = model.threads();
+  summary.passes = options.passes;
   for (const auto& p : scan.problems) summary.failures.push_back({p.where, p.reason});
 
   const auto records = collection.list();
@@ -196,13 +197,17 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   std::atomic<std::int64_t> examined{0};
 
   // Stage timings (IndexSummary): nanoseconds, the workers' summed atomically.
-  std::atomic<std::int64_t> prepare_ns{0};
-  std::int64_t embed_ns = 0, commit_ns = 0;  // the calling thread's only
+  std::atomic<std::int64_t> prepare_ns{0}, embed_ns{0};
+  std::int64_t commit_ns = 0;  // the calling thread's only
   auto ns_since = [](Clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t).count();
   };
-  std::optional<Clock::time_point> first_commit, last_commit;
-  std::int64_t embedded_at_first_commit = 0;
+  // The steady window opens when the first batch of each pass in flight is committed: those
+  // passes started together, so with k passes the first k commits come close together and a
+  // window from the first would count images embedded before it.
+  std::optional<Clock::time_point> first_commit, steady_from, last_commit;
+  std::int64_t embedded_at_steady_from = 0;
+  int embedded_batches = 0;
 
   auto prepare = [&](std::size_t job, float* input) {
     const auto t0 = Clock::now();
@@ -212,9 +217,10 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     ++examined;
     return p;
   };
+  const int pass_threads = options.passes > 1 ? std::max(1, model.threads() / options.passes) : 0;
   auto embed = [&](const float* inputs, int n) {
     const auto t0 = Clock::now();
-    auto out = options.embed ? options.embed(inputs, n) : model.embed(inputs, n);
+    auto out = options.embed ? options.embed(inputs, n) : model.embed(inputs, n, pass_threads);
     embed_ns += ns_since(t0);
     return out;
   };
@@ -242,11 +248,12 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     commit_ns += ns_since(t0);
     ++summary.committed_batches;
     if (summary.embedded > 0) {
-      if (!first_commit) {
-        first_commit = Clock::now();
-        embedded_at_first_commit = summary.embedded;
-      }
       last_commit = Clock::now();
+      if (!first_commit) first_commit = last_commit;
+      if (++embedded_batches == std::max(1, options.passes)) {
+        steady_from = last_commit;
+        embedded_at_steady_from = summary.embedded;
+      }
     }
     for (JobState* s : put_states) s->committed = true;
     progress.done = examined.load();
@@ -259,7 +266,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     }
   };
 
-  RunOptions run{options.decode_threads, options.batch_size, options.cancel, embed};
+  RunOptions run{options.decode_threads, options.batch_size, options.cancel, embed, options.passes};
   try {
     run_batched(scan.files.size(), model, run, prepare, consume);
   } catch (const std::exception& e) {
@@ -295,10 +302,11 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   summary.prepare_seconds = prepare_ns.load() * 1e-9;
   summary.embed_seconds = embed_ns * 1e-9;
   summary.commit_seconds = commit_ns * 1e-9;
-  if (first_commit) {
+  if (first_commit)
     summary.first_batch_seconds = std::chrono::duration<double>(*first_commit - start).count();
-    const double steady_s = std::chrono::duration<double>(*last_commit - *first_commit).count();
-    const auto steady_images = summary.embedded - embedded_at_first_commit;
+  if (steady_from) {
+    const double steady_s = std::chrono::duration<double>(*last_commit - *steady_from).count();
+    const auto steady_images = summary.embedded - embedded_at_steady_from;
     if (steady_images > 0 && steady_s > 0) summary.steady_images_per_s = steady_images / steady_s;
   }
   return summary;

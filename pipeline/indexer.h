@@ -31,7 +31,8 @@ struct IndexOptions {
   image::DecodeOptions decode;
   const std::atomic<bool>* cancel = nullptr;         // Ctrl-C: stop, keep what is committed
   std::function<void(const Progress&)> on_progress;  // called after each committed batch
-  EmbedFn embed;  // empty = model.embed on the calling thread (the engine passes its batcher)
+  EmbedFn embed;   // empty = model.embed (the engine passes its batcher)
+  int passes = 1;  // forward passes in flight (RunOptions::passes)
 };
 
 struct Failure {
@@ -53,18 +54,19 @@ struct IndexSummary {
   double images_per_s = 0;    // embedded / seconds
   // Where the time went, for benchmarks (bench/precision.sh). Seconds, summed over threads:
   double prepare_seconds = 0;  // decode workers: read, hash, decode, preprocess, pHash
-  double embed_seconds = 0;    // the forward passes (the model's own threads inside them)
+  double embed_seconds = 0;    // the forward passes, summed over the passes in flight
   double commit_seconds = 0;   // catalog and index writes of the batches
-  // Steady state: images embedded after the first committed batch, over the wall time from
-  // that commit to the last one. It leaves out what does not grow with the number of images:
-  // the first forward pass at the batch size (TorchScript's profiling run and oneDNN's kernel
-  // creation), filling the decode queue, opening and saving the collection. 0 when fewer than
-  // two batches embedded images.
+  // Steady state: images embedded after the first batch of each of the k passes in flight
+  // (the k-th commit with embedded images), over the wall time from that commit to the last
+  // one. It leaves out what does not grow with the number of images: the first forward pass at
+  // the batch size (TorchScript's profiling run and oneDNN's kernel creation), filling the
+  // decode queue, opening and saving the collection. 0 when k or fewer batches embedded images.
   double first_batch_seconds = 0;  // run start to the first commit with embedded images
   double steady_images_per_s = 0;
   bool interrupted = false;
   int decode_threads = 0;
   int model_threads = 0;
+  int passes = 0;  // forward passes in flight (IndexOptions::passes)
   std::int64_t committed_batches = 0;
   // Set when a collection or model failure stopped the run after some batches were committed
   // (they are kept); a failure before the first commit is thrown instead.

@@ -17,6 +17,7 @@
 #include "dedup/phash.h"
 #include "engine/engine.h"
 #include "image/decode.h"
+#include "pipeline/batch_runner.h"
 
 namespace {
 
@@ -150,6 +151,154 @@ TEST(Engine, ConcurrentSingleImageEmbedsShareForwardPasses) {
     for (int d = 0; d < dim; ++d) dot += double{got[i][d]} * sequential[i * dim + d];
     EXPECT_GT(dot, 0.9999) << "image " << i << " embedded in a batch differs from alone";
   }
+}
+
+// Requests that ask for a share of the model's threads run side by side while their threads
+// add up to the model's; requests for all of them (searches, uploads) never overlap.
+TEST(Engine, PassesRunSideBySideOnlyWithinTheThreadBudget) {
+  auto e = Engine::open(options("side-by-side"), Access::ModelOnly);
+  auto& model = e->model();
+  ASSERT_EQ(model.threads(), 2);
+  const auto spec = model.preprocess_spec();
+  const std::size_t per = 3ull * spec.crop * spec.crop;
+  auto files = photos("test", 4);
+  ASSERT_GE(files.size(), 32u);
+  std::vector<float> inputs(32 * per);
+  for (int i = 0; i < 32; ++i) {
+    auto d = lookalike::image::decode_file(files[i]);
+    lookalike::image::preprocess(d.rgb, d.source_width, d.source_height, spec,
+                                 inputs.data() + i * per);
+  }
+  const auto alone = model.embed(inputs.data(), 32);
+  auto two_callers = [&](int threads) {
+    std::vector<std::vector<float>> got(2);
+    std::barrier start(2);
+    std::vector<std::thread> callers;
+    for (int c = 0; c < 2; ++c) {
+      callers.emplace_back([&, c] {
+        for (int rep = 0; rep < 3; ++rep) {
+          start.arrive_and_wait();
+          got[c] = e->batcher().embed(inputs.data(), 32, threads);
+        }
+      });
+    }
+    for (auto& t : callers) t.join();
+    return got;
+  };
+  for (const auto& got : two_callers(0)) EXPECT_EQ(got, alone) << "all threads";
+  EXPECT_EQ(e->batcher().stats().peak_passes, 1) << "passes on all threads overlapped";
+  // Six passes of 32 images on one thread each, started in pairs: they overlap.
+  for (const auto& got : two_callers(1)) {
+    ASSERT_EQ(got.size(), alone.size());
+    const int dim = model.dim();
+    for (int i = 0; i < 32; ++i) {
+      double dot = 0;
+      for (int d = 0; d < dim; ++d) dot += double{got[i * dim + d]} * alone[i * dim + d];
+      EXPECT_GT(dot, 0.99999) << "image " << i << " on one thread differs from two";
+    }
+  }
+  EXPECT_EQ(e->batcher().stats().peak_passes, 2);
+}
+
+// Bulk embedding with two passes in flight: the same vectors and the same per-file errors as one
+// pass at a time, with a broken file among real photos.
+TEST(Engine, TwoPassesInFlightEmbedFilesAsOne) {
+  auto files = photos("test", 3);
+  const fs::path broken = fs::path(LOOKALIKE_FIXTURES) / "engine" / "broken.jpg";
+  fs::create_directories(broken.parent_path());
+  {
+    auto bytes = bytes_of(files.at(0));
+    std::ofstream(broken, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), 600);
+  }
+  files.insert(files.begin() + 7, broken);
+  auto one = options("passes-1");
+  one.passes = 1;
+  one.batch_size = 4;
+  auto two = options("passes-2");
+  two.passes = 2;
+  two.batch_size = 4;
+  auto e1 = Engine::open(one, Access::ModelOnly);
+  auto e2 = Engine::open(two, Access::ModelOnly);
+  const auto a = e1->embed_files(files);
+  const auto b = e2->embed_files(files);
+  EXPECT_EQ(e1->batcher().stats().peak_passes, 1);
+  EXPECT_GE(e2->batcher().stats().forward_passes, static_cast<std::int64_t>(files.size() / 4));
+  ASSERT_EQ(a.errors, b.errors);
+  EXPECT_EQ(a.failed(), 1u);
+  EXPECT_NE(a.errors[7].find("broken.jpg"), std::string::npos) << a.errors[7];
+  const int dim = a.dim;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    double dot = 0;
+    for (int d = 0; d < dim; ++d)
+      dot += double{a.embeddings[i * dim + d]} * b.embeddings[i * dim + d];
+    if (i == 7) {
+      EXPECT_EQ(dot, 0.0) << "the broken file's row stays zero";
+    } else {
+      EXPECT_GT(dot, 0.99999) << files[i];
+    }
+  }
+  auto bad = options("passes-bad");
+  bad.passes = lookalike::pipeline::kMaxPasses + 1;
+  EXPECT_THROW(Engine::open(bad, Access::ModelOnly), EngineError);
+}
+
+// With passes in flight, batches are consumed in the order they were taken, and a failed pass
+// stops the run after every batch before it was consumed, never one after it.
+TEST(Engine, PassesInFlightAreConsumedInOrderUpToAFailure) {
+  auto e = Engine::open(options("run-order"), Access::ModelOnly);
+  auto& model = e->model();
+  const int dim = model.dim();
+  const std::size_t per = 3ull * model.card().input_size * model.card().input_size;
+  namespace pl = lookalike::pipeline;
+  std::mt19937 rng(7);
+  std::mutex rng_mu;
+  auto embed = [&](const float* in, int n) {
+    int pause;
+    {
+      std::lock_guard lock(rng_mu);
+      pause = static_cast<int>(rng() % 5);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(pause));  // finish out of order
+    std::vector<float> out(static_cast<std::size_t>(n) * dim, 0.0f);
+    for (int r = 0; r < n; ++r) {
+      if (in[r * per] == 60.0f) throw std::runtime_error("pass failed at job 60");
+      out[r * dim] = in[r * per];
+    }
+    return out;
+  };
+  auto prepare = [&](std::size_t job, float* input) {
+    input[0] = static_cast<float>(job);
+    return pl::Prepared::Embed;
+  };
+  std::vector<std::size_t> consumed;
+  auto consume = [&](const std::vector<std::size_t>& jobs, const std::vector<pl::Prepared>&,
+                     const std::vector<float>& embeddings) {
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      EXPECT_EQ(embeddings[i * dim], static_cast<float>(jobs[i]));
+      consumed.push_back(jobs[i]);
+    }
+  };
+  pl::RunOptions o{1, 8, nullptr, embed, 2};
+  EXPECT_THROW(pl::run_batched(100, model, o, prepare, consume), std::runtime_error);
+  ASSERT_EQ(consumed.size(), 56u) << "the seven batches before job 60's";
+  for (std::size_t i = 0; i < consumed.size(); ++i) EXPECT_EQ(consumed[i], i);
+
+  consumed.clear();
+  auto fine = [&](const float* in, int n) {
+    std::vector<float> out(static_cast<std::size_t>(n) * dim, 0.0f);
+    for (int r = 0; r < n; ++r) out[r * dim] = in[r * per];
+    return out;
+  };
+  pl::run_batched(100, model, {2, 8, nullptr, fine, 3}, prepare, consume);
+  std::vector<std::size_t> sorted = consumed;
+  std::sort(sorted.begin(), sorted.end());
+  ASSERT_EQ(sorted.size(), 100u);
+  for (std::size_t i = 0; i < sorted.size(); ++i) EXPECT_EQ(sorted[i], i);
+  EXPECT_THROW(pl::run_batched(1, model, {1, 8, nullptr, fine, 0}, prepare, consume),
+               std::invalid_argument);
+  EXPECT_THROW(
+      pl::run_batched(1, model, {1, 8, nullptr, fine, pl::kMaxPasses + 1}, prepare, consume),
+      std::invalid_argument);
 }
 
 // A lone request, announced or not, starts its pass at once instead of waiting out the window

@@ -563,7 +563,9 @@ lk("index", work / "lock-seed", coll=coll, check=0)
 take(100, "lock-a")
 take(4, "lock-b")
 ino = os.stat(coll / "lock").st_ino
-a = subprocess.Popen(command("index", work / "lock-a", "--batch-size", "2", "--json", coll=coll),
+# One image a pass, one pass at a time: a first run long enough for the second to start.
+a = subprocess.Popen(command("index", work / "lock-a", "--batch-size", "1", "--passes", "1", "--json",
+                             coll=coll),
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit_memory)
 t_a = time.time()
 

@@ -17,13 +17,14 @@ def index(*args, code=0):
     return summary
 
 
-s = index(folder)
+s = index(folder, "--batch-size", "8")
 assert (s["added"], s["embedded"], s["unchanged"], s["failed"]) == (40, 40, 0, 0), s
-# Stage timings (docs/cli.md): 40 images at the default batch of 32 commit two batches, so a
-# steady-state rate exists (the 8 after the first commit); one decode worker and the forward
-# passes each fit in the run's wall time.
+# Stage timings (docs/cli.md): 40 images at a batch of 8 commit five batches with two passes in
+# flight (auto, two threads), so a steady-state rate exists (the 24 after the second commit);
+# one decode worker fits in the run's wall time, the passes in twice it.
 st = s["stages"]
-assert 0 < st["prepare_s"] <= s["seconds"] and 0 < st["embed_s"] <= s["seconds"], s
+assert s["passes"] == min(2, s["model_threads"]), s
+assert 0 < st["prepare_s"] <= s["seconds"] and 0 < st["embed_s"] <= 2 * s["seconds"], s
 assert 0 < st["first_batch_s"] <= s["seconds"] and st["steady_images_per_s"] > 0, s
 
 s = index(folder)
