@@ -159,4 +159,9 @@ for arch in models:
     print(f"end to end / model only at {chosen}: steady {100 * e2e:.1f}% (target >= 90%: "
           f"{verdict(e2e >= 0.90)}), whole process {100 * e2e_proc:.1f}% (model only: the "
           f"faster bench_stages row)")
+    # Decoding runs on the cores the model keeps busy: end to end can reach at most the model's
+    # CPU time over the model's plus the decoder's (bench_stages' CPU-time share).
+    print(f"  ceiling with decoding on the same cores: {100 / (1 + share_cpu):.1f}% "
+          f"(model CPU / (model + decode CPU)); 90% needs decoding at most "
+          f"{100 * (1 / 0.9 - 1):.1f}% of the model's CPU time, it is {100 * share_cpu:.1f}%")
 PY
