@@ -11,8 +11,9 @@ EmbedBatcher::EmbedBatcher(model::EmbeddingModel& model, int max_batch,
   // As many workers as passes can ever run at once (1 thread each), capped: each running pass
   // holds a batch of activations.
   const int workers = std::clamp(model.threads(), 1, 16);
+  has_team_.assign(workers, false);
   try {
-    for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { run(); });
+    for (int i = 0; i < workers; ++i) workers_.emplace_back([this, i] { run(i); });
   } catch (...) {
     stop();
     throw;
@@ -86,15 +87,20 @@ BatcherStats EmbedBatcher::stats() const {
   return stats_;
 }
 
-void EmbedBatcher::run() {
+void EmbedBatcher::run(int worker) {
   std::unique_lock lock(mu_);
   const int all = model_.threads();
+  // A pass starts only when its threads fit beside those of the passes running, and a pass on
+  // all threads only on worker 0: each worker that runs a pass on n > 1 threads keeps an OpenMP
+  // team of n, and two teams of all threads would outnumber the cores (docs/engine.md, "OpenMP
+  // teams": a batch-1 MobileNetV2 pass went from 3-4 to 10 ms when any worker could take it).
+  auto can_start = [&] {
+    if (queue_.empty()) return false;
+    const int threads = queue_.front()->threads;
+    return (worker == 0 || threads < all) && busy_threads_ + threads <= all;
+  };
   for (;;) {
-    // A pass starts only when its threads fit beside those of the passes running.
-    wake_worker_.wait(lock, [&] {
-      return (stopping_ && queue_.empty()) ||
-             (!queue_.empty() && busy_threads_ + queue_.front()->threads <= all);
-    });
+    wake_worker_.wait(lock, [&] { return (stopping_ && queue_.empty()) || can_start(); });
     if (queue_.empty()) return;  // stopping, nothing left
     // The first request opened the window: wait for the callers still decoding until they have
     // queued, the window closes or a batch is full. With nobody on the way, start at once.
@@ -103,7 +109,7 @@ void EmbedBatcher::run() {
       return stopping_ || queued_images_ >= max_batch_ || expected_ <= 0;
     });
     // Another worker may have taken the queue, or started a pass, while this one waited.
-    if (queue_.empty() || busy_threads_ + queue_.front()->threads > all) continue;
+    if (!can_start()) continue;
     std::vector<Request*> batch;
     int images = 0;
     const int threads = queue_.front()->threads;
@@ -116,6 +122,10 @@ void EmbedBatcher::run() {
     queued_images_ -= images;
     busy_threads_ += threads;
     stats_.peak_passes = std::max(stats_.peak_passes, ++running_);
+    if (threads > 1 && !has_team_[worker]) {
+      has_team_[worker] = true;
+      ++stats_.team_workers;
+    }
     lock.unlock();
     serve(batch, threads);
     lock.lock();

@@ -33,6 +33,11 @@ struct BatcherStats {
   std::int64_t images = 0;          // images embedded
   std::int64_t forward_passes = 0;  // model.embed calls made
   int peak_passes = 0;              // most passes that ran at once
+  // Workers that have run a pass on more than one thread: each keeps an OpenMP team, and more
+  // teams than fit the cores slow every pass (docs/engine.md, "OpenMP teams"). Passes on all
+  // threads run on one worker only, so this stays 1 unless passes side by side use several
+  // threads each.
+  int team_workers = 0;
 };
 
 class EmbedBatcher {
@@ -85,7 +90,7 @@ class EmbedBatcher {
     bool done = false;
   };
   std::vector<float> submit(const float* inputs, int n, int threads, Expected& announced);
-  void run();
+  void run(int worker);
   void stop();  // finishes queued requests, joins the workers
   void serve(std::vector<Request*>& batch, int threads);
 
@@ -96,9 +101,10 @@ class EmbedBatcher {
   std::condition_variable wake_worker_, wake_callers_;
   std::deque<Request*> queue_;
   int queued_images_ = 0;
-  int expected_ = 0;      // callers holding an Expected (decoding, about to queue)
-  int busy_threads_ = 0;  // intra-op threads of the passes running
-  int running_ = 0;       // passes running
+  int expected_ = 0;            // callers holding an Expected (decoding, about to queue)
+  int busy_threads_ = 0;        // intra-op threads of the passes running
+  int running_ = 0;             // passes running
+  std::vector<bool> has_team_;  // per worker: has run a pass on more than one thread
   bool stopping_ = false;
   BatcherStats stats_;
   std::vector<std::thread> workers_;  // one per thread of the model (at most 16)

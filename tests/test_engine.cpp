@@ -187,6 +187,7 @@ TEST(Engine, PassesRunSideBySideOnlyWithinTheThreadBudget) {
   };
   for (const auto& got : two_callers(0)) EXPECT_EQ(got, alone) << "all threads";
   EXPECT_EQ(e->batcher().stats().peak_passes, 1) << "passes on all threads overlapped";
+  EXPECT_EQ(e->batcher().stats().team_workers, 1) << "passes on all threads ran on two workers";
   // Six passes of 32 images on one thread each, started in pairs: they overlap.
   for (const auto& got : two_callers(1)) {
     ASSERT_EQ(got.size(), alone.size());
@@ -198,6 +199,7 @@ TEST(Engine, PassesRunSideBySideOnlyWithinTheThreadBudget) {
     }
   }
   EXPECT_EQ(e->batcher().stats().peak_passes, 2);
+  EXPECT_EQ(e->batcher().stats().team_workers, 1);
 }
 
 // Bulk embedding with two passes in flight: the same vectors and the same per-file errors as one
