@@ -1,5 +1,5 @@
 // Dynamic batching for one loaded model: callers on any thread hand in preprocessed images and
-// block; one worker thread groups what is waiting into one forward pass. A pass starts when
+// block; a worker thread groups what is waiting into one forward pass. A pass starts when
 // `max_batch` images are queued, when `max_wait` has passed since the first queued request, or
 // at once when no other caller is on its way (see Expected): the window of NVIDIA Triton's
 // dynamic batcher and TorchServe's batch_delay, without making a lone query pay for it. So 16
@@ -11,7 +11,8 @@
 // (bulk work: pipeline::run_batched keeps k full batches in flight with threads() / k each).
 // Passes then run at once on several workers while the threads of the running passes add up
 // to at most threads(); a request for all of them (the default: a search, an upload) runs
-// alone, as before. docs/engine.md, "Passes side by side", has the measurements.
+// alone, as before, and always on worker 0, so that only one worker keeps an OpenMP team of
+// all threads. docs/engine.md, "Passes side by side", has the measurements.
 #pragma once
 
 #include <chrono>
