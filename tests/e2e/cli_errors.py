@@ -16,6 +16,8 @@ assert run(model=False).returncode == 2
 assert run("search", collection=coll, model=False).returncode == 2
 assert run("search", photos[0], "-k", "0", collection=coll).returncode == 2
 assert run("frobnicate", model=False).returncode == 2
+proc = run("index", work / "photos", "--passes", "17", collection=coll, check=2)
+assert "--passes" in proc.stderr and not coll.exists(), proc.stderr
 
 # No collection yet: exit 1, names the folder.
 proc = run("search", photos[0], collection=coll, check=1)
