@@ -28,6 +28,7 @@
 #include "image/decode.h"
 #include "image/preprocess.h"
 #include "model/embedding_model.h"
+#include "pipeline/batch_runner.h"
 #include "pipeline/files.h"
 
 using namespace lookalike;
@@ -81,7 +82,7 @@ int main(int argc, char** argv) {
   auto files = read_list(argv[2]);
   image::init_decoder();
   model::ModelOptions options;
-  options.threads = std::max(1, threads / passes);
+  options.threads = pipeline::threads_per_pass(threads, passes);
   options.max_batch = batch;
   options.precision = precision;
   options.prepack = prepack;
@@ -120,11 +121,10 @@ int main(int argc, char** argv) {
   // Warm-up, twice as bench/python_precision.py does: TorchScript's profiling executor
   // optimises the graph on the second call with a given shape. Each pass thread warms up its own
   // OpenMP team.
-  auto run_passes = [&](int p, bool warm) {
-    if (warm) {
-      for (int i = 0; i < 2; ++i) model->embed(inputs.data(), std::min<int>(batch, files.size()));
-      return;
-    }
+  auto warm_up = [&] {
+    for (int i = 0; i < 2; ++i) model->embed(inputs.data(), std::min<int>(batch, files.size()));
+  };
+  auto run_share = [&](int p) {  // every passes-th batch, from batch p
     std::size_t b = 0;
     for (std::size_t i = 0; i < files.size(); i += batch, ++b) {
       if (static_cast<int>(b % passes) != p) continue;
@@ -137,10 +137,10 @@ int main(int argc, char** argv) {
   std::atomic<bool> go{false};
   for (int p = 0; p < passes; ++p) {
     pass_threads.emplace_back([&, p] {
-      run_passes(p, true);
+      warm_up();
       ++ready;
       while (!go) std::this_thread::yield();
-      run_passes(p, false);
+      run_share(p);
     });
   }
   while (ready < passes) std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -528,7 +528,7 @@ int Engine::bulk_passes(std::size_t images) {
 }
 
 pipeline::EmbedFn Engine::bulk_embed(int passes) {
-  const int threads = std::max(1, model().threads() / passes);
+  const int threads = pipeline::threads_per_pass(model().threads(), passes);
   return [this, threads](const float* in, int n) { return batcher().embed(in, n, threads); };
 }
 

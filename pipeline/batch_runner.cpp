@@ -91,7 +91,11 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
   const std::size_t input_floats = 3ull * side * side;
   const int dim = model.dim();
 
-  Queue queue((std::max(1, options.passes) + 1) * batch);
+  if (options.passes < 1 || options.passes > kMaxPasses) {
+    throw std::invalid_argument("passes must be between 1 and " + std::to_string(kMaxPasses) +
+                                ", got " + std::to_string(options.passes));
+  }
+  Queue queue((options.passes + 1) * batch);
   std::atomic<std::size_t> next{0};
   std::atomic<bool> failed{false};
   std::exception_ptr worker_error;
@@ -122,10 +126,6 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
                                 std::to_string(kMaxDecodeThreads) + ", got " +
                                 std::to_string(n_workers));
   }
-  if (options.passes < 1 || options.passes > kMaxPasses) {
-    throw std::invalid_argument("passes must be between 1 and " + std::to_string(kMaxPasses) +
-                                ", got " + std::to_string(options.passes));
-  }
   std::vector<std::thread> threads;
   std::atomic<int> running{n_workers};
   for (int i = 0; i < n_workers; ++i) {
@@ -148,7 +148,7 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
   // `passes` passes run at once, and one more batch may wait embedded while the calling thread
   // commits the one before: so commits overlap the next pass.
   const int passes = options.passes;
-  const int pass_threads = passes > 1 ? std::max(1, model.threads() / passes) : 0;
+  const int pass_threads = threads_per_pass(model.threads(), passes);
   struct Result {
     std::vector<std::size_t> jobs;
     std::vector<Prepared> kinds;

@@ -3,6 +3,7 @@
 // (decode is ~10-20% of the work).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <functional>
@@ -27,6 +28,12 @@ inline constexpr int kMaxDecodeThreads = 64;
 
 // Passes in flight beyond this are refused: each holds a batch of inputs and activations.
 inline constexpr int kMaxPasses = 16;
+
+// Intra-op threads of each of `passes` passes side by side on a model of `model_threads`: an
+// equal share, at least 1 (all of them for one pass).
+inline int threads_per_pass(int model_threads, int passes) {
+  return std::max(1, model_threads / std::max(1, passes));
+}
 
 struct RunOptions {
   int workers = 1;                            // decode threads, 1..kMaxDecodeThreads

@@ -217,7 +217,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     ++examined;
     return p;
   };
-  const int pass_threads = options.passes > 1 ? std::max(1, model.threads() / options.passes) : 0;
+  const int pass_threads = threads_per_pass(model.threads(), options.passes);
   auto embed = [&](const float* inputs, int n) {
     const auto t0 = Clock::now();
     auto out = options.embed ? options.embed(inputs, n) : model.embed(inputs, n, pass_threads);
