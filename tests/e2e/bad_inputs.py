@@ -18,6 +18,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -563,9 +564,7 @@ lk("index", work / "lock-seed", coll=coll, check=0)
 take(100, "lock-a")
 take(4, "lock-b")
 ino = os.stat(coll / "lock").st_ino
-# One image a pass, one pass at a time: a first run long enough for the second to start.
-a = subprocess.Popen(command("index", work / "lock-a", "--batch-size", "1", "--passes", "1", "--json",
-                             coll=coll),
+a = subprocess.Popen(command("index", work / "lock-a", "--batch-size", "4", "--json", coll=coll),
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit_memory)
 t_a = time.time()
 
@@ -582,16 +581,22 @@ def holds_lock(pid):
 while not holds_lock(a.pid):
     assert a.poll() is None, a.communicate()
     assert time.time() - t_a < 120, "the first index never took the lock"
-    time.sleep(0.05)
-r = lk("index", work / "lock-b", coll=coll)
-first_running = a.poll() is None
+    time.sleep(0.01)
+# Paused while it holds the lock, so that the second run meets it however fast the first one
+# is (100 photos took 2.5 s, the second process 1.7 s to start: CI once saw the first finish).
+os.kill(a.pid, signal.SIGSTOP)
+try:
+    r = lk("index", work / "lock-b", coll=coll)
+    first_running = a.poll() is None and holds_lock(a.pid)
+finally:
+    os.kill(a.pid, signal.SIGCONT)
 out, err = a.communicate(timeout=300)
 a_seconds = time.time() - t_a
 assert a.returncode >= 0, f"first index killed by signal {-a.returncode}"
 ok = expect(a.returncode == 0, f"lock: first index exit {a.returncode}: {err[-2000:]}")
 ok = expect(r.rc == 1 and "locked by another lookalike process" in r.err and str(coll) in r.err,
             f"lock: second index: {r.describe()}") and ok
-ok = expect(first_running, f"lock: the first run ended before the second was refused "
+ok = expect(first_running, f"lock: the first run let go of the lock while paused "
             f"({r.seconds:.1f} s)") and ok
 s = json.loads(out.decode().splitlines()[-1])
 ok = expect(s["added"] == 100 and s["count"] == 104, f"lock: first summary {s}") and ok
