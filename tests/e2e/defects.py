@@ -5,6 +5,7 @@ import os
 import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -124,12 +125,30 @@ many = copy_images(images("train", per_class=150), work / "many")
 proc = subprocess.Popen([BIN, "index", str(work / "many"), "--collection", str(work / "coll-term"),
                          "--model", MODEL, "--batch-size", "8"],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-time.sleep(6)
+# Mid-run, by what it has committed rather than a fixed wait (a fast machine could finish first).
+term_db = work / "coll-term" / "catalog.db"
+
+
+def term_committed():
+    try:
+        con = sqlite3.connect(f"file:{term_db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM images").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0  # not created yet, or no schema yet
+
+
+deadline = time.time() + 300
+while proc.poll() is None and term_committed() < 64 and time.time() < deadline:
+    time.sleep(0.02)
 start = time.time()
 proc.send_signal(signal.SIGTERM)
 out, err = proc.communicate(timeout=60)
 assert proc.returncode == 130, (proc.returncode, err)
 assert time.time() - start < 10, time.time() - start
+assert term_committed() < len(many), "the run finished before SIGTERM; the check proves nothing"
 print(f"FIFO refused; SIGTERM stopped index in {time.time() - start:.1f} s")
 
 # 8. Bounds: --decode-threads is a usage error past 64.
