@@ -23,12 +23,12 @@
 namespace lookalike::eval {
 
 struct CalibrateOptions {
-  std::filesystem::path model;       // the FP32 archive (model::resolve_model)
-  std::filesystem::path images;      // labelled folder or CSV (eval/labels.h), else any folder
+  std::filesystem::path model;          // the FP32 archive (model::resolve_model)
+  std::filesystem::path images;         // labelled folder or CSV (eval/labels.h), else any folder
   std::vector<std::string> precisions;  // empty = every one the card lists
-  std::int64_t limit = 0;            // at most this many photos (evenly spread); 0 = all
-  int threads = 0;                   // LibTorch threads; 0 = all cores
-  int batch_size = 32;               // images per forward pass
+  std::int64_t limit = 0;               // at most this many photos (evenly spread); 0 = all
+  int threads = 0;                      // LibTorch threads; 0 = all cores
+  int batch_size = 32;                  // images per forward pass
   int decode_threads = 1;
 };
 
@@ -36,17 +36,17 @@ struct PrecisionResult {
   model::Precision precision = model::Precision::FP32;
   std::string archive;
   double min_cosine = 0, mean_cosine = 0;
-  std::string worst_file;         // the photo with min_cosine
-  double images_per_s = 0;        // model only, over full batches (after a full warm-up one)
+  std::string worst_file;          // the photo with min_cosine
+  double images_per_s = 0;         // model only, over full batches (after a full warm-up one)
   std::optional<Metrics> metrics;  // leave-one-out, when labelled
   double recall_at_1_delta = 0, map_delta = 0;  // this minus FP32 (0 when unlabelled)
-  bool meets_bar = false;         // model::meets_bar of the record
+  bool meets_bar = false;                       // model::meets_bar of the record
 };
 
 struct CalibrationReport {
   std::filesystem::path card;
-  std::int64_t images = 0;   // photos embedded at every precision
-  std::int64_t failed = 0;   // photos that could not be decoded (left out)
+  std::int64_t images = 0;  // photos embedded at every precision
+  std::int64_t failed = 0;  // photos that could not be decoded (left out)
   bool labelled = false;
   double fp32_images_per_s = 0;
   std::optional<Metrics> fp32_metrics;

@@ -37,7 +37,8 @@ void read(const json& j, const std::string& source, const char* field, bool requ
 void read_object(const json& j, const std::string& source, const char* field, json& out) {
   const json* v = find(j, source, field, false);
   if (!v || v->is_null()) return;
-  if (!v->is_object()) fail(source, field, std::string("expected an object, got ") + v->type_name());
+  if (!v->is_object())
+    fail(source, field, std::string("expected an object, got ") + v->type_name());
   out = *v;
 }
 
@@ -134,28 +135,28 @@ ModelCard model_card_from_json(const json& j, const std::string& source) {
 
 json model_card_to_json(const ModelCard& c) {
   json out{{"format", c.format},
-              {"name", c.name},
-              {"architecture", c.architecture},
-              {"variant", c.variant},
-              {"weights_source", c.weights_source},
-              {"weights_sha256", c.weights_sha256},
-              {"random_weights", c.random_weights},
-              {"paper", c.paper},
-              {"license", c.license},
-              {"input_size", c.input_size},
-              {"resize_shorter", c.resize_shorter},
-              {"resize_policy", c.resize_policy},
-              {"interpolation", c.interpolation},
-              {"antialias", c.antialias},
-              {"mean", c.mean},
-              {"std", c.std},
-              {"color_order", c.color_order},
-              {"embedding_dim", c.embedding_dim},
-              {"normalized", c.normalized},
-              {"embedding_output", c.embedding_output},
-              {"method", c.method},
-              {"tower", c.tower},
-              {"exported_by", c.exported_by}};
+           {"name", c.name},
+           {"architecture", c.architecture},
+           {"variant", c.variant},
+           {"weights_source", c.weights_source},
+           {"weights_sha256", c.weights_sha256},
+           {"random_weights", c.random_weights},
+           {"paper", c.paper},
+           {"license", c.license},
+           {"input_size", c.input_size},
+           {"resize_shorter", c.resize_shorter},
+           {"resize_policy", c.resize_policy},
+           {"interpolation", c.interpolation},
+           {"antialias", c.antialias},
+           {"mean", c.mean},
+           {"std", c.std},
+           {"color_order", c.color_order},
+           {"embedding_dim", c.embedding_dim},
+           {"normalized", c.normalized},
+           {"embedding_output", c.embedding_output},
+           {"method", c.method},
+           {"tower", c.tower},
+           {"exported_by", c.exported_by}};
   if (!c.training.is_null()) out["training"] = c.training;
   if (!c.precisions.is_null()) out["precisions"] = c.precisions;
   return out;

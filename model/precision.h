@@ -48,7 +48,7 @@ bool cpu_supports(const std::vector<std::string>& needed, const std::set<std::st
 
 struct PrecisionChoice {
   Precision precision = Precision::FP32;
-  std::string archive;       // file name next to the card; empty = the FP32 archive
+  std::string archive;          // file name next to the card; empty = the FP32 archive
   bool interchangeable = true;  // recorded fidelity meets the bar: same model id as FP32
   std::string reason;           // why, in words (shown by info, index and --json)
 };

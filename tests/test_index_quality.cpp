@@ -481,7 +481,7 @@ TEST(ChooseIndexSpec, ExactWhenSmallIvfWhenLargePqWhenTheBudgetDemands) {
   EXPECT_EQ(choose_index_spec(5'000, 512, 0).factory, "Flat");
   const auto large = choose_index_spec(1'000'000, 512, 0);
   EXPECT_EQ(large.factory, "IVF8192,Flat");  // 8 sqrt(n) = 8,000
-  EXPECT_EQ(large.defaults.nprobe, 0);  // tuned when the index trains, not fixed here
+  EXPECT_EQ(large.defaults.nprobe, 0);       // tuned when the index trains, not fixed here
   const auto sq = choose_index_spec(1'000'000, 512, std::int64_t{1} << 30);  // 1 GiB
   EXPECT_EQ(sq.factory, "IVF8192,SQ8");
   const auto pq = choose_index_spec(1'000'000, 512, 200ll << 20);  // 200 MiB
