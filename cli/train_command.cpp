@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "cli/output.h"
+#include "engine/engine.h"
 #include "image/decode.h"
 #include "model/model_card.h"
 #include "train/train.h"
@@ -114,15 +115,12 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
 }
 
 int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
-  if (g.model.empty()) {
-    spdlog::error("lookalike reembed: give the new model with --model NAME|PATH");
-    return kUsage;
-  }
   train::ReembedOptions o;
   o.collection = g.collection;
   o.out = a.out;
   o.model = g.model;
   o.cache_dir = a.cache_dir;
+  o.precision = g.precision;
   apply_run_settings(g, o);
   image::init_decoder();
   train::ReembedResult r;
@@ -132,19 +130,27 @@ int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
     return report_error("reembed", e, kError);
   } catch (const model::ModelError& e) {
     return report_error("reembed", e, kError);
+  } catch (const engine::EngineError& e) {
+    return report_error("reembed", e, kError);
   }
   for (const auto& f : r.failed) spdlog::warn("left out: {}", f);
   if (g.json) {
-    json out = {{"type", "reembed"},       {"images", r.images}, {"from_cache", r.from_cache},
-                {"decoded", r.decoded},    {"failed", r.failed}, {"model_id", r.model_id},
-                {"head_only", r.head_only}};
+    json out = {{"type", "reembed"},
+                {"images", r.images},
+                {"from_cache", r.from_cache},
+                {"decoded", r.decoded},
+                {"failed", r.failed},
+                {"model_id", r.model_id},
+                {"head_only", r.head_only},
+                {"precision", r.precision},
+                {"precision_reason", r.precision_reason}};
     set_path(out, "out", a.out.string());
     print_record(out);
   } else {
     std::cout << fmt::format(
-        "wrote {} with {}: {} images, {} from cached base embeddings (head only), {} decoded{}, "
-        "{} left out\n",
-        a.out.string(), r.model_id, r.images, r.from_cache, r.decoded,
+        "wrote {} with {} at {}: {} images, {} from cached base embeddings (head only), {} "
+        "decoded{}, {} left out\n",
+        a.out.string(), r.model_id, r.precision, r.images, r.from_cache, r.decoded,
         r.head_only && r.decoded ? " (not in the cache)" : "", r.failed.size());
   }
   return r.failed.empty() ? kOk : kPartial;
@@ -203,8 +209,9 @@ Subcommand add_reembed_command(CLI::App& app, const GlobalOptions& g) {
   auto args = std::make_shared<ReembedArgs>();
   Subcommand s;
   s.app = app.add_subcommand("reembed",
-                             "Write a copy of the collection embedded by --model (a trained "
-                             "head: from cached base embeddings, decoding only what is missing)");
+                             "Write a copy of the collection embedded by --model (default: the "
+                             "collection's) at --precision; a trained head runs on cached base "
+                             "embeddings, decoding only what is missing");
   s.app->add_option("--out", args->out, "The new collection folder (must not exist)")->required();
   s.app->add_option("--cache", args->cache_dir,
                     "Base-embedding cache folder (default $XDG_CACHE_HOME/lookalike)");

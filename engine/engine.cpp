@@ -228,16 +228,23 @@ model::EmbeddingModel& Engine::model() {
         path, {options_.threads, true, options_.batch_size, options_.precision});
   });
   if (config != nullptr && access_ != Access::ModelOnly && m->id() != config->model_id) {
-    // Same weights, other precision: say which precision the collection's vectors need.
-    const bool precision_only = m->id().substr(0, m->id().find('+')) ==
-                                config->model_id.substr(0, config->model_id.find('+'));
+    // Same weights, other precision: say which precision the collection's vectors need (an id
+    // without a "+precision" suffix is FP32's, shared by precisions that meet the bar).
+    const auto plus = config->model_id.find('+');
+    const bool precision_only =
+        m->id().substr(0, m->id().find('+')) == config->model_id.substr(0, plus);
+    const std::string built =
+        plus == std::string::npos ? "fp32" : config->model_id.substr(plus + 1);
     throw model::ModelError(fmt::format(
         "{}: model {} does not match the collection {}, which was built with {}; {}", path.string(),
         m->id(), options_.collection.string(), config->model_id,
-        precision_only ? "its vectors come from another precision (" + m->precision().reason +
-                             "): pass the --precision the collection was built with, or "
-                             "re-embed into another --collection"
-                       : std::string("use that model or another --collection")));
+        precision_only
+            ? fmt::format("its vectors come from another precision (this run: {}): pass "
+                          "--precision {} as it was built, or re-embed a copy at this "
+                          "one (`lookalike --precision {} reembed --out DIR`, "
+                          "docs/precision.md)",
+                          m->precision().reason, built, model::to_string(m->precision().precision))
+            : std::string("use that model or another --collection")));
   }
   model_ = std::move(m);
   batcher_ = std::make_unique<EmbedBatcher>(*model_, options_.batch_size, options_.batch_wait);
@@ -261,18 +268,20 @@ void Engine::ensure_collection() {
     throw EngineError(Kind::ReadOnly, options_.collection.string() + ": opened read-only");
   }
   auto& m = model();
+  const auto reference = model_reference();
   std::lock_guard lock(model_mu_);
   if (collection_) return;
-  // Stored as the collection's model name: a path given by the user is kept absolute, so that
-  // later commands find the same archive without --model.
-  std::string reference = m.card().name;
-  if (!options_.model.empty()) {
-    bool is_path = options_.model.find('/') != std::string::npos || fs::exists(options_.model);
-    reference = is_path ? pipeline::normalize_path(m.archive()).string() : options_.model;
-  }
   store::CatalogConfig config{m.id(), reference, m.dim(), fresh_.metric, fresh_.factory};
   config.search_defaults = store::search_defaults_json(fresh_.defaults);
   collection_ = store::Collection::create_or_open(options_.collection, config);
+}
+
+std::string Engine::model_reference() {
+  const auto& m = model();
+  if (options_.model.empty()) return m.card().name;
+  // A path given by the user is kept absolute: the collection may be used from another folder.
+  const bool is_path = options_.model.find('/') != std::string::npos || fs::exists(options_.model);
+  return is_path ? pipeline::normalize_path(m.archive()).string() : options_.model;
 }
 
 store::Collection& Engine::writable() {

@@ -217,6 +217,10 @@ class Engine {
   EmbedBatcher& batcher();
   // The precision the loaded model runs at and why; nullopt before the model is loaded.
   std::optional<model::PrecisionChoice> model_precision() const;
+  // How a collection created by this engine names its model (CatalogConfig::model_name), so
+  // that later commands find it without --model: the card's name, or options.model as given
+  // when it is a name, or the archive's absolute path when it is a path. Loads the model.
+  std::string model_reference();
 
   // Brings the collection up to date with the inputs (scan, decode, embed, commit per batch).
   // Creates the collection only when the scan found something to index. Bad files are

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "engine/engine.h"
 #include "model/embedding_model.h"
 #include "pipeline/embed_files.h"
 #include "store/collection.h"
@@ -46,14 +47,25 @@ ReembedResult reembed_collection(const ReembedOptions& o,
     throw TrainError(o.out.string() + ": --out already exists; reembed writes a new collection");
   auto source = store::Collection::open(o.collection, store::Collection::Mode::Read);
 
-  model::ModelOptions mo;
-  mo.threads = o.threads;
-  mo.max_batch = o.batch_size;
-  auto model =
-      model::EmbeddingModel::load(model::resolve_model(o.model, model::default_model_dirs()), mo);
+  // The engine over the new collection's folder, model only: the vectors come out as `index`
+  // would compute them with this model and these options (decode options from its card,
+  // --precision, passes side by side).
+  engine::EngineOptions eo;
+  eo.collection = o.out;
+  eo.model = o.model.empty() ? source->config().model_name : o.model;
+  eo.precision = o.precision;
+  eo.threads = o.threads;
+  eo.decode_threads = o.decode_threads;
+  eo.batch_size = o.batch_size;
+  eo.passes = o.passes;
+  eo.max_pixels = o.max_pixels;
+  auto engine = engine::Engine::open(eo, engine::Access::ModelOnly);
+  auto* model = &engine->model();
   const auto& training = model->card().training;
   ReembedResult r;
   r.model_id = model->id();
+  r.precision = model::to_string(model->precision().precision);
+  r.precision_reason = model->precision().reason;
   const auto records = source->list();
   r.images = static_cast<std::int64_t>(records.size());
   const int dim = model->dim();
@@ -90,9 +102,7 @@ ReembedResult reembed_collection(const ReembedOptions& o,
   if (!missing.empty()) {
     std::vector<fs::path> files;
     for (auto i : missing) files.emplace_back(records[i].path);
-    image::DecodeOptions decode;
-    decode.max_pixels = o.max_pixels;
-    auto e = pipeline::embed_files(*model, files, decode, o.decode_threads, o.batch_size);
+    auto e = engine->embed_files(files);
     for (std::size_t k = 0; k < missing.size(); ++k) {
       if (!e.errors[k].empty()) {
         r.failed.push_back(e.errors[k]);
@@ -107,7 +117,7 @@ ReembedResult reembed_collection(const ReembedOptions& o,
 
   store::CatalogConfig config = source->config();
   config.model_id = model->id();
-  config.model_name = model->card().name;
+  config.model_name = engine->model_reference();
   config.dim = dim;
   auto target = store::Collection::create_or_open(o.out, config);
   std::vector<store::Put> puts;

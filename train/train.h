@@ -136,11 +136,15 @@ void cache_store(const std::filesystem::path& dir, const std::string& model_id,
 struct ReembedOptions {
   std::filesystem::path collection;  // the source collection (read only)
   std::filesystem::path out;         // the new collection (must not exist yet)
-  std::string model;                 // the new model, name or .pt
+  std::string model;                 // the new model, name or .pt; empty = the collection's
   std::filesystem::path cache_dir;   // empty = default_cache_dir()
   int threads = 0;
   int decode_threads = 1;
   int batch_size = 32;
+  // Images that are decoded run through engine::Engine (the same decode options, batcher and
+  // passes as `lookalike index`), so these mean what engine::EngineOptions says.
+  std::string precision = "auto";  // "auto" | "fp32" | "bf16" | "int8" (docs/precision.md)
+  int passes = 0;                  // forward passes side by side; 0 = auto
   std::int64_t max_pixels = 89'478'485;
 };
 struct ReembedResult {
@@ -149,13 +153,17 @@ struct ReembedResult {
   std::int64_t decoded = 0;         // decoded and embedded in full (not in the cache)
   std::vector<std::string> failed;  // "<path>: <reason>", left out of the new collection
   std::string model_id;
-  bool head_only = false;  // the new model is a trained head over a base (cache usable)
+  bool head_only = false;        // the new model is a trained head over a base (cache usable)
+  std::string precision;         // what ran (model::PrecisionChoice), e.g. "bf16"
+  std::string precision_reason;  // and why
 };
 // Writes a new collection at options.out holding every image of options.collection (same
 // paths, metadata, metric and index spec) embedded by options.model. When the model is a
 // trained head (card.training.base_model.id), cached base embeddings are projected by its
-// `head` method and only images missing from the cache are decoded. Throws TrainError for a
-// missing source collection or an existing `out`, model::ModelError for the model.
+// `head` method and only images missing from the cache are decoded. A precision switch is a
+// reembed with the same model and another `precision` (docs/precision.md, "Which vectors mix").
+// Throws TrainError for a missing source collection or an existing `out`, model::ModelError for
+// the model, engine::EngineError for a bad option (passes, batch size, threads).
 ReembedResult reembed_collection(const ReembedOptions& options,
                                  const std::function<void(const EmbedProgress&)>& on_progress = {});
 

@@ -14,6 +14,32 @@ HAS_BF16 = bool({"avx512_bf16", "amx_bf16"} & CPU_FLAGS)
 MASK = {"LOOKALIKE_CPU_MASK": "avx512_bf16,amx_bf16"}
 
 
+def switch_precision(tmp, model):
+    """A collection's precision changes by `reembed` (docs/precision.md, "Which vectors mix"):
+    on the uncalibrated card BF16 gets its own model id, so the copy refuses FP32 queries and
+    says which --precision it needs; reembed without --model keeps the collection's model."""
+    photos = sorted((DATASET / "test").glob("*/*.jpg"))[:: 40][:8]
+    coll, coll_bf16, back = tmp / "coll", tmp / "coll-bf16", tmp / "coll-back"
+    run("index", *photos, "--precision", "fp32", collection=coll, model=model, check=0)
+    r, _ = run_json("reembed", "--out", coll_bf16, "--precision", "bf16", collection=coll,
+                    model=False, check=0)
+    assert r["precision"] == "bf16" and r["model_id"].endswith("+bf16"), r
+    assert r["images"] == r["decoded"] == len(photos) and r["failed"] == [], r
+    bad = run("search", photos[0], collection=coll_bf16, model=False, check=1)
+    assert "--precision bf16" in bad.stderr and "reembed" in bad.stderr, bad.stderr
+    res, _ = run_json("search", photos[0], "-k", 1, "--precision", "bf16", collection=coll_bf16,
+                      model=False, check=0)
+    hit = res["results"][0]
+    assert hit["path"] == str(photos[0]) and hit["score"] > 0.9999, hit
+    r, _ = run_json("reembed", "--out", back, "--precision", "fp32", collection=coll_bf16,
+                    model=False, check=0)
+    assert r["precision"] == "fp32" and "+" not in r["model_id"], r
+    info, _ = run_json("info", collection=back, model=False, check=0)
+    assert info["model_id"] == r["model_id"] and info["count"] == len(photos), info
+    print(f"precision switch by reembed: {len(photos)} images fp32 -> bf16 (its own model id; "
+          f"an FP32 search is refused: 'pass --precision bf16 as it was built') -> fp32 again")
+
+
 def main():
     tmp = Path(tempfile.mkdtemp(prefix="lookalike-precision-"))
     try:
@@ -28,6 +54,8 @@ def main():
         out, _ = run_json("models", env={"LOOKALIKE_MODELS": str(tmp)}, model=False, check=0)
         assert out["auto_precision"]["precision"] == "fp32", out
         assert "not measured" in out["auto_precision"]["reason"], out
+
+        switch_precision(tmp, model)
 
         rep, _ = run_json("models", "calibrate", DATASET / "test", "--limit", "160", model=model,
                           check=0, timeout=900)
