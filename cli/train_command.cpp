@@ -85,6 +85,8 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
     return report_error("train", e, e.usage() ? kUsage : kError);
   } catch (const model::ModelError& e) {
     return report_error("train", e, kError);
+  } catch (const engine::EngineError& e) {
+    return report_error("train", e, kError);
   }
   for (const auto& f : r.failed) spdlog::warn("left out: {}", f);
   const auto& v = r.training["validation"];

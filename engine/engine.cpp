@@ -162,7 +162,8 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
   e->options_ = options;
   e->access_ = access;
   e->fresh_ = fresh;
-  const bool exists = store::Collection::exists(options.collection);
+  // No folder, no collection (a model-only engine): not whatever catalog the working folder holds.
+  const bool exists = !options.collection.empty() && store::Collection::exists(options.collection);
   if (access == Access::Read && !exists) {
     throw EngineError(Kind::NotFound,
                       fmt::format("{}: no collection here; create one with `lookalike index PATH` "

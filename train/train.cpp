@@ -15,6 +15,7 @@
 #include <set>
 #include <thread>
 
+#include "engine/engine.h"
 #include "eval/labels.h"
 #include "model/embedding_model.h"
 #include "pipeline/embed_files.h"
@@ -74,9 +75,10 @@ struct Dataset {
   torch::Tensor base;                    // n x base_dim, L2-normalised
 };
 
-Dataset embed_dataset(const eval::LabelledSet& set, model::EmbeddingModel& base,
-                      const TrainOptions& o, const fs::path& cache_dir, TrainResult& r,
-                      const TrainCallbacks& cb) {
+// Images not in the cache are embedded by `engine` (the base model at FP32), as `index` would.
+Dataset embed_dataset(const eval::LabelledSet& set, engine::Engine& engine,
+                      const fs::path& cache_dir, TrainResult& r, const TrainCallbacks& cb) {
+  auto& base = engine.model();
   std::vector<fs::path> files;
   std::vector<std::string> hashes, labels;
   for (std::size_t i = 0; i < set.files.size(); ++i) {
@@ -106,14 +108,12 @@ Dataset embed_dataset(const eval::LabelledSet& set, model::EmbeddingModel& base,
   std::vector<float> fresh;
   std::vector<std::string> errors;
   if (!missing.empty()) {
-    image::DecodeOptions decode;
-    decode.max_pixels = o.max_pixels;
     // In chunks, so progress shows and a failure late in a long run keeps what was cached.
     const std::size_t chunk = 256;
     for (std::size_t start = 0; start < missing.size(); start += chunk) {
       const std::size_t end = std::min(missing.size(), start + chunk);
       std::vector<fs::path> part(missing.begin() + start, missing.begin() + end);
-      auto e = pipeline::embed_files(base, part, decode, o.decode_threads, o.batch_size);
+      auto e = engine.embed_files(part);
       std::vector<std::string> ok_hashes;
       std::vector<float> ok_rows;
       for (std::size_t i = 0; i < part.size(); ++i) {
@@ -383,12 +383,19 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
                      std::to_string(distinct.size()) +
                      (distinct.empty() ? "" : " ('" + *distinct.begin() + "')"));
 
-  model::ModelOptions mo;
-  mo.threads = o.threads;
-  mo.max_batch = o.batch_size;
-  mo.precision = "fp32";  // cached base vectors must be the FP32 ones the archive reproduces
   const fs::path base_path = model::resolve_model(o.base, model::default_model_dirs());
-  auto base = model::EmbeddingModel::load(base_path, mo);
+  // The base model through the engine, as `index` runs it (decode options from its card,
+  // passes side by side), at FP32: cached base vectors must be the ones the archive reproduces.
+  engine::EngineOptions eo;
+  eo.model = base_path.string();
+  eo.precision = "fp32";
+  eo.threads = o.threads;
+  eo.decode_threads = o.decode_threads;
+  eo.batch_size = o.batch_size;
+  eo.passes = o.passes;
+  eo.max_pixels = o.max_pixels;
+  auto engine = engine::Engine::open(eo, engine::Access::ModelOnly);
+  auto* base = &engine->model();
   if (!base->card().training.is_null())
     throw TrainError(base_path.string() +
                      ": is itself a trained model (card field 'training'); "
@@ -397,7 +404,7 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
 
   TrainResult r;
   const fs::path cache_dir = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
-  Dataset d = embed_dataset(set, *base, o, cache_dir, r, cb);
+  Dataset d = embed_dataset(set, *engine, cache_dir, r, cb);
   r.images = static_cast<std::int64_t>(d.files.size());
 
   at::set_num_threads(base->threads());
@@ -430,7 +437,7 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
   if (ft) fs::remove(ft->backbone);
   model::save_model_card(card, card_path);
   // Proves the files form a model every command can load (the loader runs one forward pass).
-  model::EmbeddingModel::load(o.out, mo);
+  model::EmbeddingModel::load(o.out, {o.threads, true, o.batch_size, "fp32"});
 
   r.archive = o.out;
   r.card = card_path;

@@ -63,6 +63,7 @@ struct TrainOptions {
   int threads = 0;                  // LibTorch threads; 0 = all cores
   int decode_threads = 1;
   int batch_size = 32;  // images per forward pass of the base model
+  int passes = 0;       // base-model passes side by side (engine::EngineOptions); 0 = auto
   std::int64_t max_pixels = 89'478'485;
   // --full: after the head, fine-tune the base's last stage with the head on augmented images
   // (mobilenet_v2: features[14:19], resnet50: layer4; batch norm in eval mode; docs/train.md).
