@@ -4,10 +4,9 @@
 
 #include <algorithm>
 
-#include "engine/engine.h"
 #include "model/embedding_model.h"
-#include "pipeline/embed_files.h"
 #include "store/collection.h"
+#include "train/embedding_engine.h"
 #include "train/train.h"
 
 namespace lookalike::train {
@@ -47,19 +46,10 @@ ReembedResult reembed_collection(const ReembedOptions& o,
     throw TrainError(o.out.string() + ": --out already exists; reembed writes a new collection");
   auto source = store::Collection::open(o.collection, store::Collection::Mode::Read);
 
-  // The engine over the new collection's folder, model only: the vectors come out as `index`
-  // would compute them with this model and these options (decode options from its card,
-  // --precision, passes side by side).
-  engine::EngineOptions eo;
-  eo.collection = o.out;
-  eo.model = o.model.empty() ? source->config().model_name : o.model;
-  eo.precision = o.precision;
-  eo.threads = o.threads;
-  eo.decode_threads = o.decode_threads;
-  eo.batch_size = o.batch_size;
-  eo.passes = o.passes;
-  eo.max_pixels = o.max_pixels;
-  auto engine = engine::Engine::open(eo, engine::Access::ModelOnly);
+  // The vectors come out as `index` would compute them with this model and these options
+  // (decode options from its card, --precision, passes side by side).
+  auto engine = detail::open_embedding_engine(
+      o, o.model.empty() ? source->config().model_name : o.model, o.precision);
   auto* model = &engine->model();
   const auto& training = model->card().training;
   ReembedResult r;

@@ -15,11 +15,11 @@
 #include <set>
 #include <thread>
 
-#include "engine/engine.h"
 #include "eval/labels.h"
 #include "model/embedding_model.h"
 #include "pipeline/embed_files.h"
 #include "pipeline/files.h"
+#include "train/embedding_engine.h"
 #include "train/finetune.h"
 #include "train/head.h"
 
@@ -384,17 +384,8 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
                      (distinct.empty() ? "" : " ('" + *distinct.begin() + "')"));
 
   const fs::path base_path = model::resolve_model(o.base, model::default_model_dirs());
-  // The base model through the engine, as `index` runs it (decode options from its card,
-  // passes side by side), at FP32: cached base vectors must be the ones the archive reproduces.
-  engine::EngineOptions eo;
-  eo.model = base_path.string();
-  eo.precision = "fp32";
-  eo.threads = o.threads;
-  eo.decode_threads = o.decode_threads;
-  eo.batch_size = o.batch_size;
-  eo.passes = o.passes;
-  eo.max_pixels = o.max_pixels;
-  auto engine = engine::Engine::open(eo, engine::Access::ModelOnly);
+  // At FP32: cached base vectors must be the ones the archive reproduces.
+  auto engine = detail::open_embedding_engine(o, base_path.string(), "fp32");
   auto* base = &engine->model();
   if (!base->card().training.is_null())
     throw TrainError(base_path.string() +
