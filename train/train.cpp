@@ -17,7 +17,6 @@
 
 #include "eval/labels.h"
 #include "model/embedding_model.h"
-#include "pipeline/embed_files.h"
 #include "pipeline/files.h"
 #include "train/embedding_engine.h"
 #include "train/finetune.h"

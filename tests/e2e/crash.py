@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+import harness
 from harness import BIN, MODEL, copy_images, images, run, run_json, tempdir
 
 work = tempdir("crash")
@@ -18,18 +19,7 @@ assert n == 240, n
 
 
 def committed_paths():
-    """Paths the catalog holds right now, read by a concurrent reader (WAL)."""
-    db = coll / "catalog.db"
-    if not db.exists():
-        return set()
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return {row[0] for row in con.execute("SELECT path FROM images")}
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return set()  # created but no schema yet
+    return harness.committed_paths(coll)  # coll: the collection under test at the time
 
 
 def start_index():

@@ -5,7 +5,6 @@ import os
 import resource
 import shutil
 import signal
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness import BIN, MODEL, copy_images, images, json_lines, run, run_json, tempdir
+from harness import (BIN, MODEL, committed_paths, copy_images, images, json_lines, run, run_json,
+                     tempdir)
 
 work = tempdir("defects")
 photos = copy_images(images("train", classes=["shoes", "hat", "pants", "dress"], per_class=10),
@@ -126,29 +126,16 @@ proc = subprocess.Popen([BIN, "index", str(work / "many"), "--collection", str(w
                          "--model", MODEL, "--batch-size", "8"],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 # Mid-run, by what it has committed rather than a fixed wait (a fast machine could finish first).
-term_db = work / "coll-term" / "catalog.db"
-
-
-def term_committed():
-    try:
-        con = sqlite3.connect(f"file:{term_db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT count(*) FROM images").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0  # not created yet, or no schema yet
-
-
+term = work / "coll-term"
 deadline = time.time() + 300
-while proc.poll() is None and term_committed() < 64 and time.time() < deadline:
+while proc.poll() is None and len(committed_paths(term)) < 64 and time.time() < deadline:
     time.sleep(0.02)
 start = time.time()
 proc.send_signal(signal.SIGTERM)
 out, err = proc.communicate(timeout=60)
 assert proc.returncode == 130, (proc.returncode, err)
 assert time.time() - start < 10, time.time() - start
-assert term_committed() < len(many), "the run finished before SIGTERM; the check proves nothing"
+assert len(committed_paths(term)) < len(many), "the run finished before SIGTERM; proves nothing"
 print(f"FIFO refused; SIGTERM stopped index in {time.time() - start:.1f} s")
 
 # 8. Bounds: --decode-threads is a usage error past 64.

@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,22 @@ def average_precision(hits, n_relevant):
             found += 1
             total += found / rank
     return total / n_relevant if n_relevant else 0.0
+
+
+def committed_paths(collection):
+    """Paths the collection's catalog holds right now, read beside a running writer (WAL): the
+    images it has committed. Empty before the catalog or its schema exists."""
+    db = Path(collection) / "catalog.db"
+    if not db.exists():
+        return set()
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return {row[0] for row in con.execute("SELECT path FROM images")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return set()  # created but no schema yet
 
 
 def tempdir(name):
