@@ -21,12 +21,11 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import numpy as np
 
-from harness import BIN, FIXTURES, MODEL, copy_images, images, tempdir
+from harness import BIN, FIXTURES, MODEL, copy_images, fail, images, tempdir
 
 T0 = time.time()
 BAD = FIXTURES / "bad_inputs"
@@ -620,6 +619,5 @@ if FAILED:
     print(f"\n{len(FAILED)} checks FAILED:")
     for f in FAILED:
         print("  -", excerpt(f, 400))
-    sys.exit(1)
-shutil.rmtree(work)
+    fail(f"{len(FAILED)} bad-input checks failed")
 print("bad inputs: every check passed")

@@ -1,4 +1,5 @@
 """Shared helpers for the end-to-end tests: run the real binary, read its JSON, score rankings."""
+import atexit
 import json
 import os
 import shutil
@@ -81,8 +82,35 @@ def committed_paths(collection):
         return set()  # created but no schema yet
 
 
+_tempdirs = []
+_failed = False
+
+
+def _note_failure(kind, value, tb):
+    global _failed
+    _failed = True
+    sys.__excepthook__(kind, value, tb)
+
+
+sys.excepthook = _note_failure
+
+
+@atexit.register
+def _remove_tempdirs():
+    """A passing test leaves nothing behind; a failing one keeps its folders to look at (their
+    paths are printed), as does LOOKALIKE_KEEP_TEST_DIRS=1."""
+    keep = _failed or os.environ.get("LOOKALIKE_KEEP_TEST_DIRS") == "1"
+    for d in _tempdirs:
+        if keep:
+            print(f"kept {d}", file=sys.stderr)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def tempdir(name):
+    """A fresh folder under the fixtures folder, removed when the test passes."""
     d = Path(tempfile.mkdtemp(prefix=f"lookalike-{name}-", dir=FIXTURES))
+    _tempdirs.append(d)
     return d
 
 
@@ -98,6 +126,8 @@ def copy_images(files, dest):
 
 
 def fail(msg):
+    global _failed
+    _failed = True
     print("FAIL:", msg, file=sys.stderr)
     sys.exit(1)
 
