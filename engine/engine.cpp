@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +22,20 @@
 #include "pipeline/scan.h"
 
 namespace lookalike::engine {
+
+int json_depth(const nlohmann::json& value) {
+  int deepest = 0;
+  std::vector<std::pair<const nlohmann::json*, int>> todo{{&value, 0}};
+  while (!todo.empty()) {
+    auto [v, depth] = todo.back();
+    todo.pop_back();
+    if (!v->is_structured()) continue;
+    deepest = std::max(deepest, depth + 1);
+    for (const auto& child : *v) todo.emplace_back(&child, depth + 1);
+  }
+  return deepest;
+}
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -47,6 +62,37 @@ std::string remove_target(const fs::path& p) {
   auto t = pipeline::normalize_path(p);
   while (!t.empty() && t.filename().empty() && t != t.root_path()) t = t.parent_path();
   return t.string();
+}
+
+// Throws EngineError Invalid unless `metadata` is an object nested at most kMaxMetadataDepth
+// deep.
+void check_metadata(const nlohmann::json& metadata) {
+  if (!metadata.is_object()) {
+    throw EngineError(Kind::Invalid,
+                      "metadata must be a JSON object, got " + std::string(metadata.type_name()));
+  }
+  if (const int depth = json_depth(metadata); depth > kMaxMetadataDepth) {
+    throw EngineError(Kind::Invalid, fmt::format("metadata: nested {} levels deep, at most {}",
+                                                 depth, kMaxMetadataDepth));
+  }
+}
+
+std::string dump_metadata(const nlohmann::json& metadata) {
+  return metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// A cosine similarity lies in [-1, 1] and an L2 distance is >= 0: a min_score outside would
+// keep every hit or none, which is a mistake in the request, not a filter.
+void check_min_score(std::optional<float> min_score, const std::string& metric) {
+  if (!min_score) return;
+  const float v = *min_score;
+  const bool cosine = metric == "cosine";
+  if (!std::isfinite(v) || (cosine && (v < -1.0f || v > 1.0f)) || (!cosine && v < 0.0f)) {
+    throw EngineError(Kind::Invalid, fmt::format("min_score must be {} for a {} collection, got {}",
+                                                 cosine ? "a cosine similarity in [-1, 1]"
+                                                        : "an L2 distance >= 0 (the largest kept)",
+                                                 metric, v));
+  }
 }
 
 // Writes `bytes` to `path` atomically: <path>.tmp, fsync, rename, fsync of the folder.
@@ -188,13 +234,13 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
   } else if (exists) {
     e->collection_ = store::Collection::open(options.collection, store::Collection::Mode::Read);
   } else if (access == Access::Write) {
-    // Refuse a bad factory or metric now, before any model is loaded or file is scanned. The
-    // model's dimension is not known yet: 60,480 = 2^6 * 3^3 * 5 * 7 is divisible by every
-    // usual PQ sub-quantizer count (8, 16, 32, 48, 64, 96, ...), so only dimension-independent
-    // faults are caught here; creation checks again with the model's dimension.
+    // Refuse a bad factory or metric now, before any file is scanned. A given factory is checked
+    // with the model's dimension (a PQ's sub-quantizer count must divide it: PQ128 holds for
+    // 1280-d, PQ48 does not), so the model is loaded first; indexing needs it anyway.
+    const bool given = fresh.factory_given && fresh.factory != "auto";
+    const int dim = given ? e->model().dim() : 1;
     store::Collection::validate_config(
-        options.collection,
-        {"probe", "probe", 60480, fresh.metric, fresh.factory == "auto" ? "Flat" : fresh.factory});
+        options.collection, {"probe", "probe", dim, fresh.metric, given ? fresh.factory : "Flat"});
   }
   return e;
 }
@@ -335,6 +381,7 @@ pipeline::IndexSummary Engine::index(const IndexRequest& r) {
   }
   auto& c = writable();
   pipeline::IndexOptions o;
+  o.inputs = r.inputs;  // the vanished check and --prune look under these only
   o.prune = r.prune;
   o.batch_size = options_.batch_size;
   o.decode_threads = options_.decode_threads;
@@ -392,20 +439,25 @@ fs::path uploads_dir(const store::Collection& c) {
 
 AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::string& name,
                             const nlohmann::json& metadata) {
-  if (!metadata.is_object()) {
-    throw EngineError(Kind::Invalid,
-                      "metadata must be a JSON object, got " + std::string(metadata.type_name()));
-  }
+  check_metadata(metadata);
   auto& c = writable();
   const auto hash = pipeline::content_hash(bytes);
+  const auto stored_copy = [&]() -> std::optional<AddResult> {
+    auto same = c.find_hash(hash);
+    if (same.empty()) return std::nullopt;
+    return AddResult{same.front(), false, {}};
+  };
+  if (auto existing = stored_copy()) return *existing;
   Timings t;
   store::Put put;
   std::string format;
   put.embedding = embed_buffer(bytes, name, t, &put.record, &format);  // refuses non-images
+  put.record.metadata = dump_metadata(metadata);
   // Absolute: catalog paths always are (the collection may have been given as a relative path).
   const auto dir = uploads_dir(c);
   const auto path = dir / (hash + "." + format);
-  if (auto existing = c.find_path(path.string())) return {*existing, false};
+  std::lock_guard lock(upload_mu_);
+  if (auto existing = stored_copy()) return *existing;  // a concurrent upload of these bytes won
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error(dir.string() + ": cannot create: " + ec.message());
@@ -414,11 +466,16 @@ AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::stri
   put.record.content_hash = hash;
   put.record.bytes = static_cast<std::int64_t>(bytes.size());
   put.record.mtime_ns = pipeline::mtime_ns(path);
-  put.record.metadata = metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   put.record.added_at_ms = now_ms();
-  auto ids = c.apply({put}, {});
+  std::vector<std::int64_t> ids;
+  try {
+    ids = c.apply({put}, {});
+  } catch (...) {
+    fs::remove(path, ec);  // refused: no file without its record
+    throw;
+  }
   auto stored = c.get(ids.at(0));
-  return {stored.value_or(put.record), true};
+  return {stored.value_or(put.record), true, t};
 }
 
 void Engine::check_k(int k) const {
@@ -432,6 +489,7 @@ SearchResponse Engine::run_search(const float* embedding, const SearchRequest& r
                                   std::vector<std::int64_t> exclude) {
   check_k(r.k);
   const auto& c = collection();
+  check_min_score(r.min_score, c.config().metric);
   auto start = Clock::now();
   SearchResponse out;
   exclude.insert(exclude.end(), r.exclude_ids.begin(), r.exclude_ids.end());
@@ -577,10 +635,7 @@ store::MetadataFilter parse_where(const std::vector<std::string>& terms) {
 }
 
 bool Engine::update_metadata(std::int64_t id, const nlohmann::json& metadata, bool merge) {
-  if (!metadata.is_object()) {
-    throw EngineError(Kind::Invalid,
-                      "metadata must be a JSON object, got " + std::string(metadata.type_name()));
-  }
+  check_metadata(metadata);
   auto& c = writable();
   auto rec = c.get(id);
   if (!rec) return false;
@@ -589,8 +644,9 @@ bool Engine::update_metadata(std::int64_t id, const nlohmann::json& metadata, bo
     next = nlohmann::json::parse(rec->metadata, nullptr, false);
     if (!next.is_object()) next = nlohmann::json::object();
     next.merge_patch(metadata);  // RFC 7396: null deletes a key
+    check_metadata(next);
   }
-  return c.set_metadata(id, next.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  return c.set_metadata(id, dump_metadata(next));
 }
 
 RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,

@@ -34,6 +34,16 @@ namespace lookalike::engine {
 
 inline constexpr const char* kDefaultModel = "mobilenet_v2";
 
+// Metadata nests at most this deep (a flat object is 1, an object in it 2; arrays count as
+// objects do). nlohmann::json copies, merges and dumps recursively, so a request nested 100,000
+// deep would overflow the stack; SQLite's json_valid stops at 1,000 (JSON_MAX_DEPTH). Real
+// catalogues use 1-3 levels.
+inline constexpr int kMaxMetadataDepth = 32;
+
+// How deep `value` nests (0 for a scalar, 1 for a flat object or array), walked without
+// recursion so that any value can be measured.
+int json_depth(const nlohmann::json& value);
+
 // Raised for a request the engine refuses: `kind` tells a front end which status to give
 // (CLI exit code, HTTP status). what() names the field or file and the cause.
 class EngineError : public std::runtime_error {
@@ -84,6 +94,8 @@ struct NewCollection {
 
 struct IndexRequest {
   std::vector<std::filesystem::path> inputs;  // folders, image files, CSV manifests
+  // Remove the stored images under `inputs` whose file is definitely gone (never under an input
+  // or folder that failed; pipeline::find_vanished). They are reported in the summary either way.
   bool prune = false;
   std::string file_column;  // CSV: the column with the image path (default: see scan.h)
   bool include_hidden = false;
@@ -92,8 +104,10 @@ struct IndexRequest {
 };
 
 struct SearchRequest {
-  int k = 10;                      // 1..store::kMaxTopK
-  std::optional<float> min_score;  // cosine: keep score >= it; l2: keep distance <= it
+  int k = 10;  // 1..store::kMaxTopK
+  // cosine: keep score >= it, in [-1, 1]; l2: keep distance <= it, >= 0 (else EngineError
+  // Invalid from every search)
+  std::optional<float> min_score;
   std::vector<std::int64_t> exclude_ids;
   bool include_self = false;  // by id: keep the query image itself
   // Metadata filter (equality, IN, numeric ranges; store::MetadataFilter) applied inside the
@@ -127,6 +141,7 @@ struct SearchResponse {
 struct AddResult {
   store::ImageRecord record;
   bool created = false;  // false: identical bytes were already stored (the existing image)
+  Timings timings;       // decode and embed of a new image (zero when it was already stored)
 };
 
 struct RemoveResult {
@@ -229,9 +244,11 @@ class Engine {
 
   // Stores an uploaded image inside the collection (<dir>/uploads/<content hash>.<format>),
   // embeds it and commits it with `metadata` (a JSON object). The same bytes again return the
-  // stored image (created = false; metadata unchanged). Throws image::DecodeError naming `name`
-  // for bytes that are not a supported image, EngineError Invalid for metadata that is not an
-  // object, EngineError ReadOnly without Write access.
+  // stored image (created = false; metadata unchanged), and so do bytes that `index` stored from
+  // a file (the same content hash): one image, one record. Concurrent uploads of the same bytes
+  // store one. Throws image::DecodeError naming `name` for bytes that are not a supported image,
+  // EngineError Invalid for metadata that is not an object or nests deeper than
+  // kMaxMetadataDepth, EngineError ReadOnly without Write access; nothing is stored then.
   AddResult add_image(std::span<const std::uint8_t> bytes, const std::string& name,
                       const nlohmann::json& metadata);
 
@@ -258,7 +275,8 @@ class Engine {
   std::vector<std::pair<std::string, std::int64_t>> facet(const std::string& field,
                                                           int limit) const;
   // Replaces (merge = false) or merges (merge = true: top-level keys, null deletes a key) an
-  // image's metadata; false when there is no such id. EngineError Invalid for a non-object.
+  // image's metadata; false when there is no such id. EngineError Invalid for a non-object or
+  // one nested deeper than kMaxMetadataDepth.
   bool update_metadata(std::int64_t id, const nlohmann::json& metadata, bool merge);
   // Removes images by id and by path: a file, or every image under a folder ("DIR", "DIR/" and
   // "DIR/." alike). Uploaded files removed this way are deleted from <dir>/uploads.
@@ -297,6 +315,9 @@ class Engine {
   mutable std::mutex model_mu_;  // guards the lazy model and batcher load, and collection creation
   std::unique_ptr<model::EmbeddingModel> model_;
   std::unique_ptr<EmbedBatcher> batcher_;
+  // Makes an upload's "already stored?" check, file write and commit one step, so that
+  // concurrent uploads of the same bytes store one copy (the embedding runs outside it).
+  std::mutex upload_mu_;
 };
 
 }  // namespace lookalike::engine

@@ -264,6 +264,9 @@ Decoded decode_opened(Bytes bytes, const std::string& name, const DecodeOptions&
                       std::int64_t& width, std::int64_t& height) {
   Opened opened = open_checked(bytes, name);
   VipsPtr im = std::move(opened.image);
+  if (detail::gif_zero_screen(bytes)) {
+    throw DecodeError(name, "image is 0 pixels wide or high (GIF logical screen): zero size");
+  }
   width = im->Xsize;
   height = im->Ysize;
   check_pixel_limit(im->Xsize, im->Ysize, options, name);

@@ -161,6 +161,10 @@ std::optional<std::array<std::int64_t, 2>> head_dimensions(Format f, Bytes b) {
   }
 }
 
+bool gif_zero_screen(Bytes b) {
+  return sniff(b) == Format::gif && b.size() >= 10 && (le16(b, 6) == 0 || le16(b, 8) == 0);
+}
+
 void check_options(const DecodeOptions& options) {
   if (options.max_pixels <= 0) throw std::invalid_argument("DecodeOptions::max_pixels must be > 0");
   if (options.max_file_bytes <= 0) {

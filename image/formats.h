@@ -34,6 +34,9 @@ std::string describe_unrecognised(Bytes head);
 // HEIF/AVIF, whose size sits anywhere in the file. Only for an early max_pixels refusal; the
 // decoder checks again with libvips' reading of the whole file.
 std::optional<std::array<std::int64_t, 2>> head_dimensions(Format f, Bytes head);
+// True for a GIF whose logical screen is 0 pixels wide or high: libvips pads it to 1 x 1, PIL
+// refuses it; so do we ("zero size").
+bool gif_zero_screen(Bytes b);
 
 // Throws std::invalid_argument for a non-positive max_pixels or max_file_bytes.
 void check_options(const DecodeOptions& options);

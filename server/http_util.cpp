@@ -102,13 +102,28 @@ std::int64_t json_int(const json& body, const std::string& name, std::int64_t lo
   return n;
 }
 
+json parse_json_text(const std::string& text, const std::string& field) {
+  struct TooDeep {};
+  const json::parser_callback_t limit = [](int depth, json::parse_event_t event, json&) {
+    // `depth` counts the containers around this one: 0 for the outermost.
+    const bool opens =
+        event == json::parse_event_t::object_start || event == json::parse_event_t::array_start;
+    if (opens && depth >= kMaxRequestJsonDepth) throw TooDeep{};
+    return true;
+  };
+  try {
+    return json::parse(text, limit);
+  } catch (const json::parse_error& e) {
+    throw BadRequest(field + ": not valid JSON (" + e.what() + ")");
+  } catch (const TooDeep&) {
+    throw BadRequest(field + ": JSON nested more than " + std::to_string(kMaxRequestJsonDepth) +
+                     " levels deep");
+  }
+}
+
 json parse_json_body(const httplib::Request& req) {
   if (req.body.empty()) throw BadRequest("body: empty (expected JSON)");
-  try {
-    return json::parse(req.body);
-  } catch (const json::parse_error& e) {
-    throw BadRequest(std::string("body: not valid JSON (") + e.what() + ")");
-  }
+  return parse_json_text(req.body, "body");
 }
 
 std::span<const std::uint8_t> as_bytes(const std::string& s) {
@@ -244,6 +259,8 @@ void handle_unrouted(const RouteTable& table, const httplib::Request& req, httpl
                     " bytes (--max-upload-mb)");
   } else if (res.status == 400) {
     write_error(res, 400, "bad_request", "malformed HTTP request (headers, multipart or range)");
+  } else if (res.status == 414) {
+    write_error(res, 414, "uri_too_long", "request target longer than the server accepts");
   } else {
     write_error(res, res.status, "http_" + std::to_string(res.status), "HTTP error");
   }
@@ -274,20 +291,24 @@ void add_cors(const std::vector<std::string>& origins, const httplib::Request& r
 
 void preflight(const std::vector<std::string>& origins, const RouteTable& table,
                const httplib::Request& req, httplib::Response& res) {
-  auto o = allowed_origin(origins, req);
   auto methods = table.methods_for(req.path);
-  if (!o || methods.empty()) {
-    write_error(res, o ? 404 : 403, o ? "not_found" : "forbidden",
-                o ? "no route " + req.path : "CORS: origin not allowed");
+  if (methods.empty()) {
+    write_error(res, 404, "not_found", "no route OPTIONS " + req.path);
     return;
   }
-  std::string allow;
-  for (const auto& m : methods) allow += (allow.empty() ? "" : ", ") + m;
+  std::string allow = "OPTIONS";
+  for (const auto& m : methods) allow += ", " + m;
   res.status = 204;
-  res.set_header("Access-Control-Allow-Origin", *o);
-  res.set_header("Access-Control-Allow-Methods", allow);
-  res.set_header("Access-Control-Allow-Headers", "Authorization, X-API-Key, Content-Type");
-  res.set_header("Access-Control-Max-Age", "600");
+  res.set_header("Allow", allow);
+  if (!origins.empty()) res.set_header("Vary", "Origin");
+  // An origin that is not configured gets no Access-Control-* headers: the browser then
+  // refuses the cross-origin request itself.
+  if (auto o = allowed_origin(origins, req)) {
+    res.set_header("Access-Control-Allow-Origin", *o);
+    res.set_header("Access-Control-Allow-Methods", allow);
+    res.set_header("Access-Control-Allow-Headers", "Authorization, X-API-Key, Content-Type");
+    res.set_header("Access-Control-Max-Age", "600");
+  }
 }
 
 }  // namespace lookalike::server

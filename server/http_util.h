@@ -44,7 +44,14 @@ float parse_float(const std::string& text, const std::string& name);
 // body[name] as an integer in [lo, hi]; BadRequest otherwise.
 std::int64_t json_int(const nlohmann::json& body, const std::string& name, std::int64_t lo,
                       std::int64_t hi);
-// The body as JSON; BadRequest naming the parse error.
+// JSON in a request nests at most this deep (a flat object is 1). nlohmann::json copies, merges
+// and dumps recursively: a body of 600 KB nested 100,000 deep overflowed the stack. Metadata
+// itself is held to engine::kMaxMetadataDepth.
+inline constexpr int kMaxRequestJsonDepth = 64;
+// `text` as JSON, refused while parsing (before any deep value is built) when it nests deeper
+// than kMaxRequestJsonDepth; BadRequest "<field>: ..." naming the parse error otherwise.
+nlohmann::json parse_json_text(const std::string& text, const std::string& field);
+// The body as JSON (parse_json_text); BadRequest for an empty body.
 nlohmann::json parse_json_body(const httplib::Request& req);
 std::span<const std::uint8_t> as_bytes(const std::string& s);
 // 400 when empty; 415 unsupported_media_type when the bytes are not a supported image format

@@ -7,11 +7,13 @@
 #include <prometheus/text_serializer.h>
 
 #include <mutex>
+#include <set>
 #include <sstream>
 
 namespace lookalike::server {
 
 namespace {
+const std::string kOtherMethod = "other";
 // Seconds. Requests span 0.1 ms (health, search by id) to seconds (an upload of a large photo
 // on a busy machine); embeds 5 ms .. 1 s on a CPU.
 const prometheus::Histogram::BucketBoundaries kRequestBuckets = {
@@ -62,7 +64,12 @@ Metrics::~Metrics() = default;
 void Metrics::request(const std::string& route, const std::string& method, int status,
                       double seconds) {
   // Family::Add returns the existing series for known labels (thread-safe inside the family).
-  impl_->requests.Add({{"route", route}, {"method", method}, {"status", std::to_string(status)}})
+  // Any token is a valid HTTP method: others share one series, so that clients cannot grow
+  // the label set without bound.
+  static const std::set<std::string> kMethods = {"GET",   "HEAD",   "POST",   "PUT",
+                                                 "PATCH", "DELETE", "OPTIONS"};
+  const std::string& m = kMethods.count(method) ? method : kOtherMethod;
+  impl_->requests.Add({{"route", route}, {"method", m}, {"status", std::to_string(status)}})
       .Increment();
   impl_->durations.Add({{"route", route}}, kRequestBuckets).Observe(seconds);
 }

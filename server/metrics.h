@@ -19,7 +19,8 @@ class Metrics {
  public:
   Metrics();
   ~Metrics();
-  // route: the route pattern ("/v1/images/{id}"), never the raw path (unbounded labels).
+  // route: the route pattern ("/v1/images/{id}"), never the raw path (unbounded labels); a
+  // method outside GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS is counted as "other".
   void request(const std::string& route, const std::string& method, int status, double seconds);
   void embed(double seconds);
   void index_search(double seconds);

@@ -9,7 +9,7 @@ namespace {
 // Kept as JSON text so that it reads like the document it is.
 constexpr const char* kDocument = R"json({
   "openapi": "3.0.3",
-  "info": {"title": "lookalike", "description": "Image similarity search: search by example image or by indexed id, upload, browse. Errors are {\"error\": {\"code\", \"message\"}}."},
+  "info": {"title": "lookalike", "description": "Image similarity search: search by example image or by indexed id, upload, browse. Errors are {\"error\": {\"code\", \"message\"}}. With an API key set, writes need it (Authorization: Bearer KEY or X-API-Key), and with --private every /v1 route does (401 without it, 403 with another)."},
   "components": {
     "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}, "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
     "parameters": {
@@ -33,11 +33,11 @@ constexpr const char* kDocument = R"json({
         "timings": {"type": "object", "properties": {"decode_ms": {"type": "number"}, "embed_ms": {"type": "number"}, "search_ms": {"type": "number"}, "total_ms": {"type": "number"}}}}},
       "SearchById": {"type": "object", "required": ["id"], "properties": {
         "id": {"type": "integer"}, "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10},
-        "min_score": {"type": "number"}, "include_self": {"type": "boolean", "default": false},
+        "min_score": {"type": "number", "description": "cosine similarity in [-1, 1] (metric cosine), largest L2 distance (metric l2)"}, "include_self": {"type": "boolean", "default": false},
         "nprobe": {"type": "integer", "minimum": 1}, "ef_search": {"type": "integer", "minimum": 1}, "rerank": {"type": "integer", "minimum": 1},
         "where": {"oneOf": [{"type": "object", "description": "field: value (equality), [values] (IN), {lt, lte, gt, gte: number} (range)"}, {"type": "array", "items": {"type": "string"}}]}}},
       "SearchUpload": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "format": "binary"}, "k": {"type": "integer"}, "min_score": {"type": "number"},
+        "image": {"type": "string", "format": "binary"}, "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10}, "min_score": {"type": "number"},
         "nprobe": {"type": "integer"}, "ef_search": {"type": "integer"}, "rerank": {"type": "integer"},
         "where": {"type": "array", "items": {"type": "string"}}}},
       "Upload": {"type": "object", "required": ["image"], "properties": {
@@ -52,23 +52,24 @@ constexpr const char* kDocument = R"json({
       "TooLarge": {"description": "body over the upload limit", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "NotAnImage": {"description": "the bytes are not a supported image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "Unprocessable": {"description": "an image that cannot be used (bomb, aspect ratio, corrupt)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "NotReady": {"description": "still loading", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+      "NotReady": {"description": "still loading", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "LengthRequired": {"description": "a chunked body: send a Content-Length", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     }
   },
   "paths": {
     "/v1/search": {"post": {"summary": "Search by uploaded image or by indexed id", "security": [{}, {"bearer": []}, {"apiKey": []}],
-      "parameters": [{"name": "k", "in": "query", "schema": {"type": "integer"}}, {"name": "min_score", "in": "query", "schema": {"type": "number"}}, {"name": "nprobe", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"name": "ef_search", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"name": "rerank", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"$ref": "#/components/parameters/where"}],
+      "parameters": [{"name": "k", "in": "query", "description": "results wanted", "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10}}, {"name": "min_score", "in": "query", "description": "keep hits scoring at least this: a cosine similarity in [-1, 1] (metric cosine), or at most this L2 distance (metric l2)", "schema": {"type": "number"}}, {"name": "include_self", "in": "query", "description": "by id: keep the query image itself", "schema": {"type": "boolean", "default": false}}, {"name": "nprobe", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"name": "ef_search", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"name": "rerank", "in": "query", "schema": {"type": "integer", "minimum": 1}}, {"$ref": "#/components/parameters/where"}],
       "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/SearchUpload"}}, "application/json": {"schema": {"$ref": "#/components/schemas/SearchById"}}}},
       "responses": {"200": {"description": "top-k hits", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchResponse"}}}},
         "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}, "413": {"$ref": "#/components/responses/TooLarge"},
-        "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"}, "503": {"$ref": "#/components/responses/NotReady"}}}},
+        "411": {"$ref": "#/components/responses/LengthRequired"}, "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"}, "503": {"$ref": "#/components/responses/NotReady"}}}},
     "/v1/images": {
       "post": {"summary": "Upload an image with metadata (stored, embedded, indexed, durable before the response)", "security": [{"bearer": []}, {"apiKey": []}],
         "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/Upload"}}}},
         "responses": {"201": {"description": "stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
-          "200": {"description": "identical bytes were already stored: the existing image", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
+          "200": {"description": "the same bytes are already in the collection (uploaded, or indexed from a file): the existing image", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
           "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"},
-          "413": {"$ref": "#/components/responses/TooLarge"}, "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"}}},
+          "411": {"$ref": "#/components/responses/LengthRequired"}, "413": {"$ref": "#/components/responses/TooLarge"}, "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"}}},
       "get": {"summary": "List images by id, a page at a time", "parameters": [{"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}, {"$ref": "#/components/parameters/where"}],
         "responses": {"200": {"description": "a page", "content": {"application/json": {"schema": {"type": "object", "properties": {"images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}, "next_after": {"type": "integer", "nullable": true}}}}}}, "400": {"$ref": "#/components/responses/BadRequest"}}}},
     "/v1/images/{id}": {
@@ -76,11 +77,13 @@ constexpr const char* kDocument = R"json({
       "get": {"summary": "One image", "responses": {"200": {"description": "the image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}}, "404": {"$ref": "#/components/responses/NotFound"}}},
       "patch": {"summary": "Change metadata (JSON merge patch, RFC 7396)", "security": [{"bearer": []}, {"apiKey": []}],
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/merge-patch+json": {"schema": {"type": "object"}}}},
-        "responses": {"200": {"description": "the image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}}},
+        "responses": {"200": {"description": "the image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"}}},
       "delete": {"summary": "Remove an image", "security": [{"bearer": []}, {"apiKey": []}],
-        "responses": {"200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object", "properties": {"removed": {"type": "integer"}}}}}}, "404": {"$ref": "#/components/responses/NotFound"}}}},
+        "responses": {"200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object", "properties": {"removed": {"type": "integer"}}}}}}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"}}}},
     "/v1/images/{id}/file": {"parameters": [{"$ref": "#/components/parameters/id"}],
-      "get": {"summary": "The image file", "responses": {"200": {"description": "the bytes", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}, "404": {"$ref": "#/components/responses/NotFound"}}}},
+      "get": {"summary": "The image file (a Range header gets 206 with those bytes)", "parameters": [{"name": "Range", "in": "header", "description": "bytes=FIRST-LAST", "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "the bytes", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}, "206": {"description": "the requested range"}, "404": {"$ref": "#/components/responses/NotFound"},
+          "416": {"description": "a range beyond the file", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}},
     "/v1/images/{id}/thumbnail": {"parameters": [{"$ref": "#/components/parameters/id"}, {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256}}],
       "get": {"summary": "A JPEG thumbnail (longest side = size, never enlarged; cached)", "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}}}},
     "/v1/stats": {"get": {"summary": "Collection, model and batcher figures, category counts", "responses": {"200": {"description": "stats", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
@@ -89,9 +92,66 @@ constexpr const char* kDocument = R"json({
     "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
     "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
     "/docs": {"get": {"summary": "This document as a page", "responses": {"200": {"description": "HTML"}}}},
-    "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML"}}}}
+    "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML"}}}},
+    "/assets/{name}": {"get": {"summary": "The web page's scripts and styles (inside the binary)", "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"}}],
+      "responses": {"200": {"description": "the asset"}, "404": {"$ref": "#/components/responses/NotFound"}}}}
   }
 })json";
+
+// The last part of a "$ref" ("#/components/schemas/Upload" -> "Upload").
+std::string ref_name(const nlohmann::json& j) {
+  const std::string ref = j.value("$ref", "");
+  return ref.substr(ref.rfind('/') + 1);
+}
+
+std::string schema_text(const nlohmann::json& schema) {
+  std::string t = schema.value("type", "");
+  if (schema.contains("minimum") && schema.contains("maximum")) {
+    t += " " + schema["minimum"].dump() + ".." + schema["maximum"].dump();
+  } else if (schema.contains("minimum")) {
+    t += " >= " + schema["minimum"].dump();
+  }
+  if (schema.contains("default")) t += ", default " + schema["default"].dump();
+  return t;
+}
+
+// A table of the parameters of a path and of its operation ($refs resolved).
+std::string parameters_html(const nlohmann::json& doc, const nlohmann::json& shared,
+                            const nlohmann::json& own) {
+  std::string rows;
+  for (const auto* list : {&shared, &own}) {
+    for (const auto& p0 : *list) {
+      const auto p = p0.contains("$ref") ? doc["components"]["parameters"][ref_name(p0)] : p0;
+      rows += "<tr><td><code>" + pipeline::markup_text(p.value("name", "")) + "</code></td><td>" +
+              pipeline::markup_text(p.value("in", "")) + "</td><td>" +
+              pipeline::markup_text(schema_text(p.value("schema", nlohmann::json::object()))) +
+              "</td><td>" + pipeline::markup_text(p.value("description", "")) + "</td></tr>";
+    }
+  }
+  if (rows.empty()) return "";
+  return "<table><tr><th>parameter</th><th>in</th><th>type</th><th>meaning</th></tr>" + rows +
+         "</table>";
+}
+
+// The body's media types and, for an object schema, its fields.
+std::string request_body_html(const nlohmann::json& doc, const nlohmann::json& body) {
+  std::string html = "<p>Body:</p><ul>";
+  const auto contents = body.value("content", nlohmann::json::object());
+  for (const auto& [media, content] : contents.items()) {
+    const auto s0 = content.value("schema", nlohmann::json::object());
+    const auto schema = s0.contains("$ref") ? doc["components"]["schemas"][ref_name(s0)] : s0;
+    html += "<li><code>" + pipeline::markup_text(media) + "</code>";
+    std::string fields;
+    const auto properties = schema.value("properties", nlohmann::json::object());
+    for (const auto& [name, f] : properties.items()) {
+      fields += (fields.empty() ? "" : ", ") + std::string("<code>") + pipeline::markup_text(name) +
+                "</code> (" + pipeline::markup_text(schema_text(f)) + ")";
+    }
+    if (!fields.empty()) html += ": " + fields;
+    html += "</li>";
+  }
+  return html + "</ul>";
+}
 
 }  // namespace
 
@@ -120,9 +180,11 @@ std::string openapi_html(const nlohmann::json& doc) {
       std::string m = method;
       for (char& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
       html += "<h2><code>" + m + " " + pipeline::markup_text(path) + "</code></h2><p>" +
-              pipeline::markup_text(op.value("summary", "")) +
-              "</p><table><tr><th>status</th><th>"
-              "meaning</th></tr>";
+              pipeline::markup_text(op.value("summary", "")) + "</p>";
+      html += parameters_html(doc, item.value("parameters", nlohmann::json::array()),
+                              op.value("parameters", nlohmann::json::array()));
+      if (op.contains("requestBody")) html += request_body_html(doc, op["requestBody"]);
+      html += "<table><tr><th>status</th><th>meaning</th></tr>";
       for (const auto& [status, r] : op["responses"].items()) {
         std::string desc = r.value("description", "");
         if (r.contains("$ref")) {

@@ -13,8 +13,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -27,6 +29,7 @@
 #include "server/http_util.h"
 #include "server/metrics.h"
 #include "server/openapi.h"
+#include "server/request_deadline.h"
 #include "server/thumbnail_cache.h"
 #include "server/web_assets.h"
 
@@ -50,6 +53,24 @@ struct State {
   std::string load_error;
   Metrics metrics;
   ThumbnailCache thumbnails{64 << 20};
+  std::unique_ptr<RequestDeadline> deadline;  // set before the first request
+};
+
+// Marks a request as being handled for RequestDeadline (its connection is not idle meanwhile).
+class InHandler {
+ public:
+  InHandler(RequestDeadline& d, const httplib::Request& req)
+      : d_(d), addr_(req.remote_addr), port_(req.remote_port) {
+    d_.begin(addr_, port_);
+  }
+  ~InHandler() { d_.end(addr_, port_); }
+  InHandler(const InHandler&) = delete;
+  InHandler& operator=(const InHandler&) = delete;
+
+ private:
+  RequestDeadline& d_;
+  std::string addr_;
+  int port_;
 };
 
 // ---- responses -----------------------------------------------------------------------------
@@ -256,6 +277,11 @@ void search(State& st, const httplib::Request& req, httplib::Response& res) {
   if (body.contains("include_self")) {
     if (!body["include_self"].is_boolean()) throw BadRequest("include_self: expected true/false");
     r.include_self = body["include_self"].get<bool>();
+  } else if (auto v = param(req, "include_self")) {
+    if (*v != "true" && *v != "false") {
+      throw BadRequest("include_self: expected true or false, got '" + v->substr(0, 40) + "'");
+    }
+    r.include_self = *v == "true";
   }
   r.where = body.contains("where") ? where_from_json(body["where"]) : where_from_params(req);
   r.params = search_params(req, body);
@@ -271,10 +297,8 @@ void upload(State& st, const httplib::Request& req, httplib::Response& res) {
   }
   json metadata = json::object();
   if (auto m = param(req, "metadata"); m && !m->empty()) {
-    metadata = json::parse(*m, nullptr, false);
-    if (metadata.is_discarded() || !metadata.is_object()) {
-      throw BadRequest("metadata: expected a JSON object");
-    }
+    metadata = parse_json_text(*m, "metadata");
+    if (!metadata.is_object()) throw BadRequest("metadata: expected a JSON object");
   }
   for (const char* field : {"description", "category"}) {
     if (auto v = param(req, field); v && !v->empty()) metadata[field] = *v;
@@ -284,6 +308,7 @@ void upload(State& st, const httplib::Request& req, httplib::Response& res) {
   require_image(bytes, "image");
   auto added =
       st.engine->add_image(bytes, file.filename.empty() ? "image" : file.filename, metadata);
+  if (added.created) st.metrics.embed(added.timings.embed_ms / 1000.0);
   send_json(res, added.created ? 201 : 200,
             {{"created", added.created}, {"image", record_json(added.record)}});
 }
@@ -331,7 +356,17 @@ void get_file(State& st, const httplib::Request& req, httplib::Response& res) {
   const auto rec = existing(st, id_from_path(req));
   auto bytes = image_bytes(rec);
   const auto format = image::sniff_format(bytes);
-  res.status = 200;
+  const auto size = static_cast<std::int64_t>(bytes.size());
+  for (const auto& [first, last] : req.ranges) {
+    // (first, -1): from first; (-1, n): the last n bytes; httplib checks first <= last.
+    const bool satisfiable = first >= 0 ? first < size : last > 0;
+    if (!satisfiable) {
+      res.set_header("Content-Range", "bytes */" + std::to_string(size));
+      throw HttpError(416, "range_not_satisfiable",
+                      "Range: the file has " + std::to_string(size) + " bytes");
+    }
+  }
+  res.status = req.ranges.empty() ? 200 : 206;  // httplib cuts the body to the ranges
   res.set_header("Cache-Control", "private, max-age=3600");
   res.set_content(std::string(bytes.begin(), bytes.end()), mime_of_format(format));
 }
@@ -408,6 +443,22 @@ void stats(State& st, const httplib::Request&, httplib::Response& res) {
 
 // ---- routing -------------------------------------------------------------------------------
 
+// Byte ranges (Range: bytes=...) apply to an image's file only: httplib applies them to every
+// response, which cut JSON bodies and errors into fragments.
+bool serves_ranges(const std::string& route) { return route == "/v1/images/{id}/file"; }
+
+void ignore_ranges(const httplib::Request& req) {
+  // httplib hands handlers a const Request, but the object is process_request's own local (not
+  // const), and its ranges are read only when the response is written, after this.
+  const_cast<httplib::Request&>(req).ranges.clear();
+}
+
+bool is_chunked(const httplib::Request& req) {
+  auto te = req.get_header_value("Transfer-Encoding");
+  std::transform(te.begin(), te.end(), te.begin(), [](unsigned char c) { return std::tolower(c); });
+  return te.find("chunked") != std::string::npos;
+}
+
 enum class Need { Nothing, Ready, Read, Write };
 
 // Wraps a handler: readiness, the API key, errors as JSON with the right status, metrics.
@@ -415,6 +466,7 @@ template <class F>
 httplib::Server::Handler route(State& st, std::string name, Need need, F f) {
   return
       [&st, name = std::move(name), need, f](const httplib::Request& req, httplib::Response& res) {
+        const InHandler in_handler(*st.deadline, req);
         const auto start = Clock::now();
         try {
           if (need != Need::Nothing && !st.ready.load()) {
@@ -430,6 +482,7 @@ httplib::Server::Handler route(State& st, std::string name, Need need, F f) {
         } catch (...) {
           send_error(res, std::current_exception(), req);
         }
+        if (!serves_ranges(name) || res.status != 206) ignore_ranges(req);
         add_cors(st.options.cors_origins, req, res);
         const double s = std::chrono::duration<double>(Clock::now() - start).count();
         st.metrics.request(name, req.method, res.status, s);
@@ -573,6 +626,8 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   State st;
   st.options = options;
   st.engine_options = engine_options;
+  st.deadline = std::make_unique<RequestDeadline>(
+      std::chrono::seconds(std::max(1, options.request_timeout_s)));
   httplib::Server svr;
   const auto workers = static_cast<std::size_t>(options.workers);
   const int nice = std::clamp(options.worker_nice, 0, 19);
@@ -591,9 +646,28 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   // on again with the system's maximum once bound: listen(2) on a listening socket resizes its
   // backlog.
   int listen_fd = -1;
+  // SO_REUSEADDR only: httplib's default also sets SO_REUSEPORT, with which a second server on
+  // the same port started fine and the kernel split the connections between the two.
   svr.set_socket_options([&listen_fd](socket_t sock) {
-    httplib::default_socket_options(sock);
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     listen_fd = sock;
+  });
+  // Before httplib reads a body: it applies the upload limit to Content-Length only, and read a
+  // chunked body of any size into memory.
+  svr.set_pre_routing_handler([&st](const httplib::Request& req, httplib::Response& res) {
+    if (!is_chunked(req)) return httplib::Server::HandlerResponse::Unhandled;
+    send_error(res,
+               std::make_exception_ptr(HttpError(
+                   411, "length_required",
+                   "chunked request bodies are not accepted: send a Content-Length (the upload "
+                   "limit is " +
+                       std::to_string(st.options.max_upload_bytes) + " bytes)")),
+               req);
+    res.set_header("Connection", "close");  // the unread body must not be taken for a request
+    add_cors(st.options.cors_origins, req, res);
+    st.metrics.request("unmatched", req.method, res.status, 0);
+    return httplib::Server::HandlerResponse::Handled;
   });
   RouteTable table;
   add_routes(svr, st, table);
@@ -602,6 +676,7 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   svr.set_error_handler(httplib::Server::HandlerWithResponse(
       [&table, &st](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        ignore_ranges(req);
         handle_unrouted(table, req, res, st.options.max_upload_bytes);
         add_cors(st.options.cors_origins, req, res);
         st.metrics.request("unmatched", req.method, res.status, 0);
@@ -629,6 +704,9 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   // Loading takes seconds; meanwhile the workers answer /healthz and 503 on everything else.
   std::thread loader([&st] { load_engine(st); });
   std::atomic<bool> stopped{false};
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  bool listen_done = false;  // under done_mu: the workers have finished
   std::thread stopper([&] {
     int sig = 0;
     sigwait(&stop_signals, &sig);
@@ -636,6 +714,12 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
     spdlog::info("{}: finishing requests in flight", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     while (!svr.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     svr.stop();
+    std::unique_lock lock(done_mu);
+    if (!done_cv.wait_for(lock, std::chrono::seconds(std::max(0, options.shutdown_timeout_s)),
+                          [&] { return listen_done; })) {
+      spdlog::warn("{} connections still open after {} s; closing them", st.deadline->close_all(),
+                   options.shutdown_timeout_s);
+    }
   });
   std::thread watcher([&] {  // a failed load ends the server (exit 1)
     loader.join();
@@ -647,6 +731,11 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   // Returns after stop(): the listening socket is closed, then the worker pool finishes every
   // accepted connection's current request (ThreadPool::shutdown drains its queue).
   svr.listen_after_bind();
+  {
+    std::lock_guard lock(done_mu);
+    listen_done = true;
+  }
+  done_cv.notify_all();
   watcher.join();
   stopped.store(true);
   pthread_kill(stopper.native_handle(), SIGTERM);  // wakes the stopper if it still waits

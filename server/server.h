@@ -36,8 +36,17 @@ struct ServerOptions {
   std::string api_key;         // non-empty: writes need it (and reads too when private_reads)
   bool private_reads = false;  // --private
   std::vector<std::string> cors_origins;  // empty: no CORS headers; "*" allowed
-  int read_timeout_s = 10;                // a slow client cannot hold a worker longer
+  int read_timeout_s = 10;                // one recv() may wait this long
   int write_timeout_s = 10;
+  // A client must send a whole request (headers and body) within this many seconds of the
+  // connection's previous response (or its opening), else the connection is closed, so that a
+  // client trickling bytes cannot hold a worker (server/request_deadline.h). 20 MB at 4 Mbit/s
+  // takes 40 s.
+  int request_timeout_s = 60;
+  // After SIGTERM / SIGINT, requests in flight get this long to finish; then the remaining
+  // connections are closed (a slow client cannot hold up a restart). Acknowledged writes are
+  // durable either way.
+  int shutdown_timeout_s = 30;
   int keep_alive_max = 10'000;  // requests per connection (cpp-httplib's default is 5)
   int keep_alive_timeout_s = 5;
   std::filesystem::path web_dir;  // development: serve the page from here, not the binary

@@ -616,6 +616,9 @@ std::vector<ImageRecord> Collection::get_many(const std::vector<std::int64_t>& i
 std::optional<ImageRecord> Collection::find_path(const std::string& path) const {
   return reading([&](const Catalog& c) { return c.find_path(path); });
 }
+std::vector<ImageRecord> Collection::find_hash(const std::string& content_hash) const {
+  return reading([&](const Catalog& c) { return c.find_hash(content_hash); });
+}
 std::vector<ImageRecord> Collection::list() const {
   return reading([&](const Catalog& c) { return c.list(); });
 }

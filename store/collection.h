@@ -147,6 +147,8 @@ class Collection {
   std::optional<ImageRecord> get(std::int64_t id) const;
   std::vector<ImageRecord> get_many(const std::vector<std::int64_t>& ids) const;
   std::optional<ImageRecord> find_path(const std::string& path) const;
+  // Images whose stored content_hash is `content_hash`, by id.
+  std::vector<ImageRecord> find_hash(const std::string& content_hash) const;
   std::vector<ImageRecord> list() const;
   std::vector<ImageRecord> list_page(std::int64_t after_id, int limit,
                                      const MetadataFilter* filter = nullptr) const;

@@ -1,0 +1,244 @@
+"""`lookalike serve` against the requests a review of 2026-12-05 found it mishandled, each
+through the real server process with real clothing-small photos: JSON nested deep enough to
+overflow the stack, a second server on the same port, a chunked body past the upload limit,
+concurrent uploads of the same bytes, bytes already indexed from a file, byte ranges on JSON,
+unbounded metric labels, out-of-range parameters, OPTIONS, and clients that trickle a request
+(they must not hold a worker, nor hold up a SIGTERM)."""
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from harness import BIN, MODEL, images, label_of, run_json, tempdir
+from server_client import Server, encode_multipart, error_of
+
+work = tempdir("server-hardening")
+gallery = images("train", per_class=4)
+manifest = work / "catalog.csv"
+manifest.write_text("path,category\n" + "".join(f"{p},{label_of(p)}\n" for p in gallery))
+collection = work / "collection"
+summary, _ = run_json("index", manifest, collection=collection, check=0)
+assert summary["added"] == len(gallery), summary
+uploads = collection / "uploads"
+
+
+def upload_files():
+    return sorted(uploads.iterdir()) if uploads.exists() else []
+
+
+def expect_error(srv, status, code, method, path, body=None, headers=None):
+    got, hdrs, data = srv.request(method, path, body, headers)
+    assert got == status, f"{method} {path}: {got}, expected {status}: {data[:300]!r}"
+    err = error_of(data)
+    assert err["code"] == code, err
+    return err, hdrs
+
+
+srv = Server(collection, "--request-timeout-s", "3", "--workers", "4")
+stats0, _ = srv.json("GET", "/v1/stats")
+JSON = {"Content-Type": "application/json"}
+
+# ---- JSON nested deep enough to overflow the stack (it killed the server) ---------------------
+deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+err, _ = expect_error(srv, 400, "bad_request", "PATCH", f"/v1/images/{stats0['images']}", deep, JSON)
+assert "nested more than 64 levels" in err["message"], err
+err, _ = expect_error(srv, 400, "bad_request", "PATCH", "/v1/images/1",
+                      '{"a":' * 40 + "1" + "}" * 40, JSON)
+assert "nested 40 levels deep, at most 32" in err["message"], err
+err, _ = expect_error(srv, 400, "bad_request", "POST", "/v1/search",
+                      '{"id": 1, "where": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}", JSON)
+photo = images("test", classes=["dress"], per_class=3)
+body, ctype = encode_multipart({"image": (photo[0].name, photo[0].read_bytes()),
+                                "metadata": '{"a":' * 200_000 + "1" + "}" * 200_000})
+expect_error(srv, 400, "bad_request", "POST", "/v1/images", body, {"Content-Type": ctype})
+assert srv.proc.poll() is None, "the server died"
+assert srv.json("GET", "/v1/stats")[0]["images"] == stats0["images"]
+assert upload_files() == [], upload_files()  # nothing written for a refused upload
+print("deep JSON: 400, server alive, nothing stored")
+
+# ---- a second server on the same port must fail, not share the port ---------------------------
+second = subprocess.run([BIN, "--collection", str(work / "other"), "--model", MODEL, "serve",
+                         "--port", str(srv.port)], capture_output=True, text=True, timeout=60)
+assert second.returncode != 0 and "cannot listen" in second.stderr, (second.returncode,
+                                                                     second.stderr[-500:])
+print("second server on the port:", second.stderr.strip().splitlines()[-1])
+
+# ---- a chunked body is refused before it is read (the upload limit applied to Content-Length) --
+with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+    s.sendall(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * (1 << 20)
+    try:
+        for _ in range(40):  # 40 MB offered, twice the default limit
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    except OSError:
+        pass  # the server answered and closed
+    reply = s.recv(65536).decode(errors="replace")
+assert reply.startswith("HTTP/1.1 411"), reply[:200]
+assert '"length_required"' in reply, reply
+print("chunked body:", reply.splitlines()[0])
+
+# ---- concurrent uploads of the same bytes: one record, every request answered -----------------
+same = photo[1].read_bytes()
+answers = [None] * 8
+
+
+def post_same(i):
+    answers[i] = srv.multipart("/v1/images", {"image": (f"u{i}.jpg", same), "category": "dress"})
+
+
+threads = [threading.Thread(target=post_same, args=(i,)) for i in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+statuses = sorted(a[0] for a in answers)
+assert statuses == [200] * 7 + [201], [(a[0], a[1]) for a in answers]
+assert len({a[1]["image"]["id"] for a in answers}) == 1, answers
+assert len(upload_files()) == 1, upload_files()
+print("8 concurrent uploads of one photo: one 201, seven 200, one file")
+
+# ---- bytes that `index` stored from a file are the same image --------------------------------
+indexed = gallery[5]
+status, res = srv.multipart("/v1/images", {"image": ("again.jpg", indexed.read_bytes())})
+assert status == 200 and not res["created"], (status, res)
+assert res["image"]["path"] == str(indexed), res["image"]
+print("upload of an indexed photo's bytes: 200, id", res["image"]["id"])
+
+# ---- byte ranges apply to files only ----------------------------------------------------------
+status, hdrs, data = srv.request("GET", "/v1/images/99999", headers={"Range": "bytes=0-3"})
+assert status == 404 and "Content-Range" not in hdrs, (status, hdrs)
+error_of(data)  # a whole JSON body
+status, hdrs, data = srv.request("GET", "/v1/stats", headers={"Range": "bytes=0-3,5-9"})
+assert status == 200 and json.loads(data)["images"] >= stats0["images"], (status, data[:100])
+status, hdrs, data = srv.request("GET", "/v1/images/1/file", headers={"Range": "bytes=0-3"})
+assert status == 206 and data == b"\xff\xd8\xff\xe0"[:len(data)] and len(data) == 4, (status, data)
+assert hdrs["Content-Range"].startswith("bytes 0-3/"), hdrs
+err, hdrs = expect_error(srv, 416, "range_not_satisfiable", "GET", "/v1/images/1/file",
+                         headers={"Range": "bytes=99999999-"})
+assert hdrs["Content-Range"].startswith("bytes */"), hdrs
+print("ranges: JSON whole, file 206, unsatisfiable 416")
+
+# ---- metrics: no label per made-up method; uploads count as embeds ----------------------------
+for m in ("ZZZ1", "ZZZ2"):
+    srv.request(m, "/v1/stats")
+metrics = srv.request("GET", "/metrics")[2].decode()
+assert "ZZZ" not in metrics, [line for line in metrics.splitlines() if "ZZZ" in line]
+assert 'method="other"' in metrics
+
+
+def embed_count():
+    text = srv.request("GET", "/metrics")[2].decode()
+    return float(next(line.split()[-1] for line in text.splitlines()
+                      if line.startswith("lookalike_embed_duration_seconds_count")))
+
+
+before = embed_count()
+srv.multipart("/v1/images", {"image": (photo[2].name, photo[2].read_bytes())}, expect=201)
+assert embed_count() == before + 1, (before, embed_count())
+print("metrics: method label bounded, uploads observed")
+
+# ---- parameters -------------------------------------------------------------------------------
+res, _ = srv.json("POST", "/v1/search?include_self=true", {"id": 3, "k": 1})
+assert res["results"][0]["id"] == 3, res["results"]
+for bad in (2, -1.5):
+    err, _ = expect_error(srv, 400, "bad_request", "POST", "/v1/search",
+                          json.dumps({"id": 3, "min_score": bad}), JSON)
+    assert "min_score" in err["message"], err
+status, hdrs, _ = srv.request("OPTIONS", "/v1/images")
+assert status == 204 and "POST" in hdrs["Allow"] and "GET" in hdrs["Allow"], (status, hdrs)
+expect_error(srv, 404, "not_found", "OPTIONS", "/nothing")
+expect_error(srv, 414, "uri_too_long", "GET", "/v1/images?" + "a" * 20000)
+# A GIF whose screen and frame are 0 x 0 (libvips pads it to 1 x 1; PIL refuses it).
+zero_gif = bytes.fromhex("474946383961000000000000002c00000000000000000002024401003b")
+body, ctype = encode_multipart({"image": ("zero.gif", zero_gif)})
+err, _ = expect_error(srv, 422, "unprocessable_image", "POST", "/v1/images", body,
+                      {"Content-Type": ctype})
+assert "zero size" in err["message"], err
+print("include_self, min_score range, OPTIONS, 414, zero-size GIF 422")
+
+# ---- clients that trickle a request must not hold the workers ---------------------------------
+# 4 workers, 8 connections each sending a header line every 0.5 s: without a request deadline
+# they held every worker and /healthz waited forever.
+trickling = []
+for _ in range(8):
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    trickling.append(s)
+stop = threading.Event()
+closed_after = {}
+
+
+def closed_by_server(s):
+    """True once the server has closed `s` (EOF or a reset on a non-blocking read)."""
+    try:
+        return s.recv(1, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def trickle():
+    t0 = time.time()
+    while not stop.is_set() and len(closed_after) < len(trickling):
+        for i, s in enumerate(trickling):
+            if i in closed_after:
+                continue
+            if closed_by_server(s):
+                closed_after[i] = time.time() - t0
+                continue
+            try:
+                s.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                closed_after[i] = time.time() - t0
+        time.sleep(0.5)
+
+
+th = threading.Thread(target=trickle)
+th.start()
+t0 = time.time()
+status, _, _ = srv.request("GET", "/healthz", timeout=60)
+waited = time.time() - t0
+th.join(timeout=30)  # until the server has closed every trickling connection
+stop.set()
+th.join()
+for s in trickling:
+    s.close()
+assert status == 200 and waited < 25, (status, waited)
+assert len(closed_after) == len(trickling) and max(closed_after.values()) < 25, closed_after
+print(f"8 trickling clients, 4 workers: /healthz answered after {waited:.1f} s; "
+      f"the server closed {len(closed_after)} of them after "
+      f"{min(closed_after.values()):.1f}-{max(closed_after.values()):.1f} s")
+srv.stop()
+
+# ---- SIGTERM while a client trickles: the server stops after --shutdown-timeout-s --------------
+srv = Server(collection, "--shutdown-timeout-s", "2")
+s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+stop = threading.Event()
+
+
+def trickle_one():
+    while not stop.is_set():
+        try:
+            s.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            return
+        time.sleep(0.5)
+
+
+th = threading.Thread(target=trickle_one)
+th.start()
+time.sleep(1)
+t0 = time.time()
+err = srv.stop()
+took = time.time() - t0
+stop.set()
+th.join()
+s.close()
+assert took < 15, took
+assert "closing them" in err, err[-1000:]
+print(f"SIGTERM with a trickling client: stopped in {took:.1f} s")
+assert Path(collection / "catalog.db").exists()
+print("PASS")
