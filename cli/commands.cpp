@@ -2,9 +2,13 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
+#include <ctime>
 #include <iostream>
 #include <memory>
 
@@ -20,12 +24,47 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 std::atomic<bool> g_interrupted{false};
+// CLOCK_MONOTONIC time of the first SIGINT/SIGTERM, in ns; 0 before it.
+std::atomic<std::int64_t> g_first_interrupt_ns{0};
+static_assert(std::atomic<std::int64_t>::is_always_lock_free);
+// A second signal this long after the first stops at once.
+constexpr std::int64_t kForceExitAfterNs = 1'000'000'000;
 
+std::int64_t monotonic_ns() {  // async-signal-safe (clock_gettime is)
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The first SIGINT or SIGTERM asks the run to stop after the batch in flight (the summary is
+// printed, exit 130). The same signal often arrives twice at once: coreutils `timeout` and some
+// supervisors send it to the process and then to its process group, and a terminal's Ctrl-C
+// reaches the whole foreground group. So a second signal within kForceExitAfterNs of the first
+// is ignored; one after it (a user pressing Ctrl-C again because the stop takes too long) ends
+// the process at once, deliberately, with exit 130: the catalog commits batch by batch, so
+// every batch committed so far is kept (as after kill -9).
 extern "C" void on_interrupt(int) {
+  const std::int64_t now = monotonic_ns();
+  std::int64_t first = 0;
+  if (g_first_interrupt_ns.compare_exchange_strong(first, now)) {
+    g_interrupted = true;
+    return;
+  }
   g_interrupted = true;
-  // A second Ctrl-C kills at once; the catalog is transactional, so that is safe too.
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
+  if (now - first < kForceExitAfterNs) return;
+  static const char kMessage[] =
+      "\nlookalike: interrupted again: stopping now; every batch committed so far is kept\n";
+  [[maybe_unused]] auto written = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  ::_exit(kInterrupted);
+}
+
+void install_interrupt_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = on_interrupt;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
 }
 
 index::SearchParams params_of(const SearchParamArgs& a) {
@@ -60,6 +99,12 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
     set_path(row, "file", v);
     vanished.push_back(row);
   }
+  json unchecked = json::array();
+  for (const auto& u : s.unchecked) {
+    json row = {{"images", u.images}};
+    set_path(row, "file", u.where);
+    unchecked.push_back(row);
+  }
   json out = {{"type", "index_summary"},
               {"scanned", s.scanned},
               {"added", s.added},
@@ -68,6 +113,7 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
               {"reused_embeddings", s.reused},
               {"removed", s.removed},
               {"vanished", vanished},
+              {"unchecked", unchecked},
               {"failed", failures.size()},
               {"failures", failures},
               {"embedded", s.embedded},
@@ -119,6 +165,16 @@ void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
     for (const auto& v : s.vanished) std::cout << "  " << v << "\n";
   } else if (s.removed > 0) {
     std::cout << fmt::format("removed {} vanished files\n", s.removed);
+  }
+  if (!s.unchecked.empty()) {
+    std::int64_t n = 0;
+    for (const auto& u : s.unchecked) n += u.images;
+    std::cout << fmt::format(
+        "{} indexed files under paths that failed were not checked and are kept (--prune removes "
+        "only files that are definitely gone):\n",
+        n);
+    for (const auto& u : s.unchecked)
+      std::cout << fmt::format("  {}: {} indexed files\n", u.where, u.images);
   }
 }
 
@@ -177,16 +233,23 @@ void print_response(const engine::SearchResponse& r, const std::string& metric, 
 }  // namespace
 
 int run_index(const GlobalOptions& g, const IndexArgs& a) {
-  // Installed first so that a Ctrl-C during model loading also ends cleanly with 130.
-  std::signal(SIGINT, on_interrupt);
-  std::signal(SIGTERM, on_interrupt);
+  // Installed first so that a Ctrl-C during model loading also ends cleanly with 130. It stays
+  // installed until the summary is printed.
+  install_interrupt_handler();
   engine::NewCollection fresh{a.metric,       a.factory,      a.memory_budget, params_of(a.params),
                               a.metric_given, a.factory_given};
+  const bool existed = store::Collection::exists(g.collection);
   std::unique_ptr<engine::Engine> e;
   try {
     e = engine::Engine::open(engine_options(g), engine::Access::Write, fresh);
   } catch (const engine::EngineError& err) {
     if (err.kind() != engine::EngineError::Kind::Invalid) throw;
+    spdlog::error("{}", err.what());
+    return kUsage;
+  } catch (const store::StoreError& err) {
+    // A new collection: the only check before anything exists is that of its config (metric,
+    // index spec), which is a usage error as at reindex and eval.
+    if (existed) throw;
     spdlog::error("{}", err.what());
     return kUsage;
   }
@@ -202,8 +265,7 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   r.cancel = &g_interrupted;
   r.on_progress = [&](const pipeline::Progress& p) { progress.update(p); };
   auto summary = e->index(r);
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
+  if (g_interrupted) summary.interrupted = true;  // also a signal after the last batch
   progress.finish();
 
   if (g.json) {
@@ -217,8 +279,16 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
     return kCommittedThenFailed;
   }
   if (summary.interrupted) return kInterrupted;
+  const std::int64_t done = summary.added + summary.updated + summary.unchanged + summary.removed;
+  if (summary.failures.empty() && summary.scanned == 0 && summary.removed == 0) {
+    // Nothing failed and nothing was found: an empty folder, or only files of other kinds.
+    spdlog::error("no image file found in the inputs (image extensions: {})",
+                  fmt::join(pipeline::image_extensions(), " "));
+    return kError;
+  }
   if (!e->has_collection()) return kError;  // no input existed: nothing was created
-  return summary.failures.empty() ? kOk : kPartial;
+  if (summary.failures.empty()) return kOk;
+  return done > 0 ? kPartial : kError;  // every input failed: nothing was done
 }
 
 int run_search(const GlobalOptions& g, const SearchArgs& a) {
@@ -295,6 +365,7 @@ int run_reindex(const GlobalOptions& g, const ReindexArgs& a) {
 }
 
 int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
+  if (!a.npy.empty()) check_npy_target(a.npy);  // before embedding every image
   auto e = engine::Engine::open(engine_options(g), engine::Access::ModelOnly);
   auto& m = e->model();
   auto embedded = e->embed_files(a.images);
@@ -423,7 +494,8 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
     std::cout << fmt::format("removed {} images; collection {} now holds {} images\n",
                              result.removed.size(), g.collection.string(), count);
   }
-  return result.not_found.empty() ? kOk : kPartial;
+  if (result.not_found.empty()) return kOk;
+  return result.removed.empty() ? kError : kPartial;  // nothing found: nothing was done
 }
 
 // "fp32, bf16 (min cosine 0.99985, meets the bar)"; what auto would pick on this CPU.
@@ -449,8 +521,14 @@ std::string precisions_line(const model::ModelCard& card) {
 
 int run_models(const GlobalOptions& g) {
   auto dirs = model::default_model_dirs();
-  auto models = model::list_models(dirs);
+  std::vector<model::BrokenModel> broken;  // listed with their error, not hidden
+  auto models = model::list_models(dirs, &broken);
   if (g.json) {
+    for (const auto& b : broken) {
+      json rec = {{"type", "model"}, {"name", b.archive.stem().string()}, {"error", b.error}};
+      set_path(rec, "archive", b.archive.string());
+      print_record(rec);
+    }
     for (const auto& m : models) {
       json card = model::model_card_to_json(m.card);
       card["archive"] = m.archive.string();
@@ -462,7 +540,7 @@ int run_models(const GlobalOptions& g) {
     }
     return kOk;
   }
-  if (models.empty()) {
+  if (models.empty() && broken.empty()) {
     std::cout << "no models installed in:";
     for (const auto& d : dirs) std::cout << " " << d.string();
     std::cout << "\nexport one: /usr/bin/python3 tools/export_model.py mobilenet_v2 --weights FILE "
@@ -479,6 +557,10 @@ int run_models(const GlobalOptions& g) {
     std::cout << fmt::format("{:<16} weights: {} ({})\n", "", m.card.weights_source,
                              m.card.license);
     std::cout << fmt::format("{:<16} precision: {}\n", "", precisions_line(m.card));
+  }
+  for (const auto& b : broken) {
+    std::cout << fmt::format("{:<16} BROKEN: {}\n{:<16} archive: {}\n", b.archive.stem().string(),
+                             b.error, "", b.archive.string());
   }
   return kOk;
 }
@@ -507,6 +589,8 @@ int run_serve(const GlobalOptions& g, const ServeArgs& a) {
   o.cors_origins = a.cors_origins;
   o.read_timeout_s = a.read_timeout_s;
   o.write_timeout_s = a.write_timeout_s;
+  o.request_timeout_s = a.request_timeout_s;
+  o.shutdown_timeout_s = a.shutdown_timeout_s;
   o.web_dir = a.web_dir;
   auto eo = engine_options(g);
   eo.max_aspect_ratio = a.max_aspect_ratio;

@@ -96,6 +96,8 @@ struct ServeArgs {
   std::vector<std::string> cors_origins;
   int read_timeout_s = 10;
   int write_timeout_s = 10;
+  int request_timeout_s = 60;
+  int shutdown_timeout_s = 30;
   std::filesystem::path web_dir;
   double max_aspect_ratio = 100;
   double batch_wait_ms = 2;  // engine::EngineOptions::batch_wait

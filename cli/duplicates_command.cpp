@@ -67,7 +67,7 @@ json report_json(const dedup::DuplicateReport& r, const Backfill& b) {
                   {"hashes_computed", b.computed},
                   {"hashes_stored", b.stored}};
   if (!b.not_stored.empty()) summary["hashes_not_stored"] = b.not_stored;
-  return {{"groups", groups}, {"summary", summary}};
+  return {{"type", "duplicates"}, {"groups", groups}, {"summary", summary}};
 }
 
 std::string verdict(const dedup::DuplicateMember& m) {
@@ -176,7 +176,9 @@ Subcommand add_duplicates_command(CLI::App& app, const GlobalOptions& g) {
       ->add_option("--ef-search", args->ef_search,
                    "HNSW candidate list per neighbour search (default: the collection's)")
       ->check(CLI::Range(0, 1 << 20));
-  s.app->add_flag("--json", args->json, "One JSON object: {\"groups\": [...], \"summary\": {...}}");
+  s.app->add_flag(
+      "--json", args->json,
+      "One JSON object: {\"type\": \"duplicates\", \"groups\": [...], \"summary\": {...}}");
   auto* app_ptr = s.app;
   s.run = [&g, args, app_ptr] { return run(g, *args, app_ptr->count("--threshold") > 0); };
   return s;

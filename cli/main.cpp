@@ -4,6 +4,8 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -69,8 +71,17 @@ static int run(int argc, char** argv) {
          "threads")
       ->check(CLI::Range(0, 16));
   app.add_option("--max-pixels", g.max_pixels,
-                 "Refuse images with more pixels (decompression-bomb guard)")
-      ->check(CLI::PositiveNumber);
+                 "Refuse images with more pixels (decompression-bomb guard; default 89478485, "
+                 "PIL's limit)")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            std::int64_t n = 0;
+            const char* end = value.data() + value.size();
+            const auto [at, ec] = std::from_chars(value.data(), end, n);
+            if (ec == std::errc() && at == end && n >= 1) return {};
+            return "must be a whole number of pixels, at least 1 (default 89478485), got " + value;
+          },
+          "PIXELS>=1"));
   app.add_flag("--json", g.json, "Machine-readable JSON output on stdout");
   app.add_flag("-q,--quiet", g.quiet, "No progress output");
 
@@ -78,7 +89,9 @@ static int run(int argc, char** argv) {
   auto* index = app.add_subcommand("index", "Add or update folders, image files or CSV manifests");
   index->add_option("paths", ia.inputs, "Folders (recursive), image files or CSV manifests")
       ->required();
-  index->add_flag("--prune", ia.prune, "Remove entries whose file no longer exists");
+  index->add_flag("--prune", ia.prune,
+                  "Remove entries whose file no longer exists, under the given paths only (never "
+                  "under a path that failed)");
   index->add_option("--metric", ia.metric, "New collections: cosine or l2")
       ->check(CLI::IsMember({"cosine", "l2"}));
   index->add_option("--index-spec,--index-factory", ia.factory,
@@ -183,10 +196,21 @@ static int run(int argc, char** argv) {
       ->expected(1)
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  serve->add_option("--read-timeout-s", sv.read_timeout_s, "Seconds a client may take to send")
+  serve
+      ->add_option("--read-timeout-s", sv.read_timeout_s, "Seconds one read from a client may wait")
       ->check(CLI::Range(1, 3600));
-  serve->add_option("--write-timeout-s", sv.write_timeout_s, "Seconds a client may take to read")
+  serve
+      ->add_option("--write-timeout-s", sv.write_timeout_s,
+                   "Seconds one write to a client may wait")
       ->check(CLI::Range(1, 3600));
+  serve
+      ->add_option("--request-timeout-s", sv.request_timeout_s,
+                   "Seconds a client may take to send a whole request (headers and body)")
+      ->check(CLI::Range(1, 86400));
+  serve
+      ->add_option("--shutdown-timeout-s", sv.shutdown_timeout_s,
+                   "Seconds requests in flight may take to finish after SIGTERM")
+      ->check(CLI::Range(0, 3600));
   serve
       ->add_option("--max-aspect-ratio", sv.max_aspect_ratio,
                    "Refuse uploads and query images longer than this many times their width "

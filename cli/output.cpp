@@ -1,11 +1,13 @@
 #include "cli/output.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
 #include <iostream>
 #include <stdexcept>
 
@@ -27,7 +29,53 @@ void print_record(const nlohmann::json& record) {
   std::cout << record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
 }
 
-void write_npy(const std::filesystem::path& path, const std::vector<float>& data, std::size_t n,
+namespace {
+
+namespace fs = std::filesystem;
+
+// "<path>.tmp-<pid>": beside the target (so that the rename is atomic), never a user's file.
+fs::path temp_beside(const fs::path& path) {
+  auto tmp = path;
+  tmp += fmt::format(".tmp-{}", ::getpid());
+  return tmp;
+}
+
+[[noreturn]] void refuse_npy(const fs::path& path, const std::string& why) {
+  throw std::runtime_error(fmt::format("--npy {}: cannot write: {}", path.string(), why));
+}
+
+// Writes all of `bytes` to `fd`; false (errno set) on failure.
+bool write_all(int fd, const void* bytes, std::size_t n) {
+  const char* p = static_cast<const char*>(bytes);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+}  // namespace
+
+void check_npy_target(const fs::path& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) refuse_npy(path, "it is a folder");
+  const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  if (!fs::is_directory(dir, ec)) {
+    refuse_npy(path, fs::exists(dir, ec) ? fmt::format("{} is not a folder", dir.string())
+                                         : fmt::format("folder {} does not exist", dir.string()));
+  }
+  // What only trying tells (permissions, a read-only file system, ...): create the temp file.
+  const auto tmp = temp_beside(path);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) refuse_npy(path, std::strerror(errno));
+  ::close(fd);
+  fs::remove(tmp, ec);
+}
+
+void write_npy(const fs::path& path, const std::vector<float>& data, std::size_t n,
                std::size_t dim) {
   // NumPy format spec (numpy.lib.format): magic, version 1.0, header length, a Python dict
   // literal padded with spaces to a multiple of 64 bytes and ended by '\n'.
@@ -36,21 +84,31 @@ void write_npy(const std::filesystem::path& path, const std::vector<float>& data
   std::size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
   header.push_back('\n');
-  auto tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error(fmt::format("{}: cannot write", tmp.string()));
-    const unsigned char magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
-    out.write(reinterpret_cast<const char*>(magic), 8);
-    std::uint16_t len = static_cast<std::uint16_t>(header.size());
-    out.put(static_cast<char>(len & 0xff)).put(static_cast<char>(len >> 8));
-    out << header;
-    out.write(reinterpret_cast<const char*>(data.data()),
-              static_cast<std::streamsize>(n * dim * sizeof(float)));
-    if (!out.flush()) throw std::runtime_error(fmt::format("{}: write failed", tmp.string()));
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) refuse_npy(path, "it is a folder");
+  const auto tmp = temp_beside(path);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) refuse_npy(path, std::strerror(errno));
+  auto fail = [&](const std::string& why) {
+    fs::remove(tmp, ec);  // no stray temp file
+    refuse_npy(path, why);
+  };
+  const unsigned char magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
+  const auto len = static_cast<std::uint16_t>(header.size());
+  const unsigned char len_le[2] = {static_cast<unsigned char>(len & 0xff),
+                                   static_cast<unsigned char>(len >> 8)};
+  bool ok = write_all(fd, magic, sizeof magic) && write_all(fd, len_le, sizeof len_le) &&
+            write_all(fd, header.data(), header.size()) &&
+            write_all(fd, data.data(), n * dim * sizeof(float));
+  const int write_errno = errno;
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+  } else if (!ok) {
+    errno = write_errno;
   }
-  std::filesystem::rename(tmp, path);
+  if (!ok) fail(std::strerror(errno));
+  fs::rename(tmp, path, ec);
+  if (ec) fail(ec == std::errc::is_a_directory ? "it is a folder" : ec.message());
 }
 
 ProgressPrinter::ProgressPrinter(bool enabled)

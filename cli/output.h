@@ -13,9 +13,15 @@
 namespace lookalike::cli {
 
 // Writes an n x dim float32 little-endian array in NumPy's .npy format (version 1.0), atomically
-// (temp file + rename). Throws std::runtime_error naming the file on I/O failure.
+// (a temp file beside it, then a rename; the temp file is removed on failure). Throws
+// std::runtime_error "--npy PATH: cannot write: <cause>" (PATH as given; the cause: "it is a
+// folder", "folder D does not exist", the OS error).
 void write_npy(const std::filesystem::path& path, const std::vector<float>& data, std::size_t n,
                std::size_t dim);
+
+// The same errors as write_npy, found before any work: PATH is a folder, its folder is missing,
+// or a file cannot be created there (tried, and removed).
+void check_npy_target(const std::filesystem::path& path);
 
 // A progress bar with rate and ETA on a terminal (stderr), else a plain line every 5 s.
 class ProgressPrinter {

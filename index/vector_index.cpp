@@ -87,6 +87,20 @@ std::string with_commas(std::int64_t v) {
 // ---------------------------------------------------------------------------------------------
 // Factory strings.
 
+// FAISS's message in plain words: its exceptions read "Error in <C++ signature> at
+// <file>:<line>: <cause>", and only the cause means anything to a user. A failed internal check
+// ("Error: 'metric == METRIC_L2' failed") is named as such. Other exceptions' text is kept.
+std::string faiss_cause(const std::exception& e) {
+  std::string m = e.what();
+  static const std::regex prefix(R"(^Error in [\s\S]*? at \S+:[0-9]+: )");
+  std::smatch at;
+  if (std::regex_search(m, at, prefix)) m.erase(0, at.length(0));
+  static const std::regex check(R"(^Error: ('[\s\S]*') failed$)");
+  if (std::regex_match(m, at, check)) return "its internal check " + at[1].str() + " failed";
+  while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
+  return m.empty() ? "no reason given" : m;
+}
+
 [[noreturn]] void factory_error(const std::string& factory, const std::string& why) {
   throw IndexError("factory '" + factory + "': " + why);
 }
@@ -245,8 +259,10 @@ std::unique_ptr<faiss::Index> build_index(int dim, Metric metric, const std::str
   std::unique_ptr<faiss::Index> index;
   try {
     index.reset(faiss::index_factory(dim, factory.c_str(), faiss_metric(metric)));
-  } catch (const std::exception& e) {  // FaissException, or std::stoi's out_of_range
-    factory_error(factory, std::string("rejected by FAISS: ") + e.what());
+  } catch (const std::out_of_range&) {  // std::stoi's, whose text is only "stoi"
+    factory_error(factory, "rejected by FAISS: a number in it is out of range");
+  } catch (const std::exception& e) {  // FaissException
+    factory_error(factory, "rejected by FAISS: " + faiss_cause(e));
   }
   if (!index) factory_error(factory, "rejected by FAISS");
   no_polysemous_training(index.get());
@@ -905,7 +921,7 @@ void VectorIndex::append(const float* vectors, const std::int64_t* ids, std::int
     // Whatever FAISS appended before failing stays unreachable: those slots are deleted.
     while (slots() < index.ntotal) slot_id_.push_back(-1);
     throw IndexError("adding " + std::to_string(n) + " vectors to index '" + factory_ +
-                     "' failed: " + e.what());
+                     "' failed: " + faiss_cause(e));
   }
   if (index.ntotal != base + n) {
     throw IndexError("index '" + factory_ + "' holds " + std::to_string(index.ntotal) +
@@ -954,7 +970,7 @@ void VectorIndex::train_and_move() {
     id_slot.reserve(ids.size());
     for (std::size_t s = 0; s < ids.size(); ++s) id_slot.emplace(ids[s], s);
   } catch (const std::exception& e) {
-    training_error_ = "on " + with_commas(live) + " vectors: " + e.what();
+    training_error_ = "on " + with_commas(live) + " vectors: " + faiss_cause(e);
     retry_at_ = 2 * live;
     return;
   }
@@ -1325,7 +1341,7 @@ std::vector<std::vector<Hit>> VectorIndex::search(const float* queries, std::int
     try {
       index.search(n, q, kq, D.data(), I.data(), params);
     } catch (const std::exception& e) {
-      throw IndexError("search in index '" + factory_ + "' failed: " + e.what());
+      throw IndexError("search in index '" + factory_ + "' failed: " + faiss_cause(e));
     }
   };
   // Appends row `row` of D / I (kq wide) to `hits`: live, not excluded, at most `fetch`.
@@ -1420,7 +1436,7 @@ void VectorIndex::save(const std::filesystem::path& path, const std::string& col
       std::shared_lock<std::shared_mutex> ef_lock(shared_->ef_mutex);
       faiss::write_index(&active(), &writer);
     } catch (const faiss::FaissException& e) {
-      throw IndexError(tmp.string() + ": FAISS could not write the index: " + e.what());
+      throw IndexError(tmp.string() + ": FAISS could not write the index: " + faiss_cause(e));
     }
     const std::uint64_t faiss_bytes = writer.bytes - kHeaderBytes;
     std::vector<unsigned char> buf;
@@ -1454,7 +1470,7 @@ void VectorIndex::save(const std::filesystem::path& path, const std::string& col
     std::error_code ignored;
     std::filesystem::remove(tmp, ignored);
     if (dynamic_cast<const IndexError*>(&e)) throw;
-    throw IndexError(path.string() + ": cannot save index: " + e.what());
+    throw IndexError(path.string() + ": cannot save index: " + faiss_cause(e));
   }
   fsync_dir(path.parent_path());
 }
@@ -1493,7 +1509,7 @@ VectorIndex VectorIndex::load(const std::filesystem::path& path, int dim, Metric
       read_bytes = layout.faiss_bytes - reader.left;
     }
   } catch (const std::exception& e) {  // FaissException, or bad_alloc on absurd sizes
-    fail(std::string("FAISS cannot read the index: ") + e.what());
+    fail(std::string("FAISS cannot read the index: ") + faiss_cause(e));
   }
   if (read_bytes != layout.faiss_bytes) {
     fail("FAISS read " + std::to_string(read_bytes) + " of the " +

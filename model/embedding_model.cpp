@@ -239,7 +239,8 @@ std::vector<fs::path> default_model_dirs() {
   return dirs;
 }
 
-std::vector<InstalledModel> list_models(const std::vector<fs::path>& dirs) {
+std::vector<InstalledModel> list_models(const std::vector<fs::path>& dirs,
+                                        std::vector<BrokenModel>* broken) {
   std::vector<InstalledModel> out;
   std::set<std::string> seen;
   for (const auto& dir : dirs) {
@@ -254,10 +255,12 @@ std::vector<InstalledModel> list_models(const std::vector<fs::path>& dirs) {
       if (seen.count(stem)) continue;
       try {
         out.push_back({archive, load_model_card(fs::path(archive).replace_extension(".json"))});
-        seen.insert(stem);
-      } catch (const ModelError&) {
-        // A half-installed or foreign file is not a model; listing must not fail because of it.
+      } catch (const ModelError& e) {
+        // A half-installed or foreign file is not a model; listing must not fail because of it,
+        // but the caller may show it with its error.
+        if (broken) broken->push_back({archive, e.what()});
       }
+      seen.insert(stem);  // as for resolve_model, which would pick this broken one
     }
   }
   return out;

@@ -53,10 +53,19 @@ struct InstalledModel {
   std::filesystem::path archive;
   ModelCard card;
 };
-// All <name>.pt with a readable <name>.json card in `dirs` (unreadable cards are skipped), in
-// `dirs` order and by name within a directory. A name found in an earlier directory hides the
-// same name in later ones, as it does for resolve_model.
-std::vector<InstalledModel> list_models(const std::vector<std::filesystem::path>& dirs);
+// An installed <name>.pt whose <name>.json card is missing or cannot be read.
+struct BrokenModel {
+  std::filesystem::path archive;
+  std::string error;  // load_model_card's ModelError text, naming the card and the cause
+};
+// All <name>.pt with a readable <name>.json card in `dirs`, in `dirs` order and by name within
+// a directory. A name found in an earlier directory hides the same name in later ones, as it
+// does for resolve_model. A .pt whose card is missing or invalid is not listed (listing must
+// not fail because of it); when `broken` is given it receives those, in the same order, so that
+// a listing can show them with their error. A broken one hides the same name in later
+// directories too: resolve_model would pick it.
+std::vector<InstalledModel> list_models(const std::vector<std::filesystem::path>& dirs,
+                                        std::vector<BrokenModel>* broken = nullptr);
 
 class EmbeddingModel {
  public:

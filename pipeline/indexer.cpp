@@ -1,6 +1,11 @@
 #include "pipeline/indexer.h"
 
+#include <fmt/format.h>
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -159,23 +164,90 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
   return Prepared::Drop;
 }
 
-void find_vanished(store::Collection& collection, const std::vector<store::ImageRecord>& records,
-                   const IndexOptions& options, IndexSummary& summary) {
-  std::vector<std::int64_t> ids;
-  for (const auto& r : records) {
-    std::error_code ec;
-    if (!std::filesystem::exists(r.path, ec)) {
-      summary.vanished.push_back(r.path);
-      ids.push_back(r.id);
-    }
-  }
-  if (options.prune && !ids.empty()) {
-    collection.apply({}, ids);
-    summary.removed = static_cast<std::int64_t>(ids.size());
+// The lexically normal absolute form of `p` as the catalog stores paths, without a trailing
+// separator ("photos/" and "photos/." are the folder "photos").
+std::string catalog_form(const std::filesystem::path& p) {
+  std::string s = normalize_path(p).string();
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  return s;
+}
+
+// Calls `visit` with `path`, then with each folder above it ("/a/b/c.jpg", "/a/b", "/a", "/"),
+// until it returns true; returns whether one did.
+template <typename Visit>
+bool up_from(const std::string& path, Visit&& visit) {
+  std::string p = path;
+  while (true) {
+    if (visit(p)) return true;
+    const auto slash = p.rfind('/');
+    if (slash == std::string::npos || p == "/") return false;
+    p.resize(slash == 0 ? 1 : slash);
   }
 }
 
 }  // namespace
+
+VanishedCheck find_vanished(const std::vector<store::ImageRecord>& records,
+                            const std::vector<std::filesystem::path>& inputs,
+                            const std::vector<Failure>& failures) {
+  namespace fs = std::filesystem;
+  // Every path a failure names, and the inputs that failed themselves (named exactly as given).
+  std::unordered_set<std::string> failed_as_given;
+  std::unordered_map<std::string, std::size_t> failed;  // catalog form -> index in `skipped`
+  VanishedCheck out;
+  auto note_failed = [&](const std::string& key, const std::string& where) {
+    if (failed.emplace(key, out.skipped.size()).second) out.skipped.push_back({where, 0});
+  };
+  for (const auto& f : failures) {
+    if (f.where.empty()) continue;
+    failed_as_given.insert(f.where);
+    note_failed(catalog_form(f.where), f.where);
+  }
+  std::unordered_set<std::string> scope, failed_inputs;
+  for (const auto& input : inputs) {
+    std::error_code ec;
+    const bool manifest = input.extension() == ".csv" || input.extension() == ".CSV";
+    const bool folder = fs::is_directory(input, ec);
+    fs::path root = input;
+    if (!folder && manifest) root = normalize_path(input).parent_path();
+    const auto key = catalog_form(root);
+    scope.insert(key);
+    if (failed_as_given.count(input.string()) > 0) {
+      note_failed(key, input.string());  // nothing under it is looked at
+      failed_inputs.insert(key);
+    }
+  }
+  for (const auto& r : records) {
+    // Not under this run's inputs: not looked at.
+    if (!up_from(r.path, [&](const std::string& p) { return scope.count(p) > 0; })) continue;
+    std::string failed_at;
+    if (up_from(r.path, [&](const std::string& p) {
+          if (failed.count(p) == 0) return false;
+          failed_at = p;
+          return true;
+        })) {
+      // A file that failed itself (unreadable, not an image) is listed already; a failed input
+      // or folder is listed with the images it keeps.
+      if (failed_at != r.path || failed_inputs.count(failed_at) > 0) {
+        ++out.skipped[failed.at(failed_at)].images;
+      }
+      continue;
+    }
+    struct stat st;
+    if (::stat(r.path.c_str(), &st) == 0) continue;
+    const int err = errno;
+    if (err == ENOENT || err == ENOTDIR) {
+      out.ids.push_back(r.id);
+      out.paths.push_back(r.path);
+    } else {
+      out.unreadable.push_back(
+          {r.path, fmt::format("cannot tell whether it still exists ({}); its entry is kept",
+                               std::strerror(err))});
+    }
+  }
+  std::erase_if(out.skipped, [](const Unchecked& u) { return u.images == 0; });
+  return out;
+}
 
 IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& model,
                          const ScanResult& scan, const IndexOptions& options) {
@@ -288,8 +360,15 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
       ++summary.updated;
     }
   }
-  if (!summary.interrupted && summary.fatal_error.empty()) {
-    find_vanished(collection, records, options, summary);
+  if (!summary.interrupted && summary.fatal_error.empty() && !options.inputs.empty()) {
+    auto gone = find_vanished(records, options.inputs, summary.failures);
+    for (auto& f : gone.unreadable) summary.failures.push_back(std::move(f));
+    summary.unchecked = std::move(gone.skipped);
+    summary.vanished = std::move(gone.paths);
+    if (options.prune && !gone.ids.empty()) {
+      collection.apply({}, gone.ids);
+      summary.removed = static_cast<std::int64_t>(gone.ids.size());
+    }
   }
   try {
     collection.save_index();

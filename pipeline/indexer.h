@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -25,7 +26,11 @@ struct Progress {
 };
 
 struct IndexOptions {
-  bool prune = false;      // remove catalog entries whose file no longer exists
+  // The inputs given to scan_inputs, as given. The vanished check (IndexSummary::vanished) and
+  // `prune` cover only the stored images under them (see find_vanished); empty: no vanished
+  // check at all, and nothing is pruned.
+  std::vector<std::filesystem::path> inputs;
+  bool prune = false;      // remove the stored images find_vanished finds gone (under `inputs`)
   int batch_size = 32;     // images per forward pass and per catalog transaction
   int decode_threads = 1;  // workers decoding while the calling thread embeds
   image::DecodeOptions decode;
@@ -40,6 +45,13 @@ struct Failure {
   std::string reason;
 };
 
+// A path that failed in this run (a missing input, an unreadable folder or manifest, ...) and
+// how many stored images lie under it: not checked for the vanished report, never pruned.
+struct Unchecked {
+  std::string where;  // as in the Failure that names it
+  std::int64_t images = 0;
+};
+
 struct IndexSummary {
   std::int64_t scanned = 0;    // files found in the inputs
   std::int64_t added = 0;      // new paths
@@ -47,7 +59,8 @@ struct IndexSummary {
   std::int64_t unchanged = 0;  // same content hash as stored (metadata/mtime may be refreshed)
   std::int64_t reused = 0;     // of added+updated: embedding copied from identical content
   std::int64_t removed = 0;    // vanished files removed (--prune)
-  std::vector<std::string> vanished;  // catalog paths whose file is gone
+  std::vector<std::string> vanished;  // catalog paths whose file is gone (find_vanished)
+  std::vector<Unchecked> unchecked;   // find_vanished's `skipped`: kept, not checked
   std::vector<Failure> failures;
   std::int64_t embedded = 0;  // images that went through the network
   double seconds = 0;         // wall time of the whole run (the model is loaded before it)
@@ -84,7 +97,32 @@ struct IndexSummary {
 // Embeddings are reused by content hash from whatever image holds that content at the time
 // (never from a record whose content may have changed in the same run); an image whose stored
 // vector is corrupt (Collection::corrupt_ids) is embedded again.
+// With options.inputs, the run ends (unless interrupted or stopped by a failure) with
+// find_vanished over the stored images and, with options.prune, removes the vanished ones;
+// stored images it could not check become failures and are kept.
 IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& model,
                          const ScanResult& scan, const IndexOptions& options);
+
+struct VanishedCheck {
+  std::vector<std::int64_t> ids;    // stored images whose file is gone, in `records` order
+  std::vector<std::string> paths;   // their paths
+  std::vector<Failure> unreadable;  // stored images whose file could not be checked: kept
+  std::vector<Unchecked> skipped;   // failed paths with stored images under them: kept
+};
+
+// Which of `records` have vanished, for `index --prune`. Only the stored images under this
+// run's `inputs` are looked at (a folder: everything under it; an image file: that file; a CSV
+// manifest: everything under the manifest's folder, where its relative paths point), so that
+// `index A --prune` never touches what was indexed from B. Never looked at (`skipped`, with the
+// count of stored images under each path): everything under an input that failed (a `failures`
+// entry names it exactly: missing, unreadable, a manifest that cannot be read; a typo or an
+// unmounted drive must not wipe a collection) and under any path a failure names (a subfolder
+// that cannot be read, a broken symlink). A file counts as vanished only when stat() says it
+// does not exist (ENOENT or ENOTDIR); any other error (EACCES, EIO, ...) keeps it, as an
+// `unreadable` failure with the cause. Input paths are compared lexically (normalize_path), as
+// the catalog stores them.
+VanishedCheck find_vanished(const std::vector<store::ImageRecord>& records,
+                            const std::vector<std::filesystem::path>& inputs,
+                            const std::vector<Failure>& failures);
 
 }  // namespace lookalike::pipeline

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <optional>
 #include <stdexcept>
+#include <string_view>
 #include <system_error>
 #include <unordered_map>
 
@@ -160,6 +161,68 @@ void on_row(int /*terminator*/, void* state) {
   s->row.clear();
 }
 
+// Where and why libcsv's strict mode refused `s` (the manifest after any BOM), by the same
+// rules: a '"' inside an unquoted field, text after a closing quote, a quote that is never
+// closed. Lines count LF, CRLF and lone CR. nullopt if no such fault is found.
+struct CsvFault {
+  std::size_t line = 1;
+  std::string cause;
+};
+std::optional<CsvFault> find_csv_fault(std::string_view s) {
+  enum class At { FieldStart, Unquoted, Quoted, AfterQuote } at = At::FieldStart;
+  std::size_t line = 1, quote_line = 1;
+  bool spaces = false;  // AfterQuote: spaces or tabs since the quote
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const bool ends_field = c == ',' || c == '\r' || c == '\n';
+    switch (at) {
+      case At::FieldStart:
+        if (c == '"') {
+          at = At::Quoted;
+          quote_line = line;
+        } else if (!ends_field && c != ' ' && c != '\t') {
+          at = At::Unquoted;
+        }
+        break;
+      case At::Unquoted:
+        if (c == '"') {
+          return CsvFault{line,
+                          "a double quote inside an unquoted field (quote the whole field and "
+                          "double the quotes inside it: \"say \"\"hi\"\"\")"};
+        }
+        if (ends_field) at = At::FieldStart;
+        break;
+      case At::Quoted:
+        if (c == '"') {
+          at = At::AfterQuote;
+          spaces = false;
+        }
+        break;
+      case At::AfterQuote:
+        if (ends_field) {
+          at = At::FieldStart;
+        } else if (c == ' ' || c == '\t') {
+          spaces = true;
+        } else if (c == '"' && !spaces) {
+          at = At::Quoted;  // "" inside a quoted field
+        } else {
+          return CsvFault{line, fmt::format("text after the closing quote of the field that "
+                                            "opens on line {} (a quote inside a quoted field "
+                                            "is written \"\")",
+                                            quote_line)};
+        }
+        break;
+    }
+    if (c == '\n' || (c == '\r' && (i + 1 == s.size() || s[i + 1] != '\n'))) ++line;
+  }
+  if (at == At::Quoted) {
+    return CsvFault{quote_line,
+                    "unterminated quoted field: the quote that opens it on this line "
+                    "is never closed"};
+  }
+  return std::nullopt;
+}
+
 std::vector<std::vector<std::string>> parse_csv(const fs::path& csv) {
   auto bytes = read_file(csv);
   csv_parser parser;
@@ -172,11 +235,22 @@ std::vector<std::vector<std::string>> parse_csv(const fs::path& csv) {
   std::size_t n = bytes.size() - start;
   bool ok = csv_parse(&parser, bytes.data() + start, n, on_field, on_row, &state) == n &&
             csv_fini(&parser, on_field, on_row, &state) == 0;
-  std::string error = ok ? "" : csv_strerror(csv_error(&parser));
+  const int status = ok ? CSV_SUCCESS : csv_error(&parser);
+  std::string error = ok ? "" : csv_strerror(status);
   csv_free(&parser);
   if (!ok) {
-    throw std::runtime_error(fmt::format("{}: malformed CSV after row {}: {}", csv.string(),
-                                         state.rows.size() + 1, error));
+    // The row being read when it failed; a newline inside a quoted field does not start one.
+    const std::size_t row = state.rows.size() + 1;
+    if (status == CSV_EPARSE) {
+      const auto fault =
+          find_csv_fault(std::string_view(reinterpret_cast<const char*>(bytes.data()) + start, n));
+      if (fault) {
+        throw std::runtime_error(fmt::format("{}: malformed CSV in row {} (line {}): {}",
+                                             csv.string(), row, fault->line, fault->cause));
+      }
+    }
+    throw std::runtime_error(
+        fmt::format("{}: malformed CSV in row {}: {}", csv.string(), row, error));
   }
   return state.rows;
 }
@@ -187,7 +261,17 @@ std::size_t find_file_column(const std::vector<std::string>& header, const fs::p
   if (!options.file_column.empty()) wanted = {lower(options.file_column)};
   for (const auto& w : wanted) {
     for (std::size_t i = 0; i < header.size(); ++i) {
-      if (lower(header[i]) == w) return i;
+      if (lower(header[i]) != w) continue;
+      // A second column of that name would be stored as metadata under the file column's name.
+      for (std::size_t j = i + 1; j < header.size(); ++j) {
+        if (lower(header[j]) == w) {
+          throw std::runtime_error(fmt::format(
+              "{}: columns {} and {} are both named '{}': which one holds the image paths is "
+              "ambiguous; rename one",
+              csv.string(), i + 1, j + 1, header[j]));
+        }
+      }
+      return i;
     }
   }
   throw std::runtime_error(

@@ -567,6 +567,26 @@ const char* op_text(FilterOp op) {
   }
 }
 
+constexpr const char* kSupported =
+    "supported: field=value, field IN [a, b], field<N, field<=N, field>N, field>=N";
+
+// An '=' term whose field or value shows another language's operator: "a==b", "a!=b", "a=<5",
+// "a=>5", "a~=b", ... These would otherwise match nothing without a word (value "=b", field
+// "a!"). A value that really starts with '=', '<' or '>' can be given quoted in an IN list.
+void refuse_unsupported_operator(const std::string& t, const std::string& field,
+                                 const std::string& value) {
+  auto bad = [&](const std::string& op, const std::string& hint) {
+    throw StoreError("filter '" + t + "': " + op + " is not supported" + hint + "; " + kSupported);
+  };
+  if (!field.empty() && std::string_view("!~^$*:|").find(field.back()) != std::string::npos) {
+    if (field.back() == '!') bad("!= (not equal)", "");
+    bad(std::string(1, field.back()) + "=", "");
+  }
+  if (value.starts_with('=')) bad("==", " (write field=value)");
+  if (value.starts_with('<')) bad("=<", " (write field<=N)");
+  if (value.starts_with('>')) bad("=>", " (write field>=N)");
+}
+
 // Where an IN keyword starts: whitespace, "in" in any case, optional whitespace, then '['.
 // Returns the offset of the first whitespace character, or npos.
 std::size_t find_in_keyword(const std::string& t) {
@@ -819,12 +839,17 @@ MetadataFilter parse_where(const std::vector<std::string>& terms) {
       throw StoreError("filter '" + t + "': expected field=value, field IN [a, b], or field<N");
     }
     if (t[op] == '=') {
-      const std::string field = t.substr(0, op);
+      const std::string field = trim(std::string_view(t).substr(0, op));
+      const std::string value = trim(std::string_view(t).substr(op + 1));
+      refuse_unsupported_operator(t, field, value);
       check_field(field, t);
-      f.terms.push_back({field, FilterOp::Eq, {t.substr(op + 1)}, 0});
+      f.terms.push_back({field, FilterOp::Eq, {value}, 0});
       continue;
     }
     const bool or_equal = op + 1 < t.size() && t[op + 1] == '=';
+    if (t[op] == '<' && op + 1 < t.size() && t[op + 1] == '>') {
+      throw StoreError("filter '" + t + "': <> (not equal) is not supported; " + kSupported);
+    }
     const FilterOp range = t[op] == '<' ? (or_equal ? FilterOp::Le : FilterOp::Lt)
                                         : (or_equal ? FilterOp::Ge : FilterOp::Gt);
     const std::string field = trim(std::string_view(t).substr(0, op));

@@ -102,16 +102,18 @@ struct MetadataFilter {
 };
 // Parses one term per string, O(total length). Grammar (the operator is the first '=', '<' or
 // '>' of the term, or an IN keyword before it):
-//   field=value        equality; split at the first '=', nothing trimmed (note=a<b is
-//                      equality on note; a=<5 is equality with the value "<5")
+//   field=value        equality; split at the first '=', field and value trimmed of spaces
+//                      (note=a<b is equality on note with the value "a<b")
 //   field IN [a, b]    IN (keyword case-insensitive, brackets required): items comma-separated
 //                      and trimmed; "double quoted" items may hold commas, brackets and spaces
 //                      (\" and \\ escape inside quotes)
 //   field<N  field<=N  field>N  field>=N   ranges; N a finite number (a<=b is a range whose
 //                      bound "b" is refused, never equality)
-// For IN and ranges the field and N are trimmed of spaces. Field rules: non-empty, at most 128
-// bytes, no '"', '\\' or control characters; a field holding '=', '<' or '>' can only be given
-// through add_term/add_in/add_range. Throws StoreError "filter '<term>': <cause>".
+// Refused, naming the operator and listing the supported forms: "==", "!=", "=<", "=>", "<>"
+// and a field ending in '~', '^', '$', '*', ':' or '|' before the '=' (a value that starts with
+// '=', '<' or '>', or has edge spaces, can be given quoted in an IN list). Field rules: non-empty,
+// at most 128 bytes, no '"', '\\' or control characters; a field holding '=', '<' or '>' can only
+// be given through add_term/add_in/add_range. Throws StoreError "filter '<term>': <cause>".
 MetadataFilter parse_where(const std::vector<std::string>& terms);
 // Adds one equality term (field, value), with parse_where's field checks. O(1).
 void add_term(MetadataFilter& filter, const std::string& field, const std::string& value);

@@ -31,9 +31,12 @@ lookalike_e2e(e2e_fidelity fidelity.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_incremental incremental.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_crash crash.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_cli cli_errors.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_prune_safety prune_safety.py TIMEOUT 300 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_defects defects.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_bad_inputs bad_inputs.py TIMEOUT 900 REQUIRES "model_mobilenet_v2;bad_inputs")
 lookalike_e2e(e2e_server_api server_api.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# Requests a review found the server mishandled (deep JSON, chunked bodies, slow clients, ...).
+lookalike_e2e(e2e_server_hardening server_hardening.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 # The browser test skips (77) where Chromium, Node or playwright-core is missing.
 lookalike_e2e(e2e_browser browser.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 set_tests_properties(e2e_browser PROPERTIES SKIP_RETURN_CODE 77)
@@ -52,3 +55,4 @@ lookalike_e2e(e2e_train_resnet50 train_resnet50.py TIMEOUT 1800
 # reuses the FP32 galleries of e2e_index_gallery and e2e_retrieval_resnet50.
 lookalike_e2e(e2e_precision_fidelity precision_fidelity.py TIMEOUT 2400
               REQUIRES "model_mobilenet_v2;gallery;model_resnet50;gallery_resnet50")
+lookalike_e2e(e2e_cli_defects2 cli_defects2.py TIMEOUT 600 REQUIRES model_mobilenet_v2)

@@ -1095,11 +1095,21 @@ TEST(Catalog, ParseWhereGrammar) {
   EXPECT_EQ(t.op, FilterOp::Eq);
   EXPECT_EQ(t.field, "note");
   EXPECT_EQ(t.values, std::vector<std::string>{"a<b"});
-  t = one("a=<5");
+  t = one("category = shoes");  // spaces around '=' are trimmed, as in ranges and IN
   EXPECT_EQ(t.op, FilterOp::Eq);
-  EXPECT_EQ(t.values, std::vector<std::string>{"<5"});
-  t = one("a==b");
-  EXPECT_EQ(t.values, std::vector<std::string>{"=b"});
+  EXPECT_EQ(t.field, "category");
+  EXPECT_EQ(t.values, std::vector<std::string>{"shoes"});
+  t = one("\tmy field =  two words ");
+  EXPECT_EQ(t.field, "my field");
+  EXPECT_EQ(t.values, std::vector<std::string>{"two words"});
+  t = one("a=");
+  EXPECT_EQ(t.values, std::vector<std::string>{""});
+  t = one("a=b=c");  // only the first '=' splits
+  EXPECT_EQ(t.values, std::vector<std::string>{"b=c"});
+  t = one("a=x<5");
+  EXPECT_EQ(t.values, std::vector<std::string>{"x<5"});
+  t = one(R"(a IN ["=b", "<5", " x "])");  // how to ask for such values
+  EXPECT_EQ(t.values, (std::vector<std::string>{"=b", "<5", " x "}));
   t = one("q=x IN [a]");  // an IN after the '=' is part of the value
   EXPECT_EQ(t.op, FilterOp::Eq);
   EXPECT_EQ(t.values, std::vector<std::string>{"x IN [a]"});
@@ -1138,12 +1148,25 @@ TEST(Catalog, ParseWhereGrammar) {
            {"tags IN [a] b", "after"},
            {R"(tags IN ["a)", "unterminated"},
            {R"(tags IN ["a" b])", "expected ','"},
+           {"category==shoes", "== is not supported"},
+           {"category == shoes", "== is not supported"},
+           {"category!=shoes", "!= (not equal) is not supported"},
+           {"category != shoes", "!= (not equal) is not supported"},
+           {"price=<5", "=< is not supported (write field<=N)"},
+           {"price=>5", "=> is not supported (write field>=N)"},
+           {"price<>5", "<> (not equal) is not supported"},
+           {"name~=shirt", "~= is not supported"},
+           {"name*=shirt", "*= is not supported"},
            {"a\"b=1", "may not contain"},
            {"a\"b IN [1]", "may not contain"},
            {std::string(129, 'f') + "<1", "longer than 128"}}) {
     auto what = error_of([&] { parse_where({"ok=1", term}); });
     EXPECT_NE(what.find("filter '" + term + "'"), std::string::npos) << term << ": " << what;
     EXPECT_NE(what.find(cause), std::string::npos) << term << ": " << what;
+    if (what.find("not supported") != std::string::npos) {
+      EXPECT_NE(what.find("supported: field=value, field IN [a, b], field<N"), std::string::npos)
+          << what;
+    }
   }
 }
 

@@ -359,15 +359,21 @@ TEST(VectorIndex, ValidateFactoryRejectsBadStringsBeforeFaissSeesThem) {
       {32, "PCA64,Flat", "PCA cannot output more"},
       {32, "IDMap,Flat", "IDMap"},
       {32, "IDMap2,HNSW32", "IDMap"},
-      {32, "NoSuchIndex42", "rejected by FAISS"},
+      {32, "NoSuchIndex42", "rejected by FAISS: could not parse index string NoSuchIndex42"},
       {32, "", "empty"},
       {32, "Flat,,", "rejected by FAISS"},
+      {32, "Flat,Flat", "rejected by FAISS: could not parse index string"},
+      {32, "LSH", "rejected by FAISS: its internal check 'metric == METRIC_L2' failed"},
       {0, "Flat", "dim"},
       {100000, "Flat", "dim"},
   };
   for (const auto& c : bad) {
     auto what = error_of([&] { VectorIndex::validate_factory(c.dim, Metric::Cosine, c.factory); });
     EXPECT_NE(what.find(c.says), std::string::npos) << c.factory << ": '" << what << "'";
+    // FAISS's "Error in <C++ signature> at <file>:<line>: " prefix is left out.
+    for (const char* internal : {"Error in", "faiss::", "std::", ".cpp:"}) {
+      EXPECT_EQ(what.find(internal), std::string::npos) << c.factory << ": '" << what << "'";
+    }
     if (c.dim == 32) {
       EXPECT_NE(what.find("'" + c.factory + "'"), std::string::npos) << what;
     }

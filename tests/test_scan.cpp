@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "pipeline/files.h"
@@ -184,6 +185,71 @@ TEST(ScanTest, ManifestEdgeCases) {
   const ScanResult f = read_manifest(t.file("f.csv", "file\nf.jpg\n"));
   ASSERT_EQ(f.problems.size(), 1u);
   EXPECT_NE(f.problems[0].reason.find("not a regular file (a FIFO)"), std::string::npos);
+}
+
+// Bad quoting names the manifest, the row and line, and the cause in words (not libcsv's "error
+// parsing data while strict checking enabled").
+TEST(ScanTest, MalformedCsvNamesRowLineAndCause) {
+  TempDir t;
+  t.file("a.jpg");
+  t.file("b.jpg");
+  auto error_of = [](const fs::path& csv) {
+    try {
+      read_manifest(csv);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(loaded)");
+  };
+  for (const auto& [name, text, where, cause] :
+       std::vector<std::tuple<std::string, std::string, std::string, std::string>>{
+           // The quote opened in row 3 runs to the end of the file.
+           {"open.csv", "file,note\na.jpg,x\nb.jpg,\"never closed\nc.jpg,y\n", "row 3 (line 3)",
+            "unterminated quoted field"},
+           {"inner.csv", "file,note\na.jpg,x\r\nb.jpg,say \"hi\"\r\n", "row 3 (line 3)",
+            "a double quote inside an unquoted field"},
+           // Row 2 spans lines 2-3; the stray text follows the closing quote on line 3.
+           {"after.csv", "file,note\na.jpg,\"two\nlines\"x\nb.jpg,y\n", "row 2 (line 3)",
+            "text after the closing quote of the field that opens on line 2"},
+           {"spaced.csv", "file,note\na.jpg,\"a\" \"b\"\n", "row 2 (line 2)",
+            "text after the closing quote"},
+       }) {
+    const fs::path csv = t.file(name, text);
+    const std::string what = error_of(csv);
+    EXPECT_EQ(what.rfind(csv.string() + ": malformed CSV in " + where + ": ", 0), 0u) << what;
+    EXPECT_NE(what.find(cause), std::string::npos) << what;
+    EXPECT_EQ(what.find("strict checking"), std::string::npos) << what;
+  }
+  // Still fine: "" inside quotes, spaces around a quoted field, a quoted field at the end.
+  const ScanResult ok =
+      read_manifest(t.file("ok.csv", "file,note\na.jpg, \"say \"\"hi\"\"\" \nb.jpg,\"x\""));
+  EXPECT_EQ(ok.files.size(), 2u);
+  EXPECT_TRUE(ok.problems.empty());
+}
+
+// A second file column would be stored as metadata under the file column's name: refused.
+TEST(ScanTest, DuplicateFileColumnIsRefusedNamingIt) {
+  TempDir t;
+  t.file("a.jpg");
+  t.file("b.jpg");
+  const fs::path csv = t.file("dup.csv", "file,category,File\na.jpg,shoes,b.jpg\n");
+  try {
+    read_manifest(csv);
+    ADD_FAILURE() << "loaded";
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(csv.string() + ": columns 1 and 3 are both named 'File'"),
+              std::string::npos)
+        << what;
+  }
+  ScanOptions by_name;
+  by_name.file_column = "path";
+  const fs::path two_paths = t.file("paths.csv", "path,file,path\na.jpg,x,b.jpg\n");
+  EXPECT_THROW(read_manifest(two_paths, by_name), std::runtime_error);
+  // Another column that merely could be a file column stays metadata.
+  const ScanResult r = read_manifest(t.file("other.csv", "file,path\na.jpg,somewhere\n"));
+  ASSERT_EQ(r.files.size(), 1u);
+  EXPECT_EQ(r.files[0].metadata, (nlohmann::json{{"path", "somewhere"}}));
 }
 
 TEST(ScanTest, SymlinkedFoldersAreNotFollowedAndFoldersNamedLikeImagesNotListed) {

@@ -101,7 +101,8 @@ ReembedResult reembed_collection(const ReembedOptions& o,
       std::copy_n(e.embeddings.begin() + k * dim, dim, vectors.begin() + missing[k] * dim);
       done[missing[k]] = true;
     }
-    r.decoded = static_cast<std::int64_t>(missing.size());
+    // Only the images that decoded and embedded: the rest are listed in r.failed.
+    r.decoded = static_cast<std::int64_t>(missing.size() - r.failed.size());
     if (on_progress) on_progress({r.images, r.images});
   }
 

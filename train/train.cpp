@@ -4,15 +4,19 @@
 
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <optional>
 #include <random>
 #include <set>
+#include <system_error>
 #include <thread>
 
 #include "eval/labels.h"
@@ -31,6 +35,26 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Before any work: --out's folder must exist (it is not created, as for map --out and
+// embed --npy, so that a typo does not make folders) and be writable.
+void check_out_folder(const fs::path& out) {
+  const fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  std::error_code ec;
+  const auto st = fs::status(dir, ec);
+  if (ec || !fs::exists(st)) {
+    throw TrainError(out.string() + ": cannot write: folder " + dir.string() + " does not exist" +
+                     (ec && ec != std::errc::no_such_file_or_directory ? " (" + ec.message() + ")"
+                                                                       : std::string()));
+  }
+  if (!fs::is_directory(st))
+    throw TrainError(out.string() + ": cannot write: " + dir.string() + " is not a folder");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+    throw TrainError(out.string() + ": cannot write in folder " + dir.string() + ": " +
+                     std::strerror(errno));
+  }
+  if (fs::is_directory(out, ec)) throw TrainError(out.string() + ": is a folder");
 }
 
 void check_options(const TrainOptions& o) {
@@ -52,6 +76,7 @@ void check_options(const TrainOptions& o) {
   if (o.patience < 1) usage("--patience: must be at least 1");
   if (o.full_epochs < 1) usage("--full-epochs: must be at least 1");
   if (!(o.full_learning_rate > 0)) usage("--full-lr: must be > 0");
+  check_out_folder(o.out);
 }
 
 std::string read_hash(const fs::path& file, std::string* error) {
@@ -125,8 +150,11 @@ Dataset embed_dataset(const eval::LabelledSet& set, engine::Engine& engine,
                        e.embeddings.begin() + (i + 1) * dim);
       }
       cache_store(cache_dir, base.id(), ok_hashes, ok_rows, dim);
-      r.decoded += static_cast<std::int64_t>(part.size());
-      if (cb.on_embed) cb.on_embed({r.cached + r.decoded, static_cast<std::int64_t>(files.size())});
+      // Only the images that decoded and embedded: the rest are listed in r.failed.
+      r.decoded += static_cast<std::int64_t>(ok_hashes.size());
+      if (cb.on_embed)
+        cb.on_embed(
+            {r.cached + static_cast<std::int64_t>(end), static_cast<std::int64_t>(files.size())});
     }
   }
 
@@ -402,7 +430,6 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
   std::mt19937_64 rng(o.seed);
   const Split s = split_dataset(d, o, rng);
   Trained t = fit(d, s, o, rng, cb);
-  if (!o.out.parent_path().empty()) fs::create_directories(o.out.parent_path());
   std::optional<detail::FineTuned> ft;
   if (o.full) {
     auto backbone = detail::load_backbone(base_path, base->card().architecture);

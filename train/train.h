@@ -43,7 +43,7 @@ struct TrainOptions {
   std::string label_column = "label";
   std::string file_column;            // CSV: the image path column (default: see pipeline/scan.h)
   std::string base = "mobilenet_v2";  // base model name or .pt path (model::resolve_model)
-  std::filesystem::path out;          // PATH.pt; the card goes to PATH.json
+  std::filesystem::path out;          // PATH.pt; the card goes to PATH.json (folder must exist)
   int epochs = 30;                    // at most; early stopping may end sooner
   int dim = 256;                      // output width of the head
   std::string head = "linear";        // "linear" | "mlp" (Linear, ReLU, Linear)
@@ -103,7 +103,8 @@ struct TrainResult {
   nlohmann::json training;          // the card's "training" object
   std::int64_t images = 0;          // labelled images used
   std::int64_t cached = 0;          // base embeddings read from the cache
-  std::int64_t decoded = 0;         // images decoded and embedded by the base model
+  std::int64_t decoded = 0;         // images decoded and embedded by the base model (not the
+                                    // failed ones: cached + decoded + failed = images tried)
   std::vector<std::string> failed;  // "<file>: <reason>" for images left out
   std::vector<EpochReport> epochs;
   int best_epoch = 0;
@@ -153,6 +154,7 @@ struct ReembedResult {
   std::int64_t from_cache = 0;      // head applied to cached base embeddings
   std::int64_t decoded = 0;         // decoded and embedded in full (not in the cache)
   std::vector<std::string> failed;  // "<path>: <reason>", left out of the new collection
+                                    // (images = from_cache + decoded + failed.size())
   std::string model_id;
   bool head_only = false;        // the new model is a trained head over a base (cache usable)
   std::string precision;         // what ran (model::PrecisionChoice), e.g. "bf16"

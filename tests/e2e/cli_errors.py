@@ -68,10 +68,11 @@ proc = run("index", work / "photos", "--model", other / "other_net.pt", collecti
            model=False, check=1)
 assert "does not match" in proc.stderr and "other_net" in proc.stderr, proc.stderr
 
-# CSV manifest without a file column: reported naming the CSV; nothing else changes.
+# CSV manifest without a file column: reported naming the CSV; nothing else changes. Its only
+# input failed, so nothing was done: exit 1, as for a new collection.
 csv = work / "bad.csv"
 csv.write_text("name,category\nfoo,shoes\n")
-summary, proc = run_json("index", csv, collection=coll, check=3)
+summary, proc = run_json("index", csv, collection=coll, check=1)
 assert summary["failed"] == 1 and summary["failures"][0]["file"].endswith("bad.csv"), summary
 assert "file column" in summary["failures"][0]["reason"], summary
 assert summary["count"] == 6
@@ -98,9 +99,10 @@ human = run("search", photos[0], "-k", 2, collection=l2, check=0).stdout
 assert "distance" in human, human
 proc = run("index", work / "photos", "--metric", "cosine", collection=l2, check=2)
 assert "metric l2" in proc.stderr and str(l2) in proc.stderr, proc.stderr
+# A spec FAISS refuses is a usage error (2), as at reindex and eval; nothing is created.
 proc = run("index", work / "photos", "--metric", "cosine", "--index-factory", "NotAFactory",
-           collection=work / "bad-factory", check=1)
-assert "NotAFactory" in proc.stderr, proc.stderr
+           collection=work / "bad-factory", check=2)
+assert "NotAFactory" in proc.stderr and not (work / "bad-factory").exists(), proc.stderr
 
 # models lists the exported model with its card.
 models = json_lines(run("models", "--json", model=False, check=0).stdout)

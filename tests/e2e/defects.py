@@ -47,7 +47,7 @@ print("trainable factories on 40 images: exact search until trained, every comma
 
 # IVF0,Flat used to abort the process (a FAISS assertion); now refused, and nothing created.
 coll = work / "coll-ivf0"
-proc = run("index", work / "photos", "--index-factory", "IVF0,Flat", collection=coll, check=1)
+proc = run("index", work / "photos", "--index-factory", "IVF0,Flat", collection=coll, check=2)
 assert "IVF0" in proc.stderr, proc.stderr
 assert not (coll / "catalog.db").exists()
 
