@@ -221,15 +221,20 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
         options.collection,
         access == Access::Write ? store::Collection::Mode::Write : store::Collection::Mode::Read);
     const auto& c = e->collection_->config();
-    if ((fresh.metric_given && fresh.metric != c.metric) ||
-        (fresh.factory_given && fresh.factory != "auto" && fresh.factory != c.factory)) {
-      throw EngineError(
-          Kind::Invalid,
-          fmt::format("{}: the collection uses metric {} and index factory \"{}\"; the metric is "
-                      "fixed when it is created (use another --collection for {}), the index "
-                      "changes with `lookalike reindex --index-spec \"{}\"`",
-                      options.collection.string(), c.metric, c.factory, fresh.metric,
-                      fresh.factory));
+    if (fresh.metric_given && fresh.metric != c.metric) {
+      throw EngineError(Kind::Invalid,
+                        fmt::format("{}: the collection uses metric {}, not {}; the metric is fixed "
+                                    "when a collection is created (use another --collection for "
+                                    "{})",
+                                    options.collection.string(), c.metric, fresh.metric,
+                                    fresh.metric));
+    }
+    if (fresh.factory_given && fresh.factory != "auto" && fresh.factory != c.factory) {
+      throw EngineError(Kind::Invalid,
+                        fmt::format("{}: the collection uses index factory \"{}\", not \"{}\"; "
+                                    "change it with `lookalike reindex --index-spec \"{}\"`",
+                                    options.collection.string(), c.factory, fresh.factory,
+                                    fresh.factory));
     }
   } else if (exists) {
     e->collection_ = store::Collection::open(options.collection, store::Collection::Mode::Read);
@@ -528,8 +533,7 @@ SearchResponse Engine::search_id(std::int64_t id, const SearchRequest& r) {
   std::optional<std::vector<float>> vec;
   if (rec) vec = c.embedding(id);
   if (!rec || !vec) {
-    throw EngineError(Kind::NotFound, fmt::format("--id {}: no such image in {}", id,
-                                                  options_.collection.string()));
+    throw EngineError(Kind::NotFound, fmt::format("no image with id {} in the collection", id));
   }
   std::vector<std::int64_t> exclude;
   if (!r.include_self) exclude.push_back(id);

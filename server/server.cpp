@@ -16,6 +16,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -157,6 +158,14 @@ store::MetadataFilter where_from_json(const json& w) {
     if (v.is_object() || v.is_array() || v.is_null()) {
       throw BadRequest(where + ": expected a string, number or boolean");
     }
+    if (v.is_number_float()) {
+      // 42.0 must match a stored 42: equality compares the stored value's text, and a JSON
+      // client may send any number as a double.
+      const double d = v.get<double>();
+      if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e15) {
+        return std::to_string(static_cast<std::int64_t>(d));
+      }
+    }
     return v.is_string() ? v.get<std::string>() : v.dump();
   };
   try {
@@ -212,8 +221,15 @@ store::MetadataFilter where_from_params(const httplib::Request& req) {
   }
 }
 
+// Ids are 1, 2, ...: digits that are not one (0, past int64) name no image, as "-1" or "abc"
+// (no route) do: 404 for all of them.
 std::int64_t id_from_path(const httplib::Request& req) {
-  return parse_int(req.matches[1].str(), "id", 1, std::numeric_limits<std::int64_t>::max());
+  const auto text = req.matches[1].str();
+  try {
+    return parse_int(text, "id", 1, std::numeric_limits<std::int64_t>::max());
+  } catch (const BadRequest&) {
+    throw EngineError(EngineError::Kind::NotFound, "no image with id " + text.substr(0, 40));
+  }
 }
 
 // ---- handlers ------------------------------------------------------------------------------

@@ -126,4 +126,17 @@ proc = run("models", model=False, env={"LOOKALIKE_MODELS": str(mods)}, check=0)
 assert "BROKEN" in proc.stdout and "nocard" in proc.stdout, proc.stdout
 print("models lists broken archives with the cause")
 
+# A --metric or --index-spec that differs from the collection's: the message says which (it
+# advised `reindex --index-spec "Flat"` for a metric on a Flat collection).
+proc = run("index", manifest, "--metric", "l2", collection=coll, check=2)
+assert "uses metric cosine, not l2" in proc.stderr and "reindex" not in proc.stderr, proc.stderr
+proc = run("index", manifest, "--index-spec", "HNSW32", collection=coll, check=2)
+assert 'uses index factory "Flat", not "HNSW32"' in proc.stderr, proc.stderr
+assert "another --collection" not in proc.stderr, proc.stderr
+# A valid PQ for the 1280-d model at creation (was refused against a stand-in dimension).
+summary, _ = run_json("index", work / "photos" / "shoes", "--index-spec", "IVF4,PQ128",
+                      collection=work / "pq", check=0)
+assert summary["added"] >= 9, summary
+print("metric / factory mismatch messages; PQ128 at creation")
+
 print("cli_defects2: all passed")

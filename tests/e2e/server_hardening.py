@@ -155,7 +155,14 @@ body, ctype = encode_multipart({"image": ("zero.gif", zero_gif)})
 err, _ = expect_error(srv, 422, "unprocessable_image", "POST", "/v1/images", body,
                       {"Content-Type": ctype})
 assert "zero size" in err["message"], err
-print("include_self, min_score range, OPTIONS, 414, zero-size GIF 422")
+# Ids that name no image are 404 alike (0 and past int64 were 400).
+for bad_id in ("0", "99999999999999999999"):
+    expect_error(srv, 404, "not_found", "GET", f"/v1/images/{bad_id}")
+# A JSON number matches the stored value whatever its type: 4.0 is 4.
+srv.json("PATCH", "/v1/images/2", {"price": 4})
+res, _ = srv.json("POST", "/v1/search", {"id": 3, "k": 50, "where": {"price": 4.0}})
+assert [h["id"] for h in res["results"]] == [2], res["results"]
+print("include_self, min_score range, OPTIONS, 414, zero-size GIF 422, ids, numbers")
 
 # ---- clients that trickle a request must not hold the workers ---------------------------------
 # 4 workers, 8 connections each sending a header line every 0.5 s: without a request deadline
