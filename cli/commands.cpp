@@ -304,6 +304,7 @@ int run_search(const GlobalOptions& g, const SearchArgs& a) {
   r.include_self = a.include_self;
   r.params = params_of(a.params);
   if (a.min_score_given) r.min_score = static_cast<float>(a.min_score);
+  engine::check_min_score(r.min_score, metric);  // a usage error (exit 2), not one per query
   std::size_t failed = 0;
   for (std::int64_t id : a.ids) {
     engine::SearchResponse resp;

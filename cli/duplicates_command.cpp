@@ -160,8 +160,9 @@ Subcommand add_duplicates_command(CLI::App& app, const GlobalOptions& g) {
   s.app
       ->add_option("--threshold", args->threshold,
                    fmt::format("Cosine similarity at or above which two images are linked "
-                               "(default {:.2f} for mobilenet_v2 and resnet50, {:.2f} otherwise)",
-                               dedup::default_threshold("mobilenet_v2"), dedup::kDefaultThreshold))
+                               "(default {:.2f}; measured for mobilenet_v2 and resnet50, "
+                               "docs/duplicates.md)",
+                               dedup::kDefaultThreshold))
       ->check(CLI::Range(-1.0, 1.0));
   s.app
       ->add_option(

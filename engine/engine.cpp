@@ -36,6 +36,19 @@ int json_depth(const nlohmann::json& value) {
   return deepest;
 }
 
+void check_min_score(std::optional<float> min_score, const std::string& metric) {
+  if (!min_score) return;
+  const float v = *min_score;
+  const bool cosine = metric == "cosine";
+  if (!std::isfinite(v) || (cosine && (v < -1.0f || v > 1.0f)) || (!cosine && v < 0.0f)) {
+    throw EngineError(EngineError::Kind::Invalid,
+                      fmt::format("min_score must be {} for a {} collection, got {}",
+                                  cosine ? "a cosine similarity in [-1, 1]"
+                                         : "an L2 distance >= 0 (the largest kept)",
+                                  metric, v));
+  }
+}
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -79,20 +92,6 @@ void check_metadata(const nlohmann::json& metadata) {
 
 std::string dump_metadata(const nlohmann::json& metadata) {
   return metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
-
-// A cosine similarity lies in [-1, 1] and an L2 distance is >= 0: a min_score outside would
-// keep every hit or none, which is a mistake in the request, not a filter.
-void check_min_score(std::optional<float> min_score, const std::string& metric) {
-  if (!min_score) return;
-  const float v = *min_score;
-  const bool cosine = metric == "cosine";
-  if (!std::isfinite(v) || (cosine && (v < -1.0f || v > 1.0f)) || (!cosine && v < 0.0f)) {
-    throw EngineError(Kind::Invalid, fmt::format("min_score must be {} for a {} collection, got {}",
-                                                 cosine ? "a cosine similarity in [-1, 1]"
-                                                        : "an L2 distance >= 0 (the largest kept)",
-                                                 metric, v));
-  }
 }
 
 // Writes `bytes` to `path` atomically: <path>.tmp, fsync, rename, fsync of the folder.
@@ -222,19 +221,19 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
         access == Access::Write ? store::Collection::Mode::Write : store::Collection::Mode::Read);
     const auto& c = e->collection_->config();
     if (fresh.metric_given && fresh.metric != c.metric) {
-      throw EngineError(Kind::Invalid,
-                        fmt::format("{}: the collection uses metric {}, not {}; the metric is fixed "
-                                    "when a collection is created (use another --collection for "
-                                    "{})",
-                                    options.collection.string(), c.metric, fresh.metric,
-                                    fresh.metric));
+      throw EngineError(
+          Kind::Invalid,
+          fmt::format("{}: the collection uses metric {}, not {}; the metric is fixed "
+                      "when a collection is created (use another --collection for "
+                      "{})",
+                      options.collection.string(), c.metric, fresh.metric, fresh.metric));
     }
     if (fresh.factory_given && fresh.factory != "auto" && fresh.factory != c.factory) {
-      throw EngineError(Kind::Invalid,
-                        fmt::format("{}: the collection uses index factory \"{}\", not \"{}\"; "
-                                    "change it with `lookalike reindex --index-spec \"{}\"`",
-                                    options.collection.string(), c.factory, fresh.factory,
-                                    fresh.factory));
+      throw EngineError(
+          Kind::Invalid,
+          fmt::format("{}: the collection uses index factory \"{}\", not \"{}\"; "
+                      "change it with `lookalike reindex --index-spec \"{}\"`",
+                      options.collection.string(), c.factory, fresh.factory, fresh.factory));
     }
   } else if (exists) {
     e->collection_ = store::Collection::open(options.collection, store::Collection::Mode::Read);

@@ -44,6 +44,11 @@ inline constexpr int kMaxMetadataDepth = 32;
 // recursion so that any value can be measured.
 int json_depth(const nlohmann::json& value);
 
+// A cosine similarity lies in [-1, 1] and an L2 distance is >= 0: a min_score outside (or NaN)
+// would keep every hit or none, a mistake in the request rather than a filter. Throws
+// EngineError Invalid naming the range for `metric` ("cosine" or "l2"); every search checks it.
+void check_min_score(std::optional<float> min_score, const std::string& metric);
+
 // Raised for a request the engine refuses: `kind` tells a front end which status to give
 // (CLI exit code, HTTP status). what() names the field or file and the cause.
 class EngineError : public std::runtime_error {
