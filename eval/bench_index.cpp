@@ -766,7 +766,8 @@ std::string to_json(const BenchResult& r) {
                     {"full_top_k", j_opt(row.full_top_k)},
                     {"plan", row.plan}});
   }
-  json j = {{"dim", r.dim},
+  json j = {{"type", "bench_index"},
+            {"dim", r.dim},
             {"sizes", r.sizes},
             {"queries", r.queries},
             {"k", r.k},
@@ -774,7 +775,7 @@ std::string to_json(const BenchResult& r) {
             {"data", r.data},
             {"notes", r.notes},
             {"rows", rows}};
-  return j.dump(2);
+  return j.dump();  // one line, as every --json record (JSON Lines)
 }
 
 }  // namespace lookalike::eval

@@ -180,7 +180,7 @@ void check_pixel_limit(std::int64_t width, std::int64_t height, const DecodeOpti
     throw DecodeError(name, "image is " + std::to_string(width) + "x" + std::to_string(height) +
                                 " = " + std::to_string(pixels) + " pixels, over the limit of " +
                                 std::to_string(options.max_pixels) +
-                                " (DecodeOptions::max_pixels; a decompression-bomb guard)");
+                                " (--max-pixels; a decompression-bomb guard)");
   }
   const auto longer = std::max(width, height), shorter = std::min(width, height);
   if (options.max_aspect_ratio > 0 && shorter > 0 &&
@@ -189,7 +189,7 @@ void check_pixel_limit(std::int64_t width, std::int64_t height, const DecodeOpti
     std::snprintf(limit, sizeof limit, "%g", options.max_aspect_ratio);
     throw DecodeError(name, "image is " + std::to_string(width) + "x" + std::to_string(height) +
                                 ", an aspect ratio over the limit of " + limit +
-                                ":1 (DecodeOptions::max_aspect_ratio)");
+                                ":1 (--max-aspect-ratio)");
   }
 }
 

@@ -223,11 +223,11 @@ def write_broken(d, ex):
     write(os.path.join(d, "text.jpg"), b"I am a text file with a .jpg name\n")
     ex.entry("decode/text.jpg", "error", "looks like text")
     write(os.path.join(d, "bomb_30000.png"), bomb_png(30000, 30000))
-    ex.entry("decode/bomb_30000.png", "error", "max_pixels")
+    ex.entry("decode/bomb_30000.png", "error", "--max-pixels")
     write(os.path.join(d, "bad_crc.png"), bad_crc_png())
     ex.entry("decode/bad_crc.png", "error", "corrupt image data")
     sparse_jpeg(os.path.join(d, "sparse_3gb.jpg"))
-    ex.entry("decode/sparse_3gb.jpg", "error", "max_file_bytes")
+    ex.entry("decode/sparse_3gb.jpg", "error", "file size limit")
 
 
 def write_elongated(d, ex):
