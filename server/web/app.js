@@ -269,7 +269,7 @@
       form.append('image', q.file, q.file.name || 'pasted.png');
       form.append('k', String(p.k));
       if (p.min_score !== undefined) form.append('min_score', String(p.min_score));
-      if (p.category) form.append('where', `category=${p.category}`);
+      if (p.category) form.append('where', categoryTerm(p.category));
       req = { method: 'POST', form };
     } else {
       const json = { id: q.id, k: p.k };
@@ -348,9 +348,15 @@
 
   // ---- browse ------------------------------------------------------------------------------
 
+  // A where term matching a category exactly, whatever it holds: a quoted IN item keeps leading
+  // "=", "<", ">", commas and edge spaces as they are (store::parse_where).
+  function categoryTerm(value) {
+    return `category IN ["${value.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"]`;
+  }
+
   async function loadBrowse(after, stack) {
     const params = new URLSearchParams({ after: String(after), limit: el.browseLimit.value });
-    if (el.browseCategory.value) params.append('where', `category=${el.browseCategory.value}`);
+    if (el.browseCategory.value) params.append('where', categoryTerm(el.browseCategory.value));
     el.browseGrid.setAttribute('aria-busy', 'true');
     const req = ++state.browseReq;
     try {
