@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -250,15 +251,39 @@ std::vector<InstalledModel> list_models(const std::vector<fs::path>& dirs,
       if (entry.path().extension() == ".pt" && entry.is_regular_file(ec))
         archives.push_back(entry.path());
     std::sort(archives.begin(), archives.end());
+    // The reduced-precision archives a card names ("mobilenet_v2.bf16.pt") belong to that model
+    // and have no card of their own: neither models nor broken ones.
+    std::set<fs::path> companions;
+    struct Found {
+      fs::path archive;
+      std::optional<ModelCard> card;
+      std::string error;  // why there is no card
+    };
+    std::vector<Found> found;
     for (const auto& archive : archives) {
-      const std::string stem = archive.stem().string();
-      if (seen.count(stem)) continue;
       try {
-        out.push_back({archive, load_model_card(fs::path(archive).replace_extension(".json"))});
+        auto card = load_model_card(fs::path(archive).replace_extension(".json"));
+        if (card.precisions.is_object()) {
+          for (const auto& [name, entry] : card.precisions.items()) {
+            if (entry.is_object() && entry.contains("archive") && entry["archive"].is_string()) {
+              companions.insert(dir / entry["archive"].get<std::string>());
+            }
+          }
+        }
+        found.push_back({archive, std::move(card), {}});
       } catch (const ModelError& e) {
+        found.push_back({archive, std::nullopt, e.what()});
+      }
+    }
+    for (auto& [archive, card, error] : found) {
+      const std::string stem = archive.stem().string();
+      if (seen.count(stem) || companions.count(archive)) continue;
+      if (card) {
+        out.push_back({archive, std::move(*card)});
+      } else if (broken) {
         // A half-installed or foreign file is not a model; listing must not fail because of it,
         // but the caller may show it with its error.
-        if (broken) broken->push_back({archive, e.what()});
+        broken->push_back({archive, error});
       }
       seen.insert(stem);  // as for resolve_model, which would pick this broken one
     }
