@@ -132,6 +132,7 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
               {"count", e.has_collection() ? e.collection().count() : 0}};
   set_path(out, "collection", e.has_collection() ? e.collection().dir().string() : "");
   if (!s.fatal_error.empty()) out["error"] = s.fatal_error;
+  if (!s.cache_warning.empty()) out["cache_warning"] = s.cache_warning;
   if (!s.index_choice.empty()) out["index_choice"] = s.index_choice;
   if (auto p = e.model_precision())
     out["precision"] = {{"precision", model::to_string(p->precision)}, {"reason", p->reason}};
@@ -273,6 +274,10 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   } else {
     print_summary(summary, *e);
   }
+  if (!summary.cache_warning.empty()) {
+    spdlog::warn("{} (everything is committed; the index cache is rebuilt on the next open)",
+                 summary.cache_warning);
+  }
   if (!summary.fatal_error.empty()) {
     spdlog::error("{} (the {} batches committed before it are kept)", summary.fatal_error,
                   summary.committed_batches);
@@ -333,12 +338,17 @@ int run_search(const GlobalOptions& g, const SearchArgs& a) {
 }
 
 int run_reindex(const GlobalOptions& g, const ReindexArgs& a) {
+  // (A cache that cannot be saved is a warning: the new spec is committed either way.)
   if (!store::Collection::exists(g.collection)) {
     spdlog::error("{}: no collection here", g.collection.string());
     return kError;
   }
   auto e = engine::Engine::open(engine_options(g), engine::Access::Write);
   const auto r = e->reindex({a.spec, a.memory_budget, params_of(a.params)});
+  if (!r.cache_warning.empty()) {
+    spdlog::warn("{} (the new index is committed; its cache is rebuilt on the next open)",
+                 r.cache_warning);
+  }
   const auto full = e->info();
   const auto& info = full.collection;
   if (g.json) {
@@ -351,6 +361,7 @@ int run_reindex(const GlobalOptions& g, const ReindexArgs& a) {
                 {"search_params", store::search_params_json(info.index_params)},
                 {"index_memory_bytes", info.index_memory_bytes}};
     if (!r.choice_reason.empty()) out["reason"] = r.choice_reason;
+    if (!r.cache_warning.empty()) out["cache_warning"] = r.cache_warning;
     print_record(out);
     return kOk;
   }

@@ -676,10 +676,15 @@ RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,
   for (const auto& rec : c.get_many(out.removed)) {
     if (rec.path.rfind(uploads, 0) == 0) files.push_back(rec.path);
   }
+  // With add_image's lock: an upload of the same bytes between this commit and the unlink would
+  // store its file under the same name, and the unlink would take the new image's file.
+  std::lock_guard lock(upload_mu_);
   c.apply({}, out.removed);
   // After the commit: a crash in between leaves an orphan file, never a row without its file.
   std::error_code ec;
-  for (const auto& f : files) fs::remove(f, ec);
+  for (const auto& f : files) {
+    if (!c.find_path(f)) fs::remove(f, ec);
+  }
   return out;
 }
 
@@ -715,7 +720,11 @@ ReindexResult Engine::reindex(const IndexSpec& spec) {
   } catch (const store::StoreError& e) {
     throw EngineError(Kind::Invalid, e.what());
   }
-  c.save_index();
+  try {
+    c.save_index();
+  } catch (const std::exception& e) {
+    r.cache_warning = e.what();  // committed: a failure here must not read as "nothing changed"
+  }
   return r;
 }
 

@@ -165,6 +165,9 @@ struct ReindexResult {
   store::ReindexSummary summary;
   std::string choice_reason;  // for "auto": why this factory
   index::SearchParams defaults;
+  // Set when the new index cache could not be saved (disk full, no write permission): the
+  // reindex is committed all the same, and the next open rebuilds the cache from the catalog.
+  std::string cache_warning;
 };
 
 // Resolves "auto" (choose_index_spec for `vectors` x `dim`) or checks a factory string;
@@ -320,7 +323,8 @@ class Engine {
   mutable std::mutex model_mu_;  // guards the lazy model and batcher load, and collection creation
   std::unique_ptr<model::EmbeddingModel> model_;
   std::unique_ptr<EmbedBatcher> batcher_;
-  // Makes an upload's "already stored?" check, file write and commit one step, so that
+  // Makes an upload's "already stored?" check, file write and commit one step (and a removal's
+  // commit and unlink of uploaded files), so that
   // concurrent uploads of the same bytes store one copy (the embedding runs outside it).
   std::mutex upload_mu_;
 };

@@ -374,7 +374,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     collection.save_index();
   } catch (const std::exception& e) {
     // The catalog holds every committed batch; a missing cache is rebuilt on the next open.
-    if (summary.fatal_error.empty()) summary.fatal_error = e.what();
+    summary.cache_warning = e.what();
   }
   summary.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   summary.images_per_s = summary.embedded / std::max(summary.seconds, 1e-9);

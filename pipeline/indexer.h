@@ -62,6 +62,9 @@ struct IndexSummary {
   std::vector<std::string> vanished;  // catalog paths whose file is gone (find_vanished)
   std::vector<Unchecked> unchecked;   // find_vanished's `skipped`: kept, not checked
   std::vector<Failure> failures;
+  // The index cache could not be saved at the end (disk full, no write permission): every
+  // committed batch is in the catalog, and the next open rebuilds the cache from it.
+  std::string cache_warning;
   std::int64_t embedded = 0;  // images that went through the network
   double seconds = 0;         // wall time of the whole run (the model is loaded before it)
   double images_per_s = 0;    // embedded / seconds

@@ -143,6 +143,14 @@ void Collection::remove_leftovers(std::int64_t generation) {
                name.rfind("catalog.db.tmp", 0) == 0;  // and its -journal / -wal / -shm
     if (tmp || (is_index_cache(name) && name != keep)) fs::remove(entry.path(), ec);
   }
+  // An upload killed while its file was being written (engine::Engine::add_image writes
+  // uploads/<hash>.<format>.tmp, then renames it).
+  for (const auto& entry : fs::directory_iterator(dir_ / "uploads", ec)) {
+    auto name = entry.path().filename().string();
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+      fs::remove(entry.path(), ec);
+    }
+  }
 }
 
 void Collection::require_write(const char* what) const {

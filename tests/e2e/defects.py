@@ -163,9 +163,13 @@ if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)]).
     try:
         proc = run("index", work / "many", "--batch-size", "8", "--json", collection=mnt / "c",
                    timeout=600)
-        assert proc.returncode == 4, (proc.returncode, proc.stderr[-2000:])
+        # 4 when a batch could not be committed; 0 with a cache_warning when every batch was and
+        # only the index cache could not be saved (it is rebuilt from the catalog).
+        assert proc.returncode in (0, 4), (proc.returncode, proc.stderr[-2000:])
         summary = json_lines(proc.stdout)[0]
-        assert summary["count"] > 0 and "error" in summary, summary
+        assert summary["count"] > 0, summary
+        assert ("error" in summary) == (proc.returncode == 4), summary
+        assert proc.returncode == 4 or "cache_warning" in summary, summary
         kept = summary["count"]
         info, _ = run_json("info", collection=mnt / "c", model=False, check=0)
         assert info["count"] == kept, (info, kept)

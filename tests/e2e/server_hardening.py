@@ -220,7 +220,11 @@ print(f"8 trickling clients, 4 workers: /healthz answered after {waited:.1f} s; 
 srv.stop()
 
 # ---- SIGTERM while a client trickles: the server stops after --shutdown-timeout-s --------------
+# An upload killed mid-write leaves uploads/<hash>.<format>.tmp: the next writer removes it.
+stray = uploads / "0123456789abcdef0123456789abcdef.jpeg.tmp"
+stray.write_bytes(b"\xff\xd8\xff" + b"\0" * 1000)
 srv = Server(collection, "--shutdown-timeout-s", "2")
+assert not stray.exists(), "a half-written upload was left in uploads/"
 s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
 stop = threading.Event()
