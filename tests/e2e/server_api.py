@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from harness import images, label_of, run_json, tempdir
-from server_client import STARTS_WITH_503, Server, encode_multipart, error_of
+from harness import images, label_of, run_json
+from server_client import STARTS_WITH_503, Server, encode_multipart, error_of, indexed_gallery
 
 
 def png_bytes(w, h, color=(200, 30, 30)):
@@ -26,13 +26,7 @@ def png_bytes(w, h, color=(200, 30, 30)):
 
 
 # ---- a small gallery with categories, through a CSV manifest ----------------------------
-work = tempdir("server")
-gallery = images("train", per_class=12)
-manifest = work / "catalog.csv"
-manifest.write_text("path,category\n" + "".join(f"{p},{label_of(p)}\n" for p in gallery))
-collection = work / "collection"
-summary, _ = run_json("index", manifest, collection=collection, check=0)
-assert summary["added"] == len(gallery), summary
+work, collection, gallery = indexed_gallery("server", per_class=12)
 queries = images("test", per_class=2)
 print(f"gallery {len(gallery)} photos in {len(set(map(label_of, gallery)))} categories")
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 import uuid
 
-from harness import BIN, MODEL
+from harness import BIN, MODEL, images, label_of, run_json, tempdir
 
 
 STARTS_WITH_503 = []
@@ -110,3 +110,16 @@ def error_of(data):
     obj = json.loads(data) if isinstance(data, (bytes, str)) else data
     assert set(obj) == {"error"} and {"code", "message"} <= set(obj["error"]), obj
     return obj["error"]
+
+
+def indexed_gallery(name, per_class):
+    """A fresh collection of `per_class` clothing-small train photos of each class, indexed
+    through a CSV manifest with their class as `category`: (work folder, collection, photos)."""
+    work = tempdir(name)
+    gallery = images("train", per_class=per_class)
+    manifest = work / "catalog.csv"
+    manifest.write_text("path,category\n" + "".join(f"{p},{label_of(p)}\n" for p in gallery))
+    collection = work / "collection"
+    summary, _ = run_json("index", manifest, collection=collection, check=0)
+    assert summary["added"] == len(gallery), summary
+    return work, collection, gallery

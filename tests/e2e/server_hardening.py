@@ -11,16 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-from harness import BIN, MODEL, images, label_of, run_json, tempdir
-from server_client import Server, encode_multipart, error_of
+from harness import BIN, MODEL, images
+from server_client import Server, encode_multipart, error_of, indexed_gallery
 
-work = tempdir("server-hardening")
-gallery = images("train", per_class=4)
-manifest = work / "catalog.csv"
-manifest.write_text("path,category\n" + "".join(f"{p},{label_of(p)}\n" for p in gallery))
-collection = work / "collection"
-summary, _ = run_json("index", manifest, collection=collection, check=0)
-assert summary["added"] == len(gallery), summary
+work, collection, gallery = indexed_gallery("server-hardening", per_class=4)
 uploads = collection / "uploads"
 
 
