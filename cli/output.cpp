@@ -33,28 +33,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// "<path>.tmp-<pid>": beside the target (so that the rename is atomic), never a user's file.
-fs::path temp_beside(const fs::path& path) {
-  auto tmp = path;
-  tmp += fmt::format(".tmp-{}", ::getpid());
-  return tmp;
-}
+// The temporary file beside the target ("<path>.tmp-<pid>", so that the rename is atomic) is
+// never a user's file.
+std::string temp_suffix() { return fmt::format(".tmp-{}", ::getpid()); }
 
 [[noreturn]] void refuse_npy(const fs::path& path, const std::string& why) {
   throw std::runtime_error(fmt::format("--npy {}: cannot write: {}", path.string(), why));
-}
-
-// Writes all of `bytes` to `fd`; false (errno set) on failure.
-bool write_all(int fd, const void* bytes, std::size_t n) {
-  const char* p = static_cast<const char*>(bytes);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-  return true;
 }
 
 }  // namespace
@@ -68,7 +52,8 @@ void check_npy_target(const fs::path& path) {
                                          : fmt::format("folder {} does not exist", dir.string()));
   }
   // What only trying tells (permissions, a read-only file system, ...): create the temp file.
-  const auto tmp = temp_beside(path);
+  auto tmp = path;
+  tmp += temp_suffix();
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) refuse_npy(path, std::strerror(errno));
   ::close(fd);
@@ -86,29 +71,22 @@ void write_npy(const fs::path& path, const std::vector<float>& data, std::size_t
   header.push_back('\n');
   std::error_code ec;
   if (fs::is_directory(path, ec)) refuse_npy(path, "it is a folder");
-  const auto tmp = temp_beside(path);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) refuse_npy(path, std::strerror(errno));
-  auto fail = [&](const std::string& why) {
-    fs::remove(tmp, ec);  // no stray temp file
-    refuse_npy(path, why);
-  };
   const unsigned char magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
   const auto len = static_cast<std::uint16_t>(header.size());
   const unsigned char len_le[2] = {static_cast<unsigned char>(len & 0xff),
                                    static_cast<unsigned char>(len >> 8)};
-  bool ok = write_all(fd, magic, sizeof magic) && write_all(fd, len_le, sizeof len_le) &&
-            write_all(fd, header.data(), header.size()) &&
-            write_all(fd, data.data(), n * dim * sizeof(float));
-  const int write_errno = errno;
-  if (::close(fd) != 0 && ok) {
-    ok = false;
-  } else if (!ok) {
-    errno = write_errno;
+  auto bytes = [](const void* p, std::size_t n) {
+    return std::span<const std::uint8_t>(static_cast<const std::uint8_t*>(p), n);
+  };
+  try {
+    pipeline::write_file_atomically(
+        path,
+        {bytes(magic, sizeof magic), bytes(len_le, sizeof len_le),
+         bytes(header.data(), header.size()), bytes(data.data(), n * dim * sizeof(float))},
+        temp_suffix());
+  } catch (const std::runtime_error& e) {
+    refuse_npy(path, e.what());
   }
-  if (!ok) fail(std::strerror(errno));
-  fs::rename(tmp, path, ec);
-  if (ec) fail(ec == std::errc::is_a_directory ? "it is a folder" : ec.message());
 }
 
 ProgressPrinter::ProgressPrinter(bool enabled)

@@ -94,39 +94,6 @@ std::string dump_metadata(const nlohmann::json& metadata) {
   return metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-// Writes `bytes` to `path` atomically: <path>.tmp, fsync, rename, fsync of the folder.
-void write_atomically(const fs::path& path, std::span<const std::uint8_t> bytes) {
-  auto tmp = path;
-  tmp += ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error(tmp.string() + ": cannot create: " + std::strerror(errno));
-  std::size_t done = 0;
-  while (done < bytes.size()) {
-    auto n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw std::runtime_error(tmp.string() + ": write failed: " + std::strerror(err));
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    int err = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw std::runtime_error(tmp.string() + ": fsync failed: " + std::strerror(err));
-  }
-  ::close(fd);
-  fs::rename(tmp, path);
-  int dfd = ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
-
 }  // namespace
 
 void setup_process(int threads) {
@@ -465,7 +432,7 @@ AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::stri
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw std::runtime_error(dir.string() + ": cannot create: " + ec.message());
-  write_atomically(path, bytes);
+  pipeline::write_file_atomically(path, {bytes});
   put.record.path = path.string();
   put.record.content_hash = hash;
   put.record.bytes = static_cast<std::int64_t>(bytes.size());

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <stdexcept>
 #include <system_error>
 
@@ -187,6 +188,44 @@ std::string markup_text(std::string_view raw) {
     }
   }
   return out;
+}
+
+void write_file_atomically(const std::filesystem::path& path,
+                           std::initializer_list<std::span<const std::uint8_t>> parts,
+                           const std::string& tmp_suffix) {
+  auto tmp = path;
+  tmp += tmp_suffix;
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error(tmp.string() + ": cannot create: " + std::strerror(errno));
+  auto fail = [&](const char* what, int err) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(tmp.string() + ": " + what + ": " + std::strerror(err));
+  };
+  for (const auto& part : parts) {
+    std::size_t done = 0;
+    while (done < part.size()) {
+      const auto n = ::write(fd, part.data() + done, part.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) fail("write failed", n < 0 ? errno : EIO);
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  if (::fsync(fd) != 0) fail("fsync failed", errno);
+  ::close(fd);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    ::unlink(tmp.c_str());
+    throw std::runtime_error(tmp.string() + ": cannot rename to " + path.string() + ": " +
+                             ec.message());
+  }
+  const auto dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
 }
 
 }  // namespace lookalike::pipeline

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <initializer_list>
 #include <span>
 #include <string>
 #include <string_view>
@@ -49,6 +50,13 @@ std::string base64(std::string_view bytes);
 // XXH3-128 of `bytes` (xxHash, Yann Collet), as 32 lowercase hex digits: the catalog's content
 // hash. Non-cryptographic: it detects changed files, it does not authenticate them.
 std::string content_hash(std::span<const std::uint8_t> bytes);
+
+// Writes the concatenation of `parts` to `path` atomically: `path` + `tmp_suffix`, fsync,
+// rename over `path`, fsync of the folder. Throws std::runtime_error naming the temporary file
+// and the cause; the temporary file is removed then, and `path` is untouched.
+void write_file_atomically(const std::filesystem::path& path,
+                           std::initializer_list<std::span<const std::uint8_t>> parts,
+                           const std::string& tmp_suffix = ".tmp");
 
 // File modification time in ns since the Unix epoch (0 when it cannot be read).
 std::int64_t mtime_ns(const std::filesystem::path& path);

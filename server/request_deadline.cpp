@@ -106,7 +106,7 @@ void RequestDeadline::watch() {
     for (const auto& c : connections) {
       live.insert(c.inode);
       peers.insert(c.peer);
-      auto& seen = first_seen_.try_emplace(c.inode, now).first->second;
+      auto& seen = clock_start_.try_emplace(c.inode, now).first->second;
       // Bytes waiting unread: the connection is queued for a worker (a whole request may be
       // there), not being read by one. Its clock starts when a worker takes it.
       int unread = 0;
@@ -122,7 +122,7 @@ void RequestDeadline::watch() {
                      limit_.count());
       }
     }
-    std::erase_if(first_seen_, [&](const auto& kv) { return !live.count(kv.first); });
+    std::erase_if(clock_start_, [&](const auto& kv) { return !live.count(kv.first); });
     std::erase_if(last_end_, [&](const auto& kv) { return !peers.count(kv.first); });
   }
 }

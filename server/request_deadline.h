@@ -47,7 +47,7 @@ class RequestDeadline {
   bool stop_ = false;
   std::map<std::string, int> busy_;  // peer -> handlers running
   std::map<std::string, std::chrono::steady_clock::time_point> last_end_;  // peer -> last end
-  std::map<ino_t, std::chrono::steady_clock::time_point> first_seen_;      // socket -> clock start
+  std::map<ino_t, std::chrono::steady_clock::time_point> clock_start_;     // socket -> clock start
   std::thread thread_;
 };
 
