@@ -77,9 +77,13 @@ std::string remove_target(const fs::path& p) {
   return t.string();
 }
 
+std::string dump_metadata(const nlohmann::json& metadata) {
+  return metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 // Throws EngineError Invalid unless `metadata` is an object nested at most kMaxMetadataDepth
-// deep.
-void check_metadata(const nlohmann::json& metadata) {
+// deep. Returns it as stored, after checking its length against kMaxMetadataBytes.
+std::string checked_metadata(const nlohmann::json& metadata) {
   if (!metadata.is_object()) {
     throw EngineError(Kind::Invalid,
                       "metadata must be a JSON object, got " + std::string(metadata.type_name()));
@@ -88,10 +92,14 @@ void check_metadata(const nlohmann::json& metadata) {
     throw EngineError(Kind::Invalid, fmt::format("metadata: nested {} levels deep, at most {}",
                                                  depth, kMaxMetadataDepth));
   }
-}
-
-std::string dump_metadata(const nlohmann::json& metadata) {
-  return metadata.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  auto text = dump_metadata(metadata);
+  if (text.size() > kMaxMetadataBytes) {
+    throw EngineError(Kind::Invalid,
+                      fmt::format("metadata: {} bytes as JSON, at most {} (keep large values in "
+                                  "your own store and put their key here)",
+                                  text.size(), kMaxMetadataBytes));
+  }
+  return text;
 }
 
 }  // namespace
@@ -410,7 +418,7 @@ fs::path uploads_dir(const store::Collection& c) {
 
 AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::string& name,
                             const nlohmann::json& metadata) {
-  check_metadata(metadata);
+  auto metadata_text = checked_metadata(metadata);
   auto& c = writable();
   const auto hash = pipeline::content_hash(bytes);
   const auto stored_copy = [&]() -> std::optional<AddResult> {
@@ -423,7 +431,7 @@ AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::stri
   store::Put put;
   std::string format;
   put.embedding = embed_buffer(bytes, name, t, &put.record, &format);  // refuses non-images
-  put.record.metadata = dump_metadata(metadata);
+  put.record.metadata = std::move(metadata_text);
   // Absolute: catalog paths always are (the collection may have been given as a relative path).
   const auto dir = uploads_dir(c);
   const auto path = dir / (hash + "." + format);
@@ -605,23 +613,29 @@ store::MetadataFilter parse_where(const std::vector<std::string>& terms) {
 }
 
 bool Engine::update_metadata(std::int64_t id, const nlohmann::json& metadata, bool merge) {
-  check_metadata(metadata);
+  auto text = checked_metadata(metadata);
   auto& c = writable();
+  // Read, merge and write as one step: two merges that both read the old record would each
+  // write back without the other's keys.
+  std::lock_guard lock(metadata_mu_);
   auto rec = c.get(id);
   if (!rec) return false;
-  nlohmann::json next = metadata;
   if (merge) {
-    next = nlohmann::json::parse(rec->metadata, nullptr, false);
+    auto next = nlohmann::json::parse(rec->metadata, nullptr, false);
     if (!next.is_object()) next = nlohmann::json::object();
     next.merge_patch(metadata);  // RFC 7396: null deletes a key
-    check_metadata(next);
+    text = checked_metadata(next);
   }
-  return c.set_metadata(id, dump_metadata(next));
+  return c.set_metadata(id, text);
 }
 
 RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,
                             const std::vector<fs::path>& paths) {
   auto& c = writable();
+  // With add_image's lock from the first lookup: an upload of the same bytes between this commit
+  // and the unlink would store its file under the same name, and the unlink would take the new
+  // image's file; and two removes of one id would both report it removed.
+  std::lock_guard lock(upload_mu_);
   RemoveResult out;
   for (std::int64_t id : ids) {
     if (c.get(id)) {
@@ -643,9 +657,6 @@ RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,
   for (const auto& rec : c.get_many(out.removed)) {
     if (rec.path.rfind(uploads, 0) == 0) files.push_back(rec.path);
   }
-  // With add_image's lock: an upload of the same bytes between this commit and the unlink would
-  // store its file under the same name, and the unlink would take the new image's file.
-  std::lock_guard lock(upload_mu_);
   c.apply({}, out.removed);
   // After the commit: a crash in between leaves an orphan file, never a row without its file.
   std::error_code ec;

@@ -40,6 +40,12 @@ inline constexpr const char* kDefaultModel = "mobilenet_v2";
 // catalogues use 1-3 levels.
 inline constexpr int kMaxMetadataDepth = 32;
 
+// An image's metadata is at most this many bytes as stored (compact JSON). Every search hit and
+// list page carries it, and a PATCH merges into it, so without a bound one record could grow
+// without limit (a reviewer's reached 78 MB, sent whole with every hit). Product catalogues
+// carry a few hundred bytes.
+inline constexpr std::size_t kMaxMetadataBytes = 64 * 1024;
+
 // How deep `value` nests (0 for a scalar, 1 for a flat object or array), walked without
 // recursion so that any value can be measured.
 int json_depth(const nlohmann::json& value);
@@ -255,8 +261,9 @@ class Engine {
   // stored image (created = false; metadata unchanged), and so do bytes that `index` stored from
   // a file (the same content hash): one image, one record. Concurrent uploads of the same bytes
   // store one. Throws image::DecodeError naming `name` for bytes that are not a supported image,
-  // EngineError Invalid for metadata that is not an object or nests deeper than
-  // kMaxMetadataDepth, EngineError ReadOnly without Write access; nothing is stored then.
+  // EngineError Invalid for metadata that is not an object, nests deeper than kMaxMetadataDepth
+  // or is longer than kMaxMetadataBytes, EngineError ReadOnly without Write access; nothing is
+  // stored then.
   AddResult add_image(std::span<const std::uint8_t> bytes, const std::string& name,
                       const nlohmann::json& metadata);
 
@@ -283,8 +290,9 @@ class Engine {
   std::vector<std::pair<std::string, std::int64_t>> facet(const std::string& field,
                                                           int limit) const;
   // Replaces (merge = false) or merges (merge = true: top-level keys, null deletes a key) an
-  // image's metadata; false when there is no such id. EngineError Invalid for a non-object or
-  // one nested deeper than kMaxMetadataDepth.
+  // image's metadata; false when there is no such id. EngineError Invalid for a non-object, one
+  // nested deeper than kMaxMetadataDepth, or a result longer than kMaxMetadataBytes. Updates of
+  // one image are serialised: concurrent merges all land.
   bool update_metadata(std::int64_t id, const nlohmann::json& metadata, bool merge);
   // Removes images by id and by path: a file, or every image under a folder ("DIR", "DIR/" and
   // "DIR/." alike). Uploaded files removed this way are deleted from <dir>/uploads.
@@ -324,9 +332,10 @@ class Engine {
   std::unique_ptr<model::EmbeddingModel> model_;
   std::unique_ptr<EmbedBatcher> batcher_;
   // Makes an upload's "already stored?" check, file write and commit one step (and a removal's
-  // commit and unlink of uploaded files), so that
-  // concurrent uploads of the same bytes store one copy (the embedding runs outside it).
+  // lookups, commit and unlink of uploaded files), so that concurrent uploads of the same bytes
+  // store one copy (the embedding runs outside it).
   std::mutex upload_mu_;
+  std::mutex metadata_mu_;  // makes a metadata merge's read and write one step
 };
 
 }  // namespace lookalike::engine

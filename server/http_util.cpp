@@ -1,9 +1,14 @@
 #include "server/http_util.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <strings.h>
 
+#include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
+#include <random>
 #include <regex>
 
 #include "engine/engine.h"
@@ -161,6 +166,17 @@ void write_error(httplib::Response& res, int status, const std::string& code,
   send_json(res, status, {{"error", {{"code", code}, {"message", message}}}});
 }
 
+// A 500's cause (an errno text beside a server-side path, an SQLite message) goes to the log
+// only: the client gets an incident id that finds it there.
+void write_internal(httplib::Response& res, const httplib::Request& req, const std::string& cause) {
+  static std::atomic<std::uint32_t> counter{std::random_device{}()};
+  const auto incident = fmt::format("{:08x}", counter.fetch_add(0x9E3779B9u));  // Weyl step
+  spdlog::error("{} {}: incident {}: {}", req.method, req.path, incident, cause);
+  write_error(
+      res, 500, "internal",
+      fmt::format("internal error; the server log has the cause under incident {}", incident));
+}
+
 }  // namespace
 
 void send_error(httplib::Response& res, std::exception_ptr error, const httplib::Request& req) {
@@ -185,14 +201,11 @@ void send_error(httplib::Response& res, std::exception_ptr error, const httplib:
     // The bytes passed the format sniff (require_image): a real image that cannot be used.
     write_error(res, 422, "unprocessable_image", e.what());
   } catch (const std::bad_alloc&) {
-    spdlog::error("{} {}: out of memory", req.method, req.path);
-    write_error(res, 500, "internal", "out of memory");
+    write_internal(res, req, "out of memory");
   } catch (const std::exception& e) {
-    spdlog::error("{} {}: {}", req.method, req.path, e.what());
-    write_error(res, 500, "internal", e.what());
+    write_internal(res, req, e.what());
   } catch (...) {
-    spdlog::error("{} {}: unknown exception", req.method, req.path);
-    write_error(res, 500, "internal", "unknown error");
+    write_internal(res, req, "unknown exception");
   }
 }
 
@@ -200,7 +213,7 @@ void check_api_key(const std::string& key, const httplib::Request& req) {
   if (key.empty()) return;
   std::string given;
   const auto auth = req.get_header_value("Authorization");
-  if (auth.rfind("Bearer ", 0) == 0) {
+  if (auth.size() >= 7 && strncasecmp(auth.c_str(), "Bearer ", 7) == 0) {  // RFC 9110 11.1
     given = auth.substr(7);
   } else if (req.has_header("X-API-Key")) {
     given = req.get_header_value("X-API-Key");
@@ -281,12 +294,26 @@ std::optional<std::string> allowed_origin(const std::vector<std::string>& origin
 
 }  // namespace
 
+void check_write_origin(const std::vector<std::string>& origins, const httplib::Request& req) {
+  if (!req.has_header("Origin") || allowed_origin(origins, req)) return;
+  const auto origin = req.get_header_value("Origin");
+  for (const char* host_header : {"Host", "X-Forwarded-Host"}) {
+    const auto host = req.get_header_value(host_header);
+    if (host.empty()) continue;
+    if (origin == "http://" + host || origin == "https://" + host) return;
+  }
+  throw HttpError(403, "cross_origin",
+                  "Origin " + origin +
+                      " is another site: writes are accepted from this server's own page, from "
+                      "clients that send no Origin, and from origins given with --cors-origin");
+}
+
 void add_cors(const std::vector<std::string>& origins, const httplib::Request& req,
               httplib::Response& res) {
-  if (auto o = allowed_origin(origins, req)) {
-    res.set_header("Access-Control-Allow-Origin", *o);
-    if (*o != "*") res.set_header("Vary", "Origin");
-  }
+  const bool any = std::find(origins.begin(), origins.end(), "*") != origins.end();
+  // A cache must not give one origin's answer (with or without the header) to another.
+  if (!origins.empty() && !any) res.set_header("Vary", "Origin");
+  if (auto o = allowed_origin(origins, req)) res.set_header("Access-Control-Allow-Origin", *o);
 }
 
 void preflight(const std::vector<std::string>& origins, const RouteTable& table,

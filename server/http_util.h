@@ -63,8 +63,8 @@ void send_json(httplib::Response& res, int status, const nlohmann::json& body);
 // Maps an exception to the status of docs/api.md and writes the error body; 500s are logged.
 void send_error(httplib::Response& res, std::exception_ptr error, const httplib::Request& req);
 
-// Throws HttpError 401 when `key` is set and the request carries none (Authorization: Bearer
-// or X-API-Key), 403 when it carries another. Constant-time comparison.
+// Throws HttpError 401 when `key` is set and the request carries none (Authorization: Bearer,
+// the scheme in any case, or X-API-Key), 403 when it carries another. Constant-time comparison.
 void check_api_key(const std::string& key, const httplib::Request& req);
 
 // The routes and their methods, to tell 405 (known path, other method) from 404.
@@ -86,7 +86,14 @@ class RouteTable {
 // is known), 413 over the upload limit, 400 for a request it could not parse.
 void handle_unrouted(const RouteTable& table, const httplib::Request& req, httplib::Response& res,
                      std::size_t max_upload_bytes);
-// Access-Control-Allow-Origin when the request's Origin is configured (or "*" is).
+// Throws HttpError 403 "cross_origin" for a write from another site: an Origin header that is
+// neither this server's own (the Host or X-Forwarded-Host header's) nor configured with
+// --cors-origin. A browser sends a multipart POST from any page without asking (no CORS
+// preflight), so without this any site a user visits could add or delete images on a server
+// started without --api-key. Requests without Origin (curl, scripts) pass.
+void check_write_origin(const std::vector<std::string>& origins, const httplib::Request& req);
+// Access-Control-Allow-Origin when the request's Origin is configured (or "*" is); Vary: Origin
+// whenever the answer depends on it.
 void add_cors(const std::vector<std::string>& origins, const httplib::Request& req,
               httplib::Response& res);
 void preflight(const std::vector<std::string>& origins, const RouteTable& table,

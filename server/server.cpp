@@ -373,7 +373,13 @@ void get_file(State& st, const httplib::Request& req, httplib::Response& res) {
   auto bytes = image_bytes(rec);
   const auto format = image::sniff_format(bytes);
   const auto size = static_cast<std::int64_t>(bytes.size());
-  for (const auto& [first, last] : req.ranges) {
+  // Edited in place, as ignore_ranges does: httplib reads them when it writes the response.
+  auto& ranges = const_cast<httplib::Request&>(req).ranges;
+  // One range at most: httplib builds every range's part in memory, overlaps included, so 300
+  // "0-" ranges of a 6.7 MB file made a 2 GB response. A server may ignore Range (RFC 9110
+  // 14.2): several ranges get the whole file, once.
+  if (ranges.size() > 1) ranges.clear();
+  for (auto& [first, last] : ranges) {
     // (first, -1): from first; (-1, n): the last n bytes; httplib checks first <= last.
     const bool satisfiable = first >= 0 ? first < size : last > 0;
     if (!satisfiable) {
@@ -381,8 +387,10 @@ void get_file(State& st, const httplib::Request& req, httplib::Response& res) {
       throw HttpError(416, "range_not_satisfiable",
                       "Range: the file has " + std::to_string(size) + " bytes");
     }
+    // httplib's Content-Range repeats the last byte asked for; it must name the last one sent.
+    if (first >= 0 && last >= size) last = size - 1;
   }
-  res.status = req.ranges.empty() ? 200 : 206;  // httplib cuts the body to the ranges
+  res.status = ranges.empty() ? 200 : 206;  // httplib cuts the body to the range
   res.set_header("Cache-Control", "private, max-age=3600");
   res.set_content(std::string(bytes.begin(), bytes.end()), mime_of_format(format));
 }
@@ -493,6 +501,7 @@ httplib::Server::Handler route(State& st, std::string name, Need need, F f) {
           if (need == Need::Write || (need == Need::Read && st.options.private_reads)) {
             check_api_key(st.options.api_key, req);
           }
+          if (need == Need::Write) check_write_origin(st.options.cors_origins, req);
           f(st, req, res);
           if (res.status == -1) res.status = 200;  // set_content leaves it to httplib otherwise
         } catch (...) {

@@ -143,14 +143,33 @@ void Collection::remove_leftovers(std::int64_t generation) {
                name.rfind("catalog.db.tmp", 0) == 0;  // and its -journal / -wal / -shm
     if (tmp || (is_index_cache(name) && name != keep)) fs::remove(entry.path(), ec);
   }
-  // An upload killed while its file was being written (engine::Engine::add_image writes
-  // uploads/<hash>.<format>.tmp, then renames it).
   for (const auto& entry : fs::directory_iterator(dir_ / "uploads", ec)) {
     auto name = entry.path().filename().string();
-    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
-      fs::remove(entry.path(), ec);
-    }
+    if (is_tmp_upload(name) || is_orphan_upload(name)) fs::remove(entry.path(), ec);
   }
+}
+
+// An upload killed while its file was being written (engine::Engine::add_image writes
+// uploads/<hash>.<format>.tmp, then renames it).
+bool Collection::is_tmp_upload(const std::string& name) {
+  return name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0;
+}
+
+// An upload file that no row holds: a kill between engine::Engine::remove's commit and its
+// unlink, or between add_image's rename and its commit. Uploads are named
+// <content hash>.<format>; a file is kept while any row with that hash has that file name
+// (compared by name, not by absolute path, so that a moved collection keeps its files), and
+// anything not named like an upload is left alone.
+bool Collection::is_orphan_upload(const std::string& name) const {
+  constexpr std::size_t kHashChars = 32;  // pipeline::content_hash: XXH3-128 in hex
+  auto dot = name.find('.');
+  if (dot != kHashChars || dot + 1 >= name.size()) return false;
+  auto hash = name.substr(0, dot);
+  if (hash.find_first_not_of("0123456789abcdef") != std::string::npos) return false;
+  for (const auto& rec : writer_->find_hash(hash)) {
+    if (fs::path(rec.path).filename() == name) return false;
+  }
+  return true;
 }
 
 void Collection::require_write(const char* what) const {

@@ -224,6 +224,8 @@ class Collection {
   std::filesystem::path index_path(std::int64_t generation) const;
   void lock();
   void remove_leftovers(std::int64_t generation);
+  static bool is_tmp_upload(const std::string& name);
+  bool is_orphan_upload(const std::string& name) const;
   void require_write(const char* what) const;
   std::unique_ptr<Catalog> acquire() const;
   void release(std::unique_ptr<Catalog> c) const;

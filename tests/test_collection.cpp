@@ -496,6 +496,41 @@ TEST(Collection, WriterOpenCleansLeftovers) {
   EXPECT_EQ(c->count(), 400);
 }
 
+// The state a kill leaves between engine::Engine::remove's commit and its unlink (or between
+// add_image's rename and its commit): an upload file that no row holds.
+TEST(Collection, WriterOpenRemovesOrphanUploadsOnly) {
+  auto dir = saved_collection("collection_orphan_uploads");
+  const std::string held = "0123456789abcdef0123456789abcdef";
+  const std::string orphan = "fedcba9876543210fedcba9876543210";
+  const std::string copy = "00112233445566778899aabbccddeeff";  // a row has it, as another file
+  fs::create_directories(dir / "uploads");
+  {
+    auto c = Collection::open(dir, Mode::Write);
+    Put kept = make_put((dir / "moved-away" / "uploads" / (held + ".jpeg")).string(), 7001);
+    kept.record.content_hash = held;
+    Put other = make_put("/photos/elsewhere.jpg", 7002);
+    other.record.content_hash = copy;
+    c->apply({kept, other}, {});
+  }
+  for (const auto& name : {held + ".jpeg", orphan + ".png", copy + ".jpeg", orphan + ".jpeg.tmp",
+                           std::string("notes.txt"), held.substr(0, 31) + ".jpeg"}) {
+    std::ofstream(dir / "uploads" / name) << "bytes";
+  }
+  auto c = Collection::open(dir, Mode::Write);
+  EXPECT_TRUE(fs::exists(dir / "uploads" / (held + ".jpeg")));  // its row, by file name
+  EXPECT_FALSE(fs::exists(dir / "uploads" / (orphan + ".png")));
+  EXPECT_FALSE(fs::exists(dir / "uploads" / (copy + ".jpeg")));  // same bytes, not this file
+  EXPECT_FALSE(fs::exists(dir / "uploads" / (orphan + ".jpeg.tmp")));
+  EXPECT_TRUE(fs::exists(dir / "uploads" / "notes.txt"));  // not named like an upload
+  EXPECT_TRUE(fs::exists(dir / "uploads" / (held.substr(0, 31) + ".jpeg")));
+  EXPECT_EQ(c->count(), 402);
+  // Readers never sweep.
+  std::ofstream(dir / "uploads" / (orphan + ".png")) << "bytes";
+  c.reset();
+  Collection::open(dir, Mode::Read);
+  EXPECT_TRUE(fs::exists(dir / "uploads" / (orphan + ".png")));
+}
+
 TEST(Collection, SecondWriterIsRefusedReadersAreNot) {
   auto dir = scratch_dir("collection_lock");
   auto writer = Collection::create_or_open(dir, config());

@@ -131,6 +131,7 @@
     const keep = select.value;
     while (select.options.length > 1) select.remove(1);
     for (const [name, count] of categories) {
+      if (name === '') continue;  // its value would be "All categories"' own
       const opt = document.createElement('option');
       opt.value = name;
       opt.textContent = `${name} (${count})`;
@@ -257,7 +258,9 @@
     el.dropHint.textContent = 'Drop, paste or choose another image:';
   }
 
-  async function searchBy(q) {
+  // reveal: a new query (not a changed option) scrolls the results into view where they start
+  // below the screen (a phone shows the query panel and options first).
+  async function searchBy(q, reveal = true) {
     state.lastQuery = q;
     el.searchAgain.disabled = false;
     showQuery(q);
@@ -283,6 +286,7 @@
       const res = await api('/v1/search', req);
       if (seq !== state.searchSeq) return;  // a later search superseded this one
       renderResults(res, q);
+      if (reveal) revealResults();
       el.results.dataset.seq = String(seq);
       el.results.dataset.state = 'ok';
       const n = res.results.length;
@@ -324,6 +328,14 @@
       span.dataset.timing = key;
       span.textContent = `${label} ${fmt(t[key])}`;
       el.timings.appendChild(span);
+    }
+  }
+
+  function revealResults() {
+    const top = el.resultsHeading.getBoundingClientRect().top;
+    if (top > window.innerHeight * 0.6) {
+      const still = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+      el.resultsHeading.scrollIntoView({ block: 'start', behavior: still ? 'auto' : 'smooth' });
     }
   }
 
@@ -416,7 +428,7 @@
       el.addResult.replaceChildren();
       const p = document.createElement('p');
       p.textContent = res.created
-        ? `Added ${rec.name} as #${rec.id}.`
+        ? `Added ${file.name} as #${rec.id}.`
         : `Already in the collection as #${rec.id} (its metadata is unchanged).`;
       el.addResult.appendChild(p);
       const list = document.createElement('ul');
@@ -444,6 +456,8 @@
       tab.setAttribute('aria-pressed', String(on));
       $(`view-${tab.dataset.view}`).hidden = !on;
     }
+    // The last view's message ("10 results like #20") does not describe this one.
+    if (el.status.dataset.kind !== 'busy') clearStatus();
     if (name === 'browse' && !state.browseLoaded) browseFromStart();
   }
 
@@ -537,9 +551,9 @@
 
     el.searchOptions.addEventListener('submit', (e) => {
       e.preventDefault();
-      if (state.lastQuery) searchBy(state.lastQuery);
+      if (state.lastQuery) searchBy(state.lastQuery, false);
     });
-    const rerun = () => { if (state.lastQuery) searchBy(state.lastQuery); };
+    const rerun = () => { if (state.lastQuery) searchBy(state.lastQuery, false); };
     el.k.addEventListener('change', rerun);
     el.category.addEventListener('change', rerun);
     const showMin = () => {
@@ -547,7 +561,14 @@
       el.minScoreValue.textContent = v > 0 ? v.toFixed(2) : 'any';
     };
     el.minScore.addEventListener('input', showMin);
-    el.minScore.addEventListener('change', () => { showMin(); rerun(); });
+    // Each arrow key on the slider is a change: search once the keys stop (a search by file
+    // re-embeds the image every time).
+    let minTimer = null;
+    el.minScore.addEventListener('change', () => {
+      showMin();
+      clearTimeout(minTimer);
+      minTimer = setTimeout(rerun, 400);
+    });
     showMin();
 
     el.browseCategory.addEventListener('change', browseFromStart);

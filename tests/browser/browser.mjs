@@ -66,11 +66,13 @@ const page = context.pages()[0] || await context.newPage();
 const pageErrors = [];
 const foreignRequests = [];
 const failedResponses = [];
+let searchRequests = 0;
 page.on('pageerror', (err) => pageErrors.push(String(err)));
 page.on('console', (msg) => { if (msg.type() === 'error') console.log(`  console error: ${msg.text()}`); });
 page.on('request', (req) => {
   const url = req.url();
   if (!url.startsWith(BASE + '/') && !url.startsWith('blob:') && !url.startsWith('data:')) foreignRequests.push(url);
+  if (url.startsWith(BASE + '/v1/search')) searchRequests += 1;
 });
 page.on('response', (res) => {
   if (res.status() >= 400) failedResponses.push(`${res.status()} ${res.request().method()} ${res.url()}`);
@@ -319,6 +321,19 @@ async function mainChecks() {
   await page.$eval('#min-score', (el) => { el.value = '0'; el.dispatchEvent(new Event('change', { bubbles: true })); });
   await waitSearch(seq, 'min_score reset');
 
+  step('slider moved by the keyboard: one search once the keys stop');
+  const searchesBefore = searchRequests;
+  seq = await resultsSeq();
+  await page.focus('#min-score');
+  for (let i = 0; i < 6; i++) await page.keyboard.press('ArrowRight');
+  await waitSearch(seq, 'slider keys');
+  await page.waitForTimeout(800);
+  check(searchRequests - searchesBefore === 1,
+        `slider keys: ${searchRequests - searchesBefore} searches for 6 key presses, expected 1`);
+  seq = await resultsSeq();
+  await page.$eval('#min-score', (el) => { el.value = '0'; el.dispatchEvent(new Event('change', { bubbles: true })); });
+  await waitSearch(seq, 'min_score reset after keys');
+
   step('k selector');
   seq = await resultsSeq();
   await page.selectOption('#k-select', '5');
@@ -473,6 +488,19 @@ async function mainChecks() {
   await page.waitForTimeout(500);  // the drop zone's colour transition
   await shot('10-phone-dark', false);
   await page.emulateMedia({ colorScheme: 'light' });
+
+  step('phone: a new search brings its results into view');
+  await page.evaluate(() => window.scrollTo(0, 0));
+  seq = await resultsSeq();
+  await page.setInputFiles('#file-input', opts.query);
+  await waitSearch(seq, 'phone search from the top');
+  await page.waitForFunction(() => {
+    const top = document.getElementById('results-heading').getBoundingClientRect().top;
+    return top >= 0 && top < window.innerHeight / 2;
+  }, null, { timeout: 5000 }).catch(() => {});
+  const headingTop = await page.$eval('#results-heading', (h) => h.getBoundingClientRect().top);
+  check(headingTop >= 0 && headingTop < 844 / 2, `phone: the results heading is at ${headingTop} px, not in view`);
+  await shot('11-phone-results', false);
 
   // Expected failures: the bad image (415/422) and, with a key, the adds without it / with a wrong one.
   const unexpected = failedResponses.filter((r) => !/^(415|422) POST .*\/v1\/search$/.test(r) &&

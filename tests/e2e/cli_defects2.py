@@ -4,6 +4,7 @@ manifests, reembed's counts, train --out in a missing folder), on clothing-small
 import csv
 import json
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -138,5 +139,29 @@ summary, _ = run_json("index", work / "photos" / "shoes", "--index-spec", "IVF4,
                       collection=work / "pq", check=0)
 assert summary["added"] >= 9, summary
 print("metric / factory mismatch messages; PQ128 at creation")
+
+# An index cache that cannot be saved after `index` or `reindex` is a warning, exit 0: everything
+# is committed, and the next open rebuilds the index from the catalog. Non-empty folders where
+# the cache's temp files go make the save fail (the writer's sweep cannot remove them either).
+db = sqlite3.connect(coll / "catalog.db")
+gen = int(db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+db.close()
+for g in range(gen, gen + 200):
+    blocker = coll / f"index-{g}.faiss.tmp"
+    blocker.mkdir()
+    (blocker / "x").write_text("in the way")
+before = run_json("info", collection=coll, model=False, check=0)[0]["count"]
+dresses = copy_images(images("train", classes=["dress"], per_class=4), work / "more")
+summary, proc = run_json("index", work / "more", collection=coll, check=0)
+assert summary["added"] == 4 and ".faiss" in summary["cache_warning"], summary
+assert "everything is committed" in proc.stderr, proc.stderr
+res = json.loads(run("search", dresses[0], "-k", 3, "--json", collection=coll, check=0).stdout)
+assert res["results"][0]["path"] == str(dresses[0].resolve()), res["results"][0]
+out, proc = run_json("reindex", "--index-spec", "HNSW16", collection=coll, check=0)
+assert ".faiss" in out["cache_warning"], out
+assert "the new index is committed" in proc.stderr, proc.stderr
+after = run_json("info", collection=coll, model=False, check=0)[0]
+assert after["count"] == before + 4 and after["index_factory"] == "HNSW16", after
+print("cache that cannot be saved: cache_warning, exit 0, committed:", summary["cache_warning"])
 
 print("cli_defects2: all passed")

@@ -319,7 +319,28 @@ srv.json("GET", "/v1/images?limit=1")  # reads are open without --private
 status, hdrs, _ = srv.request("GET", "/v1/stats", headers={"Origin": "http://shop.example"})
 assert hdrs.get("Access-Control-Allow-Origin") == "http://shop.example", hdrs
 status, hdrs, _ = srv.request("GET", "/v1/stats", headers={"Origin": "http://evil.example"})
-assert "Access-Control-Allow-Origin" not in hdrs, hdrs
+assert "Access-Control-Allow-Origin" not in hdrs and hdrs.get("Vary") == "Origin", hdrs
+status, hdrs, _ = srv.request("GET", "/v1/stats")  # a cache must not reuse it for shop.example
+assert hdrs.get("Vary") == "Origin", hdrs
+# The Bearer scheme in any case (RFC 9110 11.1).
+status, hdrs, data = srv.request("DELETE", f"/v1/images/{up['image']['id']}",
+                                 headers={"Authorization": "bearer s3cret"})
+assert status == 200, (status, data)
+# Writes from another site's page (a multipart POST needs no preflight) are refused even with
+# the key; the configured origin, the server's own and clients without Origin pass.
+with_key = {"Content-Type": ctype, "X-API-Key": "s3cret"}
+body, ctype = encode_multipart({"image": (photo.name, photo.read_bytes())})
+with_key["Content-Type"] = ctype
+err, _ = expect_error(403, "cross_origin", "POST", "/v1/images", body,
+                   {**with_key, "Origin": "http://evil.example"})
+assert "http://evil.example" in err["message"] and "--cors-origin" in err["message"], err
+for origin in ("http://shop.example", f"http://127.0.0.1:{srv.port}"):
+    status, _, data = srv.request("POST", "/v1/images", body, {**with_key, "Origin": origin})
+    assert status in (200, 201), (origin, status, data)
+status, _, data = srv.request("POST", "/v1/images", body,
+                              {**with_key, "Origin": "https://public.example",
+                               "X-Forwarded-Host": "public.example"})
+assert status == 200, (status, data)  # behind a proxy that rewrites Host
 status, hdrs, _ = srv.request("OPTIONS", "/v1/images", headers={"Origin": "http://shop.example",
                                                                 "Access-Control-Request-Method": "POST"})
 assert status == 204 and "POST" in hdrs["Access-Control-Allow-Methods"], (status, hdrs)

@@ -5,6 +5,7 @@ concurrent uploads of the same bytes, bytes already indexed from a file, byte ra
 unbounded metric labels, out-of-range parameters, OPTIONS, and clients that trickle a request
 (they must not hold a worker, nor hold up a SIGTERM)."""
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -158,6 +159,71 @@ res, _ = srv.json("POST", "/v1/search", {"id": 3, "k": 50, "where": {"price": 4.
 assert [h["id"] for h in res["results"]] == [2], res["results"]
 print("include_self, min_score range, OPTIONS, 414, zero-size GIF 422, ids, numbers")
 
+# ---- many ranges: one response of the whole file, not one part per range -----------------------
+status, hdrs, data = srv.request("GET", "/v1/images/1/file")
+whole = data
+status, hdrs, data = srv.request("GET", "/v1/images/1/file",
+                                 headers={"Range": "bytes=" + ",".join(["0-"] * 300)})
+assert status == 200 and data == whole, (status, len(data), len(whole))
+status, hdrs, data = srv.request("GET", "/v1/images/1/file", headers={"Range": "bytes=5-99999999"})
+assert status == 206 and data == whole[5:], (status, len(data))
+assert hdrs["Content-Range"] == f"bytes 5-{len(whole) - 1}/{len(whole)}", hdrs
+print("300 ranges: 200 with the file once; a range past the end names the last byte sent")
+
+# ---- concurrent PATCHes of one image all land; DELETEs of one id remove it once ---------------
+def patch_key(i):
+    srv.json("PATCH", "/v1/images/4", {f"k{i}": i})
+
+
+threads = [threading.Thread(target=patch_key, args=(i,)) for i in range(24)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+meta = srv.json("GET", "/v1/images/4")[0]["metadata"]
+assert all(meta.get(f"k{i}") == i for i in range(24)), meta
+fresh = images("test", classes=["skirt"], per_class=1)[0]
+status, res = srv.multipart("/v1/images", {"image": (fresh.name, fresh.read_bytes())}, expect=201)
+victim = res["image"]["id"]
+deletes = [None] * 6
+
+
+def delete_one(i):
+    deletes[i] = srv.request("DELETE", f"/v1/images/{victim}")[0]
+
+
+threads = [threading.Thread(target=delete_one, args=(i,)) for i in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+assert sorted(deletes) == [200] + [404] * 5, deletes
+print("24 concurrent PATCHes: every key kept; 6 concurrent DELETEs: one 200, five 404")
+
+# ---- metadata is bounded (64 KiB as JSON): by upload and by a PATCH that merges past it ---------
+body, ctype = encode_multipart({"image": (fresh.name, fresh.read_bytes()),
+                                "metadata": json.dumps({"notes": "x" * 70_000})})
+err, _ = expect_error(srv, 400, "bad_request", "POST", "/v1/images", body, {"Content-Type": ctype})
+assert "at most 65536" in err["message"], err
+srv.json("PATCH", "/v1/images/4", {"a": "x" * 40_000})
+err, _ = expect_error(srv, 400, "bad_request", "PATCH", "/v1/images/4",
+                      json.dumps({"b": "y" * 40_000}), JSON)
+assert "at most 65536" in err["message"], err
+meta = srv.json("GET", "/v1/images/4")[0]["metadata"]
+assert "b" not in meta and len(meta["a"]) == 40_000, list(meta)
+print("metadata over 64 KiB: 400, by upload and by merge; the stored record unchanged")
+
+# ---- a 500 names no server-side path; the log has the cause under the incident id ------------
+count = srv.json("GET", "/v1/stats")[0]["images"]
+moved = collection / "uploads.moved"
+uploads.rename(moved)
+uploads.write_text("a file where the uploads folder belongs")
+body, ctype = encode_multipart({"image": (photo[0].name, photo[0].read_bytes())})
+err, _ = expect_error(srv, 500, "internal", "POST", "/v1/images", body, {"Content-Type": ctype})
+assert str(collection) not in err["message"] and "uploads" not in err["message"], err
+incident = re.fullmatch(r"internal error; the server log has the cause under incident "
+                        r"([0-9a-f]{8})", err["message"]).group(1)
+uploads.unlink()
+moved.rename(uploads)
+assert srv.json("GET", "/v1/stats")[0]["images"] == count  # nothing stored
+print("500: incident", incident, "and no path in the response")
+
 # ---- clients that trickle a request must not hold the workers ---------------------------------
 # 4 workers, 8 connections each sending a header line every 0.5 s: without a request deadline
 # they held every worker and /healthz waited forever.
@@ -211,7 +277,9 @@ assert len(closed_after) == len(trickling) and max(closed_after.values()) < 25, 
 print(f"8 trickling clients, 4 workers: /healthz answered after {waited:.1f} s; "
       f"the server closed {len(closed_after)} of them after "
       f"{min(closed_after.values()):.1f}-{max(closed_after.values()):.1f} s")
-srv.stop()
+first_log = srv.stop()
+logged = [line for line in first_log.splitlines() if f"incident {incident}" in line]
+assert len(logged) == 1 and str(uploads) in logged[0] and "cannot create" in logged[0], logged
 
 # ---- SIGTERM while a client trickles: the server stops after --shutdown-timeout-s --------------
 # An upload killed mid-write leaves uploads/<hash>.<format>.tmp: the next writer removes it.
