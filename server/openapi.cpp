@@ -153,12 +153,34 @@ std::string request_body_html(const nlohmann::json& doc, const nlohmann::json& b
   return html + "</ul>";
 }
 
+void set_access(const std::string& path, const std::string& method, nlohmann::json& op,
+                ApiAccess access) {
+  const bool write = method != "get" && path != "/v1/search";
+  auto& responses = op["responses"];
+  if (write) responses["403"] = {{"$ref", "#/components/responses/Forbidden"}};  // cross_origin
+  if (access.api_key && (write || access.private_reads)) {
+    op["security"] = {{{"bearer", nlohmann::json::array()}}, {{"apiKey", nlohmann::json::array()}}};
+    responses["401"] = {{"$ref", "#/components/responses/Unauthorized"}};
+    responses["403"] = {{"$ref", "#/components/responses/Forbidden"}};
+  } else {
+    op.erase("security");
+    responses.erase("401");
+    if (!write) responses.erase("403");
+  }
+}
+
 }  // namespace
 
-nlohmann::json openapi_document(const std::string& version) {
+nlohmann::json openapi_document(const std::string& version, ApiAccess access) {
   static const nlohmann::json doc = nlohmann::json::parse(kDocument);
   auto out = doc;
   out["info"]["version"] = version;
+  for (auto& [path, item] : out["paths"].items()) {
+    if (path.rfind("/v1/", 0) != 0) continue;
+    for (auto& [method, op] : item.items()) {
+      if (method != "parameters") set_access(path, method, op, access);
+    }
+  }
   return out;
 }
 

@@ -8,7 +8,13 @@
 
 namespace lookalike::server {
 
-nlohmann::json openapi_document(const std::string& version);
+// Which routes need the API key follows this server's flags: none without --api-key, writes
+// with it, every /v1 route with --private as well (security and 401/403 per operation).
+struct ApiAccess {
+  bool api_key = false;
+  bool private_reads = false;
+};
+nlohmann::json openapi_document(const std::string& version, ApiAccess access = {});
 std::string openapi_html(const nlohmann::json& document);
 
 }  // namespace lookalike::server

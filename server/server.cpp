@@ -549,13 +549,14 @@ void add_routes(httplib::Server& svr, State& st, RouteTable& table) {
         }
         res.set_content(st.metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
       });
+  const ApiAccess access{!st.options.api_key.empty(), st.options.private_reads};
   reg("GET", "/openapi.json", "/openapi.json", Need::Nothing,
-      [](State&, const httplib::Request&, httplib::Response& res) {
-        send_json(res, 200, openapi_document(LOOKALIKE_VERSION));
+      [access](State&, const httplib::Request&, httplib::Response& res) {
+        send_json(res, 200, openapi_document(LOOKALIKE_VERSION, access));
       });
   reg("GET", "/docs", "/docs", Need::Nothing,
-      [](State&, const httplib::Request&, httplib::Response& res) {
-        res.set_content(openapi_html(openapi_document(LOOKALIKE_VERSION)),
+      [access](State&, const httplib::Request&, httplib::Response& res) {
+        res.set_content(openapi_html(openapi_document(LOOKALIKE_VERSION, access)),
                         "text/html; charset=utf-8");
       });
   auto asset = [](State& st, const httplib::Request& req, httplib::Response& res) {

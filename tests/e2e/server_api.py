@@ -155,6 +155,11 @@ expected = {("POST", "/v1/search"), ("POST", "/v1/images"), ("GET", "/v1/images"
             ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"),
             ("GET", "/"), ("GET", "/assets/{name}")}
 assert documented == expected, documented ^ expected
+# No --api-key here: no operation asks for one; writes may still answer 403 (cross_origin).
+assert not any("security" in op for item in doc["paths"].values() for op in item.values()
+               if isinstance(op, dict)), "security on a server without --api-key"
+assert "401" not in doc["paths"]["/v1/images"]["post"]["responses"]
+assert "403" in doc["paths"]["/v1/images"]["post"]["responses"]
 for method, path in sorted(documented):
     if method in ("PATCH", "DELETE", "POST"):
         continue  # exercised above and below with real bodies
@@ -351,6 +356,11 @@ srv.stop()
 
 srv = Server(collection, "--api-key", "s3cret", "--private")
 expect_error(401, "unauthorized", "GET", "/v1/images")
+doc, _ = srv.json("GET", "/openapi.json")  # needs no key, and says which routes do
+for path, method in [("/v1/images", "get"), ("/v1/search", "post"), ("/v1/stats", "get"),
+                     ("/v1/images/{id}", "delete")]:
+    op = doc["paths"][path][method]
+    assert {"bearer": []} in op["security"] and "401" in op["responses"], (path, method, op)
 status, _, _ = srv.request("GET", "/v1/images", headers={"Authorization": "Bearer s3cret"})
 assert status == 200
 status, _, _ = srv.request("GET", "/healthz")
