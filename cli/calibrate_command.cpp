@@ -63,6 +63,7 @@ int run_calibrate(const GlobalOptions& g, const CalibrateArgs& a) {
                      {"images", report.images},
                      {"failed", report.failed},
                      {"labelled", report.labelled},
+                     {"notes", report.notes},
                      {"recorded", !a.dry_run},
                      {"fp32",
                       {{"images_per_s", report.fp32_images_per_s},

@@ -434,6 +434,11 @@ int run_info(const GlobalOptions& g) {
                 {"model", info.config.model_name},
                 {"precision", full.precision.empty() ? json(nullptr) : json(full.precision)},
                 {"precision_reason", full.precision_reason},
+                {"collection_precision", full.collection_precision},
+                {"precision_accepted",
+                 full.precision.empty() ? json(nullptr) : json(full.precision_refusal.empty())},
+                {"precision_refusal",
+                 full.precision_refusal.empty() ? json(nullptr) : json(full.precision_refusal)},
                 {"dim", info.config.dim},
                 {"metric", info.config.metric},
                 {"index_factory", info.config.factory},
@@ -471,8 +476,14 @@ int run_info(const GlobalOptions& g) {
                                   : "",
       params_line(info.index_params), info.exact_subset_limit, human_bytes(info.total_bytes),
       human_bytes(info.catalog_bytes), human_bytes(info.index_bytes));
+  // The collection's precision is fixed by its vectors; this run's is a choice that may differ.
+  std::cout << fmt::format("precision   collection: {}", full.collection_precision);
   if (!full.precision.empty())
-    std::cout << fmt::format("precision   {} ({})\n", full.precision, full.precision_reason);
+    std::cout << fmt::format("; this run: {} ({}){}", full.precision, full.precision_reason,
+                             full.precision_refusal.empty()
+                                 ? ""
+                                 : "; refused by this collection: " + full.precision_refusal);
+  std::cout << "\n";
   for (const auto& c : info.corrupt) {
     std::cout << fmt::format("corrupt     image {}: {} (left out of the index; re-index it)\n",
                              c.id, c.reason);
@@ -510,22 +521,33 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
   return result.removed.empty() ? kError : kPartial;  // nothing found: nothing was done
 }
 
+// One precision of a card, for `models`: "bf16 (min cosine 0.99985, meets the bar)", with its
+// archive flagged when the file is missing.
+std::string precision_item(const std::string& name, const json& entry, const fs::path& dir) {
+  const auto f = entry.value("fidelity", json());
+  std::string item = name + (f.is_object() ? fmt::format(" (min cosine {:.5f}, {} the bar)",
+                                                         f.value("min_cosine", 0.0),
+                                                         model::meets_bar(f) ? "meets" : "below")
+                                           : std::string(" (not calibrated)"));
+  const std::string archive = entry.value("archive", "");
+  std::error_code ec;
+  if (!archive.empty() && !fs::is_regular_file(dir / archive, ec))
+    item += " [ARCHIVE MISSING: " + (dir / archive).string() + "]";
+  return item;
+}
+
 // "fp32, bf16 (min cosine 0.99985, meets the bar)"; what auto would pick on this CPU.
-std::string precisions_line(const model::ModelCard& card) {
+std::string precisions_line(const model::InstalledModel& m) {
+  const auto& card = m.card;
+  const fs::path dir = m.archive.parent_path();
   std::string line = "fp32";
   if (card.precisions.is_object())
-    for (const auto& [name, entry] : card.precisions.items()) {
-      if (name == "fp32" || !entry.is_object()) continue;
-      const auto f = entry.value("fidelity", json());
-      line += ", " + name +
-              (f.is_object()
-                   ? fmt::format(" (min cosine {:.5f}, {} the bar)", f.value("min_cosine", 0.0),
-                                 model::meets_bar(f) ? "meets" : "below")
-                   : std::string(" (not calibrated)"));
-    }
+    for (const auto& [name, entry] : card.precisions.items())
+      if (name != "fp32" && entry.is_object()) line += ", " + precision_item(name, entry, dir);
   try {
-    line += "; " +
-            model::choose_precision("auto", card.precisions, model::cpu_flags(), card.name).reason;
+    line +=
+        "; " +
+        model::choose_precision("auto", card.precisions, model::cpu_flags(), card.name, dir).reason;
   } catch (const model::ModelError&) {
   }
   return line;
@@ -545,9 +567,11 @@ int run_models(const GlobalOptions& g) {
       json card = model::model_card_to_json(m.card);
       card["archive"] = m.archive.string();
       card["type"] = "model";
+      const fs::path dir = m.archive.parent_path();
       const auto c =
-          model::choose_precision("auto", m.card.precisions, model::cpu_flags(), m.card.name);
+          model::choose_precision("auto", m.card.precisions, model::cpu_flags(), m.card.name, dir);
       card["auto_precision"] = {{"precision", model::to_string(c.precision)}, {"reason", c.reason}};
+      card["missing_archives"] = model::missing_archives(m.card.precisions, dir);
       print_record(card);
     }
     return kOk;
@@ -568,7 +592,7 @@ int run_models(const GlobalOptions& g) {
         m.card.embedding_dim, fmt::format("{}px", m.card.input_size), m.archive.string());
     std::cout << fmt::format("{:<16} weights: {} ({})\n", "", m.card.weights_source,
                              m.card.license);
-    std::cout << fmt::format("{:<16} precision: {}\n", "", precisions_line(m.card));
+    std::cout << fmt::format("{:<16} precision: {}\n", "", precisions_line(m));
   }
   for (const auto& b : broken) {
     std::cout << fmt::format("{:<16} BROKEN: {}\n{:<16} archive: {}\n", b.archive.stem().string(),

@@ -33,6 +33,22 @@ std::filesystem::path default_collection() {
   return env != nullptr && *env != '\0' ? std::filesystem::path(env) : "lookalike-data";
 }
 
+// $LOOKALIKE_PRECISION when --precision is not given; false (after saying why, naming the
+// variable: the user did not type the bad value on this command line) for an unknown value.
+bool precision_from_env(GlobalOptions& g) {
+  const char* env = std::getenv("LOOKALIKE_PRECISION");
+  if (env == nullptr || *env == '\0') return true;
+  const std::string value = env;
+  if (value == "auto" || value == "fp32" || value == "bf16" || value == "int8") {
+    g.precision = value;
+    return true;
+  }
+  std::cerr << "lookalike: error: LOOKALIKE_PRECISION='" << value
+            << "' is not a precision (auto, fp32, bf16 or int8); fix or unset it, or pass "
+               "--precision\n";
+  return false;
+}
+
 }  // namespace
 
 static int run(int argc, char** argv) {
@@ -55,10 +71,12 @@ static int run(int argc, char** argv) {
                  "path to a .pt archive; default: the collection's model, else mobilenet_v2");
   app.add_option("--threads", g.threads, "Inference threads (0 = all cores)")
       ->check(CLI::Range(0, 1024));
+  // $LOOKALIKE_PRECISION is read after parsing (precision_from_env), not by CLI11's envname,
+  // whose error for a bad value names only --precision.
   app.add_option("--precision", g.precision,
                  "Inference precision: auto (fastest that this CPU runs and whose measured "
-                 "fidelity meets the bar, else fp32), fp32, bf16, int8")
-      ->envname("LOOKALIKE_PRECISION")
+                 "fidelity meets the bar, else fp32), fp32, bf16, int8 (default: "
+                 "$LOOKALIKE_PRECISION, else auto)")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
   app.add_option("--decode-threads", g.decode_threads, "Image decoding threads (1-64)")
       ->check(CLI::Range(1, 64));
@@ -236,6 +254,8 @@ static int run(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? kOk : kUsage;
   }
+
+  if (app.count("--precision") == 0 && !precision_from_env(g)) return kUsage;
 
   // Commands whose decode threads share the cores with the model's OpenMP threads: those
   // threads should sleep, not spin, between parallel regions (engine.h; may re-execute).

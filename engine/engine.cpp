@@ -237,6 +237,63 @@ const store::Collection& Engine::collection() const {
   return *collection_;
 }
 
+namespace {
+
+// A model id split at its precision suffix: {"name@digest", "bf16"}; {"name@digest", ""} for
+// FP32's id, which precisions interchangeable with FP32 share.
+std::pair<std::string, std::string> split_model_id(const std::string& id) {
+  const auto plus = id.find('+');
+  if (plus == std::string::npos) return {id, ""};
+  return {id.substr(0, plus), id.substr(plus + 1)};
+}
+
+// The precision a collection's vectors were embedded at, from its model id.
+std::string collection_precision(const std::string& model_id) {
+  const std::string built = split_model_id(model_id).second;
+  return built.empty() ? "fp32 (or a precision interchangeable with it)" : built;
+}
+
+// Why vectors embedded as `run` may not join a collection built under `collection_id` (the base
+// ids being equal); empty when they may. It goes by what the collection was built with, not by
+// today's calibration, so that calibrating never locks a collection out (docs/precision.md,
+// "Which vectors mix"): a "+p" collection takes precision p whatever its record says now; one
+// without a suffix takes FP32 and any precision interchangeable with it now.
+std::string precision_refusal(const std::string& collection_id, const model::PrecisionChoice& run) {
+  const std::string built = split_model_id(collection_id).second;
+  const std::string ran = model::to_string(run.precision);
+  const std::string reembed = fmt::format(
+      "or re-embed a copy at this one (`lookalike --precision {} reembed --out DIR`, "
+      "docs/precision.md)",
+      ran);
+  if (!built.empty()) {
+    if (built == ran) return "";
+    return fmt::format(
+        "its vectors come from another precision (this run: {}): pass --precision {} as it was "
+        "built, {}",
+        run.reason, built, reembed);
+  }
+  if (run.interchangeable) return "";
+  return fmt::format(
+      "it was built at fp32 or at a precision interchangeable with it at the time, and this "
+      "run's {} is not interchangeable with fp32 (this run: {}): pass --precision fp32, {}",
+      ran, run.reason, reembed);
+}
+
+// Throws when `m`'s vectors may not join the collection built under `collection_id`.
+void check_collection_model(const model::EmbeddingModel& m, const std::string& collection_id,
+                            const std::filesystem::path& path,
+                            const std::filesystem::path& collection) {
+  const bool same_model = split_model_id(m.id()).first == split_model_id(collection_id).first;
+  const std::string refusal = same_model ? precision_refusal(collection_id, m.precision())
+                                         : "use that model or another --collection";
+  if (refusal.empty()) return;
+  throw model::ModelError(
+      fmt::format("{}: model {} does not match the collection {}, which was built with {}; {}",
+                  path.string(), m.id(), collection.string(), collection_id, refusal));
+}
+
+}  // namespace
+
 model::EmbeddingModel& Engine::model() {
   std::lock_guard lock(model_mu_);
   if (model_) return *model_;
@@ -253,25 +310,10 @@ model::EmbeddingModel& Engine::model() {
     m = model::EmbeddingModel::load(
         path, {options_.threads, true, options_.batch_size, options_.precision});
   });
-  if (config != nullptr && access_ != Access::ModelOnly && m->id() != config->model_id) {
-    // Same weights, other precision: say which precision the collection's vectors need (an id
-    // without a "+precision" suffix is FP32's, shared by precisions that meet the bar).
-    const auto plus = config->model_id.find('+');
-    const bool precision_only =
-        m->id().substr(0, m->id().find('+')) == config->model_id.substr(0, plus);
-    const std::string built =
-        plus == std::string::npos ? "fp32" : config->model_id.substr(plus + 1);
-    throw model::ModelError(fmt::format(
-        "{}: model {} does not match the collection {}, which was built with {}; {}", path.string(),
-        m->id(), options_.collection.string(), config->model_id,
-        precision_only
-            ? fmt::format("its vectors come from another precision (this run: {}): pass "
-                          "--precision {} as it was built, or re-embed a copy at this "
-                          "one (`lookalike --precision {} reembed --out DIR`, "
-                          "docs/precision.md)",
-                          m->precision().reason, built, model::to_string(m->precision().precision))
-            : std::string("use that model or another --collection")));
-  }
+  // Embeddings are stored under the collection's model id (config), not m->id(), so a model
+  // that passes this check adds vectors the collection already counts as its own.
+  if (config != nullptr && access_ != Access::ModelOnly)
+    check_collection_model(*m, config->model_id, path, options_.collection);
   model_ = std::move(m);
   batcher_ = std::make_unique<EmbedBatcher>(*model_, options_.batch_size, options_.batch_wait);
   return *model_;
@@ -715,20 +757,23 @@ EngineInfo Engine::info() const {
   i.collection = collection().info();
   i.threads = resolve_threads(options_.threads);
   if (batcher_) i.batcher = batcher_->stats();
+  i.collection_precision = collection_precision(i.collection.config.model_id);
   if (model_) {
     i.precision = model::to_string(model_->precision().precision);
     i.precision_reason = model_->precision().reason;
+    i.precision_refusal = precision_refusal(i.collection.config.model_id, model_->precision());
   } else {
     // Resolved from the card alone: info should not pay for loading LibTorch weights.
     try {
       const std::string name =
           !options_.model.empty() ? options_.model : i.collection.config.model_name;
-      const auto card = model::load_model_card(
-          model::resolve_model(name, model::default_model_dirs()).replace_extension(".json"));
-      const auto c =
-          model::choose_precision(options_.precision, card.precisions, model::cpu_flags(), name);
+      const auto archive = model::resolve_model(name, model::default_model_dirs());
+      const auto card = model::load_model_card(fs::path(archive).replace_extension(".json"));
+      const auto c = model::choose_precision(options_.precision, card.precisions,
+                                             model::cpu_flags(), name, archive.parent_path());
       i.precision = model::to_string(c.precision);
       i.precision_reason = c.reason;
+      i.precision_refusal = precision_refusal(i.collection.config.model_id, c);
     } catch (const model::ModelError&) {
       // The model is not installed here: info still describes the collection.
     }

@@ -187,6 +187,11 @@ struct EngineInfo {
   // collection's model cannot be found here.
   std::string precision;
   std::string precision_reason;
+  // The precision of the collection's vectors, from its model id ("bf16" for "...+bf16", else
+  // "fp32 (or a precision interchangeable with it)"), and why this run's precision would be
+  // refused by it (empty when accepted or unknown; docs/precision.md, "Which vectors mix").
+  std::string collection_precision;
+  std::string precision_refusal;
   std::optional<BatcherStats> batcher;  // when the model is loaded
 };
 

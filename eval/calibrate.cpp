@@ -1,5 +1,9 @@
 #include "eval/calibrate.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -26,6 +30,9 @@ struct PhotoSet {
 // every image below the folder, unlabelled: calibration needs photos, labels only add metrics.
 PhotoSet load_photos(const CalibrateOptions& o) {
   PhotoSet set;
+  std::error_code ec;
+  if (!fs::exists(o.images, ec))
+    throw LabelError(o.images.string() + ": no such file or directory");
   try {
     auto labelled = load_labelled_set(o.images);
     set.files = std::move(labelled.files);
@@ -33,7 +40,10 @@ PhotoSet load_photos(const CalibrateOptions& o) {
   } catch (const LabelError&) {
     auto scan = pipeline::scan_inputs({o.images});
     for (auto& f : scan.files) set.files.push_back(f.path);
-    if (set.files.empty()) throw LabelError(o.images.string() + ": no images to calibrate on");
+    if (set.files.empty())
+      throw LabelError(fmt::format("{}: no image files to calibrate on (image extensions: {})",
+                                   o.images.string(),
+                                   fmt::join(pipeline::image_extensions(), " ")));
   }
   if (o.limit > 0 && static_cast<std::int64_t>(set.files.size()) > o.limit) {
     // Evenly spread, so every class of a sorted folder stays represented.
@@ -129,6 +139,33 @@ Metrics leave_one_out(const Run& r, const std::vector<std::string>& labels,
   return acc.result();
 }
 
+// Names the first photo that failed, and why: "no photo could be decoded" alone leaves the user
+// guessing between a wrong folder, a wrong format and a damaged file.
+std::string no_photo_decoded(const fs::path& images, const std::vector<std::string>& fp32,
+                             const std::vector<Run>& runs) {
+  std::string first = fp32.empty() ? "" : fp32.front();
+  for (const auto& r : runs)
+    if (first.empty() && !r.errors.empty()) first = r.errors.front();
+  return fmt::format("{}: no photo could be decoded ({} tried; first failure: {})", images.string(),
+                     fp32.size(), first.empty() ? "unknown" : first);
+}
+
+// What the user must know about how far the record can be trusted (also written into it).
+std::vector<std::string> calibration_notes(const CalibrationReport& r, const fs::path& images) {
+  std::vector<std::string> notes;
+  if (!r.labelled)
+    notes.push_back(fmt::format(
+        "Recall@1 and mAP not measured: {} is not a folder per class (or a CSV with a label "
+        "column), so only the cosine part of the bar was checked",
+        images.string()));
+  if (r.images < model::kMinCalibrationImages)
+    notes.push_back(fmt::format(
+        "only {} photos: a record needs at least {} to meet the bar, so every precision is "
+        "recorded as below it; calibrate on more photos",
+        r.images, model::kMinCalibrationImages));
+  return notes;
+}
+
 }  // namespace
 
 CalibrationReport calibrate(const CalibrateOptions& o) {
@@ -160,7 +197,7 @@ CalibrationReport calibrate(const CalibrateOptions& o) {
     for (const auto& r : runs) all = all && r.errors[i].empty();
     if (all) ok.push_back(i);
   }
-  if (ok.empty()) throw LabelError(o.images.string() + ": no photo could be decoded");
+  if (ok.empty()) throw LabelError(no_photo_decoded(o.images, fp32.errors, runs));
   report.images = static_cast<std::int64_t>(ok.size());
   report.failed = static_cast<std::int64_t>(set.files.size() - ok.size());
   report.labelled = !set.labels.empty();
@@ -190,9 +227,12 @@ CalibrationReport calibrate(const CalibrateOptions& o) {
     }
     pr.meets_bar = model::meets_bar({{"min_cosine", pr.min_cosine},
                                      {"recall_at_1_delta", pr.recall_at_1_delta},
-                                     {"map_delta", pr.map_delta}});
+                                     {"map_delta", pr.map_delta},
+                                     {"images", report.images}});
     report.precisions.push_back(std::move(pr));
   }
+  report.notes = calibration_notes(report, o.images);
+  for (const auto& note : report.notes) spdlog::warn("models calibrate: {}", note);
   return report;
 }
 
@@ -209,6 +249,7 @@ void record_calibration(const CalibrationReport& report) {
            {"worst_file", p.worst_file},
            {"images", report.images},
            {"labelled", report.labelled},
+           {"retrieval_measured", report.labelled},
            {"meets_bar", p.meets_bar},
            {"bar",
             {{"min_cosine", model::kMinCosineBar}, {"max_metric_delta", model::kMaxMetricDelta}}},
@@ -221,6 +262,7 @@ void record_calibration(const CalibrationReport& report) {
       f["recall_at_1_delta"] = p.recall_at_1_delta;
       f["map_delta"] = p.map_delta;
     }
+    if (!report.notes.empty()) f["note"] = fmt::format("{}", fmt::join(report.notes, "; "));
     auto& entry = card.precisions[model::to_string(p.precision)];
     entry["fidelity"] = f;
     entry["images_per_s"] = p.images_per_s;

@@ -51,6 +51,10 @@ struct CalibrationReport {
   double fp32_images_per_s = 0;
   std::optional<Metrics> fp32_metrics;
   std::vector<PrecisionResult> precisions;
+  // Limits of this record, in words (unlabelled photos: Recall@1 and mAP not measured; fewer than
+  // model::kMinCalibrationImages photos: nothing meets the bar). calibrate() also logs them as
+  // warnings, and record_calibration writes them into each fidelity record ("note").
+  std::vector<std::string> notes;
 };
 
 // Throws model::ModelError (model, card or archive problems, a precision the card does not

@@ -240,6 +240,22 @@ std::vector<fs::path> default_model_dirs() {
   return dirs;
 }
 
+namespace {
+
+// "NAME.bf16.pt" without a card of its own beside "NAME.pt": a reduced-precision archive of
+// NAME, even when NAME's card cannot be read to say so (that card is listed as broken once).
+bool looks_like_companion(const fs::path& archive, const std::vector<fs::path>& archives) {
+  std::error_code ec;
+  if (fs::exists(fs::path(archive).replace_extension(".json"), ec)) return false;
+  const fs::path stem = archive.stem();  // "NAME.bf16"
+  const std::string precision = stem.extension().string();
+  if (precision != ".bf16" && precision != ".int8" && precision != ".fp32") return false;
+  const fs::path owner = archive.parent_path() / (stem.stem().string() + ".pt");
+  return std::find(archives.begin(), archives.end(), owner) != archives.end();
+}
+
+}  // namespace
+
 std::vector<InstalledModel> list_models(const std::vector<fs::path>& dirs,
                                         std::vector<BrokenModel>* broken) {
   std::vector<InstalledModel> out;
@@ -278,6 +294,7 @@ std::vector<InstalledModel> list_models(const std::vector<fs::path>& dirs,
     for (auto& [archive, card, error] : found) {
       const std::string stem = archive.stem().string();
       if (seen.count(stem) || companions.count(archive)) continue;
+      if (!card && looks_like_companion(archive, archives)) continue;
       if (card) {
         out.push_back({archive, std::move(*card)});
       } else if (broken) {
@@ -311,8 +328,8 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
     throw ModelError(card_path.string() + ": model card field 'tower': '" + impl->card.tower +
                      "' is not an image model");
   impl->id = impl->card.name + "@" + archive_digest(archive);
-  impl->precision =
-      choose_precision(options.precision, impl->card.precisions, cpu_flags(), card_path.string());
+  impl->precision = choose_precision(options.precision, impl->card.precisions, cpu_flags(),
+                                     card_path.string(), archive.parent_path());
   if (!impl->precision.interchangeable) impl->id += "+" + to_string(impl->precision.precision);
   if (options.channels_last_input && !impl->precision.archive.empty()) {
     const auto& all = impl->card.precisions;

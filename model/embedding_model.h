@@ -63,7 +63,9 @@ struct BrokenModel {
 // does for resolve_model. A .pt whose card is missing or invalid is not listed (listing must
 // not fail because of it); when `broken` is given it receives those, in the same order, so that
 // a listing can show them with their error. A broken one hides the same name in later
-// directories too: resolve_model would pick it.
+// directories too: resolve_model would pick it. Reduced-precision archives are neither: those a
+// card names, and a cardless NAME.bf16.pt / NAME.int8.pt beside NAME.pt (whose own card may be
+// the broken one).
 std::vector<InstalledModel> list_models(const std::vector<std::filesystem::path>& dirs,
                                         std::vector<BrokenModel>* broken = nullptr);
 

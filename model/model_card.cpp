@@ -1,5 +1,7 @@
 #include "model/model_card.h"
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <initializer_list>
 #include <sstream>
@@ -99,6 +101,51 @@ void validate(const ModelCard& c, const std::string& source) {
   if (c.method.empty()) fail(source, "method", "empty");
 }
 
+// Typed checks of one "precisions" entry: the loader, `models` and `auto` read these fields, so a
+// wrong type must be refused here with its path rather than surface later as nlohmann's
+// type_error (or be silently skipped).
+void check_type(const json& entry, const std::string& source, const std::string& path,
+                const char* key, bool (json::*is)() const noexcept, const char* expected) {
+  auto it = entry.find(key);
+  if (it == entry.end() || ((*it).*is)()) return;
+  fail(source, path + "." + key, std::string("expected ") + expected + ", got " + it->type_name());
+}
+
+void validate_fidelity(const json& f, const std::string& source, const std::string& path) {
+  if (!f.is_object()) fail(source, path, std::string("expected an object, got ") + f.type_name());
+  for (const char* key : {"min_cosine", "mean_cosine", "recall_at_1_delta", "map_delta",
+                          "recall_at_1", "map", "fp32_recall_at_1", "fp32_map"})
+    check_type(f, source, path, key, &json::is_number, "a number");
+  check_type(f, source, path, "images", &json::is_number_integer, "an integer");
+  for (const char* key : {"labelled", "meets_bar", "retrieval_measured"})
+    check_type(f, source, path, key, &json::is_boolean, "true/false");
+  for (const char* key : {"worst_file", "measured_at", "note"})
+    check_type(f, source, path, key, &json::is_string, "a string");
+}
+
+void validate_precision_entry(const std::string& name, const json& e, const std::string& source) {
+  const std::string path = "precisions." + name;
+  if (!e.is_object()) fail(source, path, std::string("expected an object, got ") + e.type_name());
+  for (const char* key : {"archive", "recipe", "input"})
+    check_type(e, source, path, key, &json::is_string, "a string");
+  check_type(e, source, path, "images_per_s", &json::is_number, "a number");
+  if (auto it = e.find("requires"); it != e.end()) {
+    bool ok = it->is_array();
+    for (const auto& r : ok ? *it : json::array()) ok = ok && r.is_string();
+    if (!ok) fail(source, path + ".requires", "expected an array of strings (CPU flags, a|b)");
+  }
+  if (auto it = e.find("archive"); it != e.end() && it->get<std::string>().empty())
+    fail(source, path + ".archive", "empty");
+  if (auto it = e.find("fidelity"); it != e.end() && !it->is_null())
+    validate_fidelity(*it, source, path + ".fidelity");
+}
+
+void validate_precisions(const json& precisions, const std::string& source) {
+  if (!precisions.is_object()) return;  // absent
+  for (const auto& [name, entry] : precisions.items())
+    validate_precision_entry(name, entry, source);
+}
+
 }  // namespace
 
 ModelCard model_card_from_json(const json& j, const std::string& source) {
@@ -130,6 +177,7 @@ ModelCard model_card_from_json(const json& j, const std::string& source) {
   read_object(j, source, "training", c.training);
   read_object(j, source, "precisions", c.precisions);
   validate(c, source);
+  validate_precisions(c.precisions, source);
   return c;
 }
 
@@ -178,10 +226,19 @@ ModelCard load_model_card(const std::filesystem::path& path) {
 }
 
 void save_model_card(const ModelCard& card, const std::filesystem::path& path) {
+  // errno is read right after the call that failed: the cause (read-only folder, no space) is
+  // what the user needs to act on.
+  auto fail_write = [&] {
+    const int err = errno;
+    throw ModelError(path.string() + ": cannot write model card: " +
+                     (err != 0 ? std::strerror(err) : "write failed"));
+  };
+  errno = 0;
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) fail_write();
   out << model_card_to_json(card).dump(2) << '\n';
   out.close();
-  if (!out) throw ModelError(path.string() + ": cannot write model card");
+  if (!out) fail_write();
 }
 
 image::PreprocessSpec preprocess_spec(const ModelCard& c) {

@@ -48,6 +48,18 @@ std::vector<std::string> requirements(const nlohmann::json& entry) {
   return out;
 }
 
+// The entry's archive file name; empty when it names none (model_card.cpp checked the types).
+std::string archive_of(const nlohmann::json& entry) {
+  if (!entry.is_object()) return "";
+  auto it = entry.find("archive");
+  return it != entry.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+bool archive_present(const std::filesystem::path& card_dir, const std::string& archive) {
+  std::error_code ec;
+  return std::filesystem::is_regular_file(card_dir / archive, ec);
+}
+
 std::string join(const std::vector<std::string>& parts, const char* sep) {
   std::string out;
   for (const auto& p : parts) out += (out.empty() ? "" : sep) + p;
@@ -95,10 +107,38 @@ bool meets_bar(const nlohmann::json& fidelity) {
   const double min_cos = number_or(fidelity, "min_cosine", -1);
   const double d_r1 = std::abs(number_or(fidelity, "recall_at_1_delta", 0));
   const double d_map = std::abs(number_or(fidelity, "map_delta", 0));
-  return min_cos >= kMinCosineBar && d_r1 <= kMaxMetricDelta && d_map <= kMaxMetricDelta;
+  const double images = number_or(fidelity, "images", static_cast<double>(kMinCalibrationImages));
+  const auto said = fidelity.find("meets_bar");
+  const bool refused = said != fidelity.end() && said->is_boolean() && !said->get<bool>();
+  return min_cos >= kMinCosineBar && d_r1 <= kMaxMetricDelta && d_map <= kMaxMetricDelta &&
+         images >= static_cast<double>(kMinCalibrationImages) && !refused;
+}
+
+std::vector<std::string> missing_archives(const nlohmann::json& precisions,
+                                          const std::filesystem::path& card_dir) {
+  std::vector<std::string> out;
+  if (!precisions.is_object()) return out;
+  for (const auto& [name, entry] : precisions.items()) {
+    const std::string archive = archive_of(entry);
+    if (!archive.empty() && !archive_present(card_dir, archive))
+      out.push_back(name + ": " + archive);
+  }
+  return out;
 }
 
 namespace {
+
+// Why a record misses the bar, in words, for the reasons `auto` and `info` give.
+std::string bar_miss(const nlohmann::json& f) {
+  const double images = number_or(f, "images", static_cast<double>(kMinCalibrationImages));
+  if (images < static_cast<double>(kMinCalibrationImages))
+    return "measured on " + std::to_string(static_cast<long long>(images)) +
+           " photos, fewer than the " + std::to_string(kMinCalibrationImages) + " a record needs";
+  const double min_cos = number_or(f, "min_cosine", -1);
+  if (min_cos < kMinCosineBar) return "min cosine " + std::to_string(min_cos).substr(0, 8);
+  return "Recall@1 or mAP delta above " + std::to_string(kMaxMetricDelta).substr(0, 5) +
+         " or recorded as below";
+}
 
 PrecisionChoice explicit_choice(Precision p, const nlohmann::json& precisions,
                                 const std::set<std::string>& flags, const std::string& card) {
@@ -129,14 +169,16 @@ PrecisionChoice explicit_choice(Precision p, const nlohmann::json& precisions,
         "; fidelity not measured (lookalike models calibrate), so its vectors get their "
         "own model id";
   else if (!c.interchangeable)
-    c.reason += "; below the fidelity bar, so its vectors get their own model id";
+    c.reason += "; below the fidelity bar (" + bar_miss(fidelity) +
+                "), so its vectors get their own model id";
   return c;
 }
 
 }  // namespace
 
 PrecisionChoice choose_precision(const std::string& requested, const nlohmann::json& precisions,
-                                 const std::set<std::string>& flags, const std::string& card) {
+                                 const std::set<std::string>& flags, const std::string& card,
+                                 const std::filesystem::path& card_dir) {
   bool is_auto = false;
   const Precision p = parse_precision(requested, "precision", &is_auto);
   if (!is_auto) return explicit_choice(p, precisions, flags, card);
@@ -150,20 +192,23 @@ PrecisionChoice choose_precision(const std::string& requested, const nlohmann::j
     const std::string name = to_string(cand);
     if (!precisions.is_object() || !precisions.contains(name)) continue;
     const auto& entry = precisions.at(name);
-    if (!entry.is_object() || !entry.contains("archive")) continue;
+    const std::string archive = archive_of(entry);
+    if (archive.empty()) continue;
     const auto fidelity = entry.value("fidelity", nlohmann::json());
     const double rate = number_or(entry, "images_per_s", 0);
-    if (!cpu_supports(requirements(entry), flags))
+    if (!card_dir.empty() && !archive_present(card_dir, archive))
+      passed.push_back(name + ": its archive " + archive + " is missing (no such file in " +
+                       card_dir.string() + ")");
+    else if (!cpu_supports(requirements(entry), flags))
       passed.push_back(name + ": CPU lacks " + join(requirements(entry), ", "));
     else if (fidelity.is_null())
       passed.push_back(name + ": fidelity not measured (lookalike models calibrate)");
     else if (!meets_bar(fidelity))
-      passed.push_back(name + ": below the fidelity bar (min cosine " +
-                       std::to_string(number_or(fidelity, "min_cosine", 0)).substr(0, 8) + ")");
+      passed.push_back(name + ": below the fidelity bar (" + bar_miss(fidelity) + ")");
     else if (rate <= best_rate)
       passed.push_back(name + ": not faster than " + to_string(best.precision) + " here");
     else {
-      best = {cand, entry.at("archive").get<std::string>(), true, ""};
+      best = {cand, archive, true, ""};
       best_rate = rate;
     }
   }

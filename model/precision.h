@@ -18,6 +18,8 @@
 //   },
 #pragma once
 
+#include <cstdint>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -38,6 +40,10 @@ Precision parse_precision(const std::string& text, const std::string& source, bo
 // Recall@1 and mAP within 0.005 of FP32.
 inline constexpr double kMinCosineBar = 0.999;
 inline constexpr double kMaxMetricDelta = 0.005;
+// A fidelity record over fewer photos never meets the bar: its minimum cosine is taken over too
+// few photos to stand for a collection's worst case, and one leave-one-out query moves Recall@1
+// by 2% or more, four times the bar's tolerance (docs/precision.md, "Fidelity and auto").
+inline constexpr std::int64_t kMinCalibrationImages = 50;
 
 // CPU feature flags as /proc/cpuinfo spells them (avx512_bf16, amx_bf16, avx512_vnni, amx_int8,
 // ...), minus those named in $LOOKALIKE_CPU_MASK (comma-separated, or "all"): the mask lets a
@@ -60,14 +66,24 @@ struct PrecisionChoice {
 //    the card and the exporter option that prepares it. Runs even where the CPU lacks the
 //    feature (oneDNN then emulates it, slowly) or the fidelity is unmeasured or below the bar:
 //    then interchangeable = false and the model id carries the precision.
-//  - auto: among FP32 and the listed precisions whose CPU features are present and whose
-//    recorded fidelity meets the bar, the one with the highest recorded images_per_s; FP32 when
-//    none qualifies (reason says why each was passed over).
+//  - auto: among FP32 and the listed precisions whose CPU features are present, whose
+//    recorded fidelity meets the bar and (when `card_dir` is given) whose archive file is in
+//    `card_dir`, the one with the highest recorded images_per_s; FP32 when none qualifies
+//    (reason says why each was passed over). A missing companion archive must not break every
+//    command while the FP32 archive is there; an explicit request still fails at load, naming it.
 // `card_name` names the card in errors.
 PrecisionChoice choose_precision(const std::string& requested, const nlohmann::json& precisions,
-                                 const std::set<std::string>& flags, const std::string& card_name);
+                                 const std::set<std::string>& flags, const std::string& card_name,
+                                 const std::filesystem::path& card_dir = {});
 
-// The precision's fidelity record meets the bar (kMinCosineBar, kMaxMetricDelta).
+// The precision's fidelity record meets the bar: min cosine >= kMinCosineBar, Recall@1 and mAP
+// deltas (when recorded) within kMaxMetricDelta, at least kMinCalibrationImages photos (when
+// "images" is recorded; hand-written records may omit it), and not recorded as "meets_bar": false.
 bool meets_bar(const nlohmann::json& fidelity);
+
+// The reduced-precision archives `precisions` names that are not files in `card_dir`
+// ("bf16: mobilenet_v2.bf16.pt"), for `models` to flag.
+std::vector<std::string> missing_archives(const nlohmann::json& precisions,
+                                          const std::filesystem::path& card_dir);
 
 }  // namespace lookalike::model

@@ -2,9 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <set>
+#include <tuple>
 
 #include "model/embedding_model.h"
 #include "model/model_card.h"
+#include "model/precision.h"
 #include "tests/model_test_util.h"
 
 namespace lookalike::model {
@@ -267,6 +270,147 @@ TEST(ModelLookup, ListsOnlyArchivesWithReadableCards) {
   EXPECT_EQ(archives, (std::vector<fs::path>{a / "alpha.pt", a / "zeta.pt", b / "beta.pt"}));
   EXPECT_EQ(models[2].card.name, "beta");
   EXPECT_EQ(models[0].card.embedding_dim, 1280);
+}
+
+// Every field of a "precisions" entry that the loader, `models` and auto read is type-checked at
+// load: a wrong one names the card and the field instead of surfacing as nlohmann's type_error.
+TEST(ModelCard, PrecisionEntriesAreTypeChecked) {
+  ScratchDir dir;
+  const std::vector<std::tuple<std::string, json, std::string>> cases = {
+      {"archive", 5, "precisions.bf16.archive"},
+      {"archive", "", "precisions.bf16.archive"},
+      {"recipe", json::array(), "precisions.bf16.recipe"},
+      {"input", 1, "precisions.bf16.input"},
+      {"requires", "avx512_bf16", "precisions.bf16.requires"},
+      {"requires", {1, 2}, "precisions.bf16.requires"},
+      {"images_per_s", "fast", "precisions.bf16.images_per_s"},
+      {"fidelity", "good", "precisions.bf16.fidelity"},
+      {"fidelity", {{"min_cosine", "high"}}, "precisions.bf16.fidelity.min_cosine"},
+      {"fidelity", {{"min_cosine", 0.9995}, {"images", 4.5}}, "precisions.bf16.fidelity.images"},
+      {"fidelity",
+       {{"min_cosine", 0.9995}, {"meets_bar", "yes"}},
+       "precisions.bf16.fidelity.meets_bar"},
+      {"fidelity",
+       {{"min_cosine", 0.9995}, {"map_delta", nullptr}},
+       "precisions.bf16.fidelity.map_delta"}};
+  for (const auto& [key, value, field] : cases) {
+    json j = documented_card();
+    j["precisions"]["bf16"][key] = value;
+    const fs::path p = dir / ("bad_" + key + ".json");
+    write_text(p, j.dump());
+    const std::string msg = error_of([&] { load_model_card(p); });
+    EXPECT_NE(msg.find("'" + field + "'"), std::string::npos) << value << ": " << msg;
+    EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+  }
+  json j = documented_card();
+  j["precisions"]["bf16"] = "oops";
+  EXPECT_NE(error_of([&] { model_card_from_json(j, "c.json"); }).find("'precisions.bf16'"),
+            std::string::npos);
+  j["precisions"] = json::array({"bf16"});
+  EXPECT_NE(error_of([&] { model_card_from_json(j, "c.json"); }).find("'precisions'"),
+            std::string::npos);
+  // What calibrate writes is accepted, null fidelity included.
+  j = documented_card();
+  j["precisions"]["fp32"] = {{"images_per_s", 30.5}};
+  j["precisions"]["bf16"]["images_per_s"] = 60;
+  j["precisions"]["bf16"]["fidelity"] = {{"min_cosine", 0.9995},
+                                         {"images", 60},
+                                         {"labelled", true},
+                                         {"meets_bar", true},
+                                         {"map_delta", 0.001},
+                                         {"worst_file", "x"},
+                                         {"bar", {{"min_cosine", 0.999}}}};
+  EXPECT_NO_THROW(model_card_from_json(j, "c.json"));
+  j["precisions"]["bf16"]["fidelity"] = nullptr;
+  EXPECT_NO_THROW(model_card_from_json(j, "c.json"));
+}
+
+TEST(ModelCard, UnwritableCardNamesTheCause) {
+  ScratchDir dir;
+  const fs::path p = dir / "no_such_folder" / "card.json";
+  const std::string msg =
+      error_of([&] { save_model_card(model_card_from_json(documented_card(), "doc"), p); });
+  EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("No such file or directory"), std::string::npos) << msg;
+}
+
+// A fidelity record that meets on its figures, over `images` photos.
+json record(std::int64_t images) {
+  return {{"min_cosine", 0.9995},
+          {"recall_at_1_delta", 0.0},
+          {"map_delta", 0.001},
+          {"images", images},
+          {"meets_bar", true}};
+}
+
+TEST(Precision, TooFewPhotosOrARecordedMissNeverMeetTheBar) {
+  EXPECT_TRUE(meets_bar(record(kMinCalibrationImages)));
+  EXPECT_FALSE(meets_bar(record(1)));
+  EXPECT_FALSE(meets_bar(record(kMinCalibrationImages - 1)));
+  json said_below = record(372);
+  said_below["meets_bar"] = false;
+  EXPECT_FALSE(meets_bar(said_below));
+  json hand_written = {{"min_cosine", 0.9995}};  // no "images": taken at its figures
+  EXPECT_TRUE(meets_bar(hand_written));
+  json low = record(372);
+  low["min_cosine"] = 0.998;
+  EXPECT_FALSE(meets_bar(low));
+
+  json precisions = {{"fp32", {{"images_per_s", 10}}},
+                     {"bf16", {{"archive", "m.bf16.pt"}, {"images_per_s", 20}}}};
+  precisions["bf16"]["fidelity"] = record(1);
+  const auto c = choose_precision("auto", precisions, {}, "card");
+  EXPECT_EQ(c.precision, Precision::FP32);
+  EXPECT_NE(c.reason.find("fewer than the 50"), std::string::npos) << c.reason;
+  const auto e = choose_precision("bf16", precisions, {}, "card");
+  EXPECT_FALSE(e.interchangeable) << e.reason;
+}
+
+TEST(Precision, AutoSkipsAMissingArchiveAnExplicitRequestDoesNot) {
+  ScratchDir dir;
+  json precisions = {{"fp32", {{"images_per_s", 10}}},
+                     {"bf16", {{"archive", "m.bf16.pt"}, {"images_per_s", 20}}}};
+  precisions["bf16"]["fidelity"] = record(372);
+  const std::set<std::string> flags = {"avx512_bf16"};
+  precisions["bf16"]["requires"] = {"avx512_bf16|amx_bf16"};
+
+  auto c = choose_precision("auto", precisions, flags, "card", dir.path);
+  EXPECT_EQ(c.precision, Precision::FP32);
+  EXPECT_TRUE(c.archive.empty());
+  EXPECT_NE(c.reason.find("m.bf16.pt is missing"), std::string::npos) << c.reason;
+  EXPECT_EQ(missing_archives(precisions, dir.path), std::vector<std::string>{"bf16: m.bf16.pt"});
+  // Explicit: still chosen, so that loading it fails naming the file.
+  c = choose_precision("bf16", precisions, flags, "card", dir.path);
+  EXPECT_EQ(c.precision, Precision::BF16);
+  EXPECT_EQ(c.archive, "m.bf16.pt");
+
+  write_text(dir / "m.bf16.pt", "archive");
+  c = choose_precision("auto", precisions, flags, "card", dir.path);
+  EXPECT_EQ(c.precision, Precision::BF16) << c.reason;
+  EXPECT_TRUE(missing_archives(precisions, dir.path).empty());
+}
+
+TEST(ModelLookup, ACompanionArchiveOfABrokenCardIsNotListedAgain) {
+  ScratchDir dir;
+  write_text(dir / "m.pt", "archive");
+  write_text(dir / "m.bf16.pt", "archive");
+  write_text(dir / "m.json", "{\"name\": ");  // truncated
+  json card = documented_card();
+  card["name"] = "other";
+  write_text(dir / "other.pt", "archive");
+  write_text(dir / "other.json", card.dump());
+  std::vector<BrokenModel> broken;
+  const auto models = list_models({dir.path}, &broken);
+  ASSERT_EQ(broken.size(), 1u);
+  EXPECT_EQ(broken[0].archive, dir / "m.pt");
+  ASSERT_EQ(models.size(), 1u);
+  EXPECT_EQ(models[0].archive, dir / "other.pt");
+
+  // An archive named like a companion but with a card of its own is a model of its own.
+  write_text(dir / "m.bf16.json", "[]");
+  broken.clear();
+  list_models({dir.path}, &broken);
+  EXPECT_EQ(broken.size(), 2u);
 }
 
 // Each archive here is a real bad file next to a valid card.
