@@ -623,6 +623,7 @@ int run_serve(const GlobalOptions& g, const ServeArgs& a) {
   }
   o.private_reads = a.private_reads;
   o.cors_origins = a.cors_origins;
+  o.allowed_hosts = a.allowed_hosts;
   o.read_timeout_s = a.read_timeout_s;
   o.write_timeout_s = a.write_timeout_s;
   o.request_timeout_s = a.request_timeout_s;

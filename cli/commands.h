@@ -94,6 +94,7 @@ struct ServeArgs {
   std::string api_key;  // --api-key, else $LOOKALIKE_API_KEY
   bool private_reads = false;
   std::vector<std::string> cors_origins;
+  std::vector<std::string> allowed_hosts;
   int read_timeout_s = 10;
   int write_timeout_s = 10;
   int request_timeout_s = 60;

@@ -215,6 +215,13 @@ static int run(int argc, char** argv) {
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   serve
+      ->add_option("--allowed-host", sv.allowed_hosts,
+                   "A name the Host header may give (repeatable; * for any). Default: on a "
+                   "loopback --host, 127.0.0.1, localhost and ::1 only; else any")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  serve
       ->add_option("--read-timeout-s", sv.read_timeout_s, "Seconds one read from a client may wait")
       ->check(CLI::Range(1, 3600));
   serve

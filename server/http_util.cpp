@@ -294,6 +294,36 @@ std::optional<std::string> allowed_origin(const std::vector<std::string>& origin
 
 }  // namespace
 
+std::vector<std::string> effective_allowed_hosts(const std::string& bind_host,
+                                                 const std::vector<std::string>& allowed) {
+  if (std::find(allowed.begin(), allowed.end(), "*") != allowed.end()) return {};
+  if (!allowed.empty()) return allowed;
+  const bool loopback =
+      bind_host == "localhost" || bind_host == "::1" || bind_host.rfind("127.", 0) == 0;
+  if (!loopback) return {};
+  return {"127.0.0.1", "localhost", "::1", bind_host};
+}
+
+void check_host(const std::vector<std::string>& allowed, const httplib::Request& req) {
+  if (allowed.empty() || !req.has_header("Host")) return;
+  const auto host = req.get_header_value("Host");
+  // "name:port", "[v6]:port", "[v6]" or "name": the name without brackets and port.
+  std::string name = host;
+  if (!name.empty() && name.front() == '[') {
+    name = name.substr(
+        1, name.find(']') == std::string::npos ? std::string::npos : name.find(']') - 1);
+  } else if (auto colon = name.find(':'); colon != std::string::npos) {
+    name.resize(colon);
+  }
+  for (const auto& a : allowed) {
+    if (a.size() == name.size() && strncasecmp(a.c_str(), name.c_str(), a.size()) == 0) return;
+  }
+  throw HttpError(403, "host_not_allowed",
+                  "Host " + host +
+                      " is not a name of this server (a DNS rebinding guard while it listens on "
+                      "a loopback address): add it with --allowed-host, or --allowed-host '*'");
+}
+
 void check_write_origin(const std::vector<std::string>& origins, const httplib::Request& req) {
   if (!req.has_header("Origin") || allowed_origin(origins, req)) return;
   const auto origin = req.get_header_value("Origin");

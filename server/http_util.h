@@ -86,6 +86,13 @@ class RouteTable {
 // is known), 413 over the upload limit, 400 for a request it could not parse.
 void handle_unrouted(const RouteTable& table, const httplib::Request& req, httplib::Response& res,
                      std::size_t max_upload_bytes);
+// The host names a request may name in its Host header (ServerOptions::allowed_hosts, with
+// the loopback default applied for `bind_host`); empty: any.
+std::vector<std::string> effective_allowed_hosts(const std::string& bind_host,
+                                                 const std::vector<std::string>& allowed);
+// Throws HttpError 403 "host_not_allowed" unless the Host header's name (port dropped, case
+// ignored) is in `allowed` (empty: any). Requests without Host (HTTP/1.0) pass.
+void check_host(const std::vector<std::string>& allowed, const httplib::Request& req);
 // Throws HttpError 403 "cross_origin" for a write from another site: an Origin header that is
 // neither this server's own (the Host or X-Forwarded-Host header's) nor configured with
 // --cors-origin. A browser sends a multipart POST from any page without asking (no CORS

@@ -55,6 +55,7 @@ struct State {
   Metrics metrics;
   ThumbnailCache thumbnails{64 << 20};
   std::unique_ptr<RequestDeadline> deadline;  // set before the first request
+  std::vector<std::string> allowed_hosts;     // effective_allowed_hosts; empty: any
 };
 
 // Marks a request as being handled for RequestDeadline (its connection is not idle meanwhile).
@@ -493,6 +494,7 @@ httplib::Server::Handler route(State& st, std::string name, Need need, F f) {
         const InHandler in_handler(*st.deadline, req);
         const auto start = Clock::now();
         try {
+          if (name != "/healthz" && name != "/readyz") check_host(st.allowed_hosts, req);
           if (need != Need::Nothing && !st.ready.load()) {
             throw HttpError(
                 503, "not_ready",
@@ -651,6 +653,7 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
 
   State st;
   st.options = options;
+  st.allowed_hosts = effective_allowed_hosts(options.host, options.allowed_hosts);
   st.engine_options = engine_options;
   st.deadline = std::make_unique<RequestDeadline>(
       std::chrono::seconds(std::max(1, options.request_timeout_s)));

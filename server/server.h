@@ -36,7 +36,13 @@ struct ServerOptions {
   std::string api_key;         // non-empty: writes need it (and reads too when private_reads)
   bool private_reads = false;  // --private
   std::vector<std::string> cors_origins;  // empty: no CORS headers; "*" allowed
-  int read_timeout_s = 10;                // one recv() may wait this long
+  // Host names (the Host header without its port) that requests may name; "*": any. Empty: when
+  // `host` is a loopback address, 127.0.0.1, localhost and ::1 only (a page on another site
+  // whose name a DNS rebinding points at 127.0.0.1 would otherwise read and write the
+  // collection through the user's browser, as Jupyter's local_hostnames guards against); any
+  // otherwise.
+  std::vector<std::string> allowed_hosts;
+  int read_timeout_s = 10;  // one recv() may wait this long
   int write_timeout_s = 10;
   // A client must send a whole request (headers and body) within this many seconds of the
   // connection's previous response (or its opening), else the connection is closed, so that a

@@ -354,8 +354,14 @@ body, ctype = encode_multipart({"image": ("big.jpg", b"\xff\xd8\xff" + big)})
 expect_error(413, "payload_too_large", "POST", "/v1/search", body, {"Content-Type": ctype})
 srv.stop()
 
-srv = Server(collection, "--api-key", "s3cret", "--private")
+srv = Server(collection, "--api-key", "s3cret", "--private", "--allowed-host", "127.0.0.1",
+             "--allowed-host", "photos.example")
 expect_error(401, "unauthorized", "GET", "/v1/images")
+status, _, _ = srv.request("GET", "/v1/images", headers={"Authorization": "Bearer s3cret",
+                                                         "Host": "photos.example"})
+assert status == 200, status
+expect_error(403, "host_not_allowed", "GET", "/v1/images",
+             headers={"Authorization": "Bearer s3cret", "Host": "localhost"})  # replaced
 doc, _ = srv.json("GET", "/openapi.json")  # needs no key, and says which routes do
 for path, method in [("/v1/images", "get"), ("/v1/search", "post"), ("/v1/stats", "get"),
                      ("/v1/images/{id}", "delete")]:

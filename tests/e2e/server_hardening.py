@@ -209,6 +209,20 @@ meta = srv.json("GET", "/v1/images/4")[0]["metadata"]
 assert "b" not in meta and len(meta["a"]) == 40_000, list(meta)
 print("metadata over 64 KiB: 400, by upload and by merge; the stored record unchanged")
 
+# ---- DNS rebinding: on 127.0.0.1 only loopback names may be in Host --------------------------
+for host, want in [("evil.example", 403), (f"evil.example:{srv.port}", 403),
+                   (f"localhost:{srv.port}", 200), (f"LOCALHOST:{srv.port}", 200),
+                   (f"[::1]:{srv.port}", 200), ("127.0.0.1", 200)]:
+    for path in ("/v1/stats", "/", "/v1/images/1/file"):
+        status, _, data = srv.request("GET", path, headers={"Host": host})
+        assert status == want, (host, path, status, data[:200])
+        if want == 403:
+            err = error_of(data)
+            assert err["code"] == "host_not_allowed" and "--allowed-host" in err["message"], err
+status, _, _ = srv.request("GET", "/healthz", headers={"Host": "evil.example"})
+assert status == 200, status  # probes name the address they were given
+print("Host guard: other names 403 host_not_allowed, loopback names 200, /healthz open")
+
 # ---- a 500 names no server-side path; the log has the cause under the incident id ------------
 count = srv.json("GET", "/v1/stats")[0]["images"]
 moved = collection / "uploads.moved"
