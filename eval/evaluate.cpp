@@ -210,18 +210,25 @@ Sets load_sets(const EvalOptions& o) {
   return s;
 }
 
-void evaluate_model(const std::string& model, const Sets& s, const EvalOptions& o,
-                    std::vector<EvalRow>& rows) {
-  const bool loo = o.queries.empty();
+// Loads `model` and checks every index spec against its dimension (EvalOptionError, model
+// errors as Engine::model throws them).
+std::unique_ptr<engine::Engine> open_model(const std::string& model, const EvalOptions& o) {
   engine::EngineOptions eo = o.engine;
   eo.model = model;
   eo.collection.clear();
   auto e = engine::Engine::open(eo, engine::Access::ModelOnly);
-  auto& m = e->model();
-  validate_specs(o, m.dim());
+  validate_specs(o, e->model().dim());
+  return e;
+}
+
+void evaluate_model(const std::string& model, engine::Engine& engine, const Sets& s,
+                    const EvalOptions& o, std::vector<EvalRow>& rows) {
+  const bool loo = o.queries.empty();
+  auto& m = engine.model();
   say(o.progress, fmt::format("{} ({}, {}-d)", model, m.id(), m.dim()));
-  const Embedded gallery = embed_set(*e, s.gallery, s.gallery_labels, "gallery", o);
-  const Embedded queries = loo ? Embedded{} : embed_set(*e, s.queries, s.query_labels, "query", o);
+  const Embedded gallery = embed_set(engine, s.gallery, s.gallery_labels, "gallery", o);
+  const Embedded queries =
+      loo ? Embedded{} : embed_set(engine, s.queries, s.query_labels, "query", o);
   const Embedded& q = loo ? gallery : queries;
   const double rate =
       static_cast<double>(gallery.size() + gallery.failed + queries.size() + queries.failed) /
@@ -254,8 +261,20 @@ std::vector<EvalRow> run_eval(const EvalOptions& o) {
   if (o.models.empty()) throw EvalOptionError("--model", "give at least one model");
   if (o.index_specs.empty()) throw EvalOptionError("--index-spec", "give at least one spec");
   const Sets sets = load_sets(o);
+  // Every model loads and every spec is checked against its dimension before anything is
+  // embedded: a bad second model must not cost, and then discard, the first one's run. A
+  // model given twice runs once.
+  std::vector<std::string> models;
+  for (const auto& m : o.models) {
+    if (std::find(models.begin(), models.end(), m) == models.end()) models.push_back(m);
+  }
+  std::vector<std::unique_ptr<engine::Engine>> engines;
+  for (const auto& model : models) engines.push_back(open_model(model, o));
   std::vector<EvalRow> rows;
-  for (const auto& model : o.models) evaluate_model(model, sets, o, rows);
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    evaluate_model(models[i], *engines[i], sets, o, rows);
+    engines[i].reset();  // its weights are not needed again
+  }
   return rows;
 }
 

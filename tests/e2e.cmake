@@ -57,4 +57,4 @@ lookalike_e2e(e2e_train_resnet50 train_resnet50.py TIMEOUT 1800
 # reuses the FP32 galleries of e2e_index_gallery and e2e_retrieval_resnet50.
 lookalike_e2e(e2e_precision_fidelity precision_fidelity.py TIMEOUT 2400
               REQUIRES "model_mobilenet_v2;gallery;model_resnet50;gallery_resnet50")
-lookalike_e2e(e2e_cli_defects2 cli_defects2.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+lookalike_e2e(e2e_cli_defects2 cli_defects2.py TIMEOUT 600 REQUIRES "model_mobilenet_v2;model_resnet50")

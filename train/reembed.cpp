@@ -1,9 +1,11 @@
 // reembed_collection: a new collection with a new model's vectors. A trained head over a known
 // base reads base embeddings from the cache and runs only the head on them.
+#include <fmt/format.h>
 #include <torch/script.h>
 
 #include <algorithm>
 
+#include "index/vector_index.h"
 #include "model/embedding_model.h"
 #include "store/collection.h"
 #include "train/embedding_engine.h"
@@ -35,6 +37,46 @@ std::vector<float> run_head(const fs::path& archive, const std::vector<float>& b
   return result;
 }
 
+// The source's index spec must fit the new model's vectors (PQ16 needs a dimension divisible
+// by 16): found before anything is embedded, not after.
+void check_index_spec(const store::CatalogConfig& config, int dim, const fs::path& collection) {
+  try {
+    index::VectorIndex::validate_factory(dim, index::parse_metric(config.metric), config.factory);
+  } catch (const index::IndexError& e) {
+    throw TrainError(fmt::format(
+        "{}: its index spec \"{}\" does not fit the new model's {}-d vectors ({}); reindex the "
+        "collection with another --index-spec first (`lookalike reindex --index-spec Flat`)",
+        collection.string(), config.factory, dim, e.what()));
+  }
+}
+
+// Uploaded images live inside the source collection (<dir>/uploads, engine::Engine::add_image):
+// the new collection gets its own copies, so that deleting the old one after the switch keeps
+// them. Points the records at `out`/uploads, where the copies end up; returns the files to copy.
+std::vector<fs::path> retarget_uploads(const fs::path& source_dir, const fs::path& out,
+                                       std::vector<store::ImageRecord>& records) {
+  const auto prefix = (fs::absolute(source_dir) / "uploads").lexically_normal().string() + "/";
+  std::vector<fs::path> files;
+  for (auto& rec : records) {
+    if (rec.path.rfind(prefix, 0) != 0) continue;
+    files.emplace_back(rec.path);
+    rec.path = (out / "uploads" / files.back().filename()).string();
+  }
+  return files;
+}
+
+// After the catalog holds their rows: a writer's open removes upload files no row holds.
+void copy_uploads(const std::vector<fs::path>& files, const fs::path& dir) {
+  std::error_code ec;
+  if (!files.empty()) fs::create_directories(dir, ec);
+  for (const auto& f : files) {
+    fs::copy_file(f, dir / f.filename(), fs::copy_options::overwrite_existing, ec);
+    if (ec) throw TrainError(f.string() + ": cannot copy the uploaded image: " + ec.message());
+    // The record's mtime_ns stays the file's: the copy keeps the time, as `cp -p` would.
+    fs::last_write_time(dir / f.filename(), fs::last_write_time(f, ec), ec);
+  }
+}
+
 }  // namespace
 
 ReembedResult reembed_collection(const ReembedOptions& o,
@@ -56,9 +98,10 @@ ReembedResult reembed_collection(const ReembedOptions& o,
   r.model_id = model->id();
   r.precision = model::to_string(model->precision().precision);
   r.precision_reason = model->precision().reason;
-  const auto records = source->list();
+  auto records = source->list();
   r.images = static_cast<std::int64_t>(records.size());
   const int dim = model->dim();
+  check_index_spec(source->config(), dim, o.collection);
 
   std::vector<std::string> hashes;
   for (const auto& rec : records) hashes.push_back(rec.content_hash);
@@ -110,19 +153,32 @@ ReembedResult reembed_collection(const ReembedOptions& o,
   config.model_id = model->id();
   config.model_name = engine->model_reference();
   config.dim = dim;
-  auto target = store::Collection::create_or_open(o.out, config);
-  std::vector<store::Put> puts;
-  for (std::size_t i = 0; i < records.size(); ++i) {
-    if (!done[i]) continue;
-    puts.push_back({records[i], std::vector<float>(vectors.begin() + i * dim,
-                                                   vectors.begin() + (i + 1) * dim)});
-    if (puts.size() == 512) {
-      target->apply(puts, {});
-      puts.clear();
+  // Built beside `out` and renamed into place once whole: an interrupted reembed leaves no
+  // half collection at `out` (a rerun would refuse it), only a folder the next run replaces.
+  const auto out = fs::absolute(o.out).lexically_normal();
+  const auto partial = fs::path(out.string() + ".partial");
+  fs::remove_all(partial, ec);
+  const auto uploads = retarget_uploads(o.collection, out, records);
+  {
+    auto target = store::Collection::create_or_open(partial, config);
+    std::vector<store::Put> puts;
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      if (!done[i]) continue;
+      puts.push_back({records[i], std::vector<float>(vectors.begin() + i * dim,
+                                                     vectors.begin() + (i + 1) * dim)});
+      if (puts.size() == 512) {
+        target->apply(puts, {});
+        puts.clear();
+      }
     }
+    if (!puts.empty()) target->apply(puts, {});
+    target->save_index();
   }
-  if (!puts.empty()) target->apply(puts, {});
-  target->save_index();
+  copy_uploads(uploads, partial / "uploads");
+  fs::rename(partial, out, ec);  // replaces an empty folder at `out`
+  if (ec)
+    throw TrainError(out.string() + ": cannot move the new collection into place from " +
+                     partial.string() + ": " + ec.message());
   return r;
 }
 

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from harness import MODEL, copy_images, images, json_lines, run, run_json, tempdir
+from harness import FIXTURES, MODEL, copy_images, images, json_lines, run, run_json, tempdir
 
 work = tempdir("cli-defects2")
 photos = copy_images(images("train", classes=["shoes", "hat"], per_class=10), work / "photos")
@@ -163,5 +163,26 @@ assert "the new index is committed" in proc.stderr, proc.stderr
 after = run_json("info", collection=coll, model=False, check=0)[0]
 assert after["count"] == before + 4 and after["index_factory"] == "HNSW16", after
 print("cache that cannot be saved: cache_warning, exit 0, committed:", summary["cache_warning"])
+
+# reembed checks the collection's index spec against the new model's dimension before it
+# embeds anything (PQ10 splits MobileNetV2's 1280 dims, not ResNet-50's 2048).
+resnet = FIXTURES / "models-resnet50" / "resnet50.pt"
+small = work / "pq-small"
+run("index", work / "photos" / "shoes", collection=small, check=0)
+run("reindex", "--index-spec", "PQ10x4", collection=small, model=False, check=0)
+t0 = time.time()
+proc = run("reembed", "--model", resnet, "--out", work / "pq-resnet", collection=small,
+           model=False, check=1)
+assert 'index spec "PQ10x4" does not fit the new model\'s 2048-d vectors' in proc.stderr, proc.stderr
+assert "reindex" in proc.stderr and not (work / "pq-resnet").exists(), proc.stderr
+print(f"reembed with a spec that does not fit: refused in {time.time() - t0:.1f} s")
+
+# eval loads every model before embedding: a bad second model fails before the first runs
+# (it used to embed the whole gallery with the first, then fail and print nothing).
+proc = run("eval", "--gallery", work / "photos", "--model", MODEL, "--model",
+           work / "no-such-model.pt", "--json", model=False, check=1)
+assert "no-such-model" in proc.stderr and "embedded" not in proc.stderr, proc.stderr
+assert proc.stdout == "", proc.stdout
+print("eval with a missing second model: refused before embedding")
 
 print("cli_defects2: all passed")

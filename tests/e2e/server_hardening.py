@@ -328,4 +328,26 @@ assert took < 15, took
 assert "closing them" in err, err[-1000:]
 print(f"SIGTERM with a trickling client: stopped in {took:.1f} s")
 assert Path(collection / "catalog.db").exists()
+
+# ---- reembed copies uploaded images into the new collection (they lived only in the old) -----
+new_coll = work / "reembedded"
+proc = subprocess.run([BIN, "--collection", str(collection), "--model", MODEL, "reembed",
+                       "--out", str(new_coll), "--json"], capture_output=True, text=True,
+                      timeout=600)
+assert proc.returncode == 0, proc.stderr[-2000:]
+assert not Path(str(new_coll) + ".partial").exists()
+kept = sorted(p.name for p in upload_files())
+assert kept and sorted(p.name for p in (new_coll / "uploads").iterdir()) == kept, kept
+moved = collection.with_name("old-collection")
+collection.rename(moved)  # the old one goes away
+srv = Server(new_coll)
+listed, _ = srv.json("GET", "/v1/images?limit=1000")
+ups = [r for r in listed["images"] if "/uploads/" in r["path"]]
+assert len(ups) == len(kept) and all(r["path"].startswith(str(new_coll)) for r in ups), ups
+for r in ups:
+    status, _, data = srv.request("GET", f"/v1/images/{r['id']}/file")
+    assert status == 200 and data == (new_coll / "uploads" / Path(r["path"]).name).read_bytes()
+srv.stop()
+moved.rename(collection)
+print(f"reembed: {len(kept)} uploaded images copied, served from the new collection")
 print("PASS")
