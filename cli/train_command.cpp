@@ -149,10 +149,13 @@ int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
     set_path(out, "out", a.out.string());
     print_record(out);
   } else {
+    // The cache line only where it can apply: a trained head over a cached base.
+    const auto cached =
+        r.head_only ? fmt::format("{} from cached base embeddings (head only), ", r.from_cache)
+                    : std::string();
     std::cout << fmt::format(
-        "wrote {} with {} at {}: {} images, {} from cached base embeddings (head only), {} "
-        "decoded{}, {} left out\n",
-        a.out.string(), r.model_id, r.precision, r.images, r.from_cache, r.decoded,
+        "wrote {} with {} at {} ({}): {} images, {}{} decoded{}, {} left out\n", a.out.string(),
+        r.model_id, r.precision, r.precision_reason, r.images, cached, r.decoded,
         r.head_only && r.decoded ? " (not in the cache)" : "", r.failed.size());
   }
   return r.failed.empty() ? kOk : kPartial;

@@ -316,9 +316,15 @@ DuplicateReport find_duplicates(const store::Collection& c, const DuplicateOptio
   DuplicateReport report;
   report.k = o.k;
   report.threshold = o.threshold.value_or(default_threshold(c.config().model_id));
-  report.threshold_source =
-      o.threshold ? "--threshold"
-                  : "default for " + c.config().model_id.substr(0, c.config().model_id.find('@'));
+  const auto name = c.config().model_id.substr(0, c.config().model_id.find('@'));
+  const bool measured = name == "mobilenet_v2" || name == "resnet50";  // default_threshold's
+  // A trained head pulls images of one label together: at 0.90 whole classes can read as
+  // duplicates, and nothing measured says what threshold suits it.
+  report.threshold_source = o.threshold ? "--threshold"
+                            : measured  ? "default for " + name
+                                        : "default, not measured for " + name +
+                                             " (a trained head groups images of one label: "
+                                             "check a sample, set --threshold)";
   report.params = o.params;
   const auto rows = read_rows(c);
   report.images = static_cast<std::int64_t>(rows.size());

@@ -239,6 +239,20 @@ TEST(DedupOptions, DefaultThresholdPerModel) {
   EXPECT_DOUBLE_EQ(default_threshold("other@00"), kDefaultThreshold);
 }
 
+// The report says where its threshold came from, and that a model without a measured default
+// (a trained head, here "test") has none.
+TEST(DedupOptions, ThresholdSourceSaysWhenTheDefaultIsUnmeasured) {
+  auto c = Collection::create_or_open(scratch_dir("dedup_source"), config());
+  c->apply(clustered_puts(2, 2), {});
+  DuplicateOptions o;
+  o.perceptual_hash = false;
+  auto r = find_duplicates(*c, o);
+  EXPECT_NE(r.threshold_source.find("default, not measured for test"), std::string::npos)
+      << r.threshold_source;
+  o.threshold = 0.95;
+  EXPECT_EQ(find_duplicates(*c, o).threshold_source, "--threshold");
+}
+
 TEST(DisjointSets, UnionsAndSizes) {
   DisjointSets s(6);
   EXPECT_TRUE(s.unite(0, 1));

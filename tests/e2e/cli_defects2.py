@@ -177,6 +177,11 @@ assert 'index spec "PQ10x4" does not fit the new model\'s 2048-d vectors' in pro
 assert "reindex" in proc.stderr and not (work / "pq-resnet").exists(), proc.stderr
 print(f"reembed with a spec that does not fit: refused in {time.time() - t0:.1f} s")
 
+# reembed's summary names the cache only for a trained head, and says why this precision.
+proc = run("reembed", "--out", work / "re-human", collection=small, check=0)
+count = run_json("info", collection=small, model=False, check=0)[0]["count"]
+assert "cached" not in proc.stdout and f"{count} images, {count} decoded" in proc.stdout, proc.stdout
+
 # eval loads every model before embedding: a bad second model fails before the first runs
 # (it used to embed the whole gallery with the first, then fail and print nothing).
 proc = run("eval", "--gallery", work / "photos", "--model", MODEL, "--model",
