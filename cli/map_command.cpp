@@ -171,7 +171,11 @@ Subcommand add_map_command(CLI::App& app, const GlobalOptions& g) {
                 fmt::format("At most this many points, a seeded sample (default {}; 0 = all for "
                             "PCA; t-SNE at most {})",
                             viz::kDefaultSample, viz::kMaxTsnePoints))
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Validator(  // CLI11's NonNegativeNumber printed its range as 0.000000 to 1.8e308
+          [](std::string& v) {
+            return !v.empty() && v.front() == '-' ? "must be 0 or more, got " + v : std::string();
+          },
+          "COUNT"));
   c->add_option("--seed", a->seed, "Seed of the sample and of t-SNE's start (default 0)");
   c->add_option("--perplexity", a->perplexity, "t-SNE perplexity (default 30)")
       ->check(CLI::Range(1.0, 1e6));

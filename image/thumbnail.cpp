@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "image/decode.h"
+#include "image/formats.h"
 #include "image/image.h"
 
 namespace lookalike::image {
@@ -36,6 +37,10 @@ std::vector<std::uint8_t> thumbnail_jpeg(std::span<const std::uint8_t> bytes,
         "thumbnail size must be between " + std::to_string(kMinThumbnailSize) + " and " +
         std::to_string(kMaxThumbnailSize) + ", got " + std::to_string(size));
   }
+  // The decoder's own words for what is not an image (libvips says "VipsForeignLoad: buffer
+  // is not in a known format").
+  if (bytes.empty()) throw DecodeError(name, "empty file (0 bytes)");
+  if (!detail::sniff(bytes)) throw DecodeError(name, detail::describe_unrecognised(bytes));
   init_decoder();
   Unref thumb;
   // VIPS_SIZE_DOWN: only ever shrink. The buffer is not copied: it outlives the call.

@@ -20,6 +20,7 @@
 
 #include "image/decode.h"
 #include "image/preprocess.h"
+#include "image/thumbnail.h"
 
 namespace fs = std::filesystem;
 using lookalike::image::decode_buffer;
@@ -206,6 +207,29 @@ TEST_F(DecodeTest, BadFilesAreRefusedWithTheCause) {
   }
   const std::string corrupt = expect_decode_error(fixture("corrupt.jpg"));
   EXPECT_NE(corrupt.find("Corrupt JPEG data"), std::string::npos) << corrupt;
+}
+
+// Thumbnails (the server's /thumbnail, map's points) refuse what decode refuses, in the same
+// words, and never hand a PDF or SVG to libvips' catch-all loaders.
+TEST_F(DecodeTest, ThumbnailsRefuseBadFilesWithTheCause) {
+  for (const auto& [name, cause] :
+       std::vector<std::pair<std::string, std::string>>{{"empty.jpg", "empty file"},
+                                                        {"notes.txt", "looks like text"},
+                                                        {"document.pdf", "PDF"},
+                                                        {"drawing.svg", "SVG"}}) {
+    std::ifstream in(fixture(name), std::ios::binary);
+    const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                                          std::istreambuf_iterator<char>());
+    try {
+      lookalike::image::thumbnail_jpeg(bytes, name, 64);
+      ADD_FAILURE() << name << ": a thumbnail was made";
+    } catch (const DecodeError& e) {
+      EXPECT_NE(e.reason().find(cause), std::string::npos) << name << ": " << e.reason();
+    }
+  }
+  const auto jpeg = lookalike::image::thumbnail_jpeg(
+      read_image_file(fixture("progressive.jpg").string()), "p", 64);
+  EXPECT_EQ(sniff_format(jpeg), "jpeg");
 }
 
 TEST_F(DecodeTest, DecompressionBombsAreRefusedBeforeDecoding) {
@@ -607,8 +631,7 @@ TEST_F(DecodeTest, ReadImageFileChecksBeforeReading) {
     read_image_file(fixture("pattern.bmp"), options);
     ADD_FAILURE() << "over max_file_bytes, read anyway";
   } catch (const DecodeError& e) {
-    EXPECT_NE(e.reason().find("over the limit of 1000 (the file size limit)"),
-              std::string::npos)
+    EXPECT_NE(e.reason().find("over the limit of 1000 (the file size limit)"), std::string::npos)
         << e.what();
   }
   options.max_file_bytes = 0;

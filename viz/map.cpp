@@ -246,9 +246,12 @@ CollectionMap build_map(const store::Catalog& catalog, const std::string& collec
         dropped));
   }
   const auto n = static_cast<std::int64_t>(data.records.size());
-  if (n < 2)
-    throw MapError(
-        fmt::format("collection {}: a map needs at least 2 images, got {}", collection_name, n));
+  if (n < 2) {
+    const bool sampled = static_cast<std::int64_t>(ids.size()) < map.matching;
+    throw MapError(fmt::format(
+        "collection {}: a map needs at least 2 images, got {}{}", collection_name, n,
+        sampled ? fmt::format(" (--sample {} of {} matching)", o.sample, map.matching) : ""));
+  }
   if (o.method == Method::Tsne) check_perplexity(o, n);
   auto grouping = group_records(data.records, o.color_by);
   if (!o.color_by.empty() && !grouping.field_seen) {

@@ -172,6 +172,8 @@ checks = [
     (("map", "--json", "--method", "tsne", "--perplexity", 200), 2, "perplexity"),
     (("map", "--json", "--where", "category=nothing"), 1, "matches"),
     (("map",), 2, "--out"),
+    (("map", "--json", "--sample", -1), 2, "--sample: must be 0 or more, got -1"),
+    (("map", "--json", "--sample", 1), 1, "--sample 1 of"),
 ]
 for args, code, word in checks:
     proc = run(*args, collection=collection, model=False, check=code)
