@@ -1,6 +1,7 @@
 // The base-embedding cache: one SQLite file so that reruns of `train` and `reembed` never decode
 // an image whose base embedding is known. Keyed by content, not path: a moved file stays cached.
 #include <SQLiteCpp/SQLiteCpp.h>
+#include <spdlog/spdlog.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -76,8 +77,12 @@ CachedEmbeddings cache_lookup(const fs::path& dir, const std::string& model_id,
       out.rows.insert(out.rows.end(), p, p + dim);
       out.found[i] = true;
     }
-  } catch (const SQLite::Exception&) {
-    // An unreadable cache only costs time: everything is recomputed and stored again.
+  } catch (const std::exception& e) {
+    // An unreadable cache only costs time: everything is recomputed (cache_store says so).
+    spdlog::warn(
+        "{}: the embedding cache cannot be read ({}): base embeddings are computed "
+        "again; delete the file to start a new cache",
+        (dir / kFile).string(), e.what());
     out = {};
     out.found.assign(hashes.size(), false);
   }
@@ -100,9 +105,12 @@ void cache_store(const fs::path& dir, const std::string& model_id,
       q.exec();
     }
     tx.commit();
-  } catch (const SQLite::Exception& e) {
-    throw std::runtime_error((dir / kFile).string() +
-                             ": cannot write the embedding cache: " + e.what());
+  } catch (const std::exception& e) {
+    // The cache saves time on the next run; the run itself has what it needs.
+    spdlog::warn(
+        "{}: cannot write the embedding cache ({}): the next run computes these {} "
+        "base embeddings again; delete the file if it is damaged",
+        (dir / kFile).string(), e.what(), hashes.size());
   }
 }
 

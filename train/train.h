@@ -129,7 +129,9 @@ struct CachedEmbeddings {
 };
 CachedEmbeddings cache_lookup(const std::filesystem::path& dir, const std::string& model_id,
                               const std::vector<std::string>& content_hashes);
-// rows: hashes.size() x dim. Throws std::runtime_error naming the file when it cannot write.
+// rows: hashes.size() x dim. A cache that cannot be written (damaged, disk full) is a warning
+// naming the file, not an error: the run has its embeddings. cache_lookup treats an unreadable
+// cache as empty, with a warning.
 void cache_store(const std::filesystem::path& dir, const std::string& model_id,
                  const std::vector<std::string>& content_hashes, const std::vector<float>& rows,
                  int dim);

@@ -190,4 +190,15 @@ assert "no-such-model" in proc.stderr and "embedded" not in proc.stderr, proc.st
 assert proc.stdout == "", proc.stdout
 print("eval with a missing second model: refused before embedding")
 
+# A damaged embedding cache only costs time: train warns, computes, and finishes (it stopped
+# with "embedding cache: file is not a database").
+labels = copy_images(images("train", classes=["shoes", "hat"], per_class=8), work / "labels")
+(work / "bad-cache").mkdir()
+(work / "bad-cache" / "base-embeddings.sqlite").write_bytes(b"not a database" * 100)
+proc = run("train", "--labels", work / "labels", "--base", MODEL, "--out", work / "head.pt",
+           "--epochs", 1, "--cache", work / "bad-cache", model=False, check=0)
+assert "the embedding cache cannot be read" in proc.stderr, proc.stderr
+assert "cannot write the embedding cache" in proc.stderr and (work / "head.pt").exists()
+print("damaged embedding cache: warnings, the head is trained")
+
 print("cli_defects2: all passed")
