@@ -1210,8 +1210,8 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
     SQLite::Statement upsert(
         *db_,
         "INSERT INTO images(path, content_hash, bytes, width, height, mtime_ns, metadata, "
-        "added_at_ms, updated_at_ms, phash, phash_95, phash_90) "
-        "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "added_at_ms, updated_at_ms, phash, phash_95, phash_90, id) "
+        "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT(path) DO UPDATE SET "
         // A put without a hash keeps the stored one only while the bytes are the same.
         "phash = CASE WHEN excluded.phash IS NOT NULL THEN excluded.phash "
@@ -1247,6 +1247,12 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
         upsert.bind(10);
         upsert.bind(11);
         upsert.bind(12);
+      }
+      // NULL: SQLite picks the next id (AUTOINCREMENT: never one used before).
+      if (put.keep_id && r.id > 0) {
+        upsert.bind(13, r.id);
+      } else {
+        upsert.bind(13);
       }
       upsert.executeStep();
       std::int64_t id = upsert.getColumn(0).getInt64();

@@ -138,6 +138,10 @@ struct Snapshot {
 struct Put {
   ImageRecord record;            // matched by path: an existing path is updated (keeps its id)
   std::vector<float> embedding;  // dim floats
+  // A new path takes record.id instead of the next free id (reembed copies a collection with
+  // its ids, so that clients' references survive a model or precision switch). The id must be
+  // free: a taken one fails the whole apply (StoreError, nothing written).
+  bool keep_id = false;
 };
 
 class Catalog {

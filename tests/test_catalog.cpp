@@ -161,6 +161,31 @@ TEST(Catalog, IdsAreNeverReused) {
   EXPECT_GT(last[0], next[0]);
 }
 
+// reembed's copy: new paths take the ids given; later ones continue after them; a taken id
+// fails the batch and writes nothing.
+TEST(Catalog, KeepIdPutsTakeTheirIds) {
+  auto c = fresh_catalog("catalog_keep_id");
+  auto a = make_put("/a.jpg", 1);
+  a.record.id = 7;
+  a.keep_id = true;
+  auto b = make_put("/b.jpg", 2);
+  b.record.id = 3;
+  b.keep_id = true;
+  EXPECT_EQ(c->write_batch({a, b}, {}), (std::vector<std::int64_t>{7, 3}));
+  EXPECT_EQ(c->get(3)->path, "/b.jpg");
+  EXPECT_GT(c->write_batch({make_put("/c.jpg", 3)}, {})[0], 7);
+  auto taken = make_put("/d.jpg", 4);
+  taken.record.id = 7;
+  taken.keep_id = true;
+  const auto generation = c->generation();
+  EXPECT_THROW(c->write_batch({make_put("/e.jpg", 5), taken}, {}), StoreError);
+  EXPECT_EQ(c->count(), 3);
+  EXPECT_EQ(c->generation(), generation);
+  auto ignored = make_put("/f.jpg", 6);  // an id without keep_id is not used
+  ignored.record.id = 7;
+  EXPECT_NE(c->write_batch({ignored}, {})[0], 7);
+}
+
 TEST(Catalog, GenerationBumpsOncePerCommittedBatch) {
   auto c = fresh_catalog("catalog_generation");
   EXPECT_EQ(c->generation(), 0);

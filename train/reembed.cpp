@@ -164,8 +164,10 @@ ReembedResult reembed_collection(const ReembedOptions& o,
     std::vector<store::Put> puts;
     for (std::size_t i = 0; i < records.size(); ++i) {
       if (!done[i]) continue;
-      puts.push_back({records[i], std::vector<float>(vectors.begin() + i * dim,
-                                                     vectors.begin() + (i + 1) * dim)});
+      puts.push_back(
+          {records[i],
+           std::vector<float>(vectors.begin() + i * dim, vectors.begin() + (i + 1) * dim),
+           true});  // the same ids as the source
       if (puts.size() == 512) {
         target->apply(puts, {});
         puts.clear();

@@ -7,6 +7,7 @@ unbounded metric labels, out-of-range parameters, OPTIONS, and clients that tric
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -338,6 +339,12 @@ assert proc.returncode == 0, proc.stderr[-2000:]
 assert not Path(str(new_coll) + ".partial").exists()
 kept = sorted(p.name for p in upload_files())
 assert kept and sorted(p.name for p in (new_coll / "uploads").iterdir()) == kept, kept
+before_ids, after_ids = {}, {}
+for db_path, out in ((collection / "catalog.db", before_ids), (new_coll / "catalog.db", after_ids)):
+    db = sqlite3.connect(db_path)
+    out.update({Path(p).name: i for i, p in db.execute("SELECT id, path FROM images")})
+    db.close()
+assert before_ids == after_ids, "reembed changed image ids"
 moved = collection.with_name("old-collection")
 collection.rename(moved)  # the old one goes away
 srv = Server(new_coll)
