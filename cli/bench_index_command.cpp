@@ -29,8 +29,9 @@ void add_options(CLI::App& cmd, BenchIndexArgs& a) {
   cmd.add_option("--dim", o.dim, "Dimension of the generated vectors (default 512)");
   cmd.add_option("--queries", o.queries, "Queries per size (default 200)");
   cmd.add_option("-k,--k", o.k, "Neighbours per query; recall@k (default 10)");
-  cmd.add_option("--threads", o.threads,
-                 "OpenMP threads for batched search and ground truth (default: all cores)");
+  cmd.add_option(
+      "--threads", o.threads,
+      "OpenMP threads for batched search and ground truth, 0..1024 (default: all cores)");
   cmd.add_option("--seed", o.seed, "Seed of the generated data, queries and filter (default 42)");
   cmd.add_option("--filter-fraction", o.filter_fraction,
                  "Share of ids the filtered runs keep (default 0.01)");
@@ -68,26 +69,45 @@ std::vector<eval::PlotSeries> plot_series(const eval::BenchResult& r) {
   return out;
 }
 
-int run(const GlobalOptions& g, BenchIndexArgs& a) {
-  auto& o = a.options;
-  if (o.threads == 0) o.threads = g.threads;
-  if (!g.quiet)
-    o.progress = [](const std::string& line) { fmt::print(stderr, "bench-index: {}\n", line); };
+int write_plot(const std::filesystem::path& plot, const eval::BenchResult& result) {
+  if (plot.empty()) return kOk;
   try {
-    eval::validate(o);
+    eval::write_recall_qps_svg(
+        plot, plot_series(result),
+        fmt::format("recall@{} against single-query QPS, d = {}", result.k, result.dim));
+    return kOk;
+  } catch (const std::exception& e) {
+    std::cerr << "lookalike bench-index: " << e.what() << "\n";
+    return kError;
+  }
+}
+
+// Before any work: option ranges (exit 2) and a --plot file that could not be written (exit 1).
+int check_args(const BenchIndexArgs& a) {
+  try {
+    eval::validate(a.options);
   } catch (const eval::BenchOptionError& e) {
     std::cerr << "lookalike bench-index: " << e.what() << "\n";
     return kUsage;
   }
   try {
-    const eval::BenchResult result = eval::run_bench_index(o);
-    if (!a.plot.empty()) {
-      eval::write_recall_qps_svg(
-          a.plot, plot_series(result),
-          fmt::format("recall@{} against single-query QPS, d = {}", result.k, result.dim));
-    }
-    std::cout << (g.json ? eval::to_json(result) + "\n" : eval::format_table(result));
-    return kOk;
+    if (!a.plot.empty()) eval::check_plot_path(a.plot);
+  } catch (const std::exception& e) {
+    std::cerr << "lookalike bench-index: " << e.what() << "\n";
+    return kError;
+  }
+  return kOk;
+}
+
+int run(const GlobalOptions& g, BenchIndexArgs& a) {
+  auto& o = a.options;
+  if (o.threads == 0) o.threads = g.threads;
+  if (!g.quiet)
+    o.progress = [](const std::string& line) { fmt::print(stderr, "bench-index: {}\n", line); };
+  if (const int code = check_args(a); code != kOk) return code;
+  eval::BenchResult result;
+  try {
+    result = eval::run_bench_index(o);
   } catch (const eval::BenchOptionError& e) {
     std::cerr << "lookalike bench-index: " << e.what() << "\n";
     return kUsage;
@@ -95,6 +115,10 @@ int run(const GlobalOptions& g, BenchIndexArgs& a) {
     std::cerr << "lookalike bench-index: " << e.what() << "\n";
     return kError;
   }
+  // The results first: a plot that cannot be written must not cost the measurements.
+  std::cout << (g.json ? eval::to_json(result) + "\n" : eval::format_table(result));
+  std::cout.flush();
+  return write_plot(a.plot, result);
 }
 
 }  // namespace

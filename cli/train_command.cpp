@@ -1,11 +1,14 @@
 // `lookalike train` and `lookalike reembed`: argument parsing and printing over train/train.h.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/output.h"
@@ -53,6 +56,37 @@ void print_epoch(const train::EpochReport& r) {
       r.best ? " *" : "", r.seconds, r.triplets_per_s, format_seconds(r.eta_seconds));
 }
 
+// What the labelled set left out before training, by cause (eval's "skipped" counts).
+json skipped_json(const train::TrainResult& r) {
+  return {{"entries", r.skipped},
+          {"unlabelled", r.unlabelled},
+          {"empty_label", r.empty_labels},
+          {"unreadable", r.unreadable}};
+}
+
+// ": 2 not read, 1 with an empty label, ..." after "N left out", or "" when nothing was.
+std::string left_out_note(const train::TrainResult& r) {
+  std::vector<std::string> parts;
+  auto add = [&](std::int64_t n, const char* what) {
+    if (n > 0) parts.push_back(fmt::format("{} {}", n, what));
+  };
+  add(static_cast<std::int64_t>(r.failed.size()), "could not be read or decoded");
+  add(r.unreadable, "unreadable entries");
+  add(r.empty_labels, "with an empty label");
+  add(r.unlabelled, "directly in the folder (no label)");
+  return parts.empty() ? "" : fmt::format(": {}", fmt::join(parts, ", "));
+}
+
+// Listing every entry of a large set would bury the progress; --json has them all (as eval).
+constexpr std::size_t kMaxWarnings = 20;
+
+void warn_skipped(const std::vector<std::string>& skipped) {
+  for (std::size_t i = 0; i < skipped.size() && i < kMaxWarnings; ++i)
+    spdlog::warn("left out: {}", skipped[i]);
+  if (skipped.size() > kMaxWarnings)
+    spdlog::warn("... and {} more left out of the labelled set", skipped.size() - kMaxWarnings);
+}
+
 int report_error(const char* command, const std::exception& e, int code) {
   spdlog::error("lookalike {}: {}", command, e.what());
   return code;
@@ -77,6 +111,8 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
     else if (!g.quiet)
       print_epoch(r);
   };
+  // As soon as the labels are read, so that a long run over the wrong input can be stopped.
+  cb.on_skipped = warn_skipped;
   image::init_decoder();
   train::TrainResult r;
   try {
@@ -91,9 +127,15 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
   for (const auto& f : r.failed) spdlog::warn("left out: {}", f);
   const auto& v = r.training["validation"];
   if (json_out) {
-    json out = {{"type", "train"},      {"images", r.images},    {"cached", r.cached},
-                {"decoded", r.decoded}, {"failed", r.failed},    {"best_epoch", r.best_epoch},
-                {"seconds", r.seconds}, {"training", r.training}};
+    json out = {{"type", "train"},
+                {"images", r.images},
+                {"cached", r.cached},
+                {"decoded", r.decoded},
+                {"failed", r.failed},
+                {"skipped", skipped_json(r)},
+                {"best_epoch", r.best_epoch},
+                {"seconds", r.seconds},
+                {"training", r.training}};
     set_path(out, "archive", r.archive.string());
     set_path(out, "card", r.card.string());
     print_record(out);
@@ -108,12 +150,13 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
                           ft.is_object() ? " (no fine-tuning epoch beat it)" : "");
     std::cout << fmt::format(
         "wrote {} and {}\n{} images ({} base embeddings from the cache, {} decoded, {} left "
-        "out); {}, validation Recall@1 {}; {}\n",
-        r.archive.string(), r.card.string(), r.images, r.cached, r.decoded, r.failed.size(), best,
+        "out{}); {}, validation Recall@1 {}; {}\n",
+        r.archive.string(), r.card.string(), r.images, r.cached, r.decoded,
+        r.failed.size() + r.skipped.size(), left_out_note(r), best,
         v["recall_at_1"].is_null() ? "-" : fmt::format("{:.3f}", v["recall_at_1"].get<double>()),
         format_seconds(r.seconds));
   }
-  return r.failed.empty() ? kOk : kPartial;
+  return r.failed.empty() && r.skipped.empty() ? kOk : kPartial;
 }
 
 int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
@@ -171,6 +214,9 @@ void add_train_options(CLI::App& cmd, TrainArgs& a) {
                  "Base model, name or .pt path (default: the global --model, else mobilenet_v2)");
   cmd.add_option("--out", o.out, "The trained model's archive, PATH.pt (card: PATH.json)")
       ->required();
+  cmd.add_flag("--force", o.force,
+               "Replace an existing PATH.pt / PATH.json (collections built with it will no "
+               "longer match)");
   cmd.add_option("--epochs", o.epochs, "Epochs at most (default 30)");
   cmd.add_option("--dim", o.dim, "Output dimension (default 256)");
   cmd.add_option("--head", o.head, "linear (default) or mlp");

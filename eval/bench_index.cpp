@@ -640,7 +640,10 @@ void validate(const BenchIndexOptions& o) {
   }
   if (o.k < 1 || o.k > 1000)
     throw BenchOptionError("--k", fmt::format("{} is not in 1..1000", o.k));
-  if (o.threads < 0) throw BenchOptionError("--threads", "must not be negative");
+  // As the global --threads: OpenMP creates every thread up front, and tens of thousands
+  // fail to start (libgomp aborts) or exhaust the stack space.
+  if (o.threads < 0 || o.threads > 1024)
+    throw BenchOptionError("--threads", fmt::format("{} is not in 0..1024", o.threads));
   if (!(o.filter_fraction > 0 && o.filter_fraction <= 1)) {
     throw BenchOptionError("--filter-fraction",
                            fmt::format("{} is not in (0, 1]", o.filter_fraction));
@@ -766,15 +769,9 @@ std::string to_json(const BenchResult& r) {
                     {"full_top_k", j_opt(row.full_top_k)},
                     {"plan", row.plan}});
   }
-  json j = {{"type", "bench_index"},
-            {"dim", r.dim},
-            {"sizes", r.sizes},
-            {"queries", r.queries},
-            {"k", r.k},
-            {"filter_fraction", r.filter_fraction},
-            {"data", r.data},
-            {"notes", r.notes},
-            {"rows", rows}};
+  json j = {{"type", "bench_index"}, {"dim", r.dim},     {"sizes", r.sizes},
+            {"queries", r.queries},  {"k", r.k},         {"filter_fraction", r.filter_fraction},
+            {"data", r.data},        {"notes", r.notes}, {"rows", rows}};
   return j.dump();  // one line, as every --json record (JSON Lines)
 }
 

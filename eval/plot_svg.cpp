@@ -1,10 +1,13 @@
 #include "eval/plot_svg.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
-#include <fstream>
+#include <cstdint>
+#include <cstring>
 #include <stdexcept>
 
 #include "pipeline/files.h"
@@ -122,12 +125,31 @@ std::string render_recall_qps_svg(const std::vector<PlotSeries>& series, const s
   return out;
 }
 
+void check_plot_path(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    throw std::runtime_error(fmt::format("--plot {}: is a folder", path.string()));
+  const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  if (!fs::is_directory(dir, ec))
+    throw std::runtime_error(fmt::format("--plot {}: cannot write: folder {} does not exist",
+                                         path.string(), dir.string()));
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw std::runtime_error(fmt::format("--plot {}: cannot write in folder {}: {}", path.string(),
+                                         dir.string(), std::strerror(errno)));
+}
+
 void write_recall_qps_svg(const std::filesystem::path& path, const std::vector<PlotSeries>& series,
                           const std::string& title) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << render_recall_qps_svg(series, title);
-  f.close();
-  if (!f) throw std::runtime_error("cannot write the plot " + path.string());
+  const std::string svg = render_recall_qps_svg(series, title);
+  try {
+    // A failed write leaves no half-written plot over an older one.
+    pipeline::write_file_atomically(
+        path, {{reinterpret_cast<const std::uint8_t*>(svg.data()), svg.size()}},
+        fmt::format(".tmp-{}", static_cast<long>(::getpid())));
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(fmt::format("cannot write the plot {}: {}", path.string(), e.what()));
+  }
 }
 
 }  // namespace lookalike::eval

@@ -18,7 +18,13 @@ struct PlotSeries {
 // The SVG text (well-formed XML: labels are escaped). Points with QPS <= 0 are dropped.
 std::string render_recall_qps_svg(const std::vector<PlotSeries>& series, const std::string& title);
 
-// Writes render_recall_qps_svg to `path`; throws std::runtime_error naming the path on failure.
+// Before the benchmark: throws std::runtime_error naming `path` and the cause when it is a
+// folder, or its folder does not exist or is not writable (the folder is not created, as for
+// `map --out`), so that a typo does not cost a whole run.
+void check_plot_path(const std::filesystem::path& path);
+
+// Writes render_recall_qps_svg to `path` (through a temporary file beside it, renamed); throws
+// std::runtime_error naming the path and the cause (strerror) on failure.
 void write_recall_qps_svg(const std::filesystem::path& path, const std::vector<PlotSeries>& series,
                           const std::string& title);
 

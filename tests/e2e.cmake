@@ -51,6 +51,8 @@ lookalike_e2e(e2e_precision_defects precision_defects.py TIMEOUT 600 REQUIRES mo
 # `lookalike train` and `reembed` (docs/train.md): quality through `eval`, cache, determinism.
 lookalike_e2e(e2e_train train.py TIMEOUT 1200 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_train_options train_options.py TIMEOUT 300 REQUIRES model_mobilenet_v2)
+# Defects a review found in train: --out over the base or a model, silent left-outs, bounds.
+lookalike_e2e(e2e_train_defects train_defects.py TIMEOUT 300 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_train_resnet50 train_resnet50.py TIMEOUT 1800
               REQUIRES "model_mobilenet_v2;model_resnet50;gallery_resnet50")
 # Every reduced-precision archive against FP32 on all 372 test photos, MobileNetV2 and ResNet-50;

@@ -3,6 +3,7 @@
 #include "train/train.h"
 
 #include <ATen/Parallel.h>
+#include <fmt/format.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -37,6 +38,8 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+fs::path card_of(const fs::path& archive) { return fs::path(archive).replace_extension(".json"); }
+
 // Before any work: --out's folder must exist (it is not created, as for map --out and
 // embed --npy, so that a typo does not make folders) and be writable.
 void check_out_folder(const fs::path& out) {
@@ -54,29 +57,98 @@ void check_out_folder(const fs::path& out) {
     throw TrainError(out.string() + ": cannot write in folder " + dir.string() + ": " +
                      std::strerror(errno));
   }
-  if (fs::is_directory(out, ec)) throw TrainError(out.string() + ": is a folder");
+  // Both, so that neither rename can fail once the model is written.
+  for (const auto& f : {out, card_of(out)})
+    if (fs::is_directory(f, ec)) throw TrainError(f.string() + ": is a folder");
+}
+
+// Upper bounds, so that a typo gets a usage error instead of an allocator failure deep in
+// LibTorch. A head cannot add information its input lacks: 4096 is twice the widest base
+// embedding (ResNet-50's 2048). 16384 hidden units keep the MLP's weights (hidden x input)
+// at most ~128 MiB for ResNet-50.
+constexpr int kMaxDim = 4096;
+constexpr int kMaxHidden = 16384;
+// Per P x K batch the losses hold B x B distances (batch-hard) or B x B x B candidates
+// (semi-hard): B = 4096 is 64 MiB, B = 512 about 0.5 GiB.
+constexpr std::int64_t kMaxBatch = 4096;
+constexpr std::int64_t kMaxSemiHardBatch = 512;
+// Adam moves each weight by about the learning rate per step, on unit-norm inputs: rates far
+// above the default 0.003 only make the loss jump, and 1e30 overflowed the weights (a model of
+// all-zero embeddings was written). check_head_output catches what gets past this bound.
+constexpr double kMaxLearningRate = 10;
+
+void check_ranges(const TrainOptions& o) {
+  auto usage = [](const std::string& what) { throw TrainError(what, true); };
+  if (o.epochs < 1) usage("--epochs: must be at least 1");
+  if (o.dim < 1 || o.dim > kMaxDim)
+    usage(
+        fmt::format("--dim: {} is not in 1..{} (a head cannot add information its input lacks; "
+                    "the widest base embedding is 2048)",
+                    o.dim, kMaxDim));
+  if (o.hidden < 1 || o.hidden > kMaxHidden)
+    usage(fmt::format("--hidden: {} is not in 1..{}", o.hidden, kMaxHidden));
+  if (!(o.margin > 0)) usage("--margin: must be > 0");
+  if (o.labels_per_batch < 2) usage("--labels-per-batch: must be at least 2");
+  if (o.images_per_label < 2) usage("--images-per-label: must be at least 2");
+  // In 64 bits: both values are ints, and their product is the batch size B.
+  const std::int64_t batch = std::int64_t{o.labels_per_batch} * o.images_per_label;
+  const std::int64_t most = o.mining == "semi-hard" ? kMaxSemiHardBatch : kMaxBatch;
+  if (batch > most)
+    usage(
+        fmt::format("--labels-per-batch {} x --images-per-label {} = {} images per batch: at "
+                    "most {} with --mining {} (its memory grows with the {} of the batch)",
+                    o.labels_per_batch, o.images_per_label, batch, most, o.mining,
+                    o.mining == "semi-hard" ? "cube" : "square"));
+  if (!(o.learning_rate > 0 && o.learning_rate <= kMaxLearningRate))
+    usage(fmt::format("--lr: {} is not in (0, {}]", o.learning_rate, kMaxLearningRate));
+  if (!(o.val_fraction >= 0 && o.val_fraction < 1)) usage("--val-fraction: must be in [0, 1)");
+  if (o.patience < 1) usage("--patience: must be at least 1");
+  if (o.full_epochs < 1) usage("--full-epochs: must be at least 1");
+  // The head gets 10x the stage's rate (train/finetune.cpp), so 1 keeps it within --lr's range.
+  if (!(o.full_learning_rate > 0 && o.full_learning_rate <= kMaxLearningRate / 10))
+    usage(fmt::format("--full-lr: {} is not in (0, {}]", o.full_learning_rate,
+                      kMaxLearningRate / 10));
 }
 
 void check_options(const TrainOptions& o) {
   auto usage = [](const std::string& what) { throw TrainError(what, true); };
   if (o.out.empty() || o.out.extension() != ".pt") usage("--out: must name a .pt file");
-  if (o.epochs < 1) usage("--epochs: must be at least 1");
-  if (o.dim < 1) usage("--dim: must be at least 1");
   if (o.head != "linear" && o.head != "mlp") usage("--head: '" + o.head + "' (linear or mlp)");
-  if (o.hidden < 1) usage("--hidden: must be at least 1");
-  if (!(o.margin > 0)) usage("--margin: must be > 0");
   if (o.mining != "batch-hard" && o.mining != "semi-hard")
     usage("--mining: '" + o.mining + "' (batch-hard or semi-hard)");
-  if (o.labels_per_batch < 2) usage("--labels-per-batch: must be at least 2");
-  if (o.images_per_label < 2) usage("--images-per-label: must be at least 2");
-  if (!(o.learning_rate > 0)) usage("--lr: must be > 0");
-  if (!(o.val_fraction >= 0 && o.val_fraction < 1)) usage("--val-fraction: must be in [0, 1)");
   if (o.val_split != "stratified" && o.val_split != "by-label")
     usage("--val-split: '" + o.val_split + "' (stratified or by-label)");
-  if (o.patience < 1) usage("--patience: must be at least 1");
-  if (o.full_epochs < 1) usage("--full-epochs: must be at least 1");
-  if (!(o.full_learning_rate > 0)) usage("--full-lr: must be > 0");
+  check_ranges(o);
   check_out_folder(o.out);
+}
+
+// The same file, through links or another spelling of the path.
+bool same_file(const fs::path& a, const fs::path& b) {
+  std::error_code ec;
+  if (fs::equivalent(a, b, ec)) return true;
+  return fs::absolute(a, ec).lexically_normal() == fs::absolute(b, ec).lexically_normal();
+}
+
+// --out must not replace the base it is trained from (that would destroy the base archive the
+// run reads, and its card), nor, without --force, any existing model: a collection built with
+// it records its id and would refuse the new one.
+void check_out_target(const TrainOptions& o, const fs::path& base_path) {
+  auto usage = [](const std::string& what) { throw TrainError(what, true); };
+  const fs::path card = card_of(o.out);
+  if (same_file(o.out, base_path) || same_file(card, card_of(base_path)))
+    usage(
+        fmt::format("--out {}: is the base model {} (its .pt or .json); the trained model "
+                    "must be written elsewhere",
+                    o.out.string(), base_path.string()));
+  if (o.force) return;
+  std::error_code ec;
+  for (const auto& f : {o.out, card})
+    if (fs::exists(fs::symlink_status(f, ec)))
+      usage(
+          fmt::format("--out {}: {} already exists; collections built with that model would no "
+                      "longer match the new one (its id changes). Give --force to replace it, "
+                      "or choose another name",
+                      o.out.string(), f.string()));
 }
 
 std::string read_hash(const fs::path& file, std::string* error) {
@@ -265,7 +337,7 @@ Trained fit(const Dataset& d, const Split& s, const TrainOptions& o, std::mt1993
   const int p = std::min<int>(o.labels_per_batch, static_cast<int>(pool.size()));
   const int k = o.images_per_label;
   const auto batches =
-      std::max<std::int64_t>(1, static_cast<std::int64_t>(s.train.size()) / (p * k));
+      std::max<std::int64_t>(1, static_cast<std::int64_t>(s.train.size()) / (std::int64_t{p} * k));
 
   Trained t;
   t.head = detail::init_head(o.head, static_cast<int>(d.base.size(1)), o.hidden, o.dim);
@@ -393,24 +465,92 @@ model::ModelCard trained_card(const model::ModelCard& base, const TrainOptions& 
   return c;
 }
 
-}  // namespace
-
-TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
-  const auto started = Clock::now();
-  check_options(o);
+// The labelled set, with what it left out (rows naming missing files, empty labels, images
+// outside a label folder) reported and counted as `eval` does, not silently dropped.
+eval::LabelledSet load_labels(const TrainOptions& o, TrainResult& r, const TrainCallbacks& cb) {
   eval::LabelledSet set;
   try {
     set = eval::load_labelled_set(o.labels, o.label_column, o.file_column);
   } catch (const eval::LabelError& e) {
     throw TrainError(e.what());
   }
+  r.skipped = set.skipped;
+  r.unlabelled = set.unlabelled;
+  r.empty_labels = set.empty_labels;
+  r.unreadable = set.unreadable;
+  if (cb.on_skipped && !set.skipped.empty()) cb.on_skipped(set.skipped);
+  return set;
+}
+
+// Unit rows, as the head promises. Weights that overflowed (too high a --lr) give NaN rows, or
+// rows of zeros once x * x overflows inside l2_normalize: a model that would store them is
+// useless and must not replace anything.
+bool unit_rows(const torch::Tensor& e) {
+  const auto norms = e.to(torch::kFloat64).norm(2, 1);
+  return e.isfinite().all().item<bool>() && ((norms - 1).abs() < 1e-3).all().item<bool>();
+}
+
+void check_head_output(const detail::Head& head, const Dataset& d, const TrainOptions& o) {
+  torch::NoGradGuard no_grad;
+  if (!unit_rows(detail::apply_head(head, d.base)))
+    throw TrainError(
+        fmt::format("training diverged: the trained head's embeddings of {} are not "
+                    "finite unit vectors (--lr {} too high?); nothing written",
+                    o.labels.string(), o.learning_rate));
+}
+
+// A zero image through the loaded archive: it must give a finite unit row like any image.
+void check_loaded(const fs::path& archive, const TrainOptions& o) {
+  auto m = model::EmbeddingModel::load(archive, {o.threads, true, o.batch_size, "fp32"});
+  const int side = m->card().input_size;
+  std::vector<float> zero(3 * static_cast<std::size_t>(side) * side, 0.f);
+  auto row = m->embed(zero.data(), 1);
+  if (!unit_rows(torch::from_blob(row.data(), {1, m->dim()}, torch::kFloat32)))
+    throw TrainError(
+        fmt::format("training diverged: {} gives embeddings that are not finite unit "
+                    "vectors (--lr {}, --full-lr {} too high?); nothing written",
+                    o.out.string(), o.learning_rate, o.full_learning_rate));
+}
+
+// Archive and card go to temporary names beside --out, are loaded as a model, and only then
+// renamed over it: a failure (disk full, a model that does not load) leaves any old files whole.
+void write_model(const fs::path& base_archive, const std::string& base_method,
+                 const detail::Head& head, const model::ModelCard& card, const TrainOptions& o) {
+  const fs::path dir = o.out.parent_path();
+  const fs::path tmp =
+      dir / fmt::format(".{}.tmp-{}.pt", o.out.stem().string(), static_cast<long>(::getpid()));
+  auto cleanup = [&] {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    fs::remove(card_of(tmp), ec);
+  };
+  try {
+    detail::save_archive(base_archive, base_method, head, tmp);
+    model::save_model_card(card, card_of(tmp));
+    check_loaded(tmp, o);
+    fs::rename(tmp, o.out);
+    fs::rename(card_of(tmp), card_of(o.out));
+  } catch (...) {
+    cleanup();
+    throw;
+  }
+}
+
+}  // namespace
+
+TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
+  const auto started = Clock::now();
+  check_options(o);
+  const fs::path base_path = model::resolve_model(o.base, model::default_model_dirs());
+  check_out_target(o, base_path);
+  TrainResult r;
+  const eval::LabelledSet set = load_labels(o, r, cb);
   std::set<std::string> distinct(set.labels.begin(), set.labels.end());
   if (distinct.size() < 2)
     throw TrainError(o.labels.string() + ": needs at least two labels to learn from, found " +
                      std::to_string(distinct.size()) +
                      (distinct.empty() ? "" : " ('" + *distinct.begin() + "')"));
 
-  const fs::path base_path = model::resolve_model(o.base, model::default_model_dirs());
   // At FP32: cached base vectors must be the ones the archive reproduces.
   auto engine = detail::open_embedding_engine(o, base_path.string(), "fp32");
   auto* base = &engine->model();
@@ -420,7 +560,6 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
                      "train from its base model '" +
                      base->card().training["base_model"].value("name", std::string("?")) + "'");
 
-  TrainResult r;
   const fs::path cache_dir = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
   Dataset d = embed_dataset(set, *engine, cache_dir, r, cb);
   r.images = static_cast<std::int64_t>(d.files.size());
@@ -449,15 +588,22 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
   training["fine_tuned"] = fine_tuned;
   if (ft) training["fine_tune"] = ft->info;
   const model::ModelCard card = trained_card(base->card(), o, training);
-  const fs::path card_path = fs::path(o.out).replace_extension(".json");
-  detail::save_archive(fine_tuned ? ft->backbone : base_path, base->card().method, t.head, o.out);
-  if (ft) fs::remove(ft->backbone);
-  model::save_model_card(card, card_path);
-  // Proves the files form a model every command can load (the loader runs one forward pass).
-  model::EmbeddingModel::load(o.out, {o.threads, true, o.batch_size, "fp32"});
+  // The fine-tuned backbone is a temporary file beside --out, removed whatever happens.
+  auto remove_backbone = [&] {
+    std::error_code ec;
+    if (ft) fs::remove(ft->backbone, ec);
+  };
+  try {
+    check_head_output(t.head, d, o);
+    write_model(fine_tuned ? ft->backbone : base_path, base->card().method, t.head, card, o);
+  } catch (...) {
+    remove_backbone();
+    throw;
+  }
+  remove_backbone();
 
   r.archive = o.out;
-  r.card = card_path;
+  r.card = card_of(o.out);
   r.training = std::move(training);
   r.epochs = t.epochs;
   r.best_epoch = t.best_epoch;

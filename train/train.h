@@ -44,6 +44,9 @@ struct TrainOptions {
   std::string file_column;            // CSV: the image path column (default: see pipeline/scan.h)
   std::string base = "mobilenet_v2";  // base model name or .pt path (model::resolve_model)
   std::filesystem::path out;          // PATH.pt; the card goes to PATH.json (folder must exist)
+  // Replace an existing PATH.pt / PATH.json. Off by default: collections built with the old
+  // model would no longer match the new one (its id changes), and the old files would be gone.
+  bool force = false;
   int epochs = 30;                    // at most; early stopping may end sooner
   int dim = 256;                      // output width of the head
   std::string head = "linear";        // "linear" | "mlp" (Linear, ReLU, Linear)
@@ -95,6 +98,10 @@ struct EmbedProgress {
 struct TrainCallbacks {
   std::function<void(const EmbedProgress&)> on_embed;
   std::function<void(const EpochReport&)> on_epoch;
+  // The entries of the labelled set left out before training ("<where>: <reason>": a manifest
+  // row naming a missing file, an empty label, an image directly in the labels folder), as soon
+  // as the set is read, so that a long run can be stopped. Not called when there are none.
+  std::function<void(const std::vector<std::string>&)> on_skipped;
 };
 
 struct TrainResult {
@@ -106,6 +113,11 @@ struct TrainResult {
   std::int64_t decoded = 0;         // images decoded and embedded by the base model (not the
                                     // failed ones: cached + decoded + failed = images tried)
   std::vector<std::string> failed;  // "<file>: <reason>" for images left out
+  // Left out of the labelled set before any image was read (eval::LabelledSet): "<where>:
+  // <reason>" for each, and the counts by cause. The CLI exits 3 when this or `failed` is not
+  // empty, as `eval` warns for the same input.
+  std::vector<std::string> skipped;
+  std::int64_t unlabelled = 0, empty_labels = 0, unreadable = 0;
   std::vector<EpochReport> epochs;
   int best_epoch = 0;
   double seconds = 0;
@@ -114,9 +126,12 @@ struct TrainResult {
 // $XDG_CACHE_HOME/lookalike (default ~/.cache/lookalike).
 std::filesystem::path default_cache_dir();
 
-// Trains and writes options.out (+ .json). Throws TrainError for bad input (see above),
-// model::ModelError for a base model that cannot be loaded, std::runtime_error for write
-// failures naming the file. Deterministic for a given seed and thread count.
+// Trains and writes options.out (+ .json). Throws TrainError for bad input (see above; usage()
+// for an out-of-range option, an `out` that is the base model's archive or card, or an existing
+// one without `force`; not usage() for a run whose weights diverged), model::ModelError for a
+// base model that cannot be loaded, std::runtime_error for write failures naming the file. The
+// files are written under temporary names, loaded as a model, then renamed over `out`, so a
+// failure leaves older files whole. Deterministic for a given seed and thread count.
 TrainResult train_model(const TrainOptions& options, const TrainCallbacks& callbacks = {});
 
 // --- Base-embedding cache -------------------------------------------------------------------

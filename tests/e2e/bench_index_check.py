@@ -1,6 +1,8 @@
 """lookalike bench-index on 2,000 generated 64-d vectors: exact rows exact, IVF recall rising
 with nprobe, filtered rows full and exact where the plan is exact-subset, PQ smaller than Flat,
-the SVG plot well-formed with one polyline per method; bad options exit 2 naming the option."""
+the SVG plot well-formed with one polyline per method; bad options exit 2 naming the option;
+a --plot path that cannot be written is refused before the run, or named with its cause after
+it (the results printed first)."""
 import json
 import os
 import subprocess
@@ -76,10 +78,35 @@ def check_svg(path, plotted):
 
 def check_bad_options():
     for args, option in ((["--sizes", "0"], "--sizes"), (["--dim", "0"], "--dim"),
-                         (["--index-spec", "NoSuchIndex"], "--index-spec")):
+                         (["--index-spec", "NoSuchIndex"], "--index-spec"),
+                         (["--threads", "50000"], "--threads"),
+                         (["--threads", "100000"], "--threads")):
         proc = run("bench-index", *args, "--queries", "5")
         check(proc.returncode == 2, f"{args}: exit {proc.returncode}, expected 2\n{proc.stderr}")
         check(option in proc.stderr, f"{args}: message does not name {option}: {proc.stderr}")
+
+
+def check_plot_errors(tmp):
+    """--plot: a path that cannot be written is refused before the benchmark (exit 1, naming the
+    cause); one that fails after it still gets the results printed, and the cause."""
+    quick = ["--sizes", "500", "--dim", "16", "--queries", "5", "--quick", "--single-budget", "0.2"]
+    for plot, cause in ((Path(tmp) / "nodir" / "p.svg", "does not exist"), (Path(tmp), "folder")):
+        proc = run("bench-index", *quick, "--json", "--plot", plot)
+        check(proc.returncode == 1, f"--plot {plot}: exit {proc.returncode}\n{proc.stderr}")
+        check(str(plot) in proc.stderr and cause in proc.stderr, f"--plot {plot}: {proc.stderr}")
+        check("size 500" not in proc.stderr, f"--plot {plot}: refused only after the run")
+    # The folder vanishes while the benchmark runs: the results, then the cause.
+    gone = Path(tmp) / "gone"
+    gone.mkdir()
+    proc = subprocess.Popen([BIN, "bench-index", "--sizes", "4000", "--dim", "32", "--queries",
+                             "20", "--single-budget", "0.5", "--json", "--plot", gone / "p.svg"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()
+    gone.rmdir()
+    out, err = proc.communicate(timeout=300)
+    check(proc.returncode == 1, f"vanished folder: exit {proc.returncode}\n{first}{err}")
+    check(json.loads(out)["rows"], "vanished folder: no results printed")
+    check("No such file or directory" in err, f"vanished folder: no cause in {err}")
 
 
 def main():
@@ -97,6 +124,7 @@ def main():
                     "--single-budget", "0.5", "-q")
         check(table.returncode == 0 and "recall" in table.stdout and "Flat" in table.stdout,
               f"table run: exit {table.returncode}\n{table.stdout}\n{table.stderr}")
+        check_plot_errors(tmp)
     check_bad_options()
     print("bench-index: ok")
 
