@@ -46,6 +46,8 @@ set_tests_properties(e2e_package PROPERTIES SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
 lookalike_e2e(e2e_indexes indexes.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 # Reduced precision (docs/precision.md): calibrate, recorded fidelity, auto with a masked CPU.
 lookalike_e2e(e2e_precision precision.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# ViT-B/16 and VGG-16 (random weights): BF16 against their own FP32 through `models calibrate`.
+lookalike_e2e(e2e_precision_other_archs precision_other_archs.py TIMEOUT 1800)
 # Defects a review found in it: collections across calibrations, info, missing archives, bad cards.
 lookalike_e2e(e2e_precision_defects precision_defects.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 # `lookalike train` and `reembed` (docs/train.md): quality through `eval`, cache, determinism.
