@@ -40,11 +40,7 @@ inline constexpr const char* kDefaultModel = "mobilenet_v2";
 // catalogues use 1-3 levels.
 inline constexpr int kMaxMetadataDepth = 32;
 
-// An image's metadata is at most this many bytes as stored (compact JSON). Every search hit and
-// list page carries it, and a PATCH merges into it, so without a bound one record could grow
-// without limit (a reviewer's reached 78 MB, sent whole with every hit). Product catalogues
-// carry a few hundred bytes.
-inline constexpr std::size_t kMaxMetadataBytes = 64 * 1024;
+using store::kMaxMetadataBytes;  // metadata length limit, bytes of compact JSON (catalog.h)
 
 // How deep `value` nests (0 for a scalar, 1 for a flat object or array), walked without
 // recursion so that any value can be measured.

@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "pipeline/files.h"
+#include "store/catalog.h"
 
 namespace lookalike::pipeline {
 namespace fs = std::filesystem;
@@ -349,6 +350,12 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
     nlohmann::json meta = nlohmann::json::object();
     for (std::size_t c = 0; c < header.size(); ++c) {
       if (c != file_col) meta[header[c]] = row[c];
+    }
+    if (const auto size = meta.dump().size(); size > store::kMaxMetadataBytes) {
+      out.result.problems.push_back(
+          {where, fmt::format("metadata: {} bytes as JSON, at most {}", size,
+                              store::kMaxMetadataBytes)});
+      continue;
     }
     out.add({p, std::move(meta)});
   }

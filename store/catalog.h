@@ -41,6 +41,13 @@ struct StoredPictureHash {
   std::uint64_t center90 = 0;
 };
 
+// An image's metadata is at most this many bytes as stored (compact JSON). Every search hit and
+// list page carries it, and a PATCH merges into it, so without a bound one record could grow
+// without limit (a review's reached 78 MB, sent whole with every hit). Product catalogues carry
+// a few hundred bytes. Enforced where metadata comes in: engine::Engine (uploads, PATCH) and
+// pipeline::read_manifest (CSV rows).
+inline constexpr std::size_t kMaxMetadataBytes = 64 * 1024;
+
 struct ImageRecord {
   std::int64_t id = 0;       // assigned by the catalog, never reused
   std::string path;          // absolute, lexically normal

@@ -201,4 +201,18 @@ assert "the embedding cache cannot be read" in proc.stderr, proc.stderr
 assert "cannot write the embedding cache" in proc.stderr and (work / "head.pt").exists()
 print("damaged embedding cache: warnings, the head is trained")
 
+# A manifest row whose metadata is over 64 KiB as JSON is refused alone, naming the row (the
+# server refuses such metadata too; a stored one made every later PATCH of it fail).
+big_csv = work / "labels" / "big.csv"
+with open(big_csv, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["file", "notes"])
+    w.writerow([labels[0].relative_to(work / "labels"), "x" * 70_000])
+    w.writerow([labels[1].relative_to(work / "labels"), "fine"])
+summary, proc = run_json("index", big_csv, collection=work / "big-meta", check=3)
+assert summary["added"] == 1 and len(summary["failures"]) == 1, summary
+bad = summary["failures"][0]
+assert bad["file"].endswith("big.csv row 2") and "at most 65536" in bad["reason"], bad
+print("manifest row with 70 KB of metadata: refused alone")
+
 print("cli_defects2: all passed")
