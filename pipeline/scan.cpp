@@ -352,9 +352,8 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
       if (c != file_col) meta[header[c]] = row[c];
     }
     if (const auto size = meta.dump().size(); size > store::kMaxMetadataBytes) {
-      out.result.problems.push_back(
-          {where, fmt::format("metadata: {} bytes as JSON, at most {}", size,
-                              store::kMaxMetadataBytes)});
+      out.result.problems.push_back({where, fmt::format("metadata: {} bytes as JSON, at most {}",
+                                                        size, store::kMaxMetadataBytes)});
       continue;
     }
     out.add({p, std::move(meta)});

@@ -301,8 +301,10 @@ def write_manifests(outdir, d, ex):
     ex.manifest(rel, "ok", files=[
         {"path": "decode/pattern.webp", "metadata": {"caption": "second"}},
         {"path": "decode/pattern.bmp", "metadata": {"caption": "other"}}])
+    # A 1 MB field: the row is left out (metadata is at most 64 KiB as JSON), the run goes on.
     rel = put("big_field.csv", "file,caption\n../decode/pattern.webp," + "x" * 1_000_000 + "\n")
-    ex.manifest(rel, "ok", files=["decode/pattern.webp"])
+    ex.manifest(rel, "ok", files=[],
+                problems=["big_field.csv row 2: metadata: 1000014 bytes as JSON, at most 65536"])
     absolute = os.path.join(os.path.abspath(outdir), "decode", "pattern.tiff")
     rel = put("paths.csv", "file\n../decode/pattern.webp\n" + csv_cell(absolute) + "\n" +
               "sub/../../decode/pattern.bmp\nmissing.jpg\n")
