@@ -998,6 +998,33 @@ bool Catalog::set_metadata(std::int64_t id, const std::string& metadata) {
   }
 }
 
+std::int64_t Catalog::last_id_assigned() const {
+  return reading(path_, [&] {
+    SQLite::Statement q(*db_, "SELECT seq FROM sqlite_sequence WHERE name = 'images'");
+    return q.executeStep() ? q.getColumn(0).getInt64() : std::int64_t{0};
+  });
+}
+
+void Catalog::reserve_ids_through(std::int64_t id) {
+  try {
+    SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
+    // sqlite_sequence is an ordinary table to write (sqlite.org/autoinc.html); its row for
+    // `images` exists only once an id was assigned.
+    SQLite::Statement add(*db_,
+                          "INSERT INTO sqlite_sequence(name, seq) SELECT 'images', ? WHERE NOT "
+                          "EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'images')");
+    add.bind(1, id);
+    add.exec();
+    SQLite::Statement raise(*db_,
+                            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'images'");
+    raise.bind(1, id);
+    raise.exec();
+    tx.commit();
+  } catch (const SQLite::Exception& e) {
+    throw error(path_, std::string("reserving ids failed, nothing written: ") + e.what());
+  }
+}
+
 std::optional<CatalogConfig> Catalog::config() const {
   return reading(path_, [&]() -> std::optional<CatalogConfig> {
     auto text = meta_value(*db_, "config");

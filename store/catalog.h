@@ -237,6 +237,12 @@ class Catalog {
   // Replaces the metadata of `id` (a JSON object's text) and bumps the generation; false when
   // there is no such image. Throws StoreError when `metadata` is not a JSON object.
   bool set_metadata(std::int64_t id, const std::string& metadata);
+  // The highest image id ever assigned, deleted ones included (AUTOINCREMENT's sqlite_sequence
+  // row); 0 before the first.
+  std::int64_t last_id_assigned() const;
+  // New images get ids above `id` from now on (a copy of another catalog keeps that one's
+  // promise never to reuse an id). Never lowers the mark. Throws StoreError when it cannot write.
+  void reserve_ids_through(std::int64_t id);
 
   // One transaction: deletes `removes` (ids; unknown ids are ignored), then upserts `puts` (by
   // path) with their embeddings. Returns the id of each put, in order. Bumps the generation

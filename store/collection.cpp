@@ -460,6 +460,16 @@ void Collection::maybe_compact() {
   install(build_from_catalog(*writer_));
 }
 
+std::int64_t Collection::last_id_assigned() const {
+  return reading([&](const Catalog& c) { return c.last_id_assigned(); });
+}
+
+void Collection::reserve_ids_through(std::int64_t id) {
+  require_write("reserve_ids_through");
+  std::lock_guard writer(write_mu_);
+  writer_->reserve_ids_through(id);
+}
+
 bool Collection::set_metadata(std::int64_t id, const std::string& metadata) {
   require_write("set_metadata");
   std::lock_guard writer(write_mu_);

@@ -179,6 +179,9 @@ class Collection {
   // Write mode only. Replaces an image's metadata (a JSON object's text); false when no such
   // id. Bumps the generation.
   bool set_metadata(std::int64_t id, const std::string& metadata);
+  // Catalog::last_id_assigned; and, write mode only, Catalog::reserve_ids_through.
+  std::int64_t last_id_assigned() const;
+  void reserve_ids_through(std::int64_t id);
   // Write mode only. Catalog::set_picture_hashes (the generation and the index are untouched).
   std::int64_t set_picture_hashes(const std::vector<Catalog::PictureHashUpdate>& updates);
   // Writes index-<generation>.faiss atomically and deletes other cache files; does nothing when

@@ -186,6 +186,20 @@ TEST(Catalog, KeepIdPutsTakeTheirIds) {
   EXPECT_NE(c->write_batch({ignored}, {})[0], 7);
 }
 
+// reembed's copy keeps the source's promise: an id deleted there is not given again here.
+TEST(Catalog, ReservedIdsAreNotAssigned) {
+  auto c = fresh_catalog("catalog_reserve");
+  EXPECT_EQ(c->last_id_assigned(), 0);
+  c->reserve_ids_through(40);  // before any id was assigned
+  EXPECT_EQ(c->last_id_assigned(), 40);
+  EXPECT_EQ(c->write_batch({make_put("/a.jpg", 1)}, {})[0], 41);
+  c->reserve_ids_through(10);  // never lowers the mark
+  EXPECT_EQ(c->write_batch({make_put("/b.jpg", 2)}, {})[0], 42);
+  c->reserve_ids_through(100);
+  EXPECT_EQ(c->write_batch({make_put("/c.jpg", 3)}, {})[0], 101);
+  EXPECT_EQ(c->last_id_assigned(), 101);
+}
+
 TEST(Catalog, GenerationBumpsOncePerCommittedBatch) {
   auto c = fresh_catalog("catalog_generation");
   EXPECT_EQ(c->generation(), 0);

@@ -174,6 +174,7 @@ ReembedResult reembed_collection(const ReembedOptions& o,
       }
     }
     if (!puts.empty()) target->apply(puts, {});
+    target->reserve_ids_through(source->last_id_assigned());  // ids deleted there stay unused
     target->save_index();
   }
   copy_uploads(uploads, partial / "uploads");

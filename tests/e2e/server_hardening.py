@@ -345,6 +345,12 @@ for db_path, out in ((collection / "catalog.db", before_ids), (new_coll / "catal
     out.update({Path(p).name: i for i, p in db.execute("SELECT id, path FROM images")})
     db.close()
 assert before_ids == after_ids, "reembed changed image ids"
+sequences = []
+for db_path in (collection / "catalog.db", new_coll / "catalog.db"):
+    db = sqlite3.connect(db_path)
+    sequences.append(db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone())
+    db.close()
+assert sequences[0] == sequences[1] and sequences[0][0] > max(after_ids.values()), sequences
 moved = collection.with_name("old-collection")
 collection.rename(moved)  # the old one goes away
 srv = Server(new_coll)
