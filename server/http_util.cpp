@@ -308,13 +308,9 @@ void check_host(const std::vector<std::string>& allowed, const httplib::Request&
   if (allowed.empty() || !req.has_header("Host")) return;
   const auto host = req.get_header_value("Host");
   // "name:port", "[v6]:port", "[v6]" or "name": the name without brackets and port.
-  std::string name = host;
-  if (!name.empty() && name.front() == '[') {
-    name = name.substr(
-        1, name.find(']') == std::string::npos ? std::string::npos : name.find(']') - 1);
-  } else if (auto colon = name.find(':'); colon != std::string::npos) {
-    name.resize(colon);
-  }
+  const bool bracketed = !host.empty() && host.front() == '[';
+  std::string name = bracketed ? host.substr(1) : host;
+  name.resize(std::min(name.size(), name.find(bracketed ? ']' : ':')));
   for (const auto& a : allowed) {
     if (a.size() == name.size() && strncasecmp(a.c_str(), name.c_str(), a.size()) == 0) return;
   }
