@@ -12,6 +12,7 @@
 // "Passes side by side"); --decode-beside D decodes every photo again on D threads while the
 // passes run, so embed_images_per_s is the model's rate while decoding takes its share of the
 // cores (both_images_per_s: until both are done).
+#include <dlfcn.h>
 #include <fmt/format.h>
 #include <malloc.h>
 
@@ -76,9 +77,13 @@ int main(int argc, char** argv) {
     if (flag == "--concurrent-passes") passes = std::stoi(argv[i + 1]);
     if (flag == "--decode-beside") decode_beside = std::stoi(argv[i + 1]);
   }
-  mallopt(M_MMAP_MAX, 0);  // as the lookalike binary does: see cli/main.cpp
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  mallopt(M_ARENA_MAX, 1);  // the passes run on threads of their own: engine::setup_process
+  // As engine::setup_process does for the lookalike binary: glibc's heap tuned for reuse, unless
+  // this program runs on jemalloc (lookalike_allocator; docs/engine.md, "Memory").
+  if (dlsym(RTLD_DEFAULT, "mallctl") == nullptr) {
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_ARENA_MAX, 1);  // the passes run on threads of their own
+  }
   auto files = read_list(argv[2]);
   image::init_decoder();
   model::ModelOptions options;

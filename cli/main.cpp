@@ -60,7 +60,8 @@ static int run(int argc, char** argv) {
       "vector search, from one binary"};
   app.require_subcommand(1);
   app.fallthrough();
-  app.set_version_flag("--version", "lookalike 0.1.0");
+  app.set_version_flag("--version",
+                       "lookalike 0.1.0 (" + lookalike::engine::allocator_name() + ")");
 
   GlobalOptions g;
   g.collection = default_collection();

@@ -191,11 +191,17 @@ struct EngineInfo {
   std::optional<BatcherStats> batcher;  // when the model is loaded
 };
 
-// Process-wide set-up, done once (later calls do nothing): glibc heap reuse for LibTorch's
-// activations (mallopt; one malloc arena for all threads, so that it holds for the batcher's
-// thread too), and the OpenMP thread count used by FAISS and OpenBLAS. Call it before starting
-// threads: a thread keeps the arena it first allocated from.
+// Process-wide set-up, done once (later calls do nothing): the OpenMP thread count used by FAISS
+// and OpenBLAS and, where the program runs on glibc's malloc rather than jemalloc, heap reuse
+// for LibTorch's activations (mallopt; one malloc arena for all threads, so that it holds for
+// the batcher's thread too). Call it before starting threads: a thread keeps the arena it first
+// allocated from.
 void setup_process(int threads);
+
+// The heap allocator this program runs on: "jemalloc <version>" (the lookalike programs link it:
+// lookalike_allocator, docs/engine.md "Memory") or "glibc malloc" (tests, sanitizer builds,
+// -DLOOKALIKE_JEMALLOC=OFF).
+std::string allocator_name();
 
 // For a process whose forward passes share the cores with other work at the same moment (`serve`:
 // HTTP workers decode uploads and search the index while the batcher's pass runs; `index`,

@@ -82,6 +82,35 @@ class Queue {
   bool stopped_ = false;
 };
 
+// Model-input buffers (3 x S x S floats each) handed back after their batch is copied out, for
+// the decode workers to fill again. Allocating one per image and freeing it on another thread
+// left the single malloc arena (engine::setup_process) fragmented among LibTorch's activations:
+// indexing 3,068 photos grew the heap to 1.4 GB with 52 MB in use, 390,000 page faults.
+class BufferPool {
+ public:
+  std::vector<float> take(std::size_t floats) {
+    {
+      std::lock_guard lock(mu_);
+      if (!free_.empty()) {
+        std::vector<float> v = std::move(free_.back());
+        free_.pop_back();
+        v.resize(floats);
+        return v;
+      }
+    }
+    return std::vector<float>(floats);
+  }
+  void give(std::vector<float> v) {
+    if (v.capacity() == 0) return;
+    std::lock_guard lock(mu_);
+    free_.push_back(std::move(v));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::vector<float>> free_;
+};
+
 }  // namespace
 
 void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& options,
@@ -96,6 +125,7 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
                                 ", got " + std::to_string(options.passes));
   }
   Queue queue((options.passes + 1) * batch);
+  BufferPool pool;
   std::atomic<std::size_t> next{0};
   std::atomic<bool> failed{false};
   std::exception_ptr worker_error;
@@ -107,10 +137,10 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
   auto worker = [&] {
     try {
       for (std::size_t job; !cancelled() && (job = next.fetch_add(1)) < n;) {
-        std::vector<float> input(input_floats);
+        std::vector<float> input = pool.take(input_floats);
         Prepared kind = prepare(job, input.data());
+        if (kind != Prepared::Embed) pool.give(std::move(input));
         if (kind == Prepared::Drop) continue;
-        if (kind == Prepared::NoEmbed) input = {};
         if (!queue.push({job, kind, std::move(input)})) return;
       }
     } catch (...) {
@@ -162,16 +192,19 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
   int passes_running = passes;
   bool stop_passes = false;  // set by the calling thread when it stops consuming
 
-  auto embed_batch = [&](std::vector<Item>& items, Result& r) {
-    std::vector<float> inputs;
+  // `inputs` is the pass's own buffer, kept across its batches: sized once, never regrown.
+  auto embed_batch = [&](std::vector<Item>& items, Result& r, std::vector<float>& inputs) {
     std::vector<std::size_t> embed_rows;
     for (auto& item : items) {
-      if (item.kind == Prepared::Embed) {
-        embed_rows.push_back(r.jobs.size());
-        inputs.insert(inputs.end(), item.input.begin(), item.input.end());
-      }
+      if (item.kind == Prepared::Embed) embed_rows.push_back(r.jobs.size());
       r.jobs.push_back(item.job);
       r.kinds.push_back(item.kind);
+    }
+    inputs.resize(embed_rows.size() * input_floats);
+    for (std::size_t row = 0; row < embed_rows.size(); ++row) {
+      std::vector<float>& one = items[embed_rows[row]].input;
+      std::memcpy(&inputs[row * input_floats], one.data(), input_floats * sizeof(float));
+      pool.give(std::move(one));
     }
     r.embeddings.assign(r.jobs.size() * dim, 0.0f);
     if (embed_rows.empty()) return;
@@ -183,6 +216,7 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
     }
   };
   auto pass_loop = [&] {
+    std::vector<float> inputs;
     for (;;) {
       std::vector<Item> items;
       std::size_t ticket = 0;
@@ -202,7 +236,7 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
       }
       Result r;
       try {
-        embed_batch(items, r);
+        embed_batch(items, r, inputs);
       } catch (...) {
         r.error = std::current_exception();
       }
@@ -223,11 +257,12 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
   std::vector<std::thread> pass_pool;
   std::exception_ptr consumer_error;
   try {
+    std::vector<float> inline_inputs;
     while (inline_passes && !failed) {
       auto items = queue.pop_batch(2 * batch, batch);
       if (items.empty() || (options.cancel != nullptr && options.cancel->load())) break;
       Result r;
-      embed_batch(items, r);
+      embed_batch(items, r, inline_inputs);
       consume(r.jobs, r.kinds, r.embeddings);
     }
     for (int i = 0; i < (inline_passes ? 0 : passes); ++i) pass_pool.emplace_back(pass_loop);

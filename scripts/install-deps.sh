@@ -16,6 +16,8 @@ PACKAGES=(
   # catalog, CSV manifests, JSON, CLI, logging, hashing
   libsqlite3-dev libsqlitecpp-dev sqlite3 libcsv-dev nlohmann-json3-dev libcli11-dev
   libspdlog-dev libfmt-dev libxxhash-dev
+  # the programs' heap (jemalloc: glibc's fragmented under indexing, docs/engine.md "Memory")
+  libjemalloc-dev
   # HTTP server (header-only cpp-httplib) and Prometheus metrics
   libcpp-httplib-dev prometheus-cpp-dev
   # tests and benchmarks

@@ -10,6 +10,8 @@
 #include <set>
 #include <sstream>
 
+#include "engine/engine.h"
+
 namespace lookalike::server {
 
 namespace {
@@ -84,7 +86,11 @@ void Metrics::set_build_info(const std::string& model, const std::string& metric
   if (impl_->build_set) return;
   impl_->build_set = true;
   impl_->build
-      .Add({{"version", LOOKALIKE_VERSION}, {"model", model}, {"metric", metric}, {"index", index}})
+      .Add({{"version", LOOKALIKE_VERSION},
+            {"model", model},
+            {"metric", metric},
+            {"index", index},
+            {"allocator", engine::allocator_name()}})
       .Set(1);
 }
 

@@ -1,5 +1,6 @@
 """Errors name the file and the cause, exit codes mean something, nothing stored is lost."""
 import json
+import os
 import shutil
 from harness import FIXTURES, MODEL, copy_images, images, json_lines, run, run_json, tempdir
 
@@ -10,6 +11,11 @@ bad_text = work / "readme.jpg"
 bad_text.write_text("hello, not an image\n")
 truncated = work / "cut.jpg"
 truncated.write_bytes(photos[0].read_bytes()[:1500])
+
+# --version names the heap allocator the build links (docs/engine.md, "Memory").
+proc = run("--version", model=False, check=0)
+assert proc.stdout.startswith("lookalike 0.1.0 (" + os.environ["LOOKALIKE_EXPECT_ALLOCATOR"]), \
+    proc.stdout
 
 # Usage errors: exit 2.
 assert run(model=False).returncode == 2

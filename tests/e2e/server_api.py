@@ -274,6 +274,10 @@ for pattern in [r'lookalike_http_requests_total\{method="POST",route="/v1/search
                 r'lookalike_embed_duration_seconds_count \d+', r'lookalike_index_search_duration_seconds_count \d+',
                 r'lookalike_collection_images \d+', r'lookalike_build_info\{.*version="[0-9.]+"\} 1']:
     assert re.search(pattern, metrics), (pattern, metrics[:2000])
+# The heap allocator the build links (docs/engine.md, "Memory"), in build_info.
+allocator = re.search(r'lookalike_build_info\{[^}]*allocator="([^"]+)"', metrics)
+assert allocator and allocator.group(1).startswith(os.environ["LOOKALIKE_EXPECT_ALLOCATOR"]), \
+    (allocator and allocator.group(1), os.environ["LOOKALIKE_EXPECT_ALLOCATOR"])
 
 # ---- SIGTERM while an upload is being received: acknowledged, then kept ---------------------
 slow_photo = images("test", classes=["skirt"], per_class=1)[0]
