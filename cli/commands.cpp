@@ -4,13 +4,16 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <csignal>
 #include <cstring>
 #include <ctime>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "cli/output.h"
 #include "engine/engine.h"
@@ -491,6 +494,22 @@ int run_info(const GlobalOptions& g) {
   return kOk;
 }
 
+namespace {
+// The id of a `remove` result's not_found entry that names one of `ids` ("--id 500"), else
+// nothing (a path).
+std::optional<std::int64_t> missing_id(const std::string& entry,
+                                       const std::vector<std::int64_t>& ids) {
+  const std::string prefix = "--id ";
+  if (!entry.starts_with(prefix)) return std::nullopt;
+  std::int64_t id = 0;
+  const char* end = entry.data() + entry.size();
+  const auto [stop, ec] = std::from_chars(entry.data() + prefix.size(), end, id);
+  if (ec != std::errc() || stop != end) return std::nullopt;
+  if (std::find(ids.begin(), ids.end(), id) == ids.end()) return std::nullopt;
+  return id;
+}
+}  // namespace
+
 int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
   if (!store::Collection::exists(g.collection)) {
     spdlog::error("{}: no collection here", g.collection.string());
@@ -498,7 +517,18 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
   }
   auto e = engine::Engine::open(engine_options(g), engine::Access::Write);
   auto result = e->remove(a.ids, a.paths);
-  if (!result.removed.empty()) e->checkpoint();  // the next open loads the index as it is
+  // The next open loads the index as it is. The removals are committed already: a cache that
+  // cannot be saved (full disk, read-only folder) is a warning, as for `index` (docs/cli.md).
+  std::string cache_warning;
+  if (!result.removed.empty()) {
+    try {
+      e->checkpoint();
+    } catch (const std::exception& ex) {
+      cache_warning = ex.what();
+      spdlog::warn("{} (the removals are committed; the index cache is rebuilt on the next open)",
+                   cache_warning);
+    }
+  }
   for (const auto& nf : result.not_found) spdlog::error("{}: not in the collection", nf);
   const auto count = e->collection().count();
   if (g.json) {
@@ -507,9 +537,15 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
                 {"removed_ids", result.removed},
                 {"not_found", json::array()},
                 {"count", count}};
+    if (!cache_warning.empty()) out["cache_warning"] = cache_warning;
     for (const auto& nf : result.not_found) {
+      // The engine names a missing id "--id N": an id is reported as one, not as a path.
       json row;
-      set_path(row, "path", nf);
+      if (const auto id = missing_id(nf, a.ids)) {
+        row["id"] = *id;
+      } else {
+        set_path(row, "path", nf);
+      }
       out["not_found"].push_back(row);
     }
     print_record(out);

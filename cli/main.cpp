@@ -4,15 +4,55 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "engine/engine.h"
+
+namespace {
+
+// Edit distance (Levenshtein), for "did you mean".
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1 : 0)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// "lookalike: 'serch' is not a command; did you mean 'search'? Commands: index, search, ..."
+std::string unknown_command_message(const CLI::App& app, const std::string& word) {
+  std::string names, closest;
+  std::size_t best = 3;  // suggest only within two edits
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    const std::string& name = sub->get_name();
+    names += (names.empty() ? "" : ", ") + name;
+    if (const std::size_t d = edit_distance(word, name); d < best) {
+      best = d;
+      closest = name;
+    }
+  }
+  return "lookalike: '" + word + "' is not a command" +
+         (closest.empty() ? "" : "; did you mean '" + closest + "'?") + "\nCommands: " + names +
+         " (lookalike --help says more)\n";
+}
+
+}  // namespace
 
 namespace {
 
@@ -259,6 +299,12 @@ static int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // A mistyped command ("serch") reaches CLI11 as an unmatched argument, and its message,
+    // "A subcommand is required", does not name it.
+    if (app.get_subcommands().empty() && !app.remaining().empty()) {
+      std::cerr << unknown_command_message(app, app.remaining().front());
+      return kUsage;
+    }
     int code = app.exit(e);
     return code == 0 ? kOk : kUsage;
   }

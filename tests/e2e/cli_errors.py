@@ -110,6 +110,29 @@ proc = run("index", work / "photos", "--metric", "cosine", "--index-factory", "N
            collection=work / "bad-factory", check=2)
 assert "NotAFactory" in proc.stderr and not (work / "bad-factory").exists(), proc.stderr
 
+# A mistyped command is named, with the closest command and the list (CLI11 alone said "A
+# subcommand is required").
+proc = run("serch", photos[0], model=False, check=2)
+assert "'serch' is not a command; did you mean 'search'?" in proc.stderr, proc.stderr
+assert "Commands: index, search" in proc.stderr, proc.stderr
+proc = run("list", collection=coll, model=False, check=2)
+assert "'list' is not a command" in proc.stderr and "did you mean" not in proc.stderr, proc.stderr
+
+# remove: a missing id is reported as an id, not as a path; an index cache that cannot be saved
+# after the removal is committed is a warning (cache_warning), not "nothing changed".
+rm_coll = work / "remove-collection"
+run("index", work / "photos", collection=rm_coll, check=0)
+info, _ = run_json("info", collection=rm_coll, model=False, check=0)
+blocker = rm_coll / f"index-{info['generation'] + 1}.faiss.tmp"
+(blocker / "in-the-way").mkdir(parents=True)  # the cache's temporary file cannot be created
+out, proc = run_json("remove", photos[0], "--id", 999999, collection=rm_coll, model=False, check=3)
+assert out["removed"] == 1 and out["count"] == 5, out
+assert out["not_found"] == [{"id": 999999}], out
+assert str(blocker) in out["cache_warning"] and "warning" in proc.stderr, (out, proc.stderr)
+shutil.rmtree(blocker)
+info, _ = run_json("info", collection=rm_coll, model=False, check=0)
+assert info["count"] == 5 and info["index_vectors"] == 5, info  # cache rebuilt from the catalog
+
 # models lists the exported model with its card.
 models = json_lines(run("models", "--json", model=False, check=0).stdout)
 assert all(m["type"] == "model" for m in models), models
