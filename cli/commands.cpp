@@ -113,6 +113,7 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
               {"added", s.added},
               {"updated", s.updated},
               {"unchanged", s.unchanged},
+              {"metadata_updated", s.metadata_updated},
               {"reused_embeddings", s.reused},
               {"removed", s.removed},
               {"vanished", vanished},
@@ -143,10 +144,12 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
 }
 
 void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
+  const std::string metadata_note =
+      s.metadata_updated > 0 ? fmt::format(" ({} with new metadata)", s.metadata_updated) : "";
   std::cout << fmt::format(
-      "{} {} files in {:.1f} s: {} added, {} updated, {} unchanged, {} removed, {} failed\n",
+      "{} {} files in {:.1f} s: {} added, {} updated, {} unchanged{}, {} removed, {} failed\n",
       s.interrupted ? "interrupted after" : "indexed", s.scanned, s.seconds, s.added, s.updated,
-      s.unchanged, s.removed, s.failures.size());
+      s.unchanged, metadata_note, s.removed, s.failures.size());
   if (e.has_collection()) {
     std::cout << fmt::format(
         "embedded {} images at {:.1f} images/s (inference threads: {}, passes side by side: {}, "

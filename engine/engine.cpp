@@ -203,7 +203,17 @@ std::unique_ptr<Engine> Engine::open(const EngineOptions& options, Access access
   e->access_ = access;
   e->fresh_ = fresh;
   // No folder, no collection (a model-only engine): not whatever catalog the working folder holds.
+  // A folder that cannot be looked into throws StoreError ("DIR: cannot read the collection:
+  // Permission denied") rather than pass for one without a collection.
   const bool exists = !options.collection.empty() && store::Collection::exists(options.collection);
+  if (access == Access::Read && !exists && !options.collection.empty() &&
+      store::Collection::unfinished(options.collection)) {
+    throw EngineError(Kind::NotFound,
+                      fmt::format("{}: no collection here: its creation was interrupted "
+                                  "(catalog.db has no config and no images); `lookalike index "
+                                  "PATH` creates it again",
+                                  options.collection.string()));
+  }
   if (access == Access::Read && !exists) {
     throw EngineError(Kind::NotFound,
                       fmt::format("{}: no collection here; create one with `lookalike index PATH` "
@@ -361,7 +371,7 @@ void Engine::ensure_collection() {
   if (collection_) return;
   store::CatalogConfig config{m.id(), reference, m.dim(), fresh_.metric, fresh_.factory};
   config.search_defaults = store::search_defaults_json(fresh_.defaults);
-  collection_ = store::Collection::create_or_open(options_.collection, config);
+  collection_ = store::Collection::create_or_open(options_.collection, config, &creation_);
 }
 
 std::string Engine::model_reference() {
@@ -420,6 +430,7 @@ pipeline::IndexSummary Engine::index(const IndexRequest& r) {
     if (fresh_.defaults.rerank > 0) merged.rerank = fresh_.defaults.rerank;
     writable().set_search_defaults(merged);
   }
+  const bool created = !collection_;  // by writable(), now
   auto& c = writable();
   pipeline::IndexOptions o;
   o.inputs = r.inputs;  // the vanished check and --prune look under these only
@@ -431,7 +442,20 @@ pipeline::IndexSummary Engine::index(const IndexRequest& r) {
   o.on_progress = r.on_progress;
   o.passes = bulk_passes(scan.files.size());
   o.embed = bulk_embed(o.passes);
-  auto summary = pipeline::index_files(c, m, scan, o);
+  pipeline::IndexSummary summary;
+  try {
+    summary = pipeline::index_files(c, m, scan, o);
+  } catch (...) {
+    if (created) store::Collection::undo_creation(collection_, creation_);  // does not throw
+    throw;
+  }
+  // A collection this run created and stored nothing in (every file failed, or a Ctrl-C before
+  // the first commit) is taken back: its metric, model and index spec were never used, and a
+  // later run must be free to choose them (docs/cli.md).
+  if (created && store::Collection::undo_creation(collection_, creation_)) {
+    summary.index_choice.clear();
+    return summary;
+  }
   summary.index_choice = choice;
   return summary;
 }

@@ -259,8 +259,10 @@ class Engine {
   std::string model_reference();
 
   // Brings the collection up to date with the inputs (scan, decode, embed, commit per batch).
-  // Creates the collection only when the scan found something to index. Bad files are
-  // summary.failures; see pipeline::index_files for the rest.
+  // Creates the collection only when the scan found something to index, and takes a collection
+  // it created back (Collection::undo_creation; has_collection() is false again) when nothing
+  // was stored in the end (every file failed, or it was cancelled before the first commit).
+  // Bad files are summary.failures; see pipeline::index_files for the rest.
   pipeline::IndexSummary index(const IndexRequest& request);
 
   // Stores an uploaded image inside the collection (<dir>/uploads/<content hash>.<format>),
@@ -335,6 +337,8 @@ class Engine {
   Access access_ = Access::Read;
   NewCollection fresh_;
   std::unique_ptr<store::Collection> collection_;
+  // What ensure_collection's create_or_open made: index() takes it back when it stores nothing.
+  store::Collection::Creation creation_;
   mutable std::mutex model_mu_;  // guards the lazy model and batcher load, and collection creation
   std::unique_ptr<model::EmbeddingModel> model_;
   std::unique_ptr<EmbedBatcher> batcher_;

@@ -160,6 +160,8 @@ std::int64_t mtime_ns(const std::filesystem::path& path) {
 }
 
 std::filesystem::path normalize_path(const std::filesystem::path& path) {
+  // fs::absolute("") throws "cannot make absolute path: Invalid argument []": say what it is.
+  if (path.empty()) throw std::invalid_argument("an empty path names no file or folder");
   return std::filesystem::absolute(path).lexically_normal();
 }
 

@@ -62,6 +62,7 @@ void write_file_atomically(const std::filesystem::path& path,
 std::int64_t mtime_ns(const std::filesystem::path& path);
 
 // Absolute, lexically normal form of `path` (no symlink resolution, like fd and ripgrep).
+// Throws std::invalid_argument "an empty path names no file or folder" for an empty `path`.
 std::filesystem::path normalize_path(const std::filesystem::path& path);
 
 }  // namespace lookalike::pipeline

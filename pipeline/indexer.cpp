@@ -38,6 +38,7 @@ struct JobState {
   std::vector<float> reused;  // the embedding of identical content, read at prepare time
   std::string error;
   bool committed = false;
+  bool metadata_changed = false;  // Refresh: the metadata differs from the stored one
 };
 
 struct Known {
@@ -120,6 +121,8 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
       }
       if (auto v = collection.embedding_by_hash(rec.content_hash)) {
         state.change = Change::Refresh;
+        state.metadata_changed =
+            nlohmann::json::parse(old->second->metadata) != nlohmann::json::parse(rec.metadata);
         // Same bytes: the stored hash stays (write_batch keeps it); rows from before schema 4
         // get one now, since the bytes are at hand.
         if (!old->second->picture_hash) {
@@ -167,6 +170,7 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
 // The lexically normal absolute form of `p` as the catalog stores paths, without a trailing
 // separator ("photos/" and "photos/." are the folder "photos").
 std::string catalog_form(const std::filesystem::path& p) {
+  if (p.empty()) return {};  // fs::absolute("") throws; an empty path names nothing
   std::string s = normalize_path(p).string();
   while (s.size() > 1 && s.back() == '/') s.pop_back();
   return s;
@@ -185,6 +189,29 @@ bool up_from(const std::string& path, Visit&& visit) {
   }
 }
 
+// An input folder whose walk found no image file while the collection holds images under it
+// looks like an unmounted drive's mount point: those images are kept unchecked (find_vanished
+// skips what lies under a failed input), never reported vanished nor pruned.
+void keep_empty_folders(const std::vector<store::ImageRecord>& records,
+                        const std::vector<std::filesystem::path>& empty_folders,
+                        std::vector<Failure>& failures) {
+  std::unordered_set<std::string> seen;  // a folder given twice is named once
+  for (const auto& folder : empty_folders) {
+    const std::string root = catalog_form(folder);
+    if (!seen.insert(root).second) continue;
+    std::int64_t images = 0;
+    for (const auto& r : records) {
+      if (up_from(r.path, [&](const std::string& p) { return p == root; })) ++images;
+    }
+    if (images == 0) continue;
+    failures.push_back(
+        {folder.string(),
+         fmt::format("holds no image files now; its {} indexed images are kept (an unmounted "
+                     "drive?). Remove them with `lookalike remove {}`",
+                     images, folder.string())});
+  }
+}
+
 }  // namespace
 
 VanishedCheck find_vanished(const std::vector<store::ImageRecord>& records,
@@ -199,14 +226,15 @@ VanishedCheck find_vanished(const std::vector<store::ImageRecord>& records,
     if (failed.emplace(key, out.skipped.size()).second) out.skipped.push_back({where, 0});
   };
   for (const auto& f : failures) {
-    if (f.where.empty()) continue;
+    if (f.where.empty() || f.where == kEmptyPathName) continue;
     failed_as_given.insert(f.where);
     note_failed(catalog_form(f.where), f.where);
   }
   std::unordered_set<std::string> scope, failed_inputs;
   for (const auto& input : inputs) {
+    if (input.empty()) continue;  // failed in the scan (kEmptyPathName); nothing is under it
     std::error_code ec;
-    const bool manifest = input.extension() == ".csv" || input.extension() == ".CSV";
+    const bool manifest = is_manifest_path(input);
     const bool folder = fs::is_directory(input, ec);
     fs::path root = input;
     if (!folder && manifest) root = normalize_path(input).parent_path();
@@ -257,10 +285,17 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   summary.decode_threads = options.decode_threads;
   summary.model_threads = model.threads();
   summary.passes = options.passes;
-  for (const auto& p : scan.problems) summary.failures.push_back({p.where, p.reason});
-
   const auto records = collection.list();
   const Known known = index_records(records, collection.corrupt_ids());
+  for (const auto& p : scan.problems) {
+    // An indexed symlink whose target was deleted is gone like a deleted file: find_vanished
+    // reports it (stat: ENOENT) and --prune removes it, instead of a failure on every run.
+    if (p.dangling_symlink && !options.inputs.empty() &&
+        known.by_path.count(catalog_form(p.where)) > 0) {
+      continue;
+    }
+    summary.failures.push_back({p.where, p.reason});
+  }
   const auto spec = model.preprocess_spec();
   std::vector<JobState> states(scan.files.size());
 
@@ -354,6 +389,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
       summary.failures.push_back({scan.files[i].path.string(), s.error});
     } else if (s.change == Change::Unchanged || (s.change == Change::Refresh && s.committed)) {
       ++summary.unchanged;  // a refresh rewrites mtime or metadata, not the embedding
+      if (s.change == Change::Refresh && s.metadata_changed) ++summary.metadata_updated;
     } else if (s.committed && s.change == Change::Added) {
       ++summary.added;
     } else if (s.committed && s.change == Change::Updated) {
@@ -361,13 +397,20 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     }
   }
   if (!summary.interrupted && summary.fatal_error.empty() && !options.inputs.empty()) {
-    auto gone = find_vanished(records, options.inputs, summary.failures);
-    for (auto& f : gone.unreadable) summary.failures.push_back(std::move(f));
-    summary.unchecked = std::move(gone.skipped);
-    summary.vanished = std::move(gone.paths);
-    if (options.prune && !gone.ids.empty()) {
-      collection.apply({}, gone.ids);
-      summary.removed = static_cast<std::int64_t>(gone.ids.size());
+    try {
+      keep_empty_folders(records, scan.empty_folders, summary.failures);
+      auto gone = find_vanished(records, options.inputs, summary.failures);
+      for (auto& f : gone.unreadable) summary.failures.push_back(std::move(f));
+      summary.unchecked = std::move(gone.skipped);
+      summary.vanished = std::move(gone.paths);
+      if (options.prune && !gone.ids.empty()) {
+        collection.apply({}, gone.ids);
+        summary.removed = static_cast<std::int64_t>(gone.ids.size());
+      }
+    } catch (const std::exception& e) {
+      if (summary.committed_batches == 0) throw;  // nothing stored yet: an error as before
+      // After the commits: the summary is still printed, with the cause (exit 4).
+      summary.fatal_error = fmt::format("checking for vanished files: {}", e.what());
     }
   }
   try {

@@ -57,8 +57,9 @@ struct IndexSummary {
   std::int64_t added = 0;      // new paths
   std::int64_t updated = 0;    // known paths whose content changed (re-embedded)
   std::int64_t unchanged = 0;  // same content hash as stored (metadata/mtime may be refreshed)
-  std::int64_t reused = 0;     // of added+updated: embedding copied from identical content
-  std::int64_t removed = 0;    // vanished files removed (--prune)
+  std::int64_t metadata_updated = 0;  // of unchanged: metadata rewritten (a manifest's changed)
+  std::int64_t reused = 0;            // of added+updated: embedding copied from identical content
+  std::int64_t removed = 0;           // vanished files removed (--prune)
   std::vector<std::string> vanished;  // catalog paths whose file is gone (find_vanished)
   std::vector<Unchecked> unchecked;   // find_vanished's `skipped`: kept, not checked
   std::vector<Failure> failures;
@@ -102,7 +103,13 @@ struct IndexSummary {
 // vector is corrupt (Collection::corrupt_ids) is embedded again.
 // With options.inputs, the run ends (unless interrupted or stopped by a failure) with
 // find_vanished over the stored images and, with options.prune, removes the vanished ones;
-// stored images it could not check become failures and are kept.
+// stored images it could not check become failures and are kept. Two cases are decided here:
+// - a folder walk's broken symlink (ScanProblem::dangling_symlink) that is in the collection is
+//   no failure: find_vanished sees it gone (ENOENT), so it is reported vanished and pruned;
+// - a folder input whose walk found no image file (ScanResult::empty_folders) while the
+//   collection holds images under it becomes a failure naming it ("holds no image files now;
+//   its N indexed images are kept (an unmounted drive?) ..."), so that those images are kept
+//   and listed as unchecked, never pruned; `lookalike remove DIR` removes them.
 IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& model,
                          const ScanResult& scan, const IndexOptions& options);
 

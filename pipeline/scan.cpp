@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string_view>
@@ -108,7 +109,12 @@ struct Walk {
     fs::file_status target = own;
     if (fs::is_symlink(own)) {
       target = fs::status(p, ec);
-      if (ec) return problem(p, symlink_problem(p, ec));
+      if (ec) {
+        problem(p, symlink_problem(p, ec));
+        // Gone as surely as a deleted file: an indexed one is reported vanished (index_files).
+        problems.back().dangling_symlink = ec == std::errc::no_such_file_or_directory;
+        return;
+      }
       if (fs::is_directory(target)) return;  // not followed (like fd): no loops, no escapes
     }
     if (fs::is_regular_file(target)) {
@@ -141,6 +147,7 @@ void walk_folder(const fs::path& root, const ScanOptions& options, Collector& ou
   std::sort(walk.found.begin(), walk.found.end());
   std::sort(walk.problems.begin(), walk.problems.end(),
             [](const ScanProblem& a, const ScanProblem& b) { return a.where < b.where; });
+  if (walk.found.empty()) out.result.empty_folders.push_back(root);
   for (auto& p : walk.found) out.add({std::move(p), nlohmann::json::object()});
   for (auto& p : walk.problems) out.result.problems.push_back(std::move(p));
 }
@@ -224,7 +231,47 @@ std::optional<CsvFault> find_csv_fault(std::string_view s) {
   return std::nullopt;
 }
 
-std::vector<std::vector<std::string>> parse_csv(const fs::path& csv) {
+// The line each CSV record of `s` (the manifest after any BOM, which libcsv parsed without
+// error) starts on, by libcsv's rules: a record starts at the first character outside a record
+// that is not a space, tab, CR or LF (blank lines are no records), and ends at a CR or LF
+// outside quotes; inside a quoted field "" is a quote. Lines count LF, CRLF and lone CR.
+std::vector<std::size_t> record_lines(std::string_view s) {
+  std::vector<std::size_t> lines;
+  std::size_t line = 1;
+  bool in_record = false, quoted = false;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const bool newline = c == '\n' || c == '\r';
+    if (quoted) {
+      if (c == '"') {
+        if (i + 1 < s.size() && s[i + 1] == '"') {
+          ++i;
+        } else {
+          quoted = false;
+        }
+      }
+    } else if (!in_record) {
+      if (!newline && c != ' ' && c != '\t') {
+        in_record = true;
+        lines.push_back(line);
+        quoted = c == '"';
+      }
+    } else if (newline) {
+      in_record = false;
+    } else if (c == '"') {
+      quoted = true;  // libcsv's strict mode allows a quote only where a field opens
+    }
+    if (c == '\n' || (c == '\r' && (i + 1 == s.size() || s[i + 1] != '\n'))) ++line;
+  }
+  return lines;
+}
+
+struct CsvRows {
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::size_t> lines;  // the line each row starts on (empty if not known)
+};
+
+CsvRows parse_csv(const fs::path& csv) {
   auto bytes = read_file(csv);
   csv_parser parser;
   if (csv_init(&parser, CSV_STRICT | CSV_STRICT_FINI) != 0) {
@@ -253,7 +300,10 @@ std::vector<std::vector<std::string>> parse_csv(const fs::path& csv) {
     throw std::runtime_error(
         fmt::format("{}: malformed CSV in row {}: {}", csv.string(), row, error));
   }
-  return state.rows;
+  CsvRows out{std::move(state.rows), record_lines(std::string_view(
+                                         reinterpret_cast<const char*>(bytes.data()) + start, n))};
+  if (out.lines.size() != out.rows.size()) out.lines.clear();  // not expected; rows only then
+  return out;
 }
 
 std::size_t find_file_column(const std::vector<std::string>& header, const fs::path& csv,
@@ -278,6 +328,41 @@ std::size_t find_file_column(const std::vector<std::string>& header, const fs::p
   throw std::runtime_error(
       fmt::format("{}: no file column in the header (looked for {}); name it with --file-column",
                   csv.string(), fmt::join(wanted, ", ")));
+}
+
+// Which columns hold metadata: every column but the file column and those with no name whose
+// cells are all empty (a trailing comma). Throws for a column with no name that holds a value
+// (its values would be stored under the key "") and for two columns of the same name (one
+// value of each row would be lost).
+std::vector<std::size_t> metadata_columns(const std::vector<std::vector<std::string>>& rows,
+                                          std::size_t file_col, const fs::path& csv,
+                                          const std::function<std::string(std::size_t)>& row_name) {
+  const auto& header = rows.front();
+  std::vector<std::size_t> out;
+  for (std::size_t c = 0; c < header.size(); ++c) {
+    if (c == file_col) continue;
+    if (header[c].empty()) {
+      for (std::size_t r = 1; r < rows.size(); ++r) {
+        if (rows[r].size() == header.size() && !rows[r][c].empty()) {
+          throw std::runtime_error(fmt::format(
+              "{}: column {} has no name, yet {} has a value in it; name the column in the "
+              "header or delete it",
+              csv.string(), c + 1, row_name(r)));
+        }
+      }
+      continue;  // empty in every row: ignored
+    }
+    for (std::size_t prev : out) {
+      if (header[prev] == header[c]) {
+        throw std::runtime_error(
+            fmt::format("{}: columns {} and {} are both named '{}': each row's metadata could "
+                        "keep only one of them; rename one",
+                        csv.string(), prev + 1, c + 1, header[c]));
+      }
+    }
+    out.push_back(c);
+  }
+  return out;
 }
 
 std::optional<std::size_t> first_invalid_cell(const std::vector<std::string>& row) {
@@ -309,22 +394,30 @@ const std::vector<std::string>& image_extensions() {
   return exts;
 }
 
+bool is_manifest_path(const fs::path& p) { return lower(p.extension().string()) == ".csv"; }
+
 ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
-  auto rows = parse_csv(csv);
+  auto [rows, lines] = parse_csv(csv);
   if (rows.empty()) throw std::runtime_error(fmt::format("{}: empty manifest", csv.string()));
   const auto& header = rows.front();
   if (auto bad = first_invalid_cell(header)) {
     throw std::runtime_error(
         fmt::format("{}: header, column {}: not valid UTF-8", csv.string(), *bad + 1));
   }
+  // "row 3", or "row 3 (line 6)" when blank lines or quoted newlines come before it.
+  auto row_name = [&lines](std::size_t r) {
+    if (r >= lines.size() || lines[r] == r + 1) return fmt::format("row {}", r + 1);
+    return fmt::format("row {} (line {})", r + 1, lines[r]);
+  };
   std::size_t file_col = find_file_column(header, csv, options);
+  const auto meta_cols = metadata_columns(rows, file_col, csv, row_name);
   fs::path base = normalize_path(csv).parent_path();
 
   Collector out;
   for (std::size_t r = 1; r < rows.size(); ++r) {
     const auto& row = rows[r];
-    std::string where = fmt::format("{} row {}", csv.string(), r + 1);
-    if (row.size() == 1 && row[0].empty()) continue;  // blank line
+    std::string where = fmt::format("{} {}", csv.string(), row_name(r));
+    if (row.size() == 1 && row[0].empty()) continue;  // a line holding only ""
     if (row.size() != header.size()) {
       out.result.problems.push_back(
           {where, fmt::format("{} fields, the header has {}", row.size(), header.size())});
@@ -341,6 +434,13 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
       out.result.problems.push_back({where, fmt::format("empty '{}' field", header[file_col])});
       continue;
     }
+    if (row[file_col].find('\0') != std::string::npos) {
+      // The system would read the name only up to the NUL: another file than the one stored.
+      out.result.problems.push_back(
+          {where, fmt::format("the '{}' field contains a NUL byte, which no file name can hold",
+                              header[file_col])});
+      continue;
+    }
     fs::path p = row[file_col];
     p = normalize_path(p.is_absolute() ? p : base / p);
     if (auto why = not_a_file(p)) {
@@ -348,9 +448,7 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
       continue;
     }
     nlohmann::json meta = nlohmann::json::object();
-    for (std::size_t c = 0; c < header.size(); ++c) {
-      if (c != file_col) meta[header[c]] = row[c];
-    }
+    for (std::size_t c : meta_cols) meta[header[c]] = row[c];
     if (const auto size = meta.dump().size(); size > store::kMaxMetadataBytes) {
       out.result.problems.push_back({where, fmt::format("metadata: {} bytes as JSON, at most {}",
                                                         size, store::kMaxMetadataBytes)});
@@ -364,6 +462,11 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
 ScanResult scan_inputs(const std::vector<fs::path>& inputs, const ScanOptions& options) {
   Collector out;
   for (const auto& input : inputs) {
+    if (input.empty()) {
+      // fs::absolute("") throws: an empty argument fails here, as a missing path does.
+      out.result.problems.push_back({kEmptyPathName, "an empty argument names no file or folder"});
+      continue;
+    }
     std::error_code ec, link_ec;
     auto status = fs::status(input, ec);
     if (ec || !fs::exists(status)) {
@@ -372,7 +475,7 @@ ScanResult scan_inputs(const std::vector<fs::path>& inputs, const ScanOptions& o
           {input.string(), link ? symlink_problem(input, ec) : "no such file or folder"});
     } else if (fs::is_directory(status)) {
       walk_folder(input, options, out);
-    } else if (lower(input.extension().string()) == ".csv") {
+    } else if (is_manifest_path(input)) {
       try {
         out.merge(read_manifest(input, options));
       } catch (const std::exception& e) {

@@ -16,14 +16,29 @@ struct SourceFile {
 // Shown as "<where>: <reason>". Both hold raw bytes (paths may not be UTF-8): use
 // utf8_display (files.h) before putting them in JSON.
 struct ScanProblem {
-  std::string where;  // a path, "<manifest.csv> row N" or "<manifest.csv> row N, column C"
+  // A path; "(empty path)" for an empty input; "<manifest.csv> row N" or "<manifest.csv> row N,
+  // column C", with " (line L)" after N when the row starts on another line than its number
+  // (blank lines or quoted newlines before it).
+  std::string where;
   std::string reason;
+  // A symlink met in a folder walk whose target does not exist (stat: ENOENT): when it is in
+  // the collection, index_files counts it as vanished rather than as a failure.
+  bool dangling_symlink = false;
 };
 
 struct ScanResult {
   std::vector<SourceFile> files;  // unique paths, in input order
   std::vector<ScanProblem> problems;
+  // Folder inputs (as given) whose walk found no image file at all: what an unmounted drive's
+  // mount point looks like. index_files keeps the stored images under them unchecked.
+  std::vector<std::filesystem::path> empty_folders;
 };
+
+// The text a ScanProblem gives an empty input (an empty argument, `index ""`) as its `where`.
+inline constexpr const char* kEmptyPathName = "(empty path)";
+
+// Whether `p` is treated as a CSV manifest: its extension is ".csv" in any case (".Csv" too).
+bool is_manifest_path(const std::filesystem::path& p);
 
 struct ScanOptions {
   // Manifest column holding the image path; empty = the first of file, path, image, filename,
@@ -36,8 +51,10 @@ struct ScanOptions {
 // case-insensitively. All decode (image/decode.h): .heic/.heif/.avif through libheif.
 const std::vector<std::string>& image_extensions();
 
-// Each input is a folder, a CSV manifest (".csv") or an image file; paths may hold any bytes
-// (they need not be UTF-8). Scanning goes on past every problem.
+// Each input is a folder, a CSV manifest (is_manifest_path: ".csv" in any case) or an image
+// file; paths may hold any bytes (they need not be UTF-8). Scanning goes on past every problem.
+// An empty input is a ScanProblem named kEmptyPathName ("an empty argument names no file or
+// folder"), as a missing one.
 //
 // A folder is walked recursively for entries with an image extension that are regular files
 // or symlinks to regular files (listed under the symlink's own path). Not followed, like fd:
@@ -48,7 +65,8 @@ const std::vector<std::string>& image_extensions();
 // on without it), and, among entries with an image extension, a broken symlink ("broken
 // symlink (its target T does not exist)"), a symlink loop ("symlink loop (too many levels of
 // symbolic links)") and anything not a regular file ("not a regular file (a FIFO)", ...).
-// Folder results are sorted by path (bytewise); problems too.
+// A broken symlink's problem has dangling_symlink set. A folder input whose walk finds no image
+// file is listed in empty_folders. Folder results are sorted by path (bytewise); problems too.
 //
 // A missing input, a malformed manifest or a manifest row naming a missing file also becomes
 // a ScanProblem. When the same path is listed twice, it keeps its first position and the later
@@ -60,14 +78,21 @@ ScanResult scan_inputs(const std::vector<std::filesystem::path>& inputs,
 // and newlines; a UTF-8 byte order mark is skipped). The manifest must be UTF-8 and at most
 // kDefaultMaxReadBytes (files.h, 256 MiB); a single field may be as large as that.
 // Rows are numbered as CSV records, the header being row 1 (a newline inside a quoted field
-// does not start a row). The file column's paths are resolved against the manifest's folder
+// does not start a row; blank lines are not rows); a problem names the line a row starts on
+// too when it differs ("row 3 (line 6)"). The file column's paths are resolved against the
+// manifest's folder
 // ("../x.jpg" and "sub/../x.jpg" included) and made lexically normal; absolute paths are kept.
 // A row with a cell that is not valid UTF-8 is skipped, with the ScanProblem "<manifest> row N,
 // column C: not valid UTF-8" (C counted from 1); a row with the wrong number of fields, an
-// empty file cell, or naming a missing or non-regular file is skipped with its problem too;
-// the other rows load. Duplicate rows: as scan_inputs (first position, later metadata).
+// empty file cell, a file cell holding a NUL byte ("... contains a NUL byte"), or naming a
+// missing or non-regular file is skipped with its problem too; the other rows load. Duplicate
+// rows: as scan_inputs (first position, later metadata). Every column other than the file
+// column is metadata under its header name; a column with no name is ignored when every row
+// leaves it empty (a trailing comma, as spreadsheets write), and refuses the manifest otherwise.
 // Throws std::runtime_error naming the file and the cause for an unreadable file, bad quoting,
-// an empty manifest, a header cell that is not UTF-8, or a header without a file column.
+// an empty manifest, a header cell that is not UTF-8, a header without a file column or with two
+// (case-insensitively), two metadata columns of the same name ("columns 2 and 3 are both named
+// 'tag'"), or a column with no name that holds a value ("column 4 has no name, ...").
 ScanResult read_manifest(const std::filesystem::path& csv, const ScanOptions& options = {});
 
 }  // namespace lookalike::pipeline

@@ -314,10 +314,10 @@ void migrate(SQLite::Database& db, const std::filesystem::path& path, int from) 
   tx.commit();
 }
 
-// Refuses files that are not ours before anything is written to them. A read-only connection
-// reads an older schema as it is (only a writer migrates).
-void check_identity(SQLite::Database& db, const std::filesystem::path& path,
-                    bool may_migrate = true) {
+// Refuses files that are not ours before anything is written to them; returns the schema
+// version. Reads only: a writer migrates an older schema (migrate) once the file has passed
+// quick_check, and a read-only connection reads it as it is.
+int check_identity(SQLite::Database& db, const std::filesystem::path& path) {
   if (!has_table(db, "meta") || !has_table(db, "images") || !has_table(db, "embeddings")) {
     throw error(path, "not a lookalike catalog (no lookalike meta/images/embeddings tables)");
   }
@@ -336,7 +336,7 @@ void check_identity(SQLite::Database& db, const std::filesystem::path& path,
                           std::to_string(kCatalogSchemaVersion) + "); upgrade lookalike");
   }
   if (version < 1) throw error(path, "invalid catalog schema version " + *version_text);
-  if (version < kCatalogSchemaVersion && may_migrate) migrate(db, path, version);
+  return version;
 }
 
 CatalogConfig parse_config(const std::filesystem::path& path, const std::string& text) {
@@ -433,15 +433,17 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path, bool c
     } else if (empty) {
       throw error(path, "not a lookalike catalog (empty database)");
     } else {
-      check_identity(db, path);
+      const int version = check_identity(db, path);
       // A writer must not build on a damaged file: quick_check reads every page, O(file size),
       // paid once per write-mode open (readers skip it; `info` runs it, see check_integrity).
+      // It runs before anything is written, the migration of an older schema included.
       auto verdict = db.execAndGet("PRAGMA quick_check(1)").getString();
       if (verdict != "ok") {
         throw error(path, "catalog is damaged (SQLite quick_check: " + verdict +
                               "); nothing was written. Restore a backup, or recover the rows with "
                               "`sqlite3 catalog.db .recover`");
       }
+      if (version < kCatalogSchemaVersion) migrate(db, path, version);
     }
     db.exec("PRAGMA journal_mode = WAL");  // persistent; a no-op once set
   } catch (const SQLite::Exception& e) {
@@ -464,7 +466,7 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::filesystem::path& pa
     if (c->db_->execAndGet("SELECT count(*) FROM sqlite_master").getInt() == 0) {
       throw error(path, "not a lookalike catalog (empty database)");
     }
-    check_identity(*c->db_, path, /*may_migrate=*/false);
+    check_identity(*c->db_, path);  // an older schema is read as it is
   } catch (const SQLite::Exception& e) {
     if (e.getErrorCode() == SQLITE_NOTADB) {
       throw error(path, std::string("not a lookalike catalog (") + e.what() + ")");
@@ -521,6 +523,21 @@ void Catalog::create_atomic(const std::filesystem::path& path, const CatalogConf
 }
 
 Catalog::~Catalog() = default;
+
+void Catalog::checkpoint() {
+  try {
+    SQLite::Statement q(*db_, "PRAGMA wal_checkpoint(TRUNCATE)");
+    // One row: busy (1 when a reader kept it from finishing), WAL frames, frames checkpointed.
+    if (q.executeStep() && q.getColumn(0).getInt() != 0) {
+      throw error(path_, "WAL checkpoint incomplete: another connection is reading (" +
+                             std::to_string(q.getColumn(2).getInt()) + " of " +
+                             std::to_string(q.getColumn(1).getInt()) +
+                             " WAL frames copied); catalog.db-wal keeps the rest");
+    }
+  } catch (const SQLite::Exception& e) {
+    throw error(path_, std::string("WAL checkpoint failed: ") + e.what());
+  }
+}
 
 std::string Catalog::quick_check() const {
   return reading(path_, [&] { return db_->execAndGet("PRAGMA quick_check(1)").getString(); });
@@ -964,13 +981,16 @@ Snapshot Catalog::snapshot(const std::vector<std::int64_t>& ids) const {
 
 std::vector<std::int64_t> Catalog::ids_under(const std::string& path) const {
   return reading(path_, [&] {
-    // [path + "/", path + "0") is every string with the prefix path + "/" ('0' follows '/').
+    // [prefix, prefix with its last '/' made '0') is every string that starts with prefix ('0'
+    // follows '/'). prefix is path + "/", or "/" itself for the root folder (every path).
+    const std::string prefix = path.ends_with('/') ? path : path + "/";
+    const std::string end = prefix.substr(0, prefix.size() - 1) + "0";
     SQLite::Statement q(*db_,
                         "SELECT id FROM images WHERE path = ?1 OR (path >= ?2 AND path < ?3) "
                         "ORDER BY id");
     q.bind(1, path);
-    q.bind(2, path + "/");
-    q.bind(3, path + "0");
+    q.bind(2, prefix);
+    q.bind(3, end);
     std::vector<std::int64_t> out;
     while (q.executeStep()) out.push_back(q.getColumn(0).getInt64());
     return out;
@@ -1140,16 +1160,21 @@ std::vector<ImageRecord> Catalog::list() const {
 }
 
 namespace {
-// Decodes and checks one stored vector blob; throws StoreError for a wrong size.
-std::vector<float> read_vector(const std::filesystem::path& path, SQLite::Column blob,
-                               std::int64_t id, int dim) {
+// Decodes and checks one stored vector blob: the vector, or why it cannot be used (a blob that
+// is not dim * 4 bytes, a non-finite value, a cosine vector whose norm is not 1). A bad blob is
+// a corrupt vector like any other (CorruptVector), never a failed read: it is left out of the
+// index and repaired by re-indexing its file.
+std::vector<float> read_vector(SQLite::Column blob, int dim, bool cosine,
+                               std::optional<std::string>& problem) {
+  std::vector<float> v;
   if (blob.getBytes() != dim * 4) {
-    throw error(path, "embedding of image " + std::to_string(id) + " has " +
-                          std::to_string(blob.getBytes()) + " bytes, expected " +
-                          std::to_string(dim * 4));
+    problem = "embedding has " + std::to_string(blob.getBytes()) + " bytes, not " +
+              std::to_string(dim * 4) + " (" + std::to_string(dim) + " floats)";
+    return v;
   }
-  std::vector<float> v(static_cast<std::size_t>(dim));
+  v.resize(static_cast<std::size_t>(dim));
   decode_vector(blob.getBlob(), v.size(), v.data());
+  problem = vector_problem(v.data(), dim, cosine);
   return v;
 }
 }  // namespace
@@ -1162,8 +1187,9 @@ std::optional<std::vector<float>> Catalog::embedding(std::int64_t id) const {
     q.bind(1, id);
     q.bind(2, cfg->model_id);
     if (!q.executeStep()) return std::nullopt;
-    auto v = read_vector(path_, q.getColumn(0), id, cfg->dim);
-    if (auto why = vector_problem(v.data(), cfg->dim, cfg->metric == "cosine")) {
+    std::optional<std::string> why;
+    auto v = read_vector(q.getColumn(0), cfg->dim, cfg->metric == "cosine", why);
+    if (why) {
       auto rec = get(id);
       throw error(path_, "image " + std::to_string(id) + (rec ? " (" + rec->path + ")" : "") +
                              ": stored " + *why + "; re-index the file to repair it");
@@ -1206,8 +1232,9 @@ std::optional<std::vector<float>> Catalog::embedding_by_hash(
     q.bind(1, cfg->model_id);
     q.bind(2, content_hash);
     while (q.executeStep()) {
-      auto v = read_vector(path_, q.getColumn(1), q.getColumn(0).getInt64(), cfg->dim);
-      if (!vector_problem(v.data(), cfg->dim, cfg->metric == "cosine")) return v;
+      std::optional<std::string> why;
+      auto v = read_vector(q.getColumn(1), cfg->dim, cfg->metric == "cosine", why);
+      if (!why) return v;
     }
     return std::nullopt;
   });
@@ -1348,8 +1375,9 @@ std::int64_t Catalog::for_each_embedding(const std::function<void(std::int64_t, 
     q.bind(1, cfg->model_id);
     while (q.executeStep()) {
       const std::int64_t id = q.getColumn(0).getInt64();
-      auto v = read_vector(path_, q.getColumn(1), id, cfg->dim);
-      if (auto why = vector_problem(v.data(), cfg->dim, cosine)) {
+      std::optional<std::string> why;
+      auto v = read_vector(q.getColumn(1), cfg->dim, cosine, why);
+      if (why) {
         if (corrupt) corrupt->push_back({id, *why});
         continue;
       }

@@ -78,11 +78,14 @@ struct CatalogConfig {
   std::string search_defaults = "{}";
 };
 
-// A vector that failed the checks made as vectors are read: finite values, and unit L2 norm
-// (+-1e-3) in a cosine collection. Such a vector is left out of the index and reported.
+// A vector that failed the checks made as vectors are read: a blob of dim * 4 bytes, finite
+// values, and unit L2 norm (+-1e-3) in a cosine collection. Such a vector is left out of the
+// index and reported.
 struct CorruptVector {
   std::int64_t id = 0;
-  std::string reason;  // e.g. "embedding has a non-finite value", "embedding norm 0.8711, not 1"
+  // e.g. "embedding has a non-finite value", "embedding norm 0.8711, not 1 (cosine collection)",
+  // "embedding has 5116 bytes, not 5120 (1280 floats)"
+  std::string reason;
 };
 
 // Metadata filter: an image matches when every term holds (AND). Terms look at the top-level
@@ -187,6 +190,12 @@ class Catalog {
   // reflects.
   std::int64_t generation() const;
   std::int64_t count() const;  // O(n): SQLite counts rows; keep it off per-batch paths
+  // Copies every committed page from catalog.db-wal into catalog.db and truncates the WAL to 0
+  // bytes (PRAGMA wal_checkpoint(TRUNCATE)), so that catalog.db alone holds every commit. Waits
+  // up to the busy timeout for readers of older snapshots; throws StoreError when SQLite fails
+  // or a reader kept it from finishing (the WAL then keeps what was not copied: nothing is
+  // lost). A read-write connection only (Collection's writer runs it before it closes).
+  void checkpoint();
   // SQLite's PRAGMA quick_check: "ok", or the first problem found. Reads every page: O(file
   // size). A write-mode open runs it and refuses a damaged catalog.
   std::string quick_check() const;
@@ -221,10 +230,11 @@ class Catalog {
   Snapshot snapshot(const std::vector<std::int64_t>& ids) const;
   // Ids of the image at `path` and of every image under the folder `path` (a prefix match on
   // "path/", through the unique index on path: O(log n + matches)). `path` is absolute and
-  // normal, without a trailing '/'.
+  // normal, without a trailing '/' except the root folder "/" (every image).
   std::vector<std::int64_t> ids_under(const std::string& path) const;
-  // The stored embedding of `id`, checked as vectors are read (see CorruptVector): throws
-  // StoreError naming the image and the reason for a corrupt one.
+  // The stored embedding of `id`, checked as vectors are read (see CorruptVector: a blob that is
+  // not dim * 4 bytes is one too): throws StoreError naming the image and the reason for a
+  // corrupt one.
   std::optional<std::vector<float>> embedding(std::int64_t id) const;
   // The stored embeddings of ids[0..n) into out (n x dim, row-major), in one read transaction
   // with one prepared statement: found[i] = false for an id without one, or whose vector fails
@@ -267,8 +277,8 @@ class Catalog {
 
   // Calls fn(id, vector) for every embedding of the config's model, by id. vector: dim floats,
   // valid during the call only. Reads one snapshot and returns the generation it reflects.
-  // Vectors that fail the checks (CorruptVector) are not passed to fn; they are appended to
-  // `corrupt` when given.
+  // Vectors that fail the checks (CorruptVector: a wrong-size blob, a non-finite value, a
+  // cosine norm off 1) are not passed to fn; they are appended to `corrupt` when given.
   std::int64_t for_each_embedding(const std::function<void(std::int64_t, const float*)>& fn,
                                   std::vector<CorruptVector>* corrupt = nullptr) const;
 

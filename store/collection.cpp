@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -59,13 +60,27 @@ void check_normalised(const std::vector<Put>& puts) {
   }
 }
 
-// A catalog.db that an interrupted creation by an older version left behind: empty, or
-// without config. Such a file holds nothing to keep.
+// Whether dir/catalog.db is a non-empty regular file. Only "no such file" reads as "no": any
+// other failure to look (EACCES, ENOTDIR, EIO) throws, naming the folder and the system's
+// words, rather than pass for an empty folder.
+bool has_catalog_file(const fs::path& dir) {
+  const auto db = dir / kCatalogFile;
+  struct stat st {};
+  if (::stat(db.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOENT) return false;
+    throw StoreError(dir.string() + ": cannot read the collection: " + std::strerror(err));
+  }
+  return S_ISREG(st.st_mode) && st.st_size > 0;
+}
+
+// A catalog.db that an interrupted creation by an older version left behind: empty, or a
+// lookalike catalog without config and without images. Such a file holds nothing to keep.
 bool is_unfinished_catalog(const fs::path& db) {
   if (file_bytes(db) == 0) return true;
   try {
     auto c = Catalog::open_read_only(db);
-    return !c->config();
+    return !c->config() && c->count() == 0;
   } catch (const StoreError&) {
     return false;  // someone else's file, or damaged: let open() report it
   }
@@ -94,8 +109,17 @@ struct Collection::Built {
 };
 
 bool Collection::exists(const fs::path& dir) {
-  std::error_code ec;
-  return fs::is_regular_file(dir / kCatalogFile, ec) && file_bytes(dir / kCatalogFile) > 0;
+  return has_catalog_file(dir) && !is_unfinished_catalog(dir / kCatalogFile);
+}
+
+bool Collection::unfinished(const fs::path& dir) {
+  const auto db = dir / kCatalogFile;
+  struct stat st {};
+  if (::stat(db.c_str(), &st) != 0) {
+    has_catalog_file(dir);  // throws unless it is "no such file"
+    return false;
+  }
+  return S_ISREG(st.st_mode) && is_unfinished_catalog(db);
 }
 
 void Collection::validate_config(const fs::path& dir, const CatalogConfig& c) {
@@ -205,7 +229,7 @@ auto Collection::reading(F&& f) const {
 }
 
 std::unique_ptr<Collection> Collection::open(const fs::path& dir, Mode mode) {
-  if (!exists(dir)) {
+  if (!has_catalog_file(dir)) {
     throw StoreError(dir.string() + ": not a lookalike collection (no " + kCatalogFile + ")");
   }
   std::unique_ptr<Collection> c(new Collection());
@@ -219,9 +243,16 @@ std::unique_ptr<Collection> Collection::open(const fs::path& dir, Mode mode) {
   const Catalog& catalog = mode == Mode::Write ? *c->writer_ : *primary;
   auto config = catalog.config();
   if (!config) {
-    throw StoreError(dir.string() +
-                     ": collection has no config (its creation was interrupted; run `lookalike "
-                     "index` on it to create it again)");
+    const auto images = catalog.count();
+    if (images == 0) {  // unfinished(dir): create_or_open replaces it
+      throw StoreError(dir.string() +
+                       ": collection has no config (its creation was interrupted); `lookalike "
+                       "index PATH` creates it again");
+    }
+    throw StoreError(dir.string() + ": collection has no config but holds " +
+                     std::to_string(images) +
+                     " images (no lookalike leaves such a catalog); it is not replaced: restore "
+                     "catalog.db from a backup");
   }
   c->config_ = *config;
   c->collection_id_ = catalog.collection_id();
@@ -232,9 +263,24 @@ std::unique_ptr<Collection> Collection::open(const fs::path& dir, Mode mode) {
 }
 
 std::unique_ptr<Collection> Collection::create_or_open(const fs::path& dir,
-                                                       const CatalogConfig& config) {
+                                                       const CatalogConfig& config,
+                                                       Creation* creation) {
   validate_config(dir, config);
   std::error_code ec;
+  Creation made;
+  // The folders that do not exist yet, deepest first ("a/b/" names the folder "a/b").
+  auto folder = dir.lexically_normal();
+  while (!folder.empty() && folder.filename().empty() && folder != folder.root_path())
+    folder = folder.parent_path();
+  for (auto p = folder; !p.empty() && p != p.parent_path(); p = p.parent_path()) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) == 0 || errno != ENOENT) break;
+    made.folders.push_back(p);
+  }
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    made.existing.insert(it->path().filename().string());
+  }
   fs::create_directories(dir, ec);
   if (ec) throw StoreError(dir.string() + ": cannot create collection directory: " + ec.message());
   {
@@ -247,8 +293,12 @@ std::unique_ptr<Collection> Collection::create_or_open(const fs::path& dir,
       for (const char* suffix : {"", "-wal", "-shm", "-journal"})
         fs::remove(db.string() + suffix, ec);
     }
-    if (!fs::exists(db, ec)) Catalog::create_atomic(db, config);
+    if (!fs::exists(db, ec)) {
+      Catalog::create_atomic(db, config);
+      made.catalog = true;
+    }
   }  // the guard's lock is released; open() takes it again
+  if (creation) *creation = made;
   auto c = open(dir, Mode::Write);
   if (!same_identity(c->config_, config)) {
     throw StoreError("collection " + dir.string() + " was created with " + describe(c->config_) +
@@ -289,9 +339,51 @@ std::string search_defaults_json(const index::SearchParams& p) {
   return search_params_json(p).dump();
 }
 
+bool Collection::undo_creation(std::unique_ptr<Collection>& c, const Creation& creation) {
+  if (!c || !creation.catalog) return false;
+  try {
+    if (c->count() != 0) return false;
+  } catch (const StoreError&) {
+    return false;  // cannot tell: keep it
+  }
+  const auto dir = c->dir_;
+  c.reset();  // closes SQLite and releases the lock first
+  std::error_code ec;
+  std::vector<fs::path> doomed;
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    const bool catalog = name == kCatalogFile || name == std::string(kCatalogFile) + "-wal" ||
+                         name == std::string(kCatalogFile) + "-shm" ||
+                         name == std::string(kCatalogFile) + "-journal";
+    const bool ours = name == kLockFile || is_index_cache(name) ||
+                      (name.rfind("index-", 0) == 0 && name.ends_with(".faiss.tmp"));
+    if (catalog || (ours && creation.existing.count(name) == 0)) doomed.push_back(it->path());
+  }
+  for (const auto& p : doomed) fs::remove(p, ec);
+  for (const auto& folder : creation.folders) fs::remove(folder, ec);  // only when empty
+  return true;
+}
+
 Collection::~Collection() {
-  writer_.reset();  // close SQLite before the lock is released
-  idle_.clear();
+  // The pooled read-only connections close first, so that the writer's connection is the last:
+  // a read-only connection cannot checkpoint, and without this every commit would stay in
+  // catalog.db-wal, leaving catalog.db alone (what a backup or a copy takes) an empty shell.
+  {
+    std::lock_guard lock(pool_mu_);
+    idle_.clear();
+  }
+  if (writer_) {
+    try {
+      writer_->checkpoint();  // catalog.db holds every commit; the WAL is left empty
+    } catch (const std::exception& e) {
+      try {
+        spdlog::warn("{}", e.what());
+      } catch (...) {
+      }
+    }
+    writer_.reset();  // close SQLite before the lock is released
+  }
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 

@@ -27,6 +27,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -118,11 +119,19 @@ class RwLock {
 class Collection {
  public:
   enum class Mode { Read, Write };
+  // What create_or_open made, so that a run that then stores nothing can take it back
+  // (undo_creation).
+  struct Creation {
+    bool catalog = false;  // catalog.db was created (or replaced an unfinished one)
+    std::vector<std::filesystem::path> folders;  // folders created for it, deepest first
+    std::set<std::string> existing;              // the folder's entries before
+  };
   // Opens an existing collection and loads its index (cache file or rebuild). Write mode takes
   // the writer lock (throws StoreError "collection <dir> is locked by another lookalike
   // process" when another writer holds it) and deletes leftovers of an interrupted run (*.tmp,
   // index caches of other generations). Throws StoreError when `dir` is not a collection or its
-  // catalog is refused (see Catalog).
+  // catalog is refused (see Catalog), or "<dir>: cannot read the collection: <cause>" when the
+  // folder cannot be looked into (permissions).
   static std::unique_ptr<Collection> open(const std::filesystem::path& dir, Mode mode);
   // Opens `dir` for writing, creating it first when it is not a collection yet: the catalog
   // appears atomically, complete with `config` (Catalog::create_atomic), so a kill or a full
@@ -130,10 +139,25 @@ class Collection {
   // an older version is replaced. Throws StoreError if the existing config differs from
   // `config` in model_id, dim, metric or factory, or if `config` is invalid (empty model_id,
   // dim < 1, unknown metric, a factory string VectorIndex::validate_factory refuses): then
-  // nothing is created.
+  // nothing is created. `creation`, when given, receives what was made (see undo_creation).
   static std::unique_ptr<Collection> create_or_open(const std::filesystem::path& dir,
-                                                    const CatalogConfig& config);
+                                                    const CatalogConfig& config,
+                                                    Creation* creation = nullptr);
+  // Takes back a creation that stored nothing: when `creation.catalog` is set and `c` holds no
+  // image, closes `c` (reset) and deletes what create_or_open made: catalog.db with its -wal
+  // and -shm, and the lock file and index caches that were not in the folder before, then the
+  // folders it created, each only if empty. Never anything else. Returns whether it did;
+  // otherwise (it holds images, or they cannot be counted) `c` is left open. Does not throw.
+  static bool undo_creation(std::unique_ptr<Collection>& c, const Creation& creation);
+  // Whether `dir` holds a collection: a catalog.db that is not the leftover of an interrupted
+  // creation (see unfinished). Throws StoreError "<dir>: cannot read the collection: <cause>"
+  // (the system's words, e.g. "Permission denied", "Not a directory") when it cannot tell: a
+  // folder that cannot be looked into is not "no collection".
   static bool exists(const std::filesystem::path& dir);
+  // Whether `dir` holds a catalog.db that an interrupted creation left: 0 bytes, or a lookalike
+  // catalog without config and without images. It is no collection: create_or_open replaces
+  // it, and open() refuses it. Throws as exists() does.
+  static bool unfinished(const std::filesystem::path& dir);
   // Refuses a config before anything is created for it (see create_or_open).
   static void validate_config(const std::filesystem::path& dir, const CatalogConfig& config);
   ~Collection();

@@ -33,7 +33,13 @@ lookalike_e2e(e2e_incremental incremental.py TIMEOUT 600 REQUIRES model_mobilene
 lookalike_e2e(e2e_crash crash.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_cli cli_errors.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_prune_safety prune_safety.py TIMEOUT 300 REQUIRES model_mobilenet_v2)
+# Defects a review found in the store: WAL left uncheckpointed, config-less catalogs, wrong-size
+# vectors, unreadable folders, `remove /`, collections created by runs that stored nothing.
+lookalike_e2e(e2e_store_defects store_defects.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_defects defects.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# Defects a review found in `index`: empty path, list.Csv, duplicate columns, dangling symlinks,
+# row lines, --prune on an emptied folder, NUL in a file cell, rewritten metadata uncounted.
+lookalike_e2e(e2e_index_defects index_defects.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 lookalike_e2e(e2e_bad_inputs bad_inputs.py TIMEOUT 900 REQUIRES "model_mobilenet_v2;bad_inputs")
 lookalike_e2e(e2e_server_api server_api.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 # Requests a review found the server mishandled (deep JSON, chunked bodies, slow clients, ...).

@@ -570,6 +570,70 @@ TEST(Catalog, IdsUnderMatchesTheFolderAndNothingBesideIt) {
   EXPECT_EQ(c->ids_under("/q"), Ids{});
 }
 
+// The root folder holds every image: its prefix is "/", not "//" (`lookalike remove /` found
+// nothing).
+TEST(Catalog, IdsUnderTheRootFolderIsEveryImage) {
+  auto c = fresh_catalog("catalog_under_root");
+  auto ids = c->write_batch({make_put("/a.jpg", 1), make_put("/p/DIR/b.jpg", 2),
+                             make_put("/zz/c.jpg", 3), make_put("/~/d.jpg", 4)},
+                            {});
+  EXPECT_EQ(c->ids_under("/"), ids);
+  c->write_batch({}, c->ids_under("/"));
+  EXPECT_EQ(c->count(), 0);
+}
+
+// A write-mode open of a damaged catalog of an older schema refuses it before migrating it:
+// "nothing was written" holds, and its schema_version is still the old one.
+TEST(Catalog, DamagedOlderCatalogIsRefusedBeforeItIsMigrated) {
+  const auto path = scratch_dir("catalog_damaged_v3") / "catalog.db";
+  {
+    auto c = Catalog::open(path, true);
+    c->set_config(test_config());
+    std::vector<Put> puts;
+    for (int i = 0; i < 300; ++i) puts.push_back(make_put("/p/" + std::to_string(i) + ".jpg", i));
+    c->write_batch(puts, {});
+  }
+  // What a version-3 catalog looks like: no phash columns, schema_version 3; everything in
+  // catalog.db itself (the WAL checkpointed), so that the page damaged below is the one read.
+  raw_sql(path,
+          "ALTER TABLE images DROP COLUMN phash; ALTER TABLE images DROP COLUMN phash_95;"
+          "ALTER TABLE images DROP COLUMN phash_90;"
+          "UPDATE meta SET value = '3' WHERE key = 'schema_version';"
+          "PRAGMA wal_checkpoint(TRUNCATE);");
+  ASSERT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"), "3");
+  {
+    auto ro = Catalog::open_read_only(path);
+    ASSERT_EQ(ro->count(), 300);
+    ASSERT_EQ(ro->quick_check(), "ok");
+  }
+  // Damage the root page of the content-hash index: the meta table and the schema, which the
+  // identity check reads, stay intact.
+  const auto page_size = std::stoll(raw_text(path, "PRAGMA page_size"));
+  const auto root = std::stoll(raw_text(path,
+                                        "SELECT rootpage FROM sqlite_master WHERE name = "
+                                        "'images_content_hash'"));
+  ASSERT_GT(root, 1);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp((root - 1) * page_size);
+    const std::string junk(static_cast<std::size_t>(page_size), '\xa5');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  const auto before = read_file(path);
+  auto what = open_error(path, false);
+  EXPECT_NE(what.find("catalog is damaged"), std::string::npos) << what;
+  EXPECT_NE(what.find("nothing was written"), std::string::npos) << what;
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"), "3");
+  EXPECT_EQ(raw_text(path,
+                     "SELECT count(*) FROM pragma_table_info('images') WHERE name LIKE "
+                     "'phash%'"),
+            "0");
+  EXPECT_TRUE(read_file(path) == before) << "catalog.db was written to";
+  const auto wal = std::filesystem::path(path.string() + "-wal");
+  EXPECT_TRUE(!std::filesystem::exists(wal) || std::filesystem::file_size(wal) == 0)
+      << "the refused open wrote to the WAL";
+}
+
 TEST(Catalog, ListPagePaginatesByIdAcrossGaps) {
   auto c = fresh_catalog("catalog_pages");
   std::vector<Put> puts;
@@ -694,6 +758,48 @@ TEST(Catalog, CorruptStoredVectorsAreReportedNeverUsed) {
   // Re-putting the file repairs it.
   c->write_batch({make_put("/nan.jpg", 2)}, {});
   EXPECT_EQ(c->embedding(ids[1]), seeded_vector(2, kDim));
+}
+
+// A blob of the wrong size is a corrupt vector like a non-finite one: reported, skipped, never a
+// failed read of the whole catalog (every command failed on it), repaired by a re-put.
+TEST(Catalog, WrongSizeBlobIsACorruptVectorNotAFailedRead) {
+  auto c = fresh_catalog("catalog_short_blob");
+  auto ids = c->write_batch(
+      {make_put("/ok.jpg", 1), make_put("/short.jpg", 2), make_put("/twin.jpg", 2)}, {});
+  const auto path = c->path();
+  raw_sql(path, "UPDATE embeddings SET vector = substr(vector, 1, " + std::to_string(kDim * 4 - 4) +
+                    ") WHERE image_id = " + std::to_string(ids[1]));
+  ASSERT_EQ(raw_text(path, "SELECT length(vector) FROM embeddings WHERE image_id = " +
+                               std::to_string(ids[1])),
+            std::to_string(kDim * 4 - 4));
+
+  std::vector<std::int64_t> seen;
+  std::vector<lookalike::store::CorruptVector> corrupt;
+  EXPECT_NO_THROW(
+      c->for_each_embedding([&](std::int64_t id, const float*) { seen.push_back(id); }, &corrupt));
+  EXPECT_EQ(seen, (std::vector<std::int64_t>{ids[0], ids[2]}));
+  ASSERT_EQ(corrupt.size(), 1u);
+  EXPECT_EQ(corrupt[0].id, ids[1]);
+  EXPECT_NE(corrupt[0].reason.find("5116 bytes, not 5120"), std::string::npos) << corrupt[0].reason;
+
+  auto what = error_of([&] { c->embedding(ids[1]); });
+  EXPECT_NE(what.find("/short.jpg"), std::string::npos) << what;
+  EXPECT_NE(what.find("5116 bytes"), std::string::npos) << what;
+  EXPECT_NE(what.find("re-index"), std::string::npos) << what;
+  // By hash: the short copy is skipped, its intact twin is used.
+  EXPECT_EQ(c->embedding_by_hash("hash-of-2"), seeded_vector(2, kDim));
+  std::vector<float> out(2 * kDim);
+  bool found[2] = {true, false};
+  const std::int64_t both[2] = {ids[1], ids[0]};
+  c->embeddings(both, 2, out.data(), found);
+  EXPECT_FALSE(found[0]);
+  EXPECT_TRUE(found[1]);
+  // Re-putting the file repairs it.
+  c->write_batch({make_put("/short.jpg", 2)}, {});
+  EXPECT_EQ(c->embedding(ids[1]), seeded_vector(2, kDim));
+  corrupt.clear();
+  c->for_each_embedding([](std::int64_t, const float*) {}, &corrupt);
+  EXPECT_TRUE(corrupt.empty());
 }
 
 // A cosine check is not applied to an l2 catalog: only finiteness.

@@ -754,11 +754,28 @@ TEST(Collection, CreateOrOpenReplacesWhatAnInterruptedCreationLeft) {
     SCOPED_TRACE("catalog.db without config");
     auto dir = scratch_dir("collection_create_configless");
     { Catalog::open(dir / "catalog.db", true); }
+    // Not a collection: `index` (create_or_open) replaces it, as an empty catalog.db is.
+    EXPECT_FALSE(Collection::exists(dir));
+    EXPECT_TRUE(Collection::unfinished(dir));
     for (auto mode : {Mode::Read, Mode::Write}) {
       auto what = store_error([&] { Collection::open(dir, mode); });
       EXPECT_NE(what.find("no config"), std::string::npos) << what;
     }
     works(dir);
+    EXPECT_FALSE(Collection::unfinished(dir));
+  }
+  {
+    SCOPED_TRACE("catalog.db without config but with images is never replaced");
+    auto dir = scratch_dir("collection_create_configless_rows");
+    { Catalog::open(dir / "catalog.db", true); }
+    raw_sql(dir / "catalog.db",
+            "INSERT INTO images(path, content_hash, bytes, width, height, mtime_ns, "
+            "added_at_ms, updated_at_ms) VALUES('/keep.jpg', 'h', 1, 1, 1, 1, 1, 1);");
+    EXPECT_TRUE(Collection::exists(dir));  // open() says what is wrong with it
+    EXPECT_FALSE(Collection::unfinished(dir));
+    auto what = store_error([&] { Collection::create_or_open(dir, small_config()); });
+    EXPECT_NE(what.find("no config"), std::string::npos) << what;
+    EXPECT_EQ(raw_value(dir / "catalog.db", "SELECT path FROM images"), "/keep.jpg");
   }
   {
     SCOPED_TRACE("catalog.db.tmp only");
@@ -787,6 +804,123 @@ TEST(Collection, CreateOrOpenReplacesWhatAnInterruptedCreationLeft) {
     EXPECT_EQ(c->count(), 5);
     EXPECT_EQ(c->get(ids[2])->path, photo(2));
   }
+}
+
+// A run that created a collection and stored nothing takes it back: only what it made goes (a
+// folder that was there keeps everything else, and its own lock file), folders it made go.
+TEST(Collection, UndoCreationRemovesOnlyWhatCreationMade) {
+  {
+    SCOPED_TRACE("new folders");
+    auto top = scratch_dir("collection_undo_new");
+    const auto dir = top / "a" / "b";
+    Collection::Creation made;
+    auto c = Collection::create_or_open(dir, small_config(), &made);
+    EXPECT_TRUE(made.catalog);
+    EXPECT_EQ(made.folders, (std::vector<fs::path>{dir, top / "a"}));
+    c->save_index();
+    EXPECT_TRUE(Collection::undo_creation(c, made));
+    EXPECT_FALSE(c);
+    EXPECT_FALSE(fs::exists(top / "a"));
+    EXPECT_TRUE(fs::exists(top));
+  }
+  {
+    SCOPED_TRACE("a folder that was there, with files of its own and a lock file");
+    auto dir = scratch_dir("collection_undo_existing");
+    std::ofstream(dir / "notes.txt") << "mine";
+    std::ofstream(dir / "lock");
+    std::ofstream(dir / "catalog.db");  // 0 bytes: what an interrupted creation left
+    Collection::Creation made;
+    auto c = Collection::create_or_open(dir, small_config(), &made);
+    EXPECT_TRUE(made.catalog);
+    EXPECT_TRUE(made.folders.empty());
+    EXPECT_TRUE(Collection::undo_creation(c, made));
+    EXPECT_EQ(file_names(dir), (std::set<std::string>{"lock", "notes.txt"}));
+    EXPECT_EQ(read_bytes(dir / "notes.txt"), "mine");
+  }
+  {
+    SCOPED_TRACE("a collection holding images, or one that was there, is kept");
+    auto dir = scratch_dir("collection_undo_keep");
+    Collection::Creation made;
+    auto c = Collection::create_or_open(dir, small_config(), &made);
+    c->apply(puts(0, 1, true, kSmallDim), {});
+    EXPECT_FALSE(Collection::undo_creation(c, made));
+    ASSERT_TRUE(c);
+    c.reset();
+    c = Collection::create_or_open(dir, small_config(), &made);
+    EXPECT_FALSE(made.catalog);
+    c->apply({}, c->ids_under("/"));
+    EXPECT_FALSE(Collection::undo_creation(c, made));
+    ASSERT_TRUE(c);
+    EXPECT_TRUE(Collection::exists(dir));
+  }
+}
+
+// A clean close leaves every commit in catalog.db itself, the WAL empty: catalog.db alone (what a
+// backup or a copy takes) is the whole collection. The writer's connection closes last and
+// checkpoints; a read-only connection cannot, so before, every row stayed in catalog.db-wal.
+TEST(Collection, CleanCloseLeavesEveryCommitInCatalogDb) {
+  auto dir = scratch_dir("collection_clean_close");
+  Ids ids;
+  {
+    auto c = Collection::create_or_open(dir, small_config());
+    ids = c->apply(puts(0, 10, true, kSmallDim), {});
+    // Reads borrow pooled read-only connections, open until the collection closes.
+    EXPECT_EQ(c->count(), 10);
+    auto q = seeded_vector(3, kSmallDim);
+    EXPECT_EQ(c->search(q.data(), 1, 1)[0].at(0).image.id, ids[3]);
+    c->save_index();
+  }
+  const auto wal = dir / "catalog.db-wal";
+  EXPECT_TRUE(!fs::exists(wal) || fs::file_size(wal) == 0)
+      << "catalog.db-wal holds " << fs::file_size(wal) << " bytes after a clean close";
+  // immutable=1: SQLite reads catalog.db alone, ignoring any WAL.
+  {
+    sqlite3* h = nullptr;
+    const auto uri = "file:" + (dir / "catalog.db").string() + "?immutable=1";
+    ASSERT_EQ(sqlite3_open_v2(uri.c_str(), &h, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, nullptr),
+              SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_prepare_v2(h, "SELECT count(*) FROM images", -1, &st, nullptr), SQLITE_OK);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+    EXPECT_EQ(sqlite3_column_int64(st, 0), 10);
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+  }
+  // catalog.db copied alone to another folder is the collection.
+  auto copy = scratch_dir("collection_clean_close_copy");
+  fs::copy_file(dir / "catalog.db", copy / "catalog.db");
+  auto r = Collection::open(copy, Mode::Read);
+  EXPECT_EQ(r->count(), 10);
+  EXPECT_EQ(r->index_size(), 10);
+  auto q = seeded_vector(7, kSmallDim);
+  EXPECT_EQ(r->search(q.data(), 1, 1)[0].at(0).image.path, photo(7));
+  // A Read-mode collection beside a writer changes nothing on close: the writer still checkpoints.
+  {
+    auto w = Collection::open(dir, Mode::Write);
+    auto reader = Collection::open(dir, Mode::Read);
+    w->apply(puts(10, 5, true, kSmallDim), {});
+    EXPECT_EQ(reader->count(), 15);
+    w.reset();
+  }
+  EXPECT_TRUE(!fs::exists(wal) || fs::file_size(wal) == 0);
+  EXPECT_EQ(Collection::open(dir, Mode::Read)->count(), 15);
+}
+
+// A folder that cannot be looked into is not "no collection": the system's words come through
+// (here ENOTDIR: a path under a regular file; EACCES, as a user without permission, is checked
+// through the binary by tests/e2e/store_defects.py).
+TEST(Collection, UnreadableFolderIsNotReportedAsNoCollection) {
+  auto dir = scratch_dir("collection_unreadable");
+  std::ofstream(dir / "file") << "x";
+  const auto under = dir / "file" / "c";
+  for (auto* f : {+[](const fs::path& p) { Collection::exists(p); },
+                  +[](const fs::path& p) { Collection::unfinished(p); },
+                  +[](const fs::path& p) { Collection::open(p, Mode::Read); }}) {
+    auto what = store_error([&] { f(under); });
+    EXPECT_EQ(what, under.string() + ": cannot read the collection: Not a directory");
+  }
+  EXPECT_FALSE(Collection::exists(dir / "missing"));  // only "no such file" is "no collection"
+  EXPECT_FALSE(Collection::unfinished(dir / "missing"));
 }
 
 // create_or_open on a disk that fills up at every point of the creation (a small tmpfs, filled
@@ -1046,6 +1180,52 @@ TEST(Collection, CorruptStoredVectorsAreLeftOutAndReported) {
   auto r = Collection::open(dir, Mode::Read);
   EXPECT_EQ(r->corrupt_ids(), std::unordered_set<std::int64_t>{ids[10]});
   EXPECT_EQ(r->index_size(), 98);
+}
+
+// A blob of the wrong size (5116 bytes for 1280 floats) is a corrupt vector like a non-finite
+// one: the collection opens in both modes (it failed every command), the image is left out and
+// listed, and re-putting its file or removing it repairs the collection.
+TEST(Collection, WrongSizeStoredVectorIsLeftOutAndRepairable) {
+  auto dir = scratch_dir("collection_short_blob");
+  Ids ids;
+  {
+    auto c = Collection::create_or_open(dir, config());
+    ids = c->apply(puts(0, 10), {});
+    c->save_index();
+  }
+  const auto db = dir / "catalog.db";
+  for (int i : {2, 5}) {
+    raw_sql(db, "UPDATE embeddings SET vector = substr(vector, 1, " + std::to_string(kDim * 4 - 4) +
+                    ") WHERE image_id = " + std::to_string(ids[i]));
+  }
+  for (const auto& f : cache_files(dir)) fs::remove(f);
+  const std::unordered_set<std::int64_t> bad = {ids[2], ids[5]};
+  for (auto mode : {Mode::Read, Mode::Write}) {
+    SCOPED_TRACE(mode == Mode::Read ? "read" : "write");
+    std::unique_ptr<Collection> c;
+    ASSERT_NO_THROW(c = Collection::open(dir, mode));
+    EXPECT_EQ(c->corrupt_ids(), bad);
+    EXPECT_EQ(c->index_size(), 8);
+    auto info = c->info();
+    ASSERT_EQ(info.corrupt.size(), 2u);
+    EXPECT_NE(info.corrupt[0].reason.find("5116 bytes, not 5120"), std::string::npos)
+        << info.corrupt[0].reason;
+    auto q = seeded_vector(4, kDim);
+    auto hits = c->search(q.data(), 1, 10)[0];
+    EXPECT_EQ(hits.size(), 8u);
+    EXPECT_EQ(hits.at(0).image.id, ids[4]);
+    auto what = store_error([&] { c->embedding(ids[2]); });
+    EXPECT_NE(what.find(photo(2)), std::string::npos) << what;
+  }
+  auto c = Collection::open(dir, Mode::Write);
+  c->apply({make_put(photo(2), 2)}, {ids[5]});
+  EXPECT_TRUE(c->corrupt_ids().empty());
+  EXPECT_EQ(c->index_size(), 9);
+  auto q = seeded_vector(2, kDim);
+  EXPECT_EQ(c->search(q.data(), 1, 1)[0].at(0).image.id, ids[2]);
+  c->save_index();
+  c.reset();
+  EXPECT_TRUE(Collection::open(dir, Mode::Read)->info().corrupt.empty());
 }
 
 TEST(Collection, FoldersPagesAndMetadata) {

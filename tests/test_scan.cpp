@@ -168,13 +168,13 @@ TEST(ScanTest, ManifestEdgeCases) {
   ASSERT_EQ(big.problems.size(), 1u);
   EXPECT_NE(joined(big.problems[0]).find("bytes as JSON, at most 65536"), std::string::npos)
       << joined(big.problems[0]);
-  // Quoted newlines do not start rows: the second record is row 3, not row 4.
+  // Quoted newlines do not start rows: the second record is row 3, on line 4.
   TempDir t;
   t.file("a.jpg");
   const fs::path csv = t.file("m.csv", "file,note\n\"a.jpg\",\"two\nlines\"\nb.jpg,x\n");
   const ScanResult r = read_manifest(csv);
   ASSERT_EQ(r.problems.size(), 1u);
-  EXPECT_EQ(r.problems[0].where, csv.string() + " row 3");
+  EXPECT_EQ(r.problems[0].where, csv.string() + " row 3 (line 4)");
   // A header cell that is not UTF-8 refuses the whole manifest.
   const fs::path bad_header = t.file("h.csv", "file,caf\xE9\na.jpg,x\n");
   EXPECT_THROW(read_manifest(bad_header), std::runtime_error);
@@ -289,11 +289,142 @@ TEST(ScanTest, BadSymlinksAreReportedAndTheWalkGoesOn) {
   EXPECT_EQ(joined(r.problems[1]),
             (t.path / "loop1.jpg").string() + ": symlink loop (too many levels of symbolic links)");
   EXPECT_EQ(r.problems[2].where, (t.path / "loop2.jpg").string());
+  // Only the broken one is gone for sure (an indexed one is then vanished, not a failure).
+  EXPECT_TRUE(r.problems[0].dangling_symlink);
+  EXPECT_FALSE(r.problems[1].dangling_symlink);
+  EXPECT_FALSE(r.problems[2].dangling_symlink);
   // Given directly as inputs, too.
   const ScanResult direct = scan_inputs({t.path / "broken.jpg", t.path / "loop1.jpg"});
   ASSERT_EQ(direct.problems.size(), 2u);
   EXPECT_NE(direct.problems[0].reason.find("broken symlink"), std::string::npos);
   EXPECT_NE(direct.problems[1].reason.find("symlink loop"), std::string::npos);
+}
+
+// An empty argument is a failed input named as such, not an exception (fs::absolute("")
+// throws), and the inputs after it are still scanned.
+TEST(ScanTest, EmptyInputIsAProblemNamedAsSuch) {
+  TempDir t;
+  t.file("a.jpg");
+  ScanResult r;
+  ASSERT_NO_THROW(r = scan_inputs({fs::path(), t.path}));
+  EXPECT_EQ(names(r, t.path), std::vector<std::string>{"a.jpg"});
+  ASSERT_EQ(r.problems.size(), 1u);
+  EXPECT_EQ(joined(r.problems[0]), "(empty path): an empty argument names no file or folder");
+  EXPECT_THROW(lookalike::pipeline::normalize_path(""), std::invalid_argument);
+}
+
+// ".csv" in any case is a manifest, for the scan and for the indexer's vanished check alike.
+TEST(ScanTest, ManifestExtensionIsCaseInsensitive) {
+  using lookalike::pipeline::is_manifest_path;
+  for (const char* name : {"a.csv", "a.CSV", "a.Csv", "dir/a.cSv"}) {
+    EXPECT_TRUE(is_manifest_path(name)) << name;
+  }
+  for (const char* name : {"a.csv.jpg", "csv", "a.tsv", "a.csvx"}) {
+    EXPECT_FALSE(is_manifest_path(name)) << name;
+  }
+  TempDir t;
+  t.file("a.jpg");
+  const ScanResult r = scan_inputs({t.file("list.Csv", "file,tag\na.jpg,x\n")});
+  ASSERT_EQ(r.files.size(), 1u);
+  EXPECT_EQ(r.files[0].metadata, (nlohmann::json{{"tag", "x"}}));
+}
+
+// Two metadata columns of one name would keep one value of each row: refused, naming them. A
+// column with no name is ignored while every row leaves it empty (a trailing comma), refused
+// once a row has a value in it (that would be stored under the key "").
+TEST(ScanTest, MetadataColumnNamesMustBeUniqueAndPresent) {
+  TempDir t;
+  t.file("a.jpg");
+  auto error_of = [](const fs::path& csv) {
+    try {
+      read_manifest(csv);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(loaded)");
+  };
+  const fs::path dup = t.file("dup.csv", "file,tag,tag,\na.jpg,x,y,\n");
+  EXPECT_EQ(error_of(dup).rfind(dup.string() + ": columns 2 and 3 are both named 'tag'", 0), 0u)
+      << error_of(dup);
+  const fs::path unnamed = t.file("unnamed.csv", "file,tag,,\na.jpg,x,,\n\na.jpg,x,,z\n");
+  EXPECT_EQ(error_of(unnamed).rfind(unnamed.string() + ": column 4 has no name, yet row 3 (line "
+                                                       "4) has a value in it",
+                                    0),
+            0u)
+      << error_of(unnamed);
+  // Differently cased names are different keys: both kept.
+  const ScanResult cased = read_manifest(t.file("cased.csv", "file,Tag,tag\na.jpg,x,y\n"));
+  ASSERT_EQ(cased.files.size(), 1u);
+  EXPECT_EQ(cased.files[0].metadata, (nlohmann::json{{"Tag", "x"}, {"tag", "y"}}));
+  // Trailing commas everywhere (as spreadsheets export): the empty column is ignored.
+  const ScanResult trailing = read_manifest(t.file("trailing.csv", "file,tag,\na.jpg,x,\n"));
+  ASSERT_EQ(trailing.files.size(), 1u);
+  EXPECT_TRUE(trailing.problems.empty());
+  EXPECT_EQ(trailing.files[0].metadata, (nlohmann::json{{"tag", "x"}}));
+  // Through scan_inputs: one problem naming the manifest, nothing listed.
+  const ScanResult s = scan_inputs({dup});
+  EXPECT_TRUE(s.files.empty());
+  ASSERT_EQ(s.problems.size(), 1u);
+  EXPECT_EQ(s.problems[0].where, dup.string());
+}
+
+// A row's problem names the line it starts on as well when blank lines or quoted newlines come
+// before it (the row number counts CSV records).
+TEST(ScanTest, RowProblemsNameTheLine) {
+  TempDir t;
+  t.file("a.jpg");
+  const fs::path csv = t.file("b.csv",
+                              "file,note\n"             // line 1, row 1
+                              "\n"                      // line 2: blank, no row
+                              "a.jpg,\"two\nlines\"\n"  // lines 3-4, row 2
+                              "  \r\n"                  // line 5: blank (spaces)
+                              "missing.jpg,x\r\n"       // line 6, row 3
+                              "a.jpg,\"x\",extra\r"     // line 7 (lone CR), row 4
+                              "\"missing2.jpg\",y");    // line 8, row 5, no newline at the end
+  const ScanResult r = read_manifest(csv);
+  ASSERT_EQ(r.files.size(), 1u);
+  ASSERT_EQ(r.problems.size(), 3u);
+  EXPECT_EQ(joined(r.problems[0]), csv.string() + " row 3 (line 6): " +
+                                       (t.path / "missing.jpg").string() + ": file not found");
+  EXPECT_EQ(r.problems[1].where, csv.string() + " row 4 (line 7)");
+  EXPECT_EQ(r.problems[2].where, csv.string() + " row 5 (line 8)");
+  // Where rows and lines agree, the row alone, as before.
+  const ScanResult plain = read_manifest(t.file("p.csv", "file\na.jpg\nmissing.jpg\n"));
+  ASSERT_EQ(plain.problems.size(), 1u);
+  EXPECT_EQ(plain.problems[0].where, t.path.string() + "/p.csv row 3");
+}
+
+// A NUL byte in the file cell: the system would read the name up to it (another file than the
+// one stored, so a later folder index would add a second entry). The row is left out.
+TEST(ScanTest, FileCellWithNulByteIsRefused) {
+  TempDir t;
+  t.file("x.jpg");
+  t.file("y.jpg");
+  const fs::path csv = t.file("n.csv", std::string("file,tag\nx.jpg") + '\0' + "junk,a\ny.jpg,b\n");
+  const ScanResult r = read_manifest(csv);
+  ASSERT_EQ(r.files.size(), 1u);
+  EXPECT_EQ(r.files[0].path, t.path / "y.jpg");
+  ASSERT_EQ(r.problems.size(), 1u);
+  EXPECT_EQ(r.problems[0].where, csv.string() + " row 2");
+  EXPECT_NE(r.problems[0].reason.find("contains a NUL byte"), std::string::npos)
+      << r.problems[0].reason;
+}
+
+// A folder input whose walk finds no image file (an unmounted drive's mount point) is listed,
+// so that the indexer keeps what the collection holds under it.
+TEST(ScanTest, FolderInputsWithNoImageFileAreListed) {
+  TempDir t;
+  t.file("full/a.jpg");
+  t.file("other/notes.txt");
+  fs::create_directories(t.path / "empty/sub");
+  t.file("hidden/.b.jpg");
+  const ScanResult r = scan_inputs({t.path / "full", t.path / "empty", t.path / "other",
+                                    t.path / "hidden", t.path / "full/a.jpg"});
+  EXPECT_EQ(r.empty_folders,
+            (std::vector<fs::path>{t.path / "empty", t.path / "other", t.path / "hidden"}));
+  ScanOptions hidden;
+  hidden.include_hidden = true;
+  EXPECT_TRUE(scan_inputs({t.path / "hidden"}, hidden).empty_folders.empty());
 }
 
 // Root reads any folder whatever its mode, so the unreadable folder is walked by a child that
