@@ -1,6 +1,5 @@
 #include "index/vector_index.h"
 
-#include <dlfcn.h>
 #include <faiss/IndexAdditiveQuantizer.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
@@ -836,26 +835,6 @@ ProbeTuning tune_nprobe(faiss::Index& index, faiss::IndexIVF& ivf, const float* 
   }
 }
 
-// The buffer a flat-storage index (IndexFlat, IndexScalarQuantizer, ...) keeps its codes in, or
-// nullptr: when an add moves it, the old one (as large as the index) was freed.
-const void* flat_storage(faiss::Index& index) {
-  auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(core(&index, true));
-  return flat != nullptr ? flat->codes.data() : nullptr;
-}
-
-// Hands freed pages back to the kernel when the program runs on jemalloc, which otherwise keeps
-// them for reuse (engine/jemalloc_conf.cpp: so that forward passes do not page-fault their
-// activations in again). Called after the index freed a buffer about its own size (a grown flat
-// storage, a fallback left after training): nothing else would reuse those pages, and a
-// growing index would hold every old copy (measured: 11 KB resident per 5 KB vector over the
-// second half of indexing 50,000 photos, bench/index_memory.sh). Activations freed at that
-// moment are page-faulted in once more. Does nothing on glibc's malloc.
-void release_freed_pages() {
-  using Mallctl = int (*)(const char*, void*, std::size_t*, void*, std::size_t);
-  static const auto mallctl = reinterpret_cast<Mallctl>(dlsym(RTLD_DEFAULT, "mallctl"));
-  if (mallctl != nullptr) mallctl("arena.4096.purge", nullptr, nullptr, nullptr, 0);  // all arenas
-}
-
 }  // namespace
 
 // -----------------------------------------------------------------------------------------------
@@ -936,7 +915,6 @@ void VectorIndex::apply_search_defaults() {
 void VectorIndex::append(const float* vectors, const std::int64_t* ids, std::int64_t n) {
   faiss::Index& index = active();
   const std::int64_t base = slots();
-  const void* storage = flat_storage(index);
   try {
     index.add(n, vectors);
   } catch (const std::exception& e) {
@@ -949,7 +927,6 @@ void VectorIndex::append(const float* vectors, const std::int64_t* ids, std::int
     throw IndexError("index '" + factory_ + "' holds " + std::to_string(index.ntotal) +
                      " vectors after an add, expected " + std::to_string(base + n));
   }
-  if (storage != nullptr && flat_storage(index) != storage) release_freed_pages();
   for (std::int64_t i = 0; i < n; ++i) {
     auto [it, inserted] = id_slot_.try_emplace(ids[i], base + i);
     if (!inserted) {
@@ -999,7 +976,6 @@ void VectorIndex::train_and_move() {
   }
   index_ = std::move(fresh);
   fallback_.reset();
-  release_freed_pages();
   training_error_.clear();
   retry_at_ = 0;
   id_slot_ = std::move(id_slot);
