@@ -4,16 +4,13 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <csignal>
 #include <cstring>
 #include <ctime>
 #include <iostream>
 #include <memory>
-#include <optional>
 
 #include "cli/output.h"
 #include "engine/engine.h"
@@ -497,22 +494,6 @@ int run_info(const GlobalOptions& g) {
   return kOk;
 }
 
-namespace {
-// The id of a `remove` result's not_found entry that names one of `ids` ("--id 500"), else
-// nothing (a path).
-std::optional<std::int64_t> missing_id(const std::string& entry,
-                                       const std::vector<std::int64_t>& ids) {
-  const std::string prefix = "--id ";
-  if (!entry.starts_with(prefix)) return std::nullopt;
-  std::int64_t id = 0;
-  const char* end = entry.data() + entry.size();
-  const auto [stop, ec] = std::from_chars(entry.data() + prefix.size(), end, id);
-  if (ec != std::errc() || stop != end) return std::nullopt;
-  if (std::find(ids.begin(), ids.end(), id) == ids.end()) return std::nullopt;
-  return id;
-}
-}  // namespace
-
 int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
   if (!store::Collection::exists(g.collection)) {
     spdlog::error("{}: no collection here", g.collection.string());
@@ -532,7 +513,8 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
                    cache_warning);
     }
   }
-  for (const auto& nf : result.not_found) spdlog::error("{}: not in the collection", nf);
+  for (const auto id : result.missing_ids) spdlog::error("--id {}: not in the collection", id);
+  for (const auto& p : result.missing_paths) spdlog::error("{}: not in the collection", p);
   const auto count = e->collection().count();
   if (g.json) {
     json out = {{"type", "remove"},
@@ -541,14 +523,10 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
                 {"not_found", json::array()},
                 {"count", count}};
     if (!cache_warning.empty()) out["cache_warning"] = cache_warning;
-    for (const auto& nf : result.not_found) {
-      // The engine names a missing id "--id N": an id is reported as one, not as a path.
+    for (const auto id : result.missing_ids) out["not_found"].push_back({{"id", id}});
+    for (const auto& p : result.missing_paths) {
       json row;
-      if (const auto id = missing_id(nf, a.ids)) {
-        row["id"] = *id;
-      } else {
-        set_path(row, "path", nf);
-      }
+      set_path(row, "path", p);
       out["not_found"].push_back(row);
     }
     print_record(out);
@@ -556,7 +534,7 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
     std::cout << fmt::format("removed {} images; collection {} now holds {} images\n",
                              result.removed.size(), g.collection.string(), count);
   }
-  if (result.not_found.empty()) return kOk;
+  if (result.missing_ids.empty() && result.missing_paths.empty()) return kOk;
   return result.removed.empty() ? kError : kPartial;  // nothing found: nothing was done
 }
 

@@ -727,12 +727,12 @@ RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,
     if (c.get(id)) {
       out.removed.push_back(id);
     } else {
-      out.not_found.push_back(fmt::format("--id {}", id));
+      out.missing_ids.push_back(id);
     }
   }
   for (const auto& p : paths) {
     auto found = c.ids_under(remove_target(p));
-    if (found.empty()) out.not_found.push_back(p.string());
+    if (found.empty()) out.missing_paths.push_back(p.string());
     out.removed.insert(out.removed.end(), found.begin(), found.end());
   }
   std::sort(out.removed.begin(), out.removed.end());

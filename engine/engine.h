@@ -153,7 +153,8 @@ struct AddResult {
 
 struct RemoveResult {
   std::vector<std::int64_t> removed;
-  std::vector<std::string> not_found;  // "--id N" or the path as given
+  std::vector<std::int64_t> missing_ids;   // ids given that the collection does not hold
+  std::vector<std::string> missing_paths;  // paths given (as given) with nothing indexed under them
 };
 
 // How a collection's index is (re)built: a FAISS factory string or "auto", and search defaults.

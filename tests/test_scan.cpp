@@ -84,6 +84,16 @@ std::vector<std::string> names(const ScanResult& r, const fs::path& root) {
   return out;
 }
 
+// What read_manifest throws for `csv`, or "(loaded)".
+std::string manifest_error(const fs::path& csv) {
+  try {
+    read_manifest(csv);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "(loaded)";
+}
+
 }  // namespace
 
 TEST(ScanTest, FolderWalkListsReportsAndIgnoresAsExpected) {
@@ -195,14 +205,6 @@ TEST(ScanTest, MalformedCsvNamesRowLineAndCause) {
   TempDir t;
   t.file("a.jpg");
   t.file("b.jpg");
-  auto error_of = [](const fs::path& csv) {
-    try {
-      read_manifest(csv);
-    } catch (const std::runtime_error& e) {
-      return std::string(e.what());
-    }
-    return std::string("(loaded)");
-  };
   for (const auto& [name, text, where, cause] :
        std::vector<std::tuple<std::string, std::string, std::string, std::string>>{
            // The quote opened in row 3 runs to the end of the file.
@@ -217,7 +219,7 @@ TEST(ScanTest, MalformedCsvNamesRowLineAndCause) {
             "text after the closing quote"},
        }) {
     const fs::path csv = t.file(name, text);
-    const std::string what = error_of(csv);
+    const std::string what = manifest_error(csv);
     EXPECT_EQ(what.rfind(csv.string() + ": malformed CSV in " + where + ": ", 0), 0u) << what;
     EXPECT_NE(what.find(cause), std::string::npos) << what;
     EXPECT_EQ(what.find("strict checking"), std::string::npos) << what;
@@ -335,23 +337,17 @@ TEST(ScanTest, ManifestExtensionIsCaseInsensitive) {
 TEST(ScanTest, MetadataColumnNamesMustBeUniqueAndPresent) {
   TempDir t;
   t.file("a.jpg");
-  auto error_of = [](const fs::path& csv) {
-    try {
-      read_manifest(csv);
-    } catch (const std::runtime_error& e) {
-      return std::string(e.what());
-    }
-    return std::string("(loaded)");
-  };
   const fs::path dup = t.file("dup.csv", "file,tag,tag,\na.jpg,x,y,\n");
-  EXPECT_EQ(error_of(dup).rfind(dup.string() + ": columns 2 and 3 are both named 'tag'", 0), 0u)
-      << error_of(dup);
+  EXPECT_EQ(manifest_error(dup).rfind(dup.string() + ": columns 2 and 3 are both named 'tag'", 0),
+            0u)
+      << manifest_error(dup);
   const fs::path unnamed = t.file("unnamed.csv", "file,tag,,\na.jpg,x,,\n\na.jpg,x,,z\n");
-  EXPECT_EQ(error_of(unnamed).rfind(unnamed.string() + ": column 4 has no name, yet row 3 (line "
+  EXPECT_EQ(
+      manifest_error(unnamed).rfind(unnamed.string() + ": column 4 has no name, yet row 3 (line "
                                                        "4) has a value in it",
                                     0),
-            0u)
-      << error_of(unnamed);
+      0u)
+      << manifest_error(unnamed);
   // Differently cased names are different keys: both kept.
   const ScanResult cased = read_manifest(t.file("cased.csv", "file,Tag,tag\na.jpg,x,y\n"));
   ASSERT_EQ(cased.files.size(), 1u);

@@ -17,6 +17,12 @@ DATASET = SHARED / "datasets" / "clothing-small"
 GALLERY_COLLECTION = FIXTURES / "gallery-collection"
 
 
+# Runs a command as unprivileged user `nobody` (root reads anything, so permission cases need
+# it): the argv prefix, or None where this process cannot switch users (not root, no setpriv).
+NOBODY = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+          if os.geteuid() == 0 and shutil.which("setpriv") is not None else None)
+
+
 def run(*args, check=None, collection=None, model=True, timeout=900, env=None):
     """Runs lookalike; returns CompletedProcess. check=int asserts the exit code.
     model: True = the exported MobileNetV2 fixture, False = none, a path = that model."""

@@ -7,8 +7,8 @@ import shutil
 import signal
 import subprocess
 import time
-from harness import (BIN, DATASET, MODEL, committed_paths, copy_images, fail, images, run,
-                     run_json, tempdir)
+from harness import (NOBODY, BIN, DATASET, MODEL, committed_paths, copy_images, fail, images,
+                     run, run_json, tempdir)
 
 work = tempdir("prune-safety")
 os.chmod(work, 0o755)  # mkdtemp makes it 0700; the unprivileged runs below need to enter it
@@ -47,8 +47,7 @@ print("--prune scope: inputs of the run only, none under a failed input: OK")
 
 # 2. Files that exist but cannot be stat'ed are kept, as unprivileged user `nobody` (root would
 #    read anything): an unreadable subfolder, and files reached through a manifest in it.
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-if os.geteuid() != 0 or shutil.which("setpriv") is None:
+if NOBODY is None:
     print("note: not root (or no setpriv): skipping the unreadable-folder cases")
 else:
     p = work / "P"

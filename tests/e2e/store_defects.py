@@ -8,7 +8,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from harness import BIN, MODEL, copy_images, fail, images, run, run_json, tempdir
+from harness import NOBODY, BIN, MODEL, copy_images, fail, images, run, run_json, tempdir
 
 work = tempdir("store-defects")
 os.chmod(work, 0o755)  # mkdtemp makes it 0700; the unprivileged run below needs to enter it
@@ -126,8 +126,7 @@ print("wrong-size vector: listed, left out, re-embedded by index, removable: OK"
 
 # 4. A folder that exists but cannot be read is not "no collection here": the system's words, as
 #    unprivileged user `nobody` (root reads anything).
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-if os.geteuid() != 0 or shutil.which("setpriv") is None:
+if NOBODY is None:
     print("note: not root (or no setpriv): skipping the unreadable-folder case")
 else:
     coll = work / "c-private"
