@@ -1028,6 +1028,30 @@ void VectorIndex::add(const float* vectors, const std::int64_t* ids, std::int64_
   }
 }
 
+void VectorIndex::reserve(std::int64_t more) {
+  if (more <= 0 || mapped_) return;
+  std::int64_t target = slots() + more;
+  // The exact fallback is copied out and freed when the index trains: no further than that.
+  if (!trained()) target = std::min(target, std::max(threshold_, retry_at_));
+  auto* codes = dynamic_cast<faiss::IndexFlatCodes*>(&active());
+  try {
+    if (codes != nullptr) {
+      codes->codes.reserve(static_cast<std::size_t>(target) * codes->code_size);
+    }
+    slot_id_.reserve(static_cast<std::size_t>(target));
+    id_slot_.reserve(static_cast<std::size_t>(target));
+  } catch (const std::exception&) {  // bad_alloc, or length_error past max_size()
+    // Only a hint: the adds grow the arrays as they come.
+  }
+}
+
+std::int64_t VectorIndex::capacity() const {
+  const auto* codes = dynamic_cast<const faiss::IndexFlatCodes*>(&active());
+  if (codes == nullptr || codes->code_size == 0) return slots();
+  return static_cast<std::int64_t>(
+      std::min(codes->codes.capacity() / codes->code_size, slot_id_.capacity()));
+}
+
 std::int64_t VectorIndex::remove(const std::vector<std::int64_t>& ids) {
   std::int64_t removed = 0;
   for (std::int64_t id : ids) {

@@ -235,6 +235,19 @@ class VectorIndex {
   // have appended are marked deleted); rows of the same call placed before a training step
   // stay added.
   void add(const float* vectors, const std::int64_t* ids, std::int64_t n);
+
+  // A hint before adding about `more` vectors: where the active index keeps its vectors in one
+  // growing array (Flat, SQ, PQ: FAISS's IndexFlatCodes::codes, and the exact fallback up to the
+  // training threshold), that array and the id maps are grown once to their final size instead
+  // of doubling as adds arrive. Why: each doubling copies the array, and jemalloc (which keeps
+  // freed pages for reuse, engine/jemalloc_conf.cpp) left the old copies resident, about 2x
+  // the vectors' bytes at the end of a large `index` run (docs/engine.md, "Memory").
+  // Capacity that is never filled costs address space, not memory. A hint only: nothing
+  // happens for other layouts or a memory-mapped index, and an allocation failure is ignored.
+  void reserve(std::int64_t more);
+  // Slots the index holds before its vector array must grow (reserve): for the layouts above,
+  // the array's capacity; for others slots().
+  std::int64_t capacity() const;
   // Deletes the ids' slots; returns how many were present. Unknown ids are ignored. O(ids.size()).
   std::int64_t remove(const std::vector<std::int64_t>& ids);
 

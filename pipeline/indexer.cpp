@@ -296,6 +296,9 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     }
     summary.failures.push_back({p.where, p.reason});
   }
+  std::int64_t unknown = 0;  // files new to the collection: each adds a vector
+  for (const auto& f : scan.files) unknown += known.by_path.count(catalog_form(f.path)) == 0;
+  collection.reserve_index(unknown);
   const auto spec = model.preprocess_spec();
   std::vector<JobState> states(scan.files.size());
 

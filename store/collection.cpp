@@ -542,6 +542,12 @@ std::vector<std::int64_t> Collection::apply(const std::vector<Put>& puts,
   return ids;
 }
 
+void Collection::reserve_index(std::int64_t more) {
+  if (writer_ == nullptr) return;
+  std::unique_lock lock(index_lock_);
+  index_->reserve(more);
+}
+
 void Collection::maybe_compact() {
   {
     std::shared_lock lock(index_lock_);

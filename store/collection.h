@@ -192,6 +192,10 @@ class Collection {
   // Ids whose stored vector failed its checks when the index was last built (left out of it).
   std::unordered_set<std::int64_t> corrupt_ids() const;
 
+  // A hint that about `more` images are about to be added (index::VectorIndex::reserve): the
+  // in-memory index grows once instead of doubling. Write mode only; no effect otherwise.
+  void reserve_index(std::int64_t more);
+
   // Write mode only (else StoreError). Commits to the catalog first (durable on return), then
   // applies the batch to the in-memory index under the exclusive lock: O(puts + removes)
   // index work, whatever the collection's size. When the index's tombstoned share passes

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <set>
@@ -651,6 +652,50 @@ void check_exact_until_trained(const std::string& factory, int d, std::int64_t t
   auto a = loaded.search(more.data(), 40, 10);
   auto b = again.search(more.data(), 40, 10);
   for (int q = 0; q < 40; ++q) expect_same_hits(b[q], a[q]);
+}
+
+TEST(VectorIndex, ReserveGrowsTheVectorArrayOnceAndChangesNoResult) {
+  constexpr int d = 16;
+  constexpr std::int64_t n = 3000;
+  auto base = seeded_matrix(21, n, d);
+  std::vector<std::int64_t> ids(n);
+  std::iota(ids.begin(), ids.end(), 0);
+  VectorIndex index(d, Metric::Cosine);
+  index.add(base.data(), ids.data(), 1);
+  index.reserve(n - 1);
+  const auto reserved = index.capacity();
+  EXPECT_GE(reserved, n);
+  for (std::int64_t i = 1; i < n; i += 100) {  // batches, as `index` commits them
+    const std::int64_t m = std::min<std::int64_t>(100, n - i);
+    index.add(base.data() + i * d, ids.data() + i, m);
+    EXPECT_EQ(index.capacity(), reserved) << "the array grew again after " << i + m;
+  }
+  for (std::int64_t q = 0; q < n; q += 97) {
+    const auto want = brute_force(base, ids, base.data() + q * d, 5, Metric::Cosine, d);
+    const auto got = index.search(base.data() + q * d, 1, 5)[0];
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t r = 0; r < got.size(); ++r) EXPECT_EQ(got[r].id, want[r].id);
+  }
+  // Only a hint: an impossible size changes nothing and throws nothing.
+  index.reserve(std::numeric_limits<std::int64_t>::max() / 2);
+  EXPECT_EQ(index.capacity(), reserved);
+  EXPECT_EQ(index.size(), n);
+}
+
+TEST(VectorIndex, ReserveStopsAtTheTrainingThreshold) {
+  // Untrained, the vectors go to an exact fallback that is copied out at the threshold: a
+  // reservation past it would be freed unused.
+  VectorIndex index(16, Metric::Cosine, "IVF4,Flat");
+  index.reserve(1'000'000);
+  EXPECT_GE(index.capacity(), index.training_threshold());
+  EXPECT_LT(index.capacity(), 2 * index.training_threshold());
+  auto base = seeded_matrix(22, index.training_threshold(), 16);
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(index.training_threshold()));
+  std::iota(ids.begin(), ids.end(), 0);
+  index.add(base.data(), ids.data(), index.training_threshold());
+  ASSERT_TRUE(index.trained());
+  index.reserve(1'000'000);  // IVF lists: not one array; nothing to reserve
+  EXPECT_EQ(index.capacity(), index.slots());
 }
 
 TEST(VectorIndex, IvfPqSearchesExactlyUntilTrained) {
