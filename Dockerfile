@@ -3,7 +3,7 @@
 # the collection and the models in volumes. See docs/install.md:
 #
 #   docker build -t lookalike .
-#   docker run -d -p 8080:8080 -v lookalike-collection:/var/lib/lookalike/collection \
+#   docker run -d -p 127.0.0.1:8080:8080 -v lookalike-collection:/var/lib/lookalike/collection \
 #       -v /srv/models:/var/lib/lookalike/models:ro lookalike [extra `serve` options]
 #
 # Not built or run on the project's own machines (they have no Docker daemon): it only chains
@@ -35,6 +35,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /tmp/lookalike_*.deb
 
 ENV LOOKALIKE_MODELS=/var/lib/lookalike/models
+# serve binds 0.0.0.0 here, where no Host name is checked by default; published on 127.0.0.1
+# (docs/install.md), only the loopback names may be in Host (the DNS rebinding guard,
+# docs/api.md). For the LAN: -e LOOKALIKE_ALLOWED_HOSTS=photos.lan,... (or '*').
+ENV LOOKALIKE_ALLOWED_HOSTS=localhost,127.0.0.1,::1
 USER lookalike
 WORKDIR /var/lib/lookalike
 # Models: NAME.pt + NAME.json, exported with tools/export_model.py (mobilenet_v2 by default).

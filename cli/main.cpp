@@ -255,10 +255,20 @@ static int run(int argc, char** argv) {
       ->expected(1)
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  // The variable lets a container image name its hosts (the Dockerfile: it binds 0.0.0.0, where
+  // no name is checked by default, and is published on 127.0.0.1); the command line wins.
   serve
       ->add_option("--allowed-host", sv.allowed_hosts,
-                   "A name the Host header may give (repeatable; * for any). Default: on a "
-                   "loopback --host, 127.0.0.1, localhost and ::1 only; else any")
+                   "A name the Host header may give (repeatable, or comma-separated; * for any). "
+                   "Default: $LOOKALIKE_ALLOWED_HOSTS (comma-separated), else on a loopback "
+                   "--host 127.0.0.1, localhost and ::1 only, else any")
+      ->envname("LOOKALIKE_ALLOWED_HOSTS")
+      ->delimiter(',')
+      ->transform([](std::string name) {
+        const auto first = name.find_first_not_of(" \t");
+        if (first == std::string::npos) return std::string();
+        return name.substr(first, name.find_last_not_of(" \t") - first + 1);
+      })
       ->expected(1)
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);

@@ -67,6 +67,19 @@ void send_error(httplib::Response& res, std::exception_ptr error, const httplib:
 // the scheme in any case, or X-API-Key), 403 when it carries another. Constant-time comparison.
 void check_api_key(const std::string& key, const httplib::Request& req);
 
+// The Content-Length header as a number (past 2^64 - 1: that maximum); none when absent.
+// BadRequest for a value that is not 1*DIGIT, or two that differ.
+std::optional<std::uint64_t> content_length(const httplib::Request& req);
+// Checks how a request's body is sent before cpp-httplib reads it, which it does before any
+// handler runs: 411 length_required for a chunked body or a POST, PUT or PATCH without a
+// Content-Length (httplib would read to the connection's end, unbounded), 415
+// unsupported_content_encoding for a compressed body (httplib would unpack it past the upload
+// limit), 400 for a malformed Content-Length, 413 over `max_upload_bytes` (httplib would read
+// and drop that many bytes first; 2^64 - 1 of them for "-1"): as HttpError. Returns true when
+// the request may go on but carries a body httplib does not read (a GET with a Content-Length),
+// which must not be taken for the connection's next request.
+bool check_body_framing(const httplib::Request& req, std::size_t max_upload_bytes);
+
 // The routes and their methods, to tell 405 (known path, other method) from 404.
 class RouteTable {
  public:
@@ -83,7 +96,8 @@ class RouteTable {
 };
 
 // The JSON error for a response httplib produced itself: 404 (or 405 with Allow when the path
-// is known), 413 over the upload limit, 400 for a request it could not parse.
+// is known), 413 over the upload limit (415 for its 8,192-byte limit on form bodies), 400 for
+// a request it could not parse.
 void handle_unrouted(const RouteTable& table, const httplib::Request& req, httplib::Response& res,
                      std::size_t max_upload_bytes);
 // The host names a request may name in its Host header (ServerOptions::allowed_hosts, with

@@ -6,6 +6,7 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <map>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -57,7 +58,19 @@ struct Metrics::Impl {
                                                      .Help("Version and configuration; always 1")
                                                      .Register(*registry);
   std::mutex build_mu;
-  bool build_set = false;
+  prometheus::Gauge* build_series = nullptr;  // under build_mu
+  std::map<std::string, std::string> build_labels;
+
+  prometheus::Counter& request_count(const std::string& route, const std::string& method,
+                                     int status) {
+    // Any token is a valid HTTP method: others share one series, so that clients cannot grow
+    // the label set without bound.
+    static const std::set<std::string> kMethods = {"GET",   "HEAD",   "POST",   "PUT",
+                                                   "PATCH", "DELETE", "OPTIONS"};
+    const std::string& m = kMethods.count(method) ? method : kOtherMethod;
+    // Family::Add returns the existing series for known labels (thread-safe in the family).
+    return requests.Add({{"route", route}, {"method", m}, {"status", std::to_string(status)}});
+  }
 };
 
 Metrics::Metrics() : impl_(std::make_unique<Impl>()) {}
@@ -65,15 +78,12 @@ Metrics::~Metrics() = default;
 
 void Metrics::request(const std::string& route, const std::string& method, int status,
                       double seconds) {
-  // Family::Add returns the existing series for known labels (thread-safe inside the family).
-  // Any token is a valid HTTP method: others share one series, so that clients cannot grow
-  // the label set without bound.
-  static const std::set<std::string> kMethods = {"GET",   "HEAD",   "POST",   "PUT",
-                                                 "PATCH", "DELETE", "OPTIONS"};
-  const std::string& m = kMethods.count(method) ? method : kOtherMethod;
-  impl_->requests.Add({{"route", route}, {"method", m}, {"status", std::to_string(status)}})
-      .Increment();
+  impl_->request_count(route, method, status).Increment();
   impl_->durations.Add({{"route", route}}, kRequestBuckets).Observe(seconds);
+}
+
+void Metrics::unmatched(const std::string& method, int status) {
+  impl_->request_count("unmatched", method, status).Increment();
 }
 
 void Metrics::embed(double seconds) { impl_->embed.Observe(seconds); }
@@ -82,16 +92,17 @@ void Metrics::set_collection_images(std::int64_t n) { impl_->images.Set(static_c
 
 void Metrics::set_build_info(const std::string& model, const std::string& metric,
                              const std::string& index) {
+  std::map<std::string, std::string> labels = {{"version", LOOKALIKE_VERSION},
+                                               {"model", model},
+                                               {"metric", metric},
+                                               {"index", index},
+                                               {"allocator", engine::allocator_name()}};
   std::lock_guard lock(impl_->build_mu);
-  if (impl_->build_set) return;
-  impl_->build_set = true;
-  impl_->build
-      .Add({{"version", LOOKALIKE_VERSION},
-            {"model", model},
-            {"metric", metric},
-            {"index", index},
-            {"allocator", engine::allocator_name()}})
-      .Set(1);
+  if (impl_->build_series != nullptr && labels == impl_->build_labels) return;
+  if (impl_->build_series != nullptr) impl_->build.Remove(impl_->build_series);
+  impl_->build_series = &impl_->build.Add(labels);
+  impl_->build_series->Set(1);
+  impl_->build_labels = std::move(labels);
 }
 
 std::string Metrics::render() const {

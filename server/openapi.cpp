@@ -1,5 +1,8 @@
 #include "server/openapi.h"
 
+#include <string>
+#include <vector>
+
 #include "pipeline/files.h"
 
 namespace lookalike::server {
@@ -48,12 +51,12 @@ constexpr const char* kDocument = R"json({
       "BadRequest": {"description": "malformed request or parameter", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "NotFound": {"description": "unknown id", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "Unauthorized": {"description": "API key required", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "Forbidden": {"description": "wrong API key (code forbidden), or a write whose Origin is another site (code cross_origin)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "TooLarge": {"description": "body over the upload limit", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "NotAnImage": {"description": "the bytes are not a supported image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "TooLarge": {"description": "body over the upload limit (Content-Length checked before the body is read)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "NotAnImage": {"description": "the bytes are not a supported image (code unsupported_media_type), a compressed body (code unsupported_content_encoding), or an application/x-www-form-urlencoded body over 8,192 bytes (code unsupported_media_type)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "UnsupportedBody": {"description": "a compressed body (code unsupported_content_encoding), or an application/x-www-form-urlencoded body over 8,192 bytes (code unsupported_media_type): send JSON as application/json", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "Unprocessable": {"description": "an image that cannot be used (bomb, aspect ratio, corrupt)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "NotReady": {"description": "still loading", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-      "LengthRequired": {"description": "a chunked body: send a Content-Length", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+      "LengthRequired": {"description": "a chunked body, or none and no Content-Length: send a Content-Length", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     }
   },
   "paths": {
@@ -68,7 +71,7 @@ constexpr const char* kDocument = R"json({
         "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/Upload"}}}},
         "responses": {"201": {"description": "stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
           "200": {"description": "the same bytes are already in the collection (uploaded, or indexed from a file): the existing image", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
-          "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"},
+          "400": {"$ref": "#/components/responses/BadRequest"},
           "411": {"$ref": "#/components/responses/LengthRequired"}, "413": {"$ref": "#/components/responses/TooLarge"}, "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"}}},
       "get": {"summary": "List images by id, a page at a time", "parameters": [{"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}, {"$ref": "#/components/parameters/where"}],
         "responses": {"200": {"description": "a page", "content": {"application/json": {"schema": {"type": "object", "properties": {"images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}, "next_after": {"type": "integer", "nullable": true}}}}}}, "400": {"$ref": "#/components/responses/BadRequest"}}}},
@@ -77,16 +80,16 @@ constexpr const char* kDocument = R"json({
       "get": {"summary": "One image", "responses": {"200": {"description": "the image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}}, "404": {"$ref": "#/components/responses/NotFound"}}},
       "patch": {"summary": "Change metadata (JSON merge patch, RFC 7396)", "security": [{"bearer": []}, {"apiKey": []}],
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/merge-patch+json": {"schema": {"type": "object"}}}},
-        "responses": {"200": {"description": "the image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"}}},
+        "responses": {"200": {"description": "the image", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Image"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}}},
       "delete": {"summary": "Remove an image", "security": [{"bearer": []}, {"apiKey": []}],
-        "responses": {"200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object", "properties": {"removed": {"type": "integer"}}}}}}, "401": {"$ref": "#/components/responses/Unauthorized"}, "403": {"$ref": "#/components/responses/Forbidden"}, "404": {"$ref": "#/components/responses/NotFound"}}}},
+        "responses": {"200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object", "properties": {"removed": {"type": "integer"}}}}}}, "404": {"$ref": "#/components/responses/NotFound"}}}},
     "/v1/images/{id}/file": {"parameters": [{"$ref": "#/components/parameters/id"}],
-      "get": {"summary": "The image file (one range in a Range header gets 206 with those bytes; several are ignored)", "parameters": [{"name": "Range", "in": "header", "description": "bytes=FIRST-LAST, one range", "schema": {"type": "string"}}],
+      "get": {"summary": "The image file (one range in a Range header gets 206 with those bytes; several are ignored)", "parameters": [{"name": "Range", "in": "header", "description": "bytes=FIRST-LAST, one range; a Range that is not a valid bytes range (another unit, FIRST > LAST) is ignored, here and on every other route", "schema": {"type": "string"}}],
         "responses": {"200": {"description": "the bytes", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}, "206": {"description": "the requested range"}, "404": {"$ref": "#/components/responses/NotFound"},
-          "416": {"description": "a range beyond the file", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}},
+          "416": {"description": "a range beyond the file (code range_not_satisfiable; Content-Range: bytes */SIZE)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}},
     "/v1/images/{id}/thumbnail": {"parameters": [{"$ref": "#/components/parameters/id"}, {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256}}],
       "get": {"summary": "A JPEG thumbnail (longest side = size, never enlarged; cached)", "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}}}},
-    "/v1/stats": {"get": {"summary": "Collection, model and batcher figures, category counts", "responses": {"200": {"description": "stats", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+    "/v1/stats": {"get": {"summary": "Collection, model and batcher figures, category counts", "responses": {"200": {"description": "stats; categories: every category's image count, or the 10,000 most frequent with categories_truncated true", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
     "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
     "/readyz": {"get": {"summary": "The collection and the model are loaded", "responses": {"200": {"description": "ready"}, "503": {"$ref": "#/components/responses/NotReady"}}}},
     "/metrics": {"get": {"summary": "Prometheus text format", "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -153,19 +156,57 @@ std::string request_body_html(const nlohmann::json& doc, const nlohmann::json& b
   return html + "</ul>";
 }
 
-void set_access(const std::string& path, const std::string& method, nlohmann::json& op,
-                ApiAccess access) {
-  const bool write = method != "get" && path != "/v1/search";
+nlohmann::json ref(const std::string& response) {
+  return {{"$ref", "#/components/responses/" + response}};
+}
+
+// 403 and its codes for this operation on this server; none when it cannot answer 403.
+void set_forbidden(const std::string& path, bool write, bool needs_key, nlohmann::json& op,
+                   ApiAccess access) {
+  std::vector<std::string> causes;
+  if (needs_key) causes.push_back("wrong API key (code forbidden)");
+  if (write) causes.push_back("a write whose Origin is another site (code cross_origin)");
+  if (access.host_check && path != "/healthz" && path != "/readyz") {
+    causes.push_back(
+        "a Host header that names no allowed host (code host_not_allowed; --allowed-host, "
+        "LOOKALIKE_ALLOWED_HOSTS)");
+  }
   auto& responses = op["responses"];
-  if (write) responses["403"] = {{"$ref", "#/components/responses/Forbidden"}};  // cross_origin
-  if (access.api_key && (write || access.private_reads)) {
+  if (causes.empty()) {
+    responses.erase("403");
+    return;
+  }
+  std::string description = causes.front();
+  for (std::size_t i = 1; i < causes.size(); ++i) {
+    description += (i + 1 == causes.size() ? ", or " : ", ") + causes[i];
+  }
+  responses["403"] = {
+      {"description", description},
+      {"content", {{"application/json", {{"schema", {{"$ref", "#/components/schemas/Error"}}}}}}}};
+}
+
+// The statuses every operation of its kind can answer, whatever its own handler does: the key
+// (this server's flags), 403, 503 while loading (/v1), and for a body the checks made before
+// it is read (411, 413, 415).
+void set_statuses(const std::string& path, const std::string& method, nlohmann::json& op,
+                  ApiAccess access) {
+  const bool v1 = path.rfind("/v1/", 0) == 0;
+  const bool write = v1 && method != "get" && path != "/v1/search";
+  const bool needs_key = v1 && access.api_key && (write || access.private_reads);
+  auto& responses = op["responses"];
+  if (needs_key) {
     op["security"] = {{{"bearer", nlohmann::json::array()}}, {{"apiKey", nlohmann::json::array()}}};
-    responses["401"] = {{"$ref", "#/components/responses/Unauthorized"}};
-    responses["403"] = {{"$ref", "#/components/responses/Forbidden"}};
+    responses["401"] = ref("Unauthorized");
   } else {
     op.erase("security");
     responses.erase("401");
-    if (!write) responses.erase("403");
+  }
+  set_forbidden(path, write, needs_key, op, access);
+  if (v1) responses["503"] = ref("NotReady");
+  if (op.contains("requestBody")) {
+    responses["411"] = ref("LengthRequired");
+    responses["413"] = ref("TooLarge");
+    if (!responses.contains("415")) responses["415"] = ref("UnsupportedBody");
   }
 }
 
@@ -176,9 +217,8 @@ nlohmann::json openapi_document(const std::string& version, ApiAccess access) {
   auto out = doc;
   out["info"]["version"] = version;
   for (auto& [path, item] : out["paths"].items()) {
-    if (path.rfind("/v1/", 0) != 0) continue;
     for (auto& [method, op] : item.items()) {
-      if (method != "parameters") set_access(path, method, op, access);
+      if (method != "parameters") set_statuses(path, method, op, access);
     }
   }
   return out;

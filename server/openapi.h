@@ -9,10 +9,13 @@
 namespace lookalike::server {
 
 // Which routes need the API key follows this server's flags: none without --api-key, writes
-// with it, every /v1 route with --private as well (security and 401/403 per operation).
+// with it, every /v1 route with --private as well (security and 401/403 per operation); and
+// whether the Host header is checked (403 host_not_allowed on every route but /healthz and
+// /readyz).
 struct ApiAccess {
   bool api_key = false;
   bool private_reads = false;
+  bool host_check = false;
 };
 nlohmann::json openapi_document(const std::string& version, ApiAccess access = {});
 std::string openapi_html(const nlohmann::json& document);

@@ -41,28 +41,36 @@ std::vector<Connection> tcp_connections() {
     int type = 0;
     socklen_t len = sizeof(type);
     if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) continue;
-    sockaddr_storage peer{};
-    len = sizeof(peer);
-    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;  // listener
-    char text[INET6_ADDRSTRLEN] = {};
+    std::string addr;
     int port = 0;
-    if (peer.ss_family == AF_INET) {
-      const auto* a = reinterpret_cast<const sockaddr_in*>(&peer);
-      ::inet_ntop(AF_INET, &a->sin_addr, text, sizeof(text));
-      port = ntohs(a->sin_port);
-    } else if (peer.ss_family == AF_INET6) {
-      const auto* a = reinterpret_cast<const sockaddr_in6*>(&peer);
-      ::inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof(text));
-      port = ntohs(a->sin6_port);
-    } else {
-      continue;
-    }
-    out.push_back({fd, st.st_ino, peer_key(text, port)});
+    if (!socket_address(fd, true, addr, port)) continue;  // a listener, or not IP
+    out.push_back({fd, st.st_ino, peer_key(addr, port)});
   }
   return out;
 }
 
 }  // namespace
+
+bool socket_address(int fd, bool peer, std::string& addr, int& port) {
+  sockaddr_storage a{};
+  socklen_t len = sizeof(a);
+  auto* sa = reinterpret_cast<sockaddr*>(&a);
+  if ((peer ? ::getpeername(fd, sa, &len) : ::getsockname(fd, sa, &len)) != 0) return false;
+  char text[INET6_ADDRSTRLEN] = {};
+  if (a.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&a);
+    ::inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+    port = ntohs(in->sin_port);
+  } else if (a.ss_family == AF_INET6) {
+    const auto* in = reinterpret_cast<const sockaddr_in6*>(&a);
+    ::inet_ntop(AF_INET6, &in->sin6_addr, text, sizeof(text));
+    port = ntohs(in->sin6_port);
+  } else {
+    return false;
+  }
+  addr = text;
+  return true;
+}
 
 RequestDeadline::RequestDeadline(std::chrono::seconds limit)
     : limit_(limit), thread_([this] { watch(); }) {}

@@ -5,10 +5,13 @@
 //
 // A watchdog thread looks at the process's connected TCP sockets once a second (/proc/self/fd).
 // A connection whose peer has no request in a handler, and has had none complete for `limit`
-// (counted from its previous handler's end, or from when the watchdog last saw bytes waiting
+// (counted from its previous response's end, or from when the watchdog last saw bytes waiting
 // unread on it: a connection queued behind busy workers is not being read, and keeps its place),
 // is shut down (shutdown(2)): the worker's read fails and the worker is free. httplib reads the
-// headers and the body before it calls a handler, so the limit covers sending a whole request. Idle
+// headers and the body before it calls a handler, so the limit covers sending a whole request.
+// A request is in a handler from the handler's start until its response is written (the
+// connection loop, server/connection.h, calls end()): a client reading a large response slowly is
+// not cut off (a 14 MB file read slowly was, when end() came as the handler returned). Idle
 // keep-alive connections are closed sooner by httplib's keep-alive timeout.
 #pragma once
 
@@ -23,6 +26,10 @@
 
 namespace lookalike::server {
 
+// The numeric address (inet_ntop) and port of a socket's remote end (peer) or its own; false
+// for a socket that is not connected over IP. The peers RequestDeadline is told of are named so.
+bool socket_address(int fd, bool peer, std::string& addr, int& port);
+
 class RequestDeadline {
  public:
   explicit RequestDeadline(std::chrono::seconds limit);
@@ -30,8 +37,8 @@ class RequestDeadline {
   RequestDeadline(const RequestDeadline&) = delete;
   RequestDeadline& operator=(const RequestDeadline&) = delete;
 
-  // A handler starts / ends a request from this peer (httplib's Request::remote_addr and
-  // remote_port: the numeric address and the port).
+  // A handler starts a request from this peer (Request::remote_addr and remote_port: the
+  // numeric address and the port, socket_address's); its response has been written.
   void begin(const std::string& addr, int port);
   void end(const std::string& addr, int port);
   // Shuts down every client connection now (used when the shutdown grace has passed). Returns

@@ -27,6 +27,7 @@
 #include "image/decode.h"
 #include "image/thumbnail.h"
 #include "model/embedding_model.h"
+#include "server/connection.h"
 #include "server/http_util.h"
 #include "server/metrics.h"
 #include "server/openapi.h"
@@ -44,6 +45,9 @@ using engine::EngineError;
 
 constexpr int kDefaultThumbnail = 256;
 constexpr int kMaxListLimit = 1000;
+// /v1/stats lists this many categories at most, the most frequent first: the engine's facet
+// limit (Engine::facet). The web page builds its category filter from them.
+constexpr int kMaxCategories = 10'000;
 
 // Everything a handler needs; shared by all worker threads.
 struct State {
@@ -56,23 +60,6 @@ struct State {
   ThumbnailCache thumbnails{64 << 20};
   std::unique_ptr<RequestDeadline> deadline;  // set before the first request
   std::vector<std::string> allowed_hosts;     // effective_allowed_hosts; empty: any
-};
-
-// Marks a request as being handled for RequestDeadline (its connection is not idle meanwhile).
-class InHandler {
- public:
-  InHandler(RequestDeadline& d, const httplib::Request& req)
-      : d_(d), addr_(req.remote_addr), port_(req.remote_port) {
-    d_.begin(addr_, port_);
-  }
-  ~InHandler() { d_.end(addr_, port_); }
-  InHandler(const InHandler&) = delete;
-  InHandler& operator=(const InHandler&) = delete;
-
- private:
-  RequestDeadline& d_;
-  std::string addr_;
-  int port_;
 };
 
 // ---- responses -----------------------------------------------------------------------------
@@ -256,6 +243,14 @@ void observe(State& st, const engine::SearchResponse& s) {
   st.metrics.index_search(s.timings.search_ms / 1000.0);
 }
 
+// The answer to a search on a server whose collection does not exist yet (created by the first
+// upload): an empty collection, so no results. The query is not decoded.
+engine::SearchResponse nothing_found(const std::string& query) {
+  engine::SearchResponse out;
+  out.query = query;
+  return out;
+}
+
 // POST /v1/search: multipart upload (field `image`), or JSON {"id": N}.
 void search(State& st, const httplib::Request& req, httplib::Response& res) {
   engine::SearchRequest r;
@@ -269,7 +264,12 @@ void search(State& st, const httplib::Request& req, httplib::Response& res) {
     auto file = req.get_file_value("image");
     const auto bytes = as_bytes(file.content);
     require_image(bytes, "image");
-    auto out = e.search_bytes(bytes, file.filename.empty() ? "image" : file.filename, r);
+    const auto name = file.filename.empty() ? "image" : file.filename;
+    if (!e.has_collection()) {
+      send_json(res, 200, search_json(nothing_found(name)));
+      return;
+    }
+    auto out = e.search_bytes(bytes, name, r);
     observe(st, out);
     send_json(res, 200, search_json(out));
     return;
@@ -302,6 +302,9 @@ void search(State& st, const httplib::Request& req, httplib::Response& res) {
   }
   r.where = body.contains("where") ? where_from_json(body["where"]) : where_from_params(req);
   r.params = search_params(req, body);
+  if (!e.has_collection()) {  // no images yet: no such id (the engine's error names the folder)
+    throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
+  }
   auto out = e.search_id(id, r);
   observe(st, out);
   send_json(res, 200, search_json(out));
@@ -453,17 +456,33 @@ void stats(State& st, const httplib::Request&, httplib::Response& res) {
     j["metric"] = c.config().metric;
     j["index"] = c.config().factory;
     json categories = json::object();
-    for (const auto& [value, n] : e.facet("category", 200)) categories[value] = n;
+    const auto counts = e.facet("category", kMaxCategories);
+    for (const auto& [value, n] : counts) categories[value] = n;
     j["categories"] = std::move(categories);
+    j["categories_truncated"] = counts.size() >= static_cast<std::size_t>(kMaxCategories);
   } else {
     j["images"] = 0;
     j["generation"] = 0;
     j["categories"] = json::object();
+    j["categories_truncated"] = false;
   }
   const auto b = e.batcher().stats();
   j["batcher"] = {
       {"requests", b.requests}, {"images", b.images}, {"forward_passes", b.forward_passes}};
   send_json(res, 200, j);
+}
+
+// build_info's metric and index (set at load, "-" without a collection, which the first upload
+// creates) and the image count, as they are now.
+void refresh_collection_metrics(State& st) {
+  std::string metric = "-", factory = "-";
+  if (st.engine->has_collection()) {
+    const auto& c = st.engine->collection();
+    metric = c.config().metric;
+    factory = c.config().factory;
+    st.metrics.set_collection_images(c.index_size());
+  }
+  st.metrics.set_build_info(st.engine->model().card().name, metric, factory);
 }
 
 // ---- routing -------------------------------------------------------------------------------
@@ -478,12 +497,6 @@ void ignore_ranges(const httplib::Request& req) {
   const_cast<httplib::Request&>(req).ranges.clear();
 }
 
-bool is_chunked(const httplib::Request& req) {
-  auto te = req.get_header_value("Transfer-Encoding");
-  std::transform(te.begin(), te.end(), te.begin(), [](unsigned char c) { return std::tolower(c); });
-  return te.find("chunked") != std::string::npos;
-}
-
 enum class Need { Nothing, Ready, Read, Write };
 
 // Wraps a handler: readiness, the API key, errors as JSON with the right status, metrics.
@@ -491,7 +504,9 @@ template <class F>
 httplib::Server::Handler route(State& st, std::string name, Need need, F f) {
   return
       [&st, name = std::move(name), need, f](const httplib::Request& req, httplib::Response& res) {
-        const InHandler in_handler(*st.deadline, req);
+        // Busy until the response is written (HttpServer then calls end()), not until this
+        // returns: the deadline covers receiving a request, never sending its response.
+        st.deadline->begin(req.remote_addr, req.remote_port);
         const auto start = Clock::now();
         try {
           if (name != "/healthz" && name != "/readyz") check_host(st.allowed_hosts, req);
@@ -546,12 +561,11 @@ void add_routes(httplib::Server& svr, State& st, RouteTable& table) {
       });
   reg("GET", "/metrics", "/metrics", Need::Nothing,
       [](State& st, const httplib::Request&, httplib::Response& res) {
-        if (st.ready.load() && st.engine->has_collection()) {
-          st.metrics.set_collection_images(st.engine->collection().index_size());
-        }
+        if (st.ready.load()) refresh_collection_metrics(st);
         res.set_content(st.metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
       });
-  const ApiAccess access{!st.options.api_key.empty(), st.options.private_reads};
+  const ApiAccess access{!st.options.api_key.empty(), st.options.private_reads,
+                         !st.allowed_hosts.empty()};
   reg("GET", "/openapi.json", "/openapi.json", Need::Nothing,
       [access](State&, const httplib::Request&, httplib::Response& res) {
         send_json(res, 200, openapi_document(LOOKALIKE_VERSION, access));
@@ -620,12 +634,7 @@ void load_engine(State& st) {
     const int s = m.card().input_size;
     std::vector<float> zeros(static_cast<std::size_t>(3) * s * s, 0.0f);
     st.engine->batcher().embed(zeros.data(), 1);
-    std::string metric = "-", factory = "-";
-    if (st.engine->has_collection()) {
-      metric = st.engine->collection().config().metric;
-      factory = st.engine->collection().config().factory;
-    }
-    st.metrics.set_build_info(m.card().name, metric, factory);
+    refresh_collection_metrics(st);
     st.ready.store(true);
     const char* wait = std::getenv("OMP_WAIT_POLICY");  // engine::use_short_omp_spin
     const char* spin = std::getenv("GOMP_SPINCOUNT");
@@ -637,6 +646,19 @@ void load_engine(State& st) {
     st.load_error = e.what();
     spdlog::error("{}", e.what());
   }
+}
+
+// Answers a request refused before its body was read (check_body_framing) and closes its
+// connection after the response: the unread body must not be taken for the next request.
+void refuse_unread(State& st, const httplib::Request& req, httplib::Response& res,
+                   std::exception_ptr error) {
+  send_error(res, error, req);
+  // RFC 9110 15.5.16: a 415 for a content coding says which codings would do.
+  if (res.status == 415) res.set_header("Accept-Encoding", "identity");
+  res.set_header("Connection", "close");
+  close_after_response();
+  add_cors(st.options.cors_origins, req, res);
+  st.metrics.unmatched(req.method, res.status);
 }
 
 }  // namespace
@@ -657,7 +679,7 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   st.engine_options = engine_options;
   st.deadline = std::make_unique<RequestDeadline>(
       std::chrono::seconds(std::max(1, options.request_timeout_s)));
-  httplib::Server svr;
+  HttpServer svr(*st.deadline);
   const auto workers = static_cast<std::size_t>(options.workers);
   const int nice = std::clamp(options.worker_nice, 0, 19);
   svr.new_task_queue = [workers, nice] { return new NicedThreadPool(workers, nice); };
@@ -682,21 +704,32 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     listen_fd = sock;
   });
-  // Before httplib reads a body: it applies the upload limit to Content-Length only, and read a
-  // chunked body of any size into memory.
+  // Before httplib reads a body (check_body_framing). A refused request's body is left unread,
+  // so its connection is closed after the response.
   svr.set_pre_routing_handler([&st](const httplib::Request& req, httplib::Response& res) {
-    if (!is_chunked(req)) return httplib::Server::HandlerResponse::Unhandled;
-    send_error(res,
-               std::make_exception_ptr(HttpError(
-                   411, "length_required",
-                   "chunked request bodies are not accepted: send a Content-Length (the upload "
-                   "limit is " +
-                       std::to_string(st.options.max_upload_bytes) + " bytes)")),
-               req);
-    res.set_header("Connection", "close");  // the unread body must not be taken for a request
-    add_cors(st.options.cors_origins, req, res);
-    st.metrics.request("unmatched", req.method, res.status, 0);
-    return httplib::Server::HandlerResponse::Handled;
+    try {
+      if (check_body_framing(req, st.options.max_upload_bytes)) close_after_response();
+      return httplib::Server::HandlerResponse::Unhandled;
+    } catch (...) {
+      refuse_unread(st, req, res, std::current_exception());
+      return httplib::Server::HandlerResponse::Handled;
+    }
+  });
+  // "Expect: 100-continue" (curl sends it for bodies over 1 MB): httplib answers 100 before the
+  // pre-routing handler runs, and the client then sends a body that is refused unread; refused
+  // here, the client sends none.
+  svr.set_expect_100_continue_handler([&st](const httplib::Request& req, httplib::Response& res) {
+    try {
+      check_body_framing(req, st.options.max_upload_bytes);
+      return 100;
+    } catch (...) {
+      refuse_unread(st, req, res, std::current_exception());
+      return res.status;
+    }
+  });
+  // httplib adds Keep-Alive after the handlers, also beside our Connection: close.
+  svr.set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
+    if (res.get_header_value("Connection") == "close") res.headers.erase("Keep-Alive");
   });
   RouteTable table;
   add_routes(svr, st, table);
@@ -708,7 +741,7 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
         ignore_ranges(req);
         handle_unrouted(table, req, res, st.options.max_upload_bytes);
         add_cors(st.options.cors_origins, req, res);
-        st.metrics.request("unmatched", req.method, res.status, 0);
+        st.metrics.unmatched(req.method, res.status);
         return httplib::Server::HandlerResponse::Handled;
       }));
   // CORS preflight for the configured origins; 204 with the allowed methods.

@@ -40,14 +40,14 @@ struct ServerOptions {
   // `host` is a loopback address, 127.0.0.1, localhost and ::1 only (a page on another site
   // whose name a DNS rebinding points at 127.0.0.1 would otherwise read and write the
   // collection through the user's browser, as Jupyter's local_hostnames guards against); any
-  // otherwise.
+  // otherwise. The CLI takes them from --allowed-host, else $LOOKALIKE_ALLOWED_HOSTS.
   std::vector<std::string> allowed_hosts;
   int read_timeout_s = 10;  // one recv() may wait this long
   int write_timeout_s = 10;
   // A client must send a whole request (headers and body) within this many seconds of the
   // connection's previous response (or its opening), else the connection is closed, so that a
   // client trickling bytes cannot hold a worker (server/request_deadline.h). 20 MB at 4 Mbit/s
-  // takes 40 s.
+  // takes 40 s. Sending the response is not counted: a slow download is never cut off.
   int request_timeout_s = 60;
   // After SIGTERM / SIGINT, requests in flight get this long to finish; then the remaining
   // connections are closed (a slow client cannot hold up a restart). Acknowledged writes are

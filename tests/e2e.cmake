@@ -44,6 +44,8 @@ lookalike_e2e(e2e_bad_inputs bad_inputs.py TIMEOUT 900 REQUIRES "model_mobilenet
 lookalike_e2e(e2e_server_api server_api.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 # Requests a review found the server mishandled (deep JSON, chunked bodies, slow clients, ...).
 lookalike_e2e(e2e_server_hardening server_hardening.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+# What a second review found: compressed bodies, slow downloads cut off, Range, Content-Length, ...
+lookalike_e2e(e2e_server_defects server_defects.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 # The browser test skips (77) where Chromium, Node or playwright-core is missing.
 lookalike_e2e(e2e_browser browser.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 set_tests_properties(e2e_browser PROPERTIES SKIP_RETURN_CODE 77)

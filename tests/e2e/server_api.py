@@ -160,11 +160,32 @@ assert not any("security" in op for item in doc["paths"].values() for op in item
                if isinstance(op, dict)), "security on a server without --api-key"
 assert "401" not in doc["paths"]["/v1/images"]["post"]["responses"]
 assert "403" in doc["paths"]["/v1/images"]["post"]["responses"]
+# Statuses any route of its kind can answer before its handler runs are listed too: 503 while
+# loading (/v1), 403 host_not_allowed (this server is on 127.0.0.1: every route but the probes),
+# and with a body the checks made before reading it (411, 413, 415).
 for method, path in sorted(documented):
+    responses = doc["paths"][path][method.lower()]["responses"]
+    if path.startswith("/v1/"):
+        assert "503" in responses, (method, path, sorted(responses))
+    if path not in ("/healthz", "/readyz"):
+        assert "host_not_allowed" in responses["403"]["description"], (method, path)
+    if method in ("POST", "PATCH"):
+        assert {"411", "413", "415"} <= set(responses), (method, path, sorted(responses))
+for method, path in sorted(documented):
+    target = path.replace("{id}", str(top["id"])).replace("{name}", "app.js")
+    if path not in ("/healthz", "/readyz"):  # as documented: 403 on another Host, before the body
+        status, _, data = srv.request(method, target, headers={"Host": "rebound.example"})
+        assert status == 403 and error_of(data)["code"] == "host_not_allowed", (method, path)
+    if method in ("PATCH", "POST"):  # the checks before the body is read, as documented
+        for headers, want in (({"Transfer-Encoding": "chunked"}, 411),
+                              ({"Content-Length": str(1 << 40)}, 413),
+                              ({"Content-Length": "2", "Content-Encoding": "gzip"}, 415)):
+            status, _, _ = srv.request(method, target, b"{}" if "Content-Length" in headers
+                                       else iter([b"{}"]), headers)
+            assert status == want, (method, path, headers, status)
     if method in ("PATCH", "DELETE", "POST"):
         continue  # exercised above and below with real bodies
-    status, _, _ = srv.request(method, path.replace("{id}", str(top["id"]))
-                               .replace("{name}", "app.js"))
+    status, _, _ = srv.request(method, target)
     assert status == 200, (method, path, status)
 status, hdrs, page = srv.request("GET", "/docs")
 assert b"/v1/search" in page and hdrs["Content-Type"].startswith("text/html")

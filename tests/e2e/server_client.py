@@ -4,6 +4,7 @@ import atexit
 import http.client
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -23,12 +24,13 @@ def free_port():
 
 
 class Server:
-    def __init__(self, collection, *extra):
+    def __init__(self, collection, *extra, env=None):
+        """env: variables added to this process's for the server."""
         self.port = free_port()
         self.cmd = [BIN, "--collection", str(collection), "--model", MODEL, "serve",
                     "--port", str(self.port), *map(str, extra)]
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+                                     text=True, env={**os.environ, **(env or {})})
         atexit.register(self.kill)  # a failed assertion must not leave a server running
         self.saw_503 = False
         extra = list(map(str, extra))
