@@ -12,6 +12,8 @@
 #include "cli/output.h"
 #include "dedup/duplicates.h"
 #include "image/decode.h"
+#include "model/embedding_model.h"
+#include "model/model_card.h"
 #include "store/collection.h"
 
 namespace lookalike::cli {
@@ -94,12 +96,27 @@ void print_human(const dedup::DuplicateReport& r, const Backfill& b, bool quiet)
   }
   if (quiet) return;
   std::cout << fmt::format(
-      "{} groups, {} of {} images in groups, {} exact groups (threshold {:.2f}, {}; k {})\n",
+      "{} groups, {} of {} images in groups, {} exact groups (threshold {:g}, {}; k {})\n",
       r.groups.size(), r.images_in_groups, r.images, r.exact_groups, r.threshold,
       r.threshold_source, r.k);
   if (b.computed > 0) {
     std::cout << fmt::format("{} perceptual hashes computed from files, {} stored{}\n", b.computed,
                              b.stored, b.not_stored.empty() ? "" : " (" + b.not_stored + ")");
+  }
+}
+
+// What the collection's model is, from its card (found as `search` finds the model): the
+// measured thresholds hold for the pretrained networks, not for a head trained with `lookalike
+// train`, whatever its file is called. Only the card is read; no model is loaded.
+dedup::ModelKind model_kind(const store::CatalogConfig& config, std::string* note) {
+  try {
+    const auto archive = model::resolve_model(config.model_name, model::default_model_dirs());
+    const auto card =
+        model::load_model_card(std::filesystem::path(archive).replace_extension(".json"));
+    return card.training.is_null() ? dedup::ModelKind::kPretrained : dedup::ModelKind::kTrained;
+  } catch (const model::ModelError& e) {
+    *note = e.what();
+    return dedup::ModelKind::kUnknown;
   }
 }
 
@@ -134,6 +151,7 @@ int run(const GlobalOptions& g, const DuplicatesArgs& a, bool threshold_given) {
   {
     auto collection = store::Collection::open(g.collection, store::Collection::Mode::Read);
     try {
+      o.model_kind = model_kind(collection->config(), &o.model_note);
       report = dedup::find_duplicates(*collection, o);
     } catch (const dedup::DuplicateOptionError& e) {
       spdlog::error("lookalike duplicates: {}", e.what());

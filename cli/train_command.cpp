@@ -2,8 +2,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -15,6 +17,7 @@
 #include "engine/engine.h"
 #include "image/decode.h"
 #include "model/model_card.h"
+#include "train/temp_files.h"
 #include "train/train.h"
 
 namespace lookalike::cli {
@@ -80,11 +83,30 @@ std::string left_out_note(const train::TrainResult& r) {
 // Listing every entry of a large set would bury the progress; --json has them all (as eval).
 constexpr std::size_t kMaxWarnings = 20;
 
-void warn_skipped(const std::vector<std::string>& skipped) {
-  for (std::size_t i = 0; i < skipped.size() && i < kMaxWarnings; ++i)
-    spdlog::warn("left out: {}", skipped[i]);
-  if (skipped.size() > kMaxWarnings)
-    spdlog::warn("... and {} more left out of the labelled set", skipped.size() - kMaxWarnings);
+void warn_left_out(const std::vector<std::string>& entries) {
+  for (std::size_t i = 0; i < entries.size() && i < kMaxWarnings; ++i)
+    spdlog::warn("left out: {}", entries[i]);
+  if (entries.size() > kMaxWarnings)
+    spdlog::warn("... and {} more left out (--json lists them all)", entries.size() - kMaxWarnings);
+}
+
+// SIGINT / SIGTERM end the run at once, as they did before, but first remove the temporary
+// archive, card and backbone it is writing beside --out (train/temp_files.h); a signal during
+// the final renames ends the process once both are done.
+extern "C" void on_train_signal(int signal) {
+  if (!train::remove_temp_files_for_signal(signal)) return;
+  static const char kMessage[] = "\nlookalike train: interrupted; its temporary files removed\n";
+  [[maybe_unused]] auto written = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+  ::_exit(kInterrupted);
+}
+
+void install_train_signal_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = on_train_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
 }
 
 int report_error(const char* command, const std::exception& e, int code) {
@@ -112,7 +134,10 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
       print_epoch(r);
   };
   // As soon as the labels are read, so that a long run over the wrong input can be stopped.
-  cb.on_skipped = warn_skipped;
+  cb.on_skipped = warn_left_out;
+  // Before training, so that an error for too few images left does not hide why they failed.
+  cb.on_failed = warn_left_out;
+  install_train_signal_handler();
   image::init_decoder();
   train::TrainResult r;
   try {
@@ -124,7 +149,6 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
   } catch (const engine::EngineError& e) {
     return report_error("train", e, kError);
   }
-  for (const auto& f : r.failed) spdlog::warn("left out: {}", f);
   const auto& v = r.training["validation"];
   if (json_out) {
     json out = {{"type", "train"},
@@ -172,7 +196,7 @@ int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
   try {
     r = train::reembed_collection(o);
   } catch (const train::TrainError& e) {
-    return report_error("reembed", e, kError);
+    return report_error("reembed", e, e.usage() ? kUsage : kError);
   } catch (const model::ModelError& e) {
     return report_error("reembed", e, kError);
   } catch (const engine::EngineError& e) {
@@ -221,7 +245,8 @@ void add_train_options(CLI::App& cmd, TrainArgs& a) {
   cmd.add_option("--dim", o.dim, "Output dimension (default 256)");
   cmd.add_option("--head", o.head, "linear (default) or mlp");
   cmd.add_option("--hidden", o.hidden, "mlp: hidden width (default 1024)");
-  cmd.add_option("--margin", o.margin, "Triplet margin, Euclidean on unit vectors (default 0.2)");
+  cmd.add_option("--margin", o.margin,
+                 "Triplet margin, Euclidean on unit vectors, in (0, 4] (default 0.2)");
   cmd.add_option("--mining", o.mining, "batch-hard (default) or semi-hard");
   cmd.add_option("--labels-per-batch", o.labels_per_batch, "P (default 16)");
   cmd.add_option("--images-per-label", o.images_per_label, "K (default 8)");

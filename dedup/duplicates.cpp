@@ -244,6 +244,24 @@ DuplicateGroup make_group(const store::Collection& c, const std::vector<Row>& ro
   return g;
 }
 
+// Where the default threshold comes from, and when it was not measured for this model, why.
+std::string default_source(const std::string& model_id, const DuplicateOptions& o) {
+  const auto name = model_id.substr(0, model_id.find('@'));
+  if (measured_default(model_id, o.model_kind)) return "default for " + name;
+  // A trained head pulls images of one label together: at 0.90 whole classes can read as
+  // duplicates, and nothing measured says what threshold suits it.
+  const std::string why =
+      o.model_kind == ModelKind::kTrained
+          ? "a head trained by lookalike train (its card has 'training') groups images of one "
+            "label"
+      : o.model_kind == ModelKind::kUnknown && !o.model_note.empty()
+          ? "its model card, which tells the pretrained network from a trained head, could not "
+            "be read: " +
+                o.model_note
+          : "a trained head groups images of one label";
+  return "default, not measured for " + name + " (" + why + ": check a sample, set --threshold)";
+}
+
 std::vector<std::vector<std::size_t>> components(std::size_t n, DisjointSets& sets) {
   std::unordered_map<std::size_t, std::size_t> group_of;  // root -> position in `out`
   std::vector<std::vector<std::size_t>> out;
@@ -267,6 +285,11 @@ double default_threshold(const std::string& model_id) {
   // Measured figures for both are in the header and docs/duplicates.md.
   if (name == "mobilenet_v2" || name == "resnet50") return 0.90;
   return kDefaultThreshold;
+}
+
+bool measured_default(const std::string& model_id, ModelKind kind) {
+  const auto name = model_id.substr(0, model_id.find('@'));
+  return kind == ModelKind::kPretrained && (name == "mobilenet_v2" || name == "resnet50");
 }
 
 DisjointSets::DisjointSets(std::size_t n) : parent_(n), size_(n, 1) {
@@ -316,15 +339,7 @@ DuplicateReport find_duplicates(const store::Collection& c, const DuplicateOptio
   DuplicateReport report;
   report.k = o.k;
   report.threshold = o.threshold.value_or(default_threshold(c.config().model_id));
-  const auto name = c.config().model_id.substr(0, c.config().model_id.find('@'));
-  const bool measured = name == "mobilenet_v2" || name == "resnet50";  // default_threshold's
-  // A trained head pulls images of one label together: at 0.90 whole classes can read as
-  // duplicates, and nothing measured says what threshold suits it.
-  report.threshold_source = o.threshold ? "--threshold"
-                            : measured  ? "default for " + name
-                                        : "default, not measured for " + name +
-                                             " (a trained head groups images of one label: "
-                                             "check a sample, set --threshold)";
+  report.threshold_source = o.threshold ? "--threshold" : default_source(c.config().model_id, o);
   report.params = o.params;
   const auto rows = read_rows(c);
   report.images = static_cast<std::int64_t>(rows.size());

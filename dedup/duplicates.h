@@ -68,10 +68,22 @@ class DuplicateOptionError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// What the collection's model is, as its model card says (the caller reads it: this library
+// loads no model). The thresholds above were measured for the pretrained networks only; a head
+// trained with `lookalike train` may carry the same name (`--out mobilenet_v2.pt`), so the
+// name alone never decides.
+enum class ModelKind {
+  kUnknown,     // the card could not be read (model_note says why)
+  kPretrained,  // a card without a `training` section
+  kTrained,     // a card with one (lookalike train)
+};
+
 struct DuplicateOptions {
   std::optional<double> threshold;  // cosine similarity in [-1, 1]; unset: default_threshold()
-  int k = kDefaultNeighbours;       // neighbours searched per image, 1..store::kMaxTopK - 1
-  int batch = kDefaultBatch;        // queries per Collection::search call, >= 1
+  ModelKind model_kind = ModelKind::kUnknown;  // decides whether the default was measured
+  std::string model_note;                      // kUnknown: why (e.g. the card's error)
+  int k = kDefaultNeighbours;  // neighbours searched per image, 1..store::kMaxTopK - 1
+  int batch = kDefaultBatch;   // queries per Collection::search call, >= 1
   int max_distance = kSamePictureMaxDistance;  // pHash bits (dedup::distance), 0..64
   bool perceptual_hash = true;                 // false: same_picture only from content_hash
   // Search-time parameters of the neighbour searches (nprobe for IVF, ef_search for HNSW,
@@ -106,8 +118,10 @@ struct DuplicateReport {
   std::int64_t images = 0;             // images in the collection
   std::int64_t images_in_groups = 0;
   std::int64_t exact_groups = 0;
-  double threshold = 0;          // the one used
-  std::string threshold_source;  // "--threshold" or "default for <model>"
+  double threshold = 0;  // the one used
+  // "--threshold", "default for <model>" (measured: a pretrained mobilenet_v2 or resnet50, by
+  // its card), else "default, not measured for <model> (<why>)"
+  std::string threshold_source;
   int k = 0;
   index::SearchParams params;  // as given (0 fields: the collection's defaults)
   // Perceptual hashes computed from files because the catalog row had none (a row written
@@ -116,7 +130,11 @@ struct DuplicateReport {
 };
 
 // The default threshold for a model id ("mobilenet_v2@..." or a bare name); see the top comment.
+// The same 0.90 for every model so far; whether it was measured is measured_default's to say.
 double default_threshold(const std::string& model_id);
+// Whether the default threshold was measured for this model: a name with measured figures and a
+// card that says it is the pretrained network, not a trained head of that name.
+bool measured_default(const std::string& model_id, ModelKind kind);
 
 // Union-find over 0..n-1 with path halving and union by size: O(n) memory, near-constant time a
 // call (inverse Ackermann).

@@ -253,6 +253,32 @@ TEST(DedupOptions, ThresholdSourceSaysWhenTheDefaultIsUnmeasured) {
   EXPECT_EQ(find_duplicates(*c, o).threshold_source, "--threshold");
 }
 
+// Whether the default was measured is the model card's to say, not the name's: a head trained
+// with `lookalike train --out mobilenet_v2.pt` carries the measured model's name.
+TEST(DedupOptions, MeasuredDefaultNeedsThePretrainedCardNotJustTheName) {
+  auto cfg = config();
+  cfg.model_id = "mobilenet_v2@0000000000000000";
+  cfg.model_name = "mobilenet_v2";
+  auto c = Collection::create_or_open(scratch_dir("dedup_measured"), cfg);
+  c->apply(clustered_puts(2, 2), {});
+  DuplicateOptions o;
+  o.perceptual_hash = false;
+  o.model_kind = dedup::ModelKind::kPretrained;
+  EXPECT_EQ(find_duplicates(*c, o).threshold_source, "default for mobilenet_v2");
+  o.model_kind = dedup::ModelKind::kTrained;
+  auto source = find_duplicates(*c, o).threshold_source;
+  EXPECT_EQ(source.rfind("default, not measured for mobilenet_v2 (a head trained", 0), 0u)
+      << source;
+  o.model_kind = dedup::ModelKind::kUnknown;
+  o.model_note = "no model 'mobilenet_v2'";
+  source = find_duplicates(*c, o).threshold_source;
+  EXPECT_NE(source.find("not measured for mobilenet_v2"), std::string::npos) << source;
+  EXPECT_NE(source.find("no model 'mobilenet_v2'"), std::string::npos) << source;
+  EXPECT_FALSE(dedup::measured_default("mobilenet_v2@0", dedup::ModelKind::kTrained));
+  EXPECT_TRUE(dedup::measured_default("resnet50@0", dedup::ModelKind::kPretrained));
+  EXPECT_FALSE(dedup::measured_default("vit_b_16@0", dedup::ModelKind::kPretrained));
+}
+
 TEST(DisjointSets, UnionsAndSizes) {
   DisjointSets s(6);
   EXPECT_TRUE(s.unite(0, 1));

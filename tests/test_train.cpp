@@ -1,8 +1,15 @@
 // train/: the augmentation `train --full` draws (image/augment.h) and the triplet losses and
-// leave-one-out Recall@1 (train/head.h), on inputs small enough to check by hand.
+// leave-one-out Recall@1 (train/head.h), on inputs small enough to check by hand; the run's
+// temporary files (train/temp_files.h) on real files.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -10,6 +17,7 @@
 #include "image/augment.h"
 #include "image/preprocess.h"
 #include "train/head.h"
+#include "train/temp_files.h"
 
 namespace img = lookalike::image;
 namespace td = lookalike::train::detail;
@@ -197,4 +205,119 @@ TEST(Validation, LeaveOneOutRecallAtOneSkipsTheQueryItself) {
   // Label 2 has no other image: skipped; label 1 likewise. Only row 0 and row 1 count.
   EXPECT_DOUBLE_EQ(td::leave_one_out_recall_at_1(all, labels, 3, {0, 1, 2, 3}), 0.5);
   EXPECT_DOUBLE_EQ(td::leave_one_out_recall_at_1(all, labels, 3, {3}), -1);
+}
+
+// train/temp_files.h: the sweep removes only abandoned files of our own pattern for that --out;
+// a signal removes the registered files, and waits for a commit to end first.
+namespace {
+
+std::filesystem::path fresh_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("lookalike-test-train-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+void touch(const std::filesystem::path& p) { std::ofstream(p) << "x"; }
+
+// A process id that no longer runs: a child that has exited and been reaped.
+pid_t gone_pid() {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(0);
+  ::waitpid(pid, nullptr, 0);
+  return pid;
+}
+
+}  // namespace
+
+TEST(TempFiles, SweepRemovesOnlyAbandonedFilesOfTheSameOut) {
+  namespace fs = std::filesystem;
+  const auto dir = fresh_dir("sweep");
+  const auto dead = std::to_string(gone_pid());
+  const auto alive = std::to_string(::getpid());
+  const std::vector<std::string> stale = {".m.tmp-" + dead + ".pt", ".m.tmp-" + dead + ".json",
+                                          ".m.tmp-" + dead + ".backbone.pt",
+                                          ".m.tmp-" + dead + ".pt.tmp", "m.pt.backbone.tmp"};
+  const std::vector<std::string> kept = {".m.tmp-" + alive + ".pt",
+                                         ".other.tmp-" + dead + ".pt",
+                                         ".m.tmp-.pt",
+                                         ".m.tmp-12x.pt",
+                                         ".m.tmp-" + dead + ".jpg",
+                                         "m.pt",
+                                         "m.json"};
+  for (const auto& n : stale) touch(dir / n);
+  for (const auto& n : kept) touch(dir / n);
+  // Named like ours, but a folder and a link: never removed (only regular files are ours).
+  const auto other_dead = std::to_string(gone_pid());
+  fs::create_directory(dir / (".m.tmp-" + other_dead + ".json"));
+  fs::create_symlink(dir / "m.pt", dir / (".m.tmp-" + other_dead + ".pt"));
+  const auto removed = lookalike::train::sweep_stale_temp_files(dir / "m.pt");
+  EXPECT_EQ(removed.size(), stale.size());
+  for (const auto& n : stale) EXPECT_FALSE(fs::exists(dir / n)) << n;
+  for (const auto& n : kept) EXPECT_TRUE(fs::exists(dir / n)) << n;
+  EXPECT_TRUE(fs::is_directory(dir / (".m.tmp-" + other_dead + ".json")));
+  EXPECT_TRUE(fs::is_symlink(dir / (".m.tmp-" + other_dead + ".pt")));
+  EXPECT_EQ(lookalike::train::temp_path(dir / "m.pt", ".json"),
+            dir / (".m.tmp-" + alive + ".json"));
+  fs::remove_all(dir);
+}
+
+namespace {
+
+// In a child process (the cleanup ends it): a handler as the CLI installs it.
+extern "C" void remove_and_exit(int signal) {
+  if (lookalike::train::remove_temp_files_for_signal(signal)) ::_exit(42);
+}
+
+int child_status(const std::function<void()>& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::signal(SIGUSR1, remove_and_exit);
+    body();
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+TEST(TempFiles, ASignalRemovesRegisteredFilesAfterACommitEnds) {
+  namespace fs = std::filesystem;
+  using lookalike::train::CommitGuard;
+  using lookalike::train::TempFileGuard;
+  const auto dir = fresh_dir("signal");
+  // Registered, then a signal: removed, the process ends.
+  EXPECT_EQ(child_status([&] {
+              touch(dir / "a.tmp");
+              TempFileGuard guard(dir / "a.tmp");
+              ::raise(SIGUSR1);
+            }),
+            42);
+  EXPECT_FALSE(fs::exists(dir / "a.tmp"));
+  // No longer registered: kept.
+  EXPECT_EQ(child_status([&] {
+              touch(dir / "b.tmp");
+              { TempFileGuard guard(dir / "b.tmp"); }
+              ::raise(SIGUSR1);
+            }),
+            42);
+  EXPECT_TRUE(fs::exists(dir / "b.tmp"));
+  // During a commit the signal waits: the rename completes, then the process ends.
+  EXPECT_EQ(child_status([&] {
+              touch(dir / "c.tmp");
+              TempFileGuard guard(dir / "c.tmp");
+              {
+                CommitGuard commit;
+                ::raise(SIGUSR1);
+                if (!fs::exists(dir / "c.tmp")) ::_exit(1);  // removed mid-commit
+                fs::rename(dir / "c.tmp", dir / "c.pt");
+              }
+              ::_exit(2);  // the held signal must have ended the process
+            }),
+            42);
+  EXPECT_TRUE(fs::exists(dir / "c.pt"));
+  fs::remove_all(dir);
 }

@@ -10,6 +10,7 @@
 
 #include "image/augment.h"
 #include "image/decode.h"
+#include "train/temp_files.h"
 
 namespace lookalike::train::detail {
 namespace fs = std::filesystem;
@@ -280,7 +281,9 @@ FineTuned fine_tune(Backbone& b, const FineTuneData& data, const image::Preproce
   for (auto& q : b.stage_params) q.set_requires_grad(false);
   ft.head = std::move(head);
 
-  ft.backbone = fs::path(o.out).concat(".backbone.tmp");
+  // Registered before it exists, so that an interrupt during the save removes it too.
+  ft.backbone = temp_path(o.out, ".backbone.pt");
+  ft.backbone_guard = std::make_unique<TempFileGuard>(ft.backbone);
   b.archive.save(ft.backbone.string());
   ft.info = {{"stage", b.stage_name},
              {"batch_norm", "eval mode (running statistics kept)"},

@@ -6,12 +6,14 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "image/preprocess.h"
 #include "train/head.h"
+#include "train/temp_files.h"
 #include "train/train.h"
 
 namespace lookalike::train::detail {
@@ -52,14 +54,16 @@ struct FineTuned {
   int best_epoch = 0;               // 0 = none beat the head-only model on validation
   double best_recall = -1;
   std::filesystem::path backbone;  // the fine-tuned base archive (a temporary file to embed)
-  nlohmann::json info;             // the card's training.fine_tune object
+  std::unique_ptr<TempFileGuard> backbone_guard;  // removes it on SIGINT / SIGTERM
+  nlohmann::json info;                            // the card's training.fine_tune object
 };
 
 // Fine-tunes b's stage and `head` (trained head-only first) for options.full_epochs epochs of
 // P x K batches of augmented images (image/augment.h), Adam at options.full_learning_rate for
 // the stage and 10x that for the head; batch norm stays in eval mode. With validation, the
 // epoch with the best validation Recall@1 is kept, and the head-only model (head_recall) when no
-// epoch beats it. Writes the kept backbone next to `out` (".backbone.tmp"). Throws TrainError
+// epoch beats it. Writes the kept backbone next to `out` (temp_path(out, ".backbone.pt"),
+// registered for removal on interrupt; the caller removes it). Throws TrainError
 // naming a file that no longer decodes.
 FineTuned fine_tune(Backbone& b, const FineTuneData& data, const image::PreprocessSpec& spec,
                     Head head, double head_recall, const TrainOptions& options,

@@ -163,14 +163,9 @@ void save_archive(const fs::path& base, const std::string& base_method, const He
   src += "    return self.head(self.base." + base_method + "(images))\n";
   m.define(src);
   m.eval();
-  const fs::path tmp = fs::path(out).concat(".tmp");
-  m.save(tmp.string());
-  std::error_code ec;
-  fs::rename(tmp, out, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw std::runtime_error(out.string() + ": cannot write the archive: " + ec.message());
-  }
+  // Straight to `out`: the caller's own temporary name, registered for removal on interrupt
+  // (train/temp_files.h); a second temporary name here would escape that.
+  m.save(out.string());
 }
 
 }  // namespace lookalike::train::detail

@@ -55,7 +55,7 @@ std::vector<std::int64_t> sample_batch(const std::vector<std::vector<std::int64_
 
 // Writes a TorchScript archive: `base` (the base model's archive, loaded as a submodule) and the
 // head, with methods forward(images) = head(base.<base_method>(images)) and head(embeddings).
-// Written to `out` + ".tmp" and renamed.
+// Written to `out` directly: the caller writes to a temporary name and renames it.
 void save_archive(const std::filesystem::path& base, const std::string& base_method,
                   const Head& head, const std::filesystem::path& out);
 

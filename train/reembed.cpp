@@ -8,6 +8,7 @@
 #include "index/vector_index.h"
 #include "model/embedding_model.h"
 #include "store/collection.h"
+#include "train/common.h"
 #include "train/embedding_engine.h"
 #include "train/train.h"
 
@@ -77,15 +78,73 @@ void copy_uploads(const std::vector<fs::path>& files, const fs::path& dir) {
   }
 }
 
+// Links and ".." resolved as far as the path exists (the lexical form where that fails).
+fs::path canonical_or_lexical(const fs::path& p) {
+  std::error_code ec;
+  auto c = fs::weakly_canonical(p, ec);
+  return ec ? fs::absolute(p).lexically_normal() : c;
+}
+
+// `inner` is `outer` or lies inside it (both canonical).
+bool within(const fs::path& inner, const fs::path& outer) {
+  auto i = inner.begin();
+  for (auto o = outer.begin(); o != outer.end(); ++o, ++i)
+    if (i == inner.end() || *i != *o) return false;
+  return true;
+}
+
+// The run removes and rebuilds `partial` (an earlier run's leftover): never when that is the
+// source collection or holds it (`-c lib.partial reembed --out lib` deleted the source), by any
+// spelling or link.
+void check_partial(const fs::path& partial, const fs::path& collection) {
+  const auto part = canonical_or_lexical(partial);
+  const auto source = canonical_or_lexical(collection);
+  if (!within(source, part)) return;
+  throw TrainError(
+      fmt::format("--out: the run would remove and rebuild {}, which {} the source collection {}; "
+                  "choose another --out (or move the source first)",
+                  partial.string(), source == part ? "is" : "holds", collection.string()),
+      true);
+}
+
+// --out, before the source or the model is opened (a bad one used to fail only after every
+// image was embedded): a name, not a file, not a folder with something in it, in a folder that
+// exists and can be written (as train and map require), and clear of the source. Returns it
+// absolute, without a trailing '/'.
+fs::path checked_out(const ReembedOptions& o) {
+  if (o.out.empty()) throw TrainError("--out: must name the new collection's folder", true);
+  auto out = fs::absolute(o.out).lexically_normal();
+  if (!out.has_filename()) out = out.parent_path();  // "new/"
+  if (out.filename().empty() || out == out.root_path())
+    throw TrainError("--out " + o.out.string() + ": must name the new collection's folder", true);
+  std::error_code ec;
+  const auto st = fs::status(out, ec);
+  if (fs::exists(st) && !fs::is_directory(st))
+    throw TrainError(out.string() + ": --out is a file; reembed writes a new collection folder");
+  if (fs::exists(st) && !fs::is_empty(out, ec))
+    throw TrainError(out.string() + ": --out already exists; reembed writes a new collection");
+  detail::check_out_parent(out);
+  check_partial(fs::path(out.string() + ".partial"), o.collection);
+  return out;
+}
+
+// Every image failed (the source's files moved away, say): an empty collection would stand in
+// for the source, so nothing is written, and the first causes are named.
+void check_something_embedded(const ReembedOptions& o, const ReembedResult& r,
+                              const std::vector<bool>& done, const fs::path& out) {
+  if (done.empty() || std::find(done.begin(), done.end(), true) != done.end()) return;
+  throw TrainError(fmt::format(
+      "{}: none of its {} images could be embedded, nothing written at {}: {}",
+      o.collection.string(), done.size(), out.string(), detail::first_causes(r.failed)));
+}
+
 }  // namespace
 
 ReembedResult reembed_collection(const ReembedOptions& o,
                                  const std::function<void(const EmbedProgress&)>& on_progress) {
   if (!store::Collection::exists(o.collection))
     throw TrainError(o.collection.string() + ": no collection here");
-  std::error_code ec;
-  if (fs::exists(o.out, ec) && !fs::is_empty(o.out, ec))
-    throw TrainError(o.out.string() + ": --out already exists; reembed writes a new collection");
+  const fs::path out = checked_out(o);
   auto source = store::Collection::open(o.collection, store::Collection::Mode::Read);
 
   // The vectors come out as `index` would compute them with this model and these options
@@ -148,6 +207,7 @@ ReembedResult reembed_collection(const ReembedOptions& o,
     r.decoded = static_cast<std::int64_t>(missing.size() - r.failed.size());
     if (on_progress) on_progress({r.images, r.images});
   }
+  check_something_embedded(o, r, done, out);
 
   store::CatalogConfig config = source->config();
   config.model_id = model->id();
@@ -155,9 +215,12 @@ ReembedResult reembed_collection(const ReembedOptions& o,
   config.dim = dim;
   // Built beside `out` and renamed into place once whole: an interrupted reembed leaves no
   // half collection at `out` (a rerun would refuse it), only a folder the next run replaces.
-  const auto out = fs::absolute(o.out).lexically_normal();
   const auto partial = fs::path(out.string() + ".partial");
+  std::error_code ec;
   fs::remove_all(partial, ec);
+  if (ec)
+    throw TrainError(partial.string() +
+                     ": cannot remove what an earlier run left there: " + ec.message());
   const auto uploads = retarget_uploads(o.collection, out, records);
   {
     auto target = store::Collection::create_or_open(partial, config);

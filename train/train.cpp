@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -23,26 +24,19 @@
 #include "eval/labels.h"
 #include "model/embedding_model.h"
 #include "pipeline/files.h"
+#include "train/common.h"
 #include "train/embedding_engine.h"
 #include "train/finetune.h"
 #include "train/head.h"
+#include "train/temp_files.h"
 
 namespace lookalike::train {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
+namespace detail {
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-fs::path card_of(const fs::path& archive) { return fs::path(archive).replace_extension(".json"); }
-
-// Before any work: --out's folder must exist (it is not created, as for map --out and
-// embed --npy, so that a typo does not make folders) and be writable.
-void check_out_folder(const fs::path& out) {
+void check_out_parent(const fs::path& out) {
   const fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
   std::error_code ec;
   const auto st = fs::status(dir, ec);
@@ -57,7 +51,38 @@ void check_out_folder(const fs::path& out) {
     throw TrainError(out.string() + ": cannot write in folder " + dir.string() + ": " +
                      std::strerror(errno));
   }
-  // Both, so that neither rename can fail once the model is written.
+}
+
+std::string first_causes(const std::vector<std::string>& failed, std::size_t count) {
+  std::string out;
+  for (std::size_t i = 0; i < failed.size() && i < count; ++i) out += (i ? "; " : "") + failed[i];
+  if (failed.size() > count) out += fmt::format(" (and {} more)", failed.size() - count);
+  return out;
+}
+
+}  // namespace detail
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+fs::path card_of(const fs::path& archive) { return fs::path(archive).replace_extension(".json"); }
+
+// " (N of M labelled images could not be read or decoded: ...)", or "" when none failed.
+std::string failure_note(const std::vector<std::string>& failed, std::size_t used) {
+  if (failed.empty()) return "";
+  return fmt::format(" ({} of {} labelled images could not be read or decoded: {})", failed.size(),
+                     failed.size() + used, detail::first_causes(failed));
+}
+
+// Before any work: --out's folder must exist and be writable (check_out_parent); neither file
+// may be a folder, so that neither rename can fail once the model is written.
+void check_out_folder(const fs::path& out) {
+  detail::check_out_parent(out);
+  std::error_code ec;
   for (const auto& f : {out, card_of(out)})
     if (fs::is_directory(f, ec)) throw TrainError(f.string() + ": is a folder");
 }
@@ -76,6 +101,10 @@ constexpr std::int64_t kMaxSemiHardBatch = 512;
 // above the default 0.003 only make the loss jump, and 1e30 overflowed the weights (a model of
 // all-zero embeddings was written). check_head_output catches what gets past this bound.
 constexpr double kMaxLearningRate = 10;
+// Distances between unit vectors lie in [0, 2], so d(a,p) - d(a,n) lies in [-2, 2]: a margin
+// above 2 already makes every triplet count, and one past 4 is a typo, not a setting (inf left
+// the card with "margin": null and every loss infinite).
+constexpr double kMaxMargin = 4;
 
 void check_ranges(const TrainOptions& o) {
   auto usage = [](const std::string& what) { throw TrainError(what, true); };
@@ -87,7 +116,11 @@ void check_ranges(const TrainOptions& o) {
                     o.dim, kMaxDim));
   if (o.hidden < 1 || o.hidden > kMaxHidden)
     usage(fmt::format("--hidden: {} is not in 1..{}", o.hidden, kMaxHidden));
-  if (!(o.margin > 0)) usage("--margin: must be > 0");
+  if (!(std::isfinite(o.margin) && o.margin > 0 && o.margin <= kMaxMargin))
+    usage(
+        fmt::format("--margin: {} is not in (0, {}] (distances between unit vectors are at "
+                    "most 2)",
+                    o.margin, kMaxMargin));
   if (o.labels_per_batch < 2) usage("--labels-per-batch: must be at least 2");
   if (o.images_per_label < 2) usage("--images-per-label: must be at least 2");
   // In 64 bits: both values are ints, and their product is the batch size B.
@@ -129,9 +162,21 @@ bool same_file(const fs::path& a, const fs::path& b) {
   return fs::absolute(a, ec).lexically_normal() == fs::absolute(b, ec).lexically_normal();
 }
 
+// The base model's reduced-precision archives, as its card names them (beside the card).
+std::vector<fs::path> precision_archives(const fs::path& base_path) {
+  const auto card = model::load_model_card(card_of(base_path));
+  std::vector<fs::path> out;
+  if (!card.precisions.is_object()) return out;
+  for (const auto& entry : card.precisions)
+    if (entry.is_object() && entry.contains("archive") && entry["archive"].is_string())
+      out.push_back(base_path.parent_path() / entry["archive"].get<std::string>());
+  return out;
+}
+
 // --out must not replace the base it is trained from (that would destroy the base archive the
-// run reads, and its card), nor, without --force, any existing model: a collection built with
-// it records its id and would refuse the new one.
+// run reads, its card, or one of its reduced-precision archives, which `--precision auto` would
+// then run in its place), nor, without --force, any existing model: a collection built with it
+// records its id and would refuse the new one.
 void check_out_target(const TrainOptions& o, const fs::path& base_path) {
   auto usage = [](const std::string& what) { throw TrainError(what, true); };
   const fs::path card = card_of(o.out);
@@ -140,6 +185,12 @@ void check_out_target(const TrainOptions& o, const fs::path& base_path) {
         fmt::format("--out {}: is the base model {} (its .pt or .json); the trained model "
                     "must be written elsewhere",
                     o.out.string(), base_path.string()));
+  for (const auto& archive : precision_archives(base_path))
+    if (same_file(o.out, archive))
+      usage(
+          fmt::format("--out {}: is the base model's reduced-precision archive {} (named in the "
+                      "card's 'precisions'); the trained model must be written elsewhere",
+                      o.out.string(), archive.string()));
   if (o.force) return;
   std::error_code ec;
   for (const auto& f : {o.out, card})
@@ -327,13 +378,15 @@ struct Trained {
   double best_recall = -1;
 };
 
+// `failed`: the images left out because they could not be read or decoded, named when too few
+// are left to train on (they are the likely cause).
 Trained fit(const Dataset& d, const Split& s, const TrainOptions& o, std::mt19937_64& rng,
-            const TrainCallbacks& cb) {
+            const TrainCallbacks& cb, const std::vector<std::string>& failed) {
   const auto pool = detail::batch_pool(d.labels, s.train);
   if (pool.size() < 2)
     throw TrainError(o.labels.string() +
                      ": needs at least two labels with two or more training images each, found " +
-                     std::to_string(pool.size()));
+                     std::to_string(pool.size()) + failure_note(failed, d.files.size()));
   const int p = std::min<int>(o.labels_per_batch, static_cast<int>(pool.size()));
   const int k = o.images_per_label;
   const auto batches =
@@ -513,12 +566,12 @@ void check_loaded(const fs::path& archive, const TrainOptions& o) {
 }
 
 // Archive and card go to temporary names beside --out, are loaded as a model, and only then
-// renamed over it: a failure (disk full, a model that does not load) leaves any old files whole.
+// renamed over it: a failure (disk full, a model that does not load) leaves any old files whole,
+// and so does SIGINT / SIGTERM (the guards remove the temporary files; the renames finish first).
 void write_model(const fs::path& base_archive, const std::string& base_method,
                  const detail::Head& head, const model::ModelCard& card, const TrainOptions& o) {
-  const fs::path dir = o.out.parent_path();
-  const fs::path tmp =
-      dir / fmt::format(".{}.tmp-{}.pt", o.out.stem().string(), static_cast<long>(::getpid()));
+  const fs::path tmp = temp_path(o.out, ".pt");
+  const TempFileGuard archive_guard(tmp), card_guard(card_of(tmp));
   auto cleanup = [&] {
     std::error_code ec;
     fs::remove(tmp, ec);
@@ -528,6 +581,7 @@ void write_model(const fs::path& base_archive, const std::string& base_method,
     detail::save_archive(base_archive, base_method, head, tmp);
     model::save_model_card(card, card_of(tmp));
     check_loaded(tmp, o);
+    const CommitGuard commit;
     fs::rename(tmp, o.out);
     fs::rename(card_of(tmp), card_of(o.out));
   } catch (...) {
@@ -543,6 +597,9 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
   check_options(o);
   const fs::path base_path = model::resolve_model(o.base, model::default_model_dirs());
   check_out_target(o, base_path);
+  // What an earlier run for this --out left when it was killed (kill -9, power loss).
+  for (const auto& f : sweep_stale_temp_files(o.out))
+    spdlog::warn("removed {}, left by an interrupted run", f.string());
   TrainResult r;
   const eval::LabelledSet set = load_labels(o, r, cb);
   std::set<std::string> distinct(set.labels.begin(), set.labels.end());
@@ -563,12 +620,14 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
   const fs::path cache_dir = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
   Dataset d = embed_dataset(set, *engine, cache_dir, r, cb);
   r.images = static_cast<std::int64_t>(d.files.size());
+  // Before training, so that the causes show even when too few images are left to train on.
+  if (cb.on_failed && !r.failed.empty()) cb.on_failed(r.failed);
 
   at::set_num_threads(base->threads());
   torch::manual_seed(o.seed);
   std::mt19937_64 rng(o.seed);
   const Split s = split_dataset(d, o, rng);
-  Trained t = fit(d, s, o, rng, cb);
+  Trained t = fit(d, s, o, rng, cb, r.failed);
   std::optional<detail::FineTuned> ft;
   if (o.full) {
     auto backbone = detail::load_backbone(base_path, base->card().architecture);
@@ -591,7 +650,9 @@ TrainResult train_model(const TrainOptions& o, const TrainCallbacks& cb) {
   // The fine-tuned backbone is a temporary file beside --out, removed whatever happens.
   auto remove_backbone = [&] {
     std::error_code ec;
-    if (ft) fs::remove(ft->backbone, ec);
+    if (!ft) return;
+    fs::remove(ft->backbone, ec);
+    ft->backbone_guard.reset();
   };
   try {
     check_head_output(t.head, d, o);

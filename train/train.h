@@ -51,7 +51,7 @@ struct TrainOptions {
   int dim = 256;                      // output width of the head
   std::string head = "linear";        // "linear" | "mlp" (Linear, ReLU, Linear)
   int hidden = 1024;                  // mlp: hidden width
-  double margin = 0.2;                // triplet margin, Euclidean on unit vectors
+  double margin = 0.2;                // triplet margin, Euclidean on unit vectors; (0, 4]
   std::string mining = "batch-hard";  // "batch-hard" | "semi-hard"
   int labels_per_batch = 16;          // P (capped at the number of training labels)
   int images_per_label = 8;           // K
@@ -102,6 +102,10 @@ struct TrainCallbacks {
   // row naming a missing file, an empty label, an image directly in the labels folder), as soon
   // as the set is read, so that a long run can be stopped. Not called when there are none.
   std::function<void(const std::vector<std::string>&)> on_skipped;
+  // The images that could not be read or decoded ("<file>: <reason>", TrainResult::failed), once
+  // the base embeddings are computed and before training: also when too few images are left to
+  // train on, so that the run's error does not hide its causes. Not called when there are none.
+  std::function<void(const std::vector<std::string>&)> on_failed;
 };
 
 struct TrainResult {
@@ -127,11 +131,14 @@ struct TrainResult {
 std::filesystem::path default_cache_dir();
 
 // Trains and writes options.out (+ .json). Throws TrainError for bad input (see above; usage()
-// for an out-of-range option, an `out` that is the base model's archive or card, or an existing
-// one without `force`; not usage() for a run whose weights diverged), model::ModelError for a
-// base model that cannot be loaded, std::runtime_error for write failures naming the file. The
-// files are written under temporary names, loaded as a model, then renamed over `out`, so a
-// failure leaves older files whole. Deterministic for a given seed and thread count.
+// for an out-of-range option, an `out` that is the base model's archive or card or one of the
+// reduced-precision archives its card names, or an existing one without `force`; not usage()
+// for a run whose weights diverged), model::ModelError for a base model that cannot be loaded,
+// std::runtime_error for write failures naming the file. The files are written under temporary
+// names, loaded as a model, then renamed over `out`, so a failure leaves older files whole; the
+// temporary files are removed on SIGINT / SIGTERM (train/temp_files.h), and those an earlier,
+// killed run left for the same `out` at the start. Deterministic for a given seed and thread
+// count.
 TrainResult train_model(const TrainOptions& options, const TrainCallbacks& callbacks = {});
 
 // --- Base-embedding cache -------------------------------------------------------------------
@@ -182,8 +189,12 @@ struct ReembedResult {
 // trained head (card.training.base_model.id), cached base embeddings are projected by its
 // `head` method and only images missing from the cache are decoded. A precision switch is a
 // reembed with the same model and another `precision` (docs/precision.md, "Which vectors mix").
-// Throws TrainError for a missing source collection or an existing `out`, model::ModelError for
-// the model, engine::EngineError for a bad option (passes, batch size, threads).
+// `out` is checked before the source or the model is opened: TrainError for an empty one or one
+// whose `out`.partial (which the run replaces) is the source or holds it (usage()), for a file,
+// a folder with something in it, or a folder above it that is missing or not writable. Also
+// TrainError for a missing source collection, and when not one image could be embedded (nothing
+// is written; what() names the first causes); model::ModelError for the model,
+// engine::EngineError for a bad option (passes, batch size, threads).
 ReembedResult reembed_collection(const ReembedOptions& options,
                                  const std::function<void(const EmbedProgress&)>& on_progress = {});
 

@@ -167,6 +167,12 @@ Loaded load(const store::Catalog& catalog, const std::vector<std::int64_t>& ids,
 }
 
 void check_perplexity(const MapOptions& o, std::int64_t n) {
+  // Below 4 points no perplexity fits (it must be >= 1 and <= (n - 1) / 3): suggesting one
+  // would only lead to this message again.
+  if (n < 4) {
+    throw MapUsageError(
+        fmt::format("t-SNE needs at least 4 points and the map has {}; use --method pca", n));
+  }
   if (!(o.perplexity >= 1)) {
     throw MapUsageError(fmt::format("--perplexity must be at least 1, got {}", o.perplexity));
   }
