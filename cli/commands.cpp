@@ -486,6 +486,8 @@ int run_info(const GlobalOptions& g) {
                              full.precision_refusal.empty()
                                  ? ""
                                  : "; refused by this collection: " + full.precision_refusal);
+  else if (!full.precision_reason.empty())
+    std::cout << fmt::format("; this run cannot run: {}", full.precision_reason);
   std::cout << "\n";
   for (const auto& c : info.corrupt) {
     std::cout << fmt::format("corrupt     image {}: {} (left out of the index; re-index it)\n",
@@ -538,14 +540,25 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
   return result.removed.empty() ? kError : kPartial;  // nothing found: nothing was done
 }
 
+// What a precision's fidelity record says, for `models`: "min cosine 0.99985, meets the bar",
+// "not calibrated", or why the record does not count (void, failed).
+std::string fidelity_summary(const json& entry, const fs::path& dir) {
+  const auto f = entry.value("fidelity", json());
+  if (!f.is_object()) return "not calibrated";
+  if (const std::string why = model::void_fidelity_reason(entry, dir); !why.empty())
+    return "not calibrated: " + why;
+  if (f.contains("failure"))
+    return "calibration failed, below the bar: " + f.value("failure", std::string());
+  if (!f.contains("min_cosine"))
+    return fmt::format("{} the bar", model::meets_bar(f) ? "meets" : "below");
+  return fmt::format("min cosine {:.5f}, {} the bar", f.value("min_cosine", 0.0),
+                     model::meets_bar(f) ? "meets" : "below");
+}
+
 // One precision of a card, for `models`: "bf16 (min cosine 0.99985, meets the bar)", with its
 // archive flagged when the file is missing.
 std::string precision_item(const std::string& name, const json& entry, const fs::path& dir) {
-  const auto f = entry.value("fidelity", json());
-  std::string item = name + (f.is_object() ? fmt::format(" (min cosine {:.5f}, {} the bar)",
-                                                         f.value("min_cosine", 0.0),
-                                                         model::meets_bar(f) ? "meets" : "below")
-                                           : std::string(" (not calibrated)"));
+  std::string item = name + " (" + fidelity_summary(entry, dir) + ")";
   const std::string archive = entry.value("archive", "");
   std::error_code ec;
   if (!archive.empty() && !fs::is_regular_file(dir / archive, ec))
@@ -565,7 +578,8 @@ std::string precisions_line(const model::InstalledModel& m) {
     line +=
         "; " +
         model::choose_precision("auto", card.precisions, model::cpu_flags(), card.name, dir).reason;
-  } catch (const model::ModelError&) {
+  } catch (const model::ModelError& e) {
+    line += std::string("; auto: cannot choose: ") + e.what();
   }
   return line;
 }
@@ -581,7 +595,11 @@ int run_models(const GlobalOptions& g) {
       print_record(rec);
     }
     for (const auto& m : models) {
+      // "name" is the file stem, as for the broken ones above and in the human listing: it is
+      // what --model takes. The card's own name (the model id's first part) is "card_name".
       json card = model::model_card_to_json(m.card);
+      card["card_name"] = m.card.name;
+      card["name"] = m.archive.stem().string();
       card["archive"] = m.archive.string();
       card["type"] = "model";
       const fs::path dir = m.archive.parent_path();
@@ -602,11 +620,16 @@ int run_models(const GlobalOptions& g) {
   }
   std::cout << fmt::format("{:<16} {:<14} {:>5}  {:<8}  {}\n", "name", "architecture", "dim",
                            "input", "archive");
+  // The file stem, as for the broken ones below: it is what --model takes (the card's name is
+  // in the model id; the exporter and train write them equal).
   for (const auto& m : models) {
     std::cout << fmt::format(
-        "{:<16} {:<14} {:>5}  {:<8}  {}\n", m.card.name,
+        "{:<16} {:<14} {:>5}  {:<8}  {}\n", m.archive.stem().string(),
         m.card.architecture + (m.card.variant.empty() ? "" : " " + m.card.variant),
         m.card.embedding_dim, fmt::format("{}px", m.card.input_size), m.archive.string());
+    if (m.card.name != m.archive.stem().string())
+      std::cout << fmt::format("{:<16} card name: {} (its model id's first part)\n", "",
+                               m.card.name);
     std::cout << fmt::format("{:<16} weights: {} ({})\n", "", m.card.weights_source,
                              m.card.license);
     std::cout << fmt::format("{:<16} precision: {}\n", "", precisions_line(m));

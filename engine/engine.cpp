@@ -270,10 +270,13 @@ const store::Collection& Engine::collection() const {
 namespace {
 
 // A model id split at its precision suffix: {"name@digest", "bf16"}; {"name@digest", ""} for
-// FP32's id, which precisions interchangeable with FP32 share.
+// FP32's id, which precisions interchangeable with FP32 share. The suffix is the last '+' after
+// the last '@' (the digest is hex): a name with a '+' in it, which cards now refuse but older
+// collections may carry, must not be read as a precision.
 std::pair<std::string, std::string> split_model_id(const std::string& id) {
-  const auto plus = id.find('+');
-  if (plus == std::string::npos) return {id, ""};
+  const auto at = id.rfind('@');
+  const auto plus = id.rfind('+');
+  if (plus == std::string::npos || (at != std::string::npos && plus < at)) return {id, ""};
   return {id.substr(0, plus), id.substr(plus + 1)};
 }
 
@@ -808,18 +811,27 @@ EngineInfo Engine::info() const {
     i.precision_refusal = precision_refusal(i.collection.config.model_id, model_->precision());
   } else {
     // Resolved from the card alone: info should not pay for loading LibTorch weights.
+    const std::string name =
+        !options_.model.empty() ? options_.model : i.collection.config.model_name;
+    std::filesystem::path archive;
     try {
-      const std::string name =
-          !options_.model.empty() ? options_.model : i.collection.config.model_name;
-      const auto archive = model::resolve_model(name, model::default_model_dirs());
+      archive = model::resolve_model(name, model::default_model_dirs());
+    } catch (const model::ModelError&) {
+      return i;  // the model is not installed here: info still describes the collection
+    }
+    // Anything else (a card that cannot be read, a precision it cannot run, e.g. int8) is what
+    // every command that runs the model would fail with: no precision, and the error as the
+    // reason (shown as "precision null" with no reason, it read as if nothing were wrong). Not
+    // thrown: info also reports on collections (reindex, damage) that need no model.
+    try {
       const auto card = model::load_model_card(fs::path(archive).replace_extension(".json"));
       const auto c = model::choose_precision(options_.precision, card.precisions,
                                              model::cpu_flags(), name, archive.parent_path());
       i.precision = model::to_string(c.precision);
       i.precision_reason = c.reason;
       i.precision_refusal = precision_refusal(i.collection.config.model_id, c);
-    } catch (const model::ModelError&) {
-      // The model is not installed here: info still describes the collection.
+    } catch (const model::ModelError& e) {
+      i.precision_reason = e.what();
     }
   }
   return i;

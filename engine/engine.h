@@ -180,8 +180,10 @@ index::SpecChoice resolve_index_spec(const IndexSpec& spec, std::int64_t vectors
 struct EngineInfo {
   store::CollectionInfo collection;
   int threads = 0;
-  // The precision the model runs at (or would, if not loaded yet) and why; empty when the
-  // collection's model cannot be found here.
+  // The precision the model runs at (or would, if not loaded yet) and why; both empty when
+  // the collection's model cannot be found here; precision empty and the error as the reason
+  // when the requested precision cannot run (--precision int8 on a model without an int8
+  // archive).
   std::string precision;
   std::string precision_reason;
   // The precision of the collection's vectors, from its model id ("bf16" for "...+bf16", else

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "eval/labels.h"
@@ -65,7 +66,31 @@ struct Run {
   double images_per_s = 0;
   int dim = 0;
   std::string archive;
+  std::string digest;   // model::archive_digest of the archive that ran
+  std::string failure;  // non-empty: the archive's output was not finite (no embeddings)
 };
+
+Run embed_at(const CalibrateOptions& o, const std::string& precision, const PhotoSet& set);
+
+// A reduced precision whose output is NaN or infinite has failed calibration, which is a result
+// to record (below the bar, naming the archive), not a reason to leave the card as it was. FP32
+// is the reference: its failure ends the calibration (embed_at throws).
+Run embed_reduced(const CalibrateOptions& o, const std::string& precision, const PhotoSet& set) {
+  try {
+    return embed_at(o, precision, set);
+  } catch (const model::NonFiniteOutput& e) {
+    Run failed;
+    failed.failure = e.what();
+    failed.errors.assign(set.files.size(), "");
+    // The archive that failed, so that replacing it voids this record too.
+    const auto card = model::load_model_card(fs::path(o.model).replace_extension(".json"));
+    const auto choice = model::choose_precision(precision, card.precisions, model::cpu_flags(),
+                                                card.name, o.model.parent_path());
+    failed.archive = choice.archive;
+    failed.digest = model::archive_digest(o.model.parent_path() / choice.archive);
+    return failed;
+  }
+}
 
 Run embed_at(const CalibrateOptions& o, const std::string& precision, const PhotoSet& set) {
   model::ModelOptions mo;
@@ -101,7 +126,13 @@ Run embed_at(const CalibrateOptions& o, const std::string& precision, const Phot
     pipeline::embed_files(*m, warm, decode, o.decode_threads, o.batch_size);
   }
   auto e = pipeline::embed_files(*m, set.files, decode, o.decode_threads, o.batch_size, timed);
-  Run r{std::move(e.embeddings), std::move(e.errors), 0, e.dim, m->precision().archive};
+  Run r{std::move(e.embeddings),
+        std::move(e.errors),
+        0,
+        e.dim,
+        m->precision().archive,
+        model::archive_digest(m->running_archive()),
+        ""};
   if (full > 0) {
     r.images_per_s = static_cast<double>(full) / full_s;
   } else if (all_s > 0) {
@@ -139,6 +170,29 @@ Metrics leave_one_out(const Run& r, const std::vector<std::string>& labels,
   return acc.result();
 }
 
+// Min and mean cosine of `r` to FP32 over the photos `ok`, into `pr` (worst_file: the photo at the
+// minimum). Returns the failure, naming the photo, when a cosine is not finite: NaN compares
+// false with everything, so it would otherwise be skipped by the minimum and recorded as
+// meeting the bar.
+std::string cosines(const Run& r, const Run& fp32, const PhotoSet& set,
+                    const std::vector<size_t>& ok, PrecisionResult& pr) {
+  pr.min_cosine = std::numeric_limits<double>::infinity();
+  double sum = 0;
+  for (size_t i : ok) {
+    const double c = dot(&r.embeddings[i * r.dim], &fp32.embeddings[i * fp32.dim], r.dim);
+    if (!std::isfinite(c))
+      return fmt::format("{}: cosine to FP32 is not finite for {} (NaN or infinite embedding)",
+                         r.archive, set.files[i].string());
+    sum += c;
+    if (c < pr.min_cosine) {
+      pr.min_cosine = c;
+      pr.worst_file = set.files[i].string();
+    }
+  }
+  pr.mean_cosine = sum / static_cast<double>(ok.size());
+  return "";
+}
+
 // Names the first photo that failed, and why: "no photo could be decoded" alone leaves the user
 // guessing between a wrong folder, a wrong format and a damaged file.
 std::string no_photo_decoded(const fs::path& images, const std::vector<std::string>& fp32,
@@ -166,6 +220,17 @@ std::vector<std::string> calibration_notes(const CalibrationReport& r, const fs:
   return notes;
 }
 
+// JSON has no NaN or infinity (nlohmann writes null, which the card then refuses to load), so a
+// figure that is not finite is left out: the record then says less, never something unreadable.
+void put_finite(json& obj, const char* key, double value) {
+  if (!obj.is_object()) obj = json::object();
+  if (std::isfinite(value)) {
+    obj[key] = value;
+  } else {
+    obj.erase(key);
+  }
+}
+
 }  // namespace
 
 CalibrationReport calibrate(const CalibrateOptions& o) {
@@ -189,7 +254,7 @@ CalibrationReport calibrate(const CalibrateOptions& o) {
   for (const auto& p : wanted) {
     if (model::parse_precision(p, "--precision", nullptr) == model::Precision::FP32)
       throw model::ModelError("--precision: calibrate measures reduced precisions, not " + p);
-    runs.push_back(embed_at(o, p, set));
+    runs.push_back(embed_reduced(o, p, set));
   }
   std::vector<size_t> ok;
   for (size_t i = 0; i < set.files.size(); ++i) {
@@ -208,18 +273,17 @@ CalibrationReport calibrate(const CalibrateOptions& o) {
     PrecisionResult pr;
     pr.precision = model::parse_precision(wanted[k], "--precision", nullptr);
     pr.archive = r.archive;
+    pr.archive_digest = r.digest;
     pr.images_per_s = r.images_per_s;
-    pr.min_cosine = 2;
-    double sum = 0;
-    for (size_t i : ok) {
-      const double c = dot(&r.embeddings[i * r.dim], &fp32.embeddings[i * fp32.dim], r.dim);
-      sum += c;
-      if (c < pr.min_cosine) {
-        pr.min_cosine = c;
-        pr.worst_file = set.files[i].string();
-      }
+    pr.failure = r.failure.empty() ? cosines(r, fp32, set, ok, pr) : r.failure;
+    if (!pr.failure.empty()) {
+      pr.min_cosine = pr.mean_cosine = std::numeric_limits<double>::quiet_NaN();
+      pr.images_per_s = 0;
+      report.notes.push_back(model::to_string(pr.precision) +
+                             ": below the bar, its output could not be measured: " + pr.failure);
+      report.precisions.push_back(std::move(pr));
+      continue;
     }
-    pr.mean_cosine = sum / static_cast<double>(ok.size());
     if (report.labelled) {
       pr.metrics = leave_one_out(r, set.labels, ok);
       pr.recall_at_1_delta = pr.metrics->recall_at_1 - report.fp32_metrics->recall_at_1;
@@ -231,7 +295,9 @@ CalibrationReport calibrate(const CalibrateOptions& o) {
                                      {"images", report.images}});
     report.precisions.push_back(std::move(pr));
   }
-  report.notes = calibration_notes(report, o.images);
+  auto notes = calibration_notes(report, o.images);
+  notes.insert(notes.end(), report.notes.begin(), report.notes.end());  // failures, above
+  report.notes = std::move(notes);
   for (const auto& note : report.notes) spdlog::warn("models calibrate: {}", note);
   return report;
 }
@@ -242,30 +308,35 @@ void record_calibration(const CalibrationReport& report) {
   const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   char when[32];
   std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  card.precisions["fp32"]["images_per_s"] = report.fp32_images_per_s;
+  put_finite(card.precisions["fp32"], "images_per_s", report.fp32_images_per_s);
   for (const auto& p : report.precisions) {
-    json f{{"min_cosine", p.min_cosine},
-           {"mean_cosine", p.mean_cosine},
-           {"worst_file", p.worst_file},
-           {"images", report.images},
+    json f{{"images", report.images},
            {"labelled", report.labelled},
            {"retrieval_measured", report.labelled},
            {"meets_bar", p.meets_bar},
            {"bar",
             {{"min_cosine", model::kMinCosineBar}, {"max_metric_delta", model::kMaxMetricDelta}}},
-           {"measured_at", when}};
-    if (p.metrics) {
-      f["recall_at_1"] = p.metrics->recall_at_1;
-      f["map"] = p.metrics->mean_ap;
-      f["fp32_recall_at_1"] = report.fp32_metrics->recall_at_1;
-      f["fp32_map"] = report.fp32_metrics->mean_ap;
-      f["recall_at_1_delta"] = p.recall_at_1_delta;
-      f["map_delta"] = p.map_delta;
+           {"measured_at", when},
+           {"archive_digest", p.archive_digest}};
+    if (!p.failure.empty()) {
+      f["failure"] = p.failure;
+    } else {
+      put_finite(f, "min_cosine", p.min_cosine);
+      put_finite(f, "mean_cosine", p.mean_cosine);
+      f["worst_file"] = p.worst_file;
+    }
+    if (p.metrics && p.failure.empty()) {
+      put_finite(f, "recall_at_1", p.metrics->recall_at_1);
+      put_finite(f, "map", p.metrics->mean_ap);
+      put_finite(f, "fp32_recall_at_1", report.fp32_metrics->recall_at_1);
+      put_finite(f, "fp32_map", report.fp32_metrics->mean_ap);
+      put_finite(f, "recall_at_1_delta", p.recall_at_1_delta);
+      put_finite(f, "map_delta", p.map_delta);
     }
     if (!report.notes.empty()) f["note"] = fmt::format("{}", fmt::join(report.notes, "; "));
     auto& entry = card.precisions[model::to_string(p.precision)];
     entry["fidelity"] = f;
-    entry["images_per_s"] = p.images_per_s;
+    put_finite(entry, "images_per_s", p.images_per_s);
   }
   const fs::path tmp = fs::path(report.card).concat(".tmp");
   model::save_model_card(card, tmp);

@@ -35,6 +35,11 @@ struct CalibrateOptions {
 struct PrecisionResult {
   model::Precision precision = model::Precision::FP32;
   std::string archive;
+  std::string archive_digest;  // model::archive_digest of the archive measured
+  // Why it could not be measured, naming the archive or photo: its output was NaN or infinite
+  // (model::NonFiniteOutput, or a non-finite cosine). Then meets_bar is false, min_cosine and
+  // mean_cosine are NaN here and left out of the card, and images_per_s is 0.
+  std::string failure;
   double min_cosine = 0, mean_cosine = 0;
   std::string worst_file;          // the photo with min_cosine
   double images_per_s = 0;         // model only, over full batches (after a full warm-up one)
@@ -62,7 +67,10 @@ struct CalibrationReport {
 CalibrationReport calibrate(const CalibrateOptions& options);
 
 // Writes the report into the card's "precisions" object (fidelity and images_per_s of each
-// measured precision, images_per_s of fp32), atomically (temporary file, then rename). Throws
+// measured precision, images_per_s of fp32), atomically (temporary file, then rename). Each
+// fidelity record names the digest of the archive it measured ("archive_digest"), so that a
+// replaced archive voids it (model::void_fidelity_reason); a failed precision is recorded with
+// its "failure" and "meets_bar": false. Non-finite numbers are never written. Throws
 // model::ModelError naming the card when it cannot be written.
 void record_calibration(const CalibrationReport& report);
 

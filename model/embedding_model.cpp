@@ -6,11 +6,9 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/script.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cstdlib>
-#include <fstream>
 #include <optional>
 #include <set>
 #include <thread>
@@ -21,28 +19,6 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
-
-// Content identity of the archive: a renamed or copied file keeps its id, a re-export changes it.
-std::string archive_digest(const fs::path& archive) {
-  std::ifstream in(archive, std::ios::binary);
-  if (!in) throw ModelError(archive.string() + ": cannot read archive");
-  XXH3_state_t* state = XXH3_createState();
-  XXH3_128bits_reset(state);
-  std::vector<char> buf(1 << 20);
-  while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0)
-    XXH3_128bits_update(state, buf.data(), static_cast<size_t>(in.gcount()));
-  const XXH128_hash_t hash = XXH3_128bits_digest(state);
-  XXH3_freeState(state);
-  XXH128_canonical_t canonical;
-  XXH128_canonicalFromHash(&canonical, hash);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < 8; ++i) {
-    out += hex[canonical.digest[i] >> 4];
-    out += hex[canonical.digest[i] & 15];
-  }
-  return out;
-}
 
 int resolve_threads(int requested) {
   if (requested > 0) return requested;
@@ -156,7 +132,9 @@ int prepack_bf16_convolutions(torch::jit::Module& module, const std::string& met
 }  // namespace
 
 struct EmbeddingModel::Impl {
-  fs::path archive;
+  fs::path archive;  // the FP32 archive: the model's identity
+  fs::path runs;     // the archive that runs (the FP32 one or a reduced-precision one): errors
+                     // name it, as the FP32 archive is not where a BF16 fault lies
   ModelCard card;
   std::string id;
   PrecisionChoice precision;
@@ -171,8 +149,8 @@ struct EmbeddingModel::Impl {
     if (at::get_num_threads() != n) at::set_num_threads(n);
   }
 
-  // One forward pass of `n` images; checks the output is n x embedding_dim and returns it as
-  // contiguous float32.
+  // One forward pass of `n` images; checks the output is n x embedding_dim of finite values and
+  // returns it as contiguous float32.
   torch::Tensor forward(const float* input, int n) {
     const int s = card.input_size;
     auto x = channels_last
@@ -183,21 +161,37 @@ struct EmbeddingModel::Impl {
     try {
       out = method()({x});
     } catch (const c10::Error& e) {
-      throw ModelError(archive.string() + ": forward pass of '" + card.method +
+      throw ModelError(runs.string() + ": forward pass of '" + card.method +
                        "' failed: " + first_line(e.what_without_backtrace()));
     }
     if (!out.isTensor())
-      throw ModelError(archive.string() + ": '" + card.method + "' returned " + out.tagKind() +
+      throw ModelError(runs.string() + ": '" + card.method + "' returned " + out.tagKind() +
                        ", expected a tensor of n x embedding_dim");
     torch::Tensor t = out.toTensor();
     if (t.dim() != 2 || t.size(0) != n || t.size(1) != card.embedding_dim) {
       std::string shape;
       for (auto d : t.sizes()) shape += (shape.empty() ? "" : " x ") + std::to_string(d);
-      throw ModelError(archive.string() + ": '" + card.method + "' returned " + shape + " for " +
+      throw ModelError(runs.string() + ": '" + card.method + "' returned " + shape + " for " +
                        std::to_string(n) + " images, expected " + std::to_string(n) + " x " +
                        std::to_string(card.embedding_dim) + " (embedding_dim in the model card)");
     }
-    return t.to(torch::kFloat32).contiguous();
+    t = t.to(torch::kFloat32).contiguous();
+    check_finite(t);
+    return t;
+  }
+
+  // NaN or infinity in an embedding would be stored, searched and printed as if it were one
+  // (`embed` printed null, `search` found nothing, both with exit status 0): a damaged archive or
+  // an overflowing precision must fail here, naming the archive that ran.
+  void check_finite(const torch::Tensor& t) const {
+    const torch::Tensor bad_rows = torch::isfinite(t).all(1).logical_not().nonzero();
+    if (bad_rows.numel() == 0) return;
+    throw NonFiniteOutput(runs.string() + ": '" + card.method + "' returned NaN or infinity for " +
+                          std::to_string(bad_rows.size(0)) + " of " + std::to_string(t.size(0)) +
+                          " images (first: image " +
+                          std::to_string(bad_rows[0][0].item<int64_t>()) +
+                          " of the pass): the archive is damaged, or its precision overflows on "
+                          "this input; run it at --precision fp32 or re-export it");
   }
 };
 
@@ -281,8 +275,12 @@ std::vector<InstalledModel> list_models(const std::vector<fs::path>& dirs,
         auto card = load_model_card(fs::path(archive).replace_extension(".json"));
         if (card.precisions.is_object()) {
           for (const auto& [name, entry] : card.precisions.items()) {
+            // An archive with a card of its own is a model, whatever another card says
+            // (load_model_card refuses such a card; this keeps the listing safe regardless).
             if (entry.is_object() && entry.contains("archive") && entry["archive"].is_string()) {
-              companions.insert(dir / entry["archive"].get<std::string>());
+              const fs::path companion = dir / entry["archive"].get<std::string>();
+              if (!fs::exists(fs::path(companion).replace_extension(".json"), ec))
+                companions.insert(companion);
             }
           }
         }
@@ -339,8 +337,9 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
   }
   // The reduced-precision archive takes and returns float32 like the FP32 one (the exporter's
   // wrapper casts), so everything after this point is the same for every precision.
-  const fs::path runs =
+  impl->runs =
       impl->precision.archive.empty() ? archive : archive.parent_path() / impl->precision.archive;
+  const fs::path& runs = impl->runs;
   if (!fs::is_regular_file(runs, ec))
     throw ModelError(runs.string() + ": missing " + to_string(impl->precision.precision) +
                      " archive named by " + card_path.string() + " (no such file)");
@@ -389,7 +388,8 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
     }
   }
 
-  // A zero image is enough to prove the card's shape promise before anyone relies on it.
+  // A zero image is enough to prove the card's shape promise, and that the archive computes
+  // finite numbers (a damaged one gives NaN for every input), before anyone relies on it.
   c10::InferenceMode guard;
   std::vector<float> probe(3 * static_cast<size_t>(impl->card.input_size) * impl->card.input_size);
   impl->forward(probe.data(), 1);
@@ -404,6 +404,7 @@ int EmbeddingModel::dim() const { return impl_->card.embedding_dim; }
 int EmbeddingModel::threads() const { return impl_->threads; }
 const std::string& EmbeddingModel::id() const { return impl_->id; }
 const fs::path& EmbeddingModel::archive() const { return impl_->archive; }
+const fs::path& EmbeddingModel::running_archive() const { return impl_->runs; }
 const PrecisionChoice& EmbeddingModel::precision() const { return impl_->precision; }
 
 int EmbeddingModel::prepacked_convolutions() const { return impl_->prepacked; }
@@ -415,9 +416,9 @@ image::PreprocessSpec EmbeddingModel::preprocess_spec() const {
 }
 
 std::vector<float> EmbeddingModel::embed(const float* input, int n, int threads) {
-  if (n < 0) throw ModelError(impl_->archive.string() + ": embed: negative image count");
+  if (n < 0) throw ModelError(impl_->runs.string() + ": embed: negative image count");
   if (n == 0) return {};
-  if (!input) throw ModelError(impl_->archive.string() + ": embed: null input");
+  if (!input) throw ModelError(impl_->runs.string() + ": embed: null input");
   const size_t dim = static_cast<size_t>(impl_->card.embedding_dim);
   const size_t image_floats =
       3 * static_cast<size_t>(impl_->card.input_size) * impl_->card.input_size;

@@ -11,6 +11,14 @@
 
 namespace lookalike::model {
 
+// Raised when a forward pass returns NaN or infinity (a damaged archive, or a reduced precision
+// that overflows): what() names the archive that ran. A ModelError, so callers that do not care
+// need not tell it apart; `models calibrate` records it as the precision's failure.
+class NonFiniteOutput : public ModelError {
+ public:
+  using ModelError::ModelError;
+};
+
 struct ModelOptions {
   // Intra-op threads for LibTorch (at::set_num_threads). Debian's LibTorch starts with 1, so
   // this is always set explicitly; 0 = std::thread::hardware_concurrency().
@@ -65,18 +73,21 @@ struct BrokenModel {
 // a listing can show them with their error. A broken one hides the same name in later
 // directories too: resolve_model would pick it. Reduced-precision archives are neither: those a
 // card names, and a cardless NAME.bf16.pt / NAME.int8.pt beside NAME.pt (whose own card may be
-// the broken one).
+// the broken one). An archive with a card of its own is always listed, whatever another card
+// names.
 std::vector<InstalledModel> list_models(const std::vector<std::filesystem::path>& dirs,
                                         std::vector<BrokenModel>* broken = nullptr);
 
 class EmbeddingModel {
  public:
   // Loads <stem>.pt and <stem>.json (archive path or card path accepted). Applies
-  // optimize_for_inference, sets the thread count, and checks one forward pass returns
-  // n x card.embedding_dim. Throws ModelError naming the file and the cause: missing archive or
-  // card, invalid card, corrupt archive (truncated, not TorchScript), the card's method missing
-  // from the archive, or an output that is not n x embedding_dim float; for a reduced
-  // precision, also an unknown precision, one the card does not list, or its archive missing.
+  // optimize_for_inference, sets the thread count, and checks one forward pass (a blank image)
+  // returns 1 x card.embedding_dim finite floats. Throws ModelError naming the file and the
+  // cause: missing archive or card, invalid card, corrupt archive (truncated, not TorchScript),
+  // the card's method missing from the archive, or an output that is not n x embedding_dim
+  // float (NonFiniteOutput for NaN or infinity); for a reduced precision, also an unknown
+  // precision, one the card does not list, or its archive missing. Errors about running name
+  // the archive that runs (running_archive()), not the FP32 one.
   static std::unique_ptr<EmbeddingModel> load(const std::filesystem::path& archive_or_card,
                                               const ModelOptions& options = {});
   ~EmbeddingModel();
@@ -93,6 +104,8 @@ class EmbeddingModel {
   const std::string& id() const;
   // The FP32 archive (the model's identity), whatever precision runs.
   const std::filesystem::path& archive() const;
+  // The archive that runs: archive(), or the reduced-precision archive precision() chose.
+  const std::filesystem::path& running_archive() const;
   // What runs, and why (ModelOptions::precision resolved against the card and this CPU).
   const PrecisionChoice& precision() const;
   // Convolutions whose weights were prepacked at load (ModelOptions::prepack): 0 for FP32 and
@@ -106,13 +119,13 @@ class EmbeddingModel {
   // CHW (NCHW, row-major) or HWC where preprocess_spec().channels_last: what image::preprocess
   // writes with preprocess_spec(). Returns n x dim float32, row-major, each row L2-normalised.
   // n = 0 returns an empty vector. Throws ModelError for n < 0, a null input, or a forward pass
-  // that fails or returns the wrong shape. Sets the calling thread's intra-op thread count
-  // (at::set_num_threads, which sets OpenMP's per-thread count) to `threads`, or threads() when
-  // threads <= 0, first.
-  // Thread-safe: passes may run side by side, each on its calling thread's own OpenMP threads
-  // (TorchScript's graph executor takes a lock only to build its plan; the weights are only
-  // read). Side by side passes with threads() / k threads each are how pipeline::run_batched
-  // keeps k passes in flight (docs/engine.md, "Passes side by side").
+  // that fails or returns the wrong shape, and NonFiniteOutput (naming running_archive()) when
+  // any output is NaN or infinite: nothing non-finite is ever returned. Sets the calling thread's
+  // intra-op thread count (at::set_num_threads, which sets OpenMP's per-thread count) to `threads`,
+  // or threads() when threads <= 0, first. Thread-safe: passes may run side by side, each on its
+  // calling thread's own OpenMP threads (TorchScript's graph executor takes a lock only to build
+  // its plan; the weights are only read). Side by side passes with threads() / k threads each are
+  // how pipeline::run_batched keeps k passes in flight (docs/engine.md, "Passes side by side").
   std::vector<float> embed(const float* input, int n, int threads = 0);
 
  private:

@@ -1,9 +1,12 @@
 #include "model/model_card.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <initializer_list>
+#include <limits>
 #include <sstream>
 
 namespace lookalike::model {
@@ -49,6 +52,12 @@ void read(const json& j, const std::string& source, const char* field, bool requ
   if (!v) return;
   if (!v->is_number_integer())
     fail(source, field, std::string("expected an integer, got ") + v->type_name());
+  // get<int>() would wrap 4294968576 to 1280: a value out of int's range is refused, not reduced.
+  const bool fits = v->is_number_unsigned()
+                        ? v->get<std::uint64_t>() <= std::numeric_limits<int>::max()
+                        : v->get<std::int64_t>() >= std::numeric_limits<int>::min() &&
+                              v->get<std::int64_t>() <= std::numeric_limits<int>::max();
+  if (!fits) fail(source, field, v->dump() + " is out of range");
   out = v->get<int>();
 }
 
@@ -88,10 +97,24 @@ void validate(const ModelCard& c, const std::string& source) {
          std::to_string(c.format) + " is not supported (this build reads format " +
              std::to_string(kModelCardFormat) + ")");
   if (c.name.empty()) fail(source, "name", "empty");
+  // The model id is NAME@DIGEST[+PRECISION]: a '+' or '@' in the name would be read as a
+  // delimiter, and a collection built with it could not be matched to its own model again.
+  if (const auto bad = c.name.find_first_of("+@/"); bad != std::string::npos)
+    fail(source, "name",
+         "'" + c.name + "' contains '" + c.name[bad] +
+             "' (a model name may not contain '+', '@' or '/': they delimit the model id and "
+             "paths)");
   if (c.architecture.empty()) fail(source, "architecture", "empty");
-  if (c.input_size <= 0) fail(source, "input_size", "must be > 0");
+  if (c.input_size <= 0 || c.input_size > kMaxInputSize)
+    fail(source, "input_size",
+         std::to_string(c.input_size) + " is out of range (1.." + std::to_string(kMaxInputSize) +
+             " pixels)");
   if (c.resize_shorter != 0 && c.resize_shorter < c.input_size)
     fail(source, "resize_shorter", "must be 0 (no resize) or >= input_size");
+  if (c.resize_shorter > kMaxResizeShorter)
+    fail(source, "resize_shorter",
+         std::to_string(c.resize_shorter) + " is out of range (0, or input_size.." +
+             std::to_string(kMaxResizeShorter) + " pixels)");
   require_one_of(source, "resize_policy", c.resize_policy, {"resize_shorter_center_crop"});
   require_one_of(source, "interpolation", c.interpolation, {"bilinear", "bicubic"});
   require_one_of(source, "color_order", c.color_order, {"RGB", "BGR"});
@@ -111,6 +134,20 @@ void check_type(const json& entry, const std::string& source, const std::string&
   fail(source, path + "." + key, std::string("expected ") + expected + ", got " + it->type_name());
 }
 
+// A number the type check passed must also be a possible value: `auto` and `models` take the
+// figures at their word, so a min cosine of 2.5 would otherwise "meet the bar".
+void check_range(const json& entry, const std::string& source, const std::string& path,
+                 const char* key, double lo, double hi) {
+  auto it = entry.find(key);
+  if (it == entry.end()) return;
+  const double v = it->get<double>();
+  if (v >= lo && v <= hi) return;  // also false for NaN
+  const std::string range = hi == std::numeric_limits<double>::infinity()
+                                ? ">= " + json(lo).dump()
+                                : "in [" + json(lo).dump() + ", " + json(hi).dump() + "]";
+  fail(source, path + "." + key, it->dump() + " is out of range (must be " + range + ")");
+}
+
 void validate_fidelity(const json& f, const std::string& source, const std::string& path) {
   if (!f.is_object()) fail(source, path, std::string("expected an object, got ") + f.type_name());
   for (const char* key : {"min_cosine", "mean_cosine", "recall_at_1_delta", "map_delta",
@@ -119,31 +156,79 @@ void validate_fidelity(const json& f, const std::string& source, const std::stri
   check_type(f, source, path, "images", &json::is_number_integer, "an integer");
   for (const char* key : {"labelled", "meets_bar", "retrieval_measured"})
     check_type(f, source, path, key, &json::is_boolean, "true/false");
-  for (const char* key : {"worst_file", "measured_at", "note"})
+  for (const char* key : {"worst_file", "measured_at", "note", "failure", "archive_digest"})
     check_type(f, source, path, key, &json::is_string, "a string");
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const char* key : {"min_cosine", "mean_cosine", "recall_at_1_delta", "map_delta"})
+    check_range(f, source, path, key, -1, 1);
+  for (const char* key : {"recall_at_1", "map", "fp32_recall_at_1", "fp32_map"})
+    check_range(f, source, path, key, 0, 1);
+  check_range(f, source, path, "images", 0, inf);
 }
 
-void validate_precision_entry(const std::string& name, const json& e, const std::string& source) {
+// The archive a precision runs is a file next to the card, and not the card's own FP32 archive:
+// `models` hides the archives a card names, so naming NAME.pt (or another model's archive, which
+// load_model_card refuses) would hide a model from the listing.
+void validate_archive_name(const std::string& archive, const std::string& model_name,
+                           const std::string& source, const std::string& path) {
+  if (archive.empty()) fail(source, path, "empty");
+  if (archive.find('/') != std::string::npos || archive == "." || archive == "..")
+    fail(source, path, "'" + archive + "' is not a file name (the archive lies next to the card)");
+  if (archive == model_name + ".pt")
+    fail(source, path,
+         "'" + archive +
+             "' is the card's own FP32 archive; a precision needs an archive of its "
+             "own (tools/export_model.py --precisions)");
+}
+
+void validate_precision_entry(const std::string& name, const json& e, const std::string& model,
+                              const std::string& source) {
   const std::string path = "precisions." + name;
+  const auto& known = kCardPrecisions;
+  if (std::find(std::begin(known), std::end(known), name) == std::end(known))
+    fail(source, path, "'" + name + "' is not a precision this build knows (fp32, bf16, int8)");
   if (!e.is_object()) fail(source, path, std::string("expected an object, got ") + e.type_name());
   for (const char* key : {"archive", "recipe", "input"})
     check_type(e, source, path, key, &json::is_string, "a string");
   check_type(e, source, path, "images_per_s", &json::is_number, "a number");
+  check_range(e, source, path, "images_per_s", 0, std::numeric_limits<double>::infinity());
   if (auto it = e.find("requires"); it != e.end()) {
     bool ok = it->is_array();
     for (const auto& r : ok ? *it : json::array()) ok = ok && r.is_string();
     if (!ok) fail(source, path + ".requires", "expected an array of strings (CPU flags, a|b)");
   }
-  if (auto it = e.find("archive"); it != e.end() && it->get<std::string>().empty())
-    fail(source, path + ".archive", "empty");
+  if (auto it = e.find("archive"); it != e.end()) {
+    if (name == "fp32")
+      fail(source, path + ".archive", "the FP32 archive is always " + model + ".pt: remove it");
+    validate_archive_name(it->get<std::string>(), model, source, path + ".archive");
+  }
   if (auto it = e.find("fidelity"); it != e.end() && !it->is_null())
     validate_fidelity(*it, source, path + ".fidelity");
 }
 
-void validate_precisions(const json& precisions, const std::string& source) {
+void validate_precisions(const json& precisions, const std::string& model,
+                         const std::string& source) {
   if (!precisions.is_object()) return;  // absent
   for (const auto& [name, entry] : precisions.items())
-    validate_precision_entry(name, entry, source);
+    validate_precision_entry(name, entry, model, source);
+}
+
+// What only the card's location can tell: a precision's archive must not be another model's (one
+// with a card of its own), which `models` would otherwise hide as this card's companion.
+void validate_location(const ModelCard& c, const std::filesystem::path& path) {
+  const std::string source = path.string();
+  if (!c.precisions.is_object()) return;
+  for (const auto& [name, entry] : c.precisions.items()) {
+    auto it = entry.find("archive");
+    if (it == entry.end()) continue;
+    const auto archive = path.parent_path() / it->get<std::string>();
+    std::error_code ec;
+    if (std::filesystem::exists(std::filesystem::path(archive).replace_extension(".json"), ec))
+      fail(source, "precisions." + name + ".archive",
+           "'" + it->get<std::string>() + "' has a model card of its own (" +
+               std::filesystem::path(archive).replace_extension(".json").string() +
+               "): it is another model, not this one's " + name + " archive");
+  }
 }
 
 }  // namespace
@@ -177,7 +262,7 @@ ModelCard model_card_from_json(const json& j, const std::string& source) {
   read_object(j, source, "training", c.training);
   read_object(j, source, "precisions", c.precisions);
   validate(c, source);
-  validate_precisions(c.precisions, source);
+  validate_precisions(c.precisions, c.name, source);
   return c;
 }
 
@@ -222,7 +307,9 @@ ModelCard load_model_card(const std::filesystem::path& path) {
   text << in.rdbuf();
   json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) throw ModelError(source + ": model card is not valid JSON");
-  return model_card_from_json(j, source);
+  ModelCard card = model_card_from_json(j, source);
+  validate_location(card, path);
+  return card;
 }
 
 void save_model_card(const ModelCard& card, const std::filesystem::path& path) {

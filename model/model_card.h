@@ -21,12 +21,22 @@ class ModelError : public std::runtime_error {
 
 // Bumped when a card's meaning changes; cards with a newer format are refused, not guessed at.
 inline constexpr int kModelCardFormat = 1;
+// Largest input_size and resize_shorter a card may ask for, pixels. Past them a card is a typo,
+// not a network: a 1024 x 1024 crop is already 12 MB of float32 an image (400 MB for a batch of
+// 32), and larger values ended in a bare "out of memory" at the first forward pass.
+inline constexpr int kMaxInputSize = 1024;
+inline constexpr int kMaxResizeShorter = 2048;
+// The precisions a card's "precisions" object may list (docs/precision.md).
+inline constexpr const char* kCardPrecisions[] = {"fp32", "bf16", "int8"};
 
 // Fields marked (optional) may be absent from the JSON and then take the default shown; every
 // other field is required. docs/model-card.md has the format and an example.
 struct ModelCard {
   int format = kModelCardFormat;
-  std::string name;             // e.g. "mobilenet_v2"; also the file stem of the archive
+  // e.g. "mobilenet_v2": the first part of the model id, NAME@DIGEST[+PRECISION], so no '+',
+  // '@' or '/'. Written equal to the file stem (exporter, train); the stem is what selects a
+  // model (--model NAME) and what `models` shows, and a copy under another stem keeps this name.
+  std::string name;
   std::string architecture;     // torchvision builder, e.g. "mobilenet_v2", "resnet50"
   std::string variant;          // (optional) e.g. "v1" / "v1.5" for ResNet-50's stride layout
   std::string weights_source;   // URL or description of where the weights came from
@@ -34,8 +44,9 @@ struct ModelCard {
   bool random_weights = false;  // (optional) untrained weights: for tests only, not for search
   std::string paper;            // (optional) citation or URL of the architecture's paper
   std::string license;          // licence of the weights
-  int input_size = 224;         // crop size, pixels
-  int resize_shorter = 256;     // shorter side before the center crop, pixels (0 = no resize)
+  int input_size = 224;         // crop size, pixels, 1..kMaxInputSize
+  int resize_shorter = 256;     // shorter side before the center crop, pixels (0 = no resize,
+                                // else input_size..kMaxResizeShorter)
   std::string resize_policy = "resize_shorter_center_crop";  // the only policy so far
   std::string interpolation = "bilinear";                    // "bilinear" or "bicubic"
   bool antialias = true;
@@ -53,17 +64,21 @@ struct ModelCard {
   // docs/model-card.md lists its keys.
   nlohmann::json training;
   // (optional, null when absent) Reduced-precision paths measured for this archive: an object
-  // keyed by precision name ("bf16", "int8"), each with its measured fidelity against FP32
-  // (docs/model-card.md, docs/precision.md).
+  // keyed by precision name ("fp32", "bf16", "int8"; kCardPrecisions), each with its measured
+  // fidelity against FP32 (docs/model-card.md, docs/precision.md). Figures are range-checked
+  // (cosines in [-1, 1], Recall@1 and mAP in [0, 1], counts and rates >= 0); an entry's archive
+  // is a file name next to the card, neither the FP32 archive nor another model's archive.
   nlohmann::json precisions;
 
   bool operator==(const ModelCard&) const = default;
 };
 
 // Throws ModelError naming `path` (and the field, for a missing or invalid field) when the file
-// is missing, unreadable, not JSON, or not a valid card.
+// is missing, unreadable, not JSON, or not a valid card; also when a precision's archive has a
+// card of its own (another model's archive).
 ModelCard load_model_card(const std::filesystem::path& path);
-// `source` names the card in error messages (usually its path).
+// `source` names the card in error messages (usually its path). Checks everything that does not
+// need the card's location (load_model_card checks that too).
 ModelCard model_card_from_json(const nlohmann::json& j, const std::string& source);
 nlohmann::json model_card_to_json(const ModelCard& card);
 // Writes the card as indented JSON. Throws ModelError naming `path` when it cannot be written.

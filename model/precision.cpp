@@ -1,5 +1,9 @@
 #include "model/precision.h"
 
+#include <xxhash.h>
+
+#include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -18,6 +22,16 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
+// A mask entry as /proc/cpuinfo spells flags: trimmed of white space, lower case.
+std::string normalised_flag(const std::string& entry) {
+  const auto first = entry.find_first_not_of(" \t\n\r");
+  if (first == std::string::npos) return "";
+  const auto last = entry.find_last_not_of(" \t\n\r");
+  std::string out = entry.substr(first, last - first + 1);
+  for (char& ch : out) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return out;
+}
+
 std::set<std::string> read_cpu_flags() {
   std::set<std::string> flags;
   std::ifstream in("/proc/cpuinfo");
@@ -29,8 +43,15 @@ std::set<std::string> read_cpu_flags() {
     break;  // every core lists the same flags
   }
   if (const char* mask = std::getenv("LOOKALIKE_CPU_MASK")) {
-    if (std::string(mask) == "all") return {};
-    for (const auto& f : split(mask, ',')) flags.erase(f);
+    // "amx_bf16, AVX512_BF16" must hide both: a mask that silently hides nothing would leave a
+    // test or a user believing the CPU lacks a feature that is still used.
+    std::vector<std::string> hidden;
+    for (const auto& f : split(mask, ',')) {
+      const std::string name = normalised_flag(f);
+      if (!name.empty()) hidden.push_back(name);
+    }
+    if (hidden.size() == 1 && hidden[0] == "all") return {};
+    for (const auto& f : hidden) flags.erase(f);
   }
   return flags;
 }
@@ -67,6 +88,51 @@ std::string join(const std::vector<std::string>& parts, const char* sep) {
 }
 
 }  // namespace
+
+std::string archive_digest(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw ModelError(file.string() + ": cannot read archive");
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_128bits_reset(state);
+  std::vector<char> buf(1 << 20);
+  while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0)
+    XXH3_128bits_update(state, buf.data(), static_cast<size_t>(in.gcount()));
+  const bool failed = in.bad();
+  const XXH128_hash_t hash = XXH3_128bits_digest(state);
+  XXH3_freeState(state);
+  if (failed) throw ModelError(file.string() + ": cannot read archive (read error)");
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, hash);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 8; ++i) {
+    out += hex[canonical.digest[i] >> 4];
+    out += hex[canonical.digest[i] & 15];
+  }
+  return out;
+}
+
+std::string void_fidelity_reason(const nlohmann::json& entry,
+                                 const std::filesystem::path& card_dir) {
+  if (card_dir.empty() || !entry.is_object()) return "";
+  const auto f = entry.find("fidelity");
+  if (f == entry.end() || !f->is_object()) return "";
+  const auto recorded = f->find("archive_digest");
+  const std::string archive = archive_of(entry);
+  if (recorded == f->end() || !recorded->is_string() || archive.empty() ||
+      !archive_present(card_dir, archive))
+    return "";
+  std::string now;
+  try {
+    now = archive_digest(card_dir / archive);
+  } catch (const ModelError& e) {
+    return std::string("its archive cannot be checked against the record (") + e.what() + ")";
+  }
+  if (now == recorded->get<std::string>()) return "";
+  return "its archive " + archive + " changed since it was calibrated (digest " + now +
+         ", recorded " + recorded->get<std::string>() +
+         "), so the fidelity record is void: run lookalike models calibrate again";
+}
 
 std::string to_string(Precision p) {
   switch (p) {
@@ -109,7 +175,8 @@ bool meets_bar(const nlohmann::json& fidelity) {
   const double d_map = std::abs(number_or(fidelity, "map_delta", 0));
   const double images = number_or(fidelity, "images", static_cast<double>(kMinCalibrationImages));
   const auto said = fidelity.find("meets_bar");
-  const bool refused = said != fidelity.end() && said->is_boolean() && !said->get<bool>();
+  const bool refused = (said != fidelity.end() && said->is_boolean() && !said->get<bool>()) ||
+                       fidelity.contains("failure");
   return min_cos >= kMinCosineBar && d_r1 <= kMaxMetricDelta && d_map <= kMaxMetricDelta &&
          images >= static_cast<double>(kMinCalibrationImages) && !refused;
 }
@@ -130,6 +197,8 @@ namespace {
 
 // Why a record misses the bar, in words, for the reasons `auto` and `info` give.
 std::string bar_miss(const nlohmann::json& f) {
+  if (auto failure = f.find("failure"); failure != f.end() && failure->is_string())
+    return "calibration failed: " + failure->get<std::string>();
   const double images = number_or(f, "images", static_cast<double>(kMinCalibrationImages));
   if (images < static_cast<double>(kMinCalibrationImages))
     return "measured on " + std::to_string(static_cast<long long>(images)) +
@@ -141,7 +210,8 @@ std::string bar_miss(const nlohmann::json& f) {
 }
 
 PrecisionChoice explicit_choice(Precision p, const nlohmann::json& precisions,
-                                const std::set<std::string>& flags, const std::string& card) {
+                                const std::set<std::string>& flags, const std::string& card,
+                                const std::filesystem::path& card_dir) {
   PrecisionChoice c{p, "", true, "--precision " + to_string(p)};
   if (p == Precision::FP32) return c;
   const std::string name = to_string(p);
@@ -160,11 +230,15 @@ PrecisionChoice explicit_choice(Precision p, const nlohmann::json& precisions,
     throw ModelError(card + ": the model has no " + name + " archive (card field 'precisions." +
                      name + "'); export it with tools/export_model.py --precisions " + name);
   c.archive = entry->at("archive").get<std::string>();
-  const auto fidelity = entry->value("fidelity", nlohmann::json());
+  const std::string void_reason = void_fidelity_reason(*entry, card_dir);
+  const auto fidelity =
+      void_reason.empty() ? entry->value("fidelity", nlohmann::json()) : nlohmann::json();
   c.interchangeable = meets_bar(fidelity);
   if (!cpu_supports(requirements(*entry), flags))
     c.reason += "; this CPU lacks " + join(requirements(*entry), ", ") + " (emulated, slow)";
-  if (fidelity.is_null())
+  if (!void_reason.empty())
+    c.reason += "; not calibrated: " + void_reason + "; so its vectors get their own model id";
+  else if (fidelity.is_null())
     c.reason +=
         "; fidelity not measured (lookalike models calibrate), so its vectors get their "
         "own model id";
@@ -181,7 +255,7 @@ PrecisionChoice choose_precision(const std::string& requested, const nlohmann::j
                                  const std::filesystem::path& card_dir) {
   bool is_auto = false;
   const Precision p = parse_precision(requested, "precision", &is_auto);
-  if (!is_auto) return explicit_choice(p, precisions, flags, card);
+  if (!is_auto) return explicit_choice(p, precisions, flags, card, card_dir);
 
   PrecisionChoice best{Precision::FP32, "", true, ""};
   double best_rate = precisions.is_object() && precisions.contains("fp32")
@@ -201,6 +275,9 @@ PrecisionChoice choose_precision(const std::string& requested, const nlohmann::j
                        card_dir.string() + ")");
     else if (!cpu_supports(requirements(entry), flags))
       passed.push_back(name + ": CPU lacks " + join(requirements(entry), ", "));
+    else if (const std::string void_reason = void_fidelity_reason(entry, card_dir);
+             !void_reason.empty())
+      passed.push_back(name + ": not calibrated: " + void_reason);
     else if (fidelity.is_null())
       passed.push_back(name + ": fidelity not measured (lookalike models calibrate)");
     else if (!meets_bar(fidelity))

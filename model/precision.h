@@ -11,7 +11,9 @@
 //       "requires": ["avx512_bf16|amx_bf16"],   // CPU flags (/proc/cpuinfo), any of a|b
 //       "fidelity": {                           // written by `lookalike models calibrate`
 //         "min_cosine": 0.99985, "mean_cosine": 0.99995, "images": 372,
-//         "recall_at_1_delta": 0.0, "map_delta": 0.0003, "meets_bar": true, ...},
+//         "recall_at_1_delta": 0.0, "map_delta": 0.0003, "meets_bar": true,
+//         "archive_digest": "1f0c...",          // archive_digest() of the archive measured
+//         ...},                                 // ("failure": why it could not be measured)
 //       "images_per_s": 81.2                    // model-only, measured by calibrate
 //     }
 //     "fp32": {"images_per_s": 35.0}            // the FP32 archive's speed, same run
@@ -46,8 +48,9 @@ inline constexpr double kMaxMetricDelta = 0.005;
 inline constexpr std::int64_t kMinCalibrationImages = 50;
 
 // CPU feature flags as /proc/cpuinfo spells them (avx512_bf16, amx_bf16, avx512_vnni, amx_int8,
-// ...), minus those named in $LOOKALIKE_CPU_MASK (comma-separated, or "all"): the mask lets a
-// test or a user simulate an older CPU. Read once per process.
+// ...), minus those named in $LOOKALIKE_CPU_MASK (comma-separated, or "all"; entries are trimmed
+// of white space and lower-cased, as /proc/cpuinfo spells flags): the mask lets a test or a user
+// simulate an older CPU. Read once per process.
 const std::set<std::string>& cpu_flags();
 // Every entry of `needed` ("a|b" = either flag) is in `flags`.
 bool cpu_supports(const std::vector<std::string>& needed, const std::set<std::string>& flags);
@@ -64,11 +67,12 @@ struct PrecisionChoice {
 //  - fp32: always.
 //  - an explicit reduced precision: its archive if the card lists one, else ModelError naming
 //    the card and the exporter option that prepares it. Runs even where the CPU lacks the
-//    feature (oneDNN then emulates it, slowly) or the fidelity is unmeasured or below the bar:
-//    then interchangeable = false and the model id carries the precision.
+//    feature (oneDNN then emulates it, slowly) or the fidelity is unmeasured, void or below the
+//    bar: then interchangeable = false and the model id carries the precision.
 //  - auto: among FP32 and the listed precisions whose CPU features are present, whose
 //    recorded fidelity meets the bar and (when `card_dir` is given) whose archive file is in
-//    `card_dir`, the one with the highest recorded images_per_s; FP32 when none qualifies
+//    `card_dir` with the digest the record names (void_fidelity_reason), the one with the
+//    highest recorded images_per_s; FP32 when none qualifies
 //    (reason says why each was passed over). A missing companion archive must not break every
 //    command while the FP32 archive is there; an explicit request still fails at load, naming it.
 // `card_name` names the card in errors.
@@ -76,9 +80,24 @@ PrecisionChoice choose_precision(const std::string& requested, const nlohmann::j
                                  const std::set<std::string>& flags, const std::string& card_name,
                                  const std::filesystem::path& card_dir = {});
 
+// Content identity of an archive file: the first 16 hex digits of the XXH3-128 of its bytes. The
+// FP32 archive's is the model id's (NAME@DIGEST); calibrate records a reduced-precision archive's
+// in its fidelity record ("archive_digest"). Throws ModelError naming the file when unreadable.
+std::string archive_digest(const std::filesystem::path& file);
+
+// Why the fidelity record of `entry` (a "precisions" entry) does not describe the archive now in
+// `card_dir`: it records an "archive_digest" and the file's digest differs (the archive was
+// replaced or damaged after calibration), or the file cannot be read. Empty when the record
+// stands: no record, no digest recorded (cards calibrated before digests were recorded), no
+// `card_dir`, or no such file (a missing archive is reported as missing instead). A void record
+// is treated as no record: not calibrated.
+std::string void_fidelity_reason(const nlohmann::json& entry,
+                                 const std::filesystem::path& card_dir);
+
 // The precision's fidelity record meets the bar: min cosine >= kMinCosineBar, Recall@1 and mAP
 // deltas (when recorded) within kMaxMetricDelta, at least kMinCalibrationImages photos (when
-// "images" is recorded; hand-written records may omit it), and not recorded as "meets_bar": false.
+// "images" is recorded; hand-written records may omit it), not recorded as "meets_bar": false, and
+// without a "failure" (calibrate could not measure it: non-finite output).
 bool meets_bar(const nlohmann::json& fidelity);
 
 // The reduced-precision archives `precisions` names that are not files in `card_dir`

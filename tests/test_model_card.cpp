@@ -413,6 +413,206 @@ TEST(ModelLookup, ACompanionArchiveOfABrokenCardIsNotListedAgain) {
   EXPECT_EQ(broken.size(), 2u);
 }
 
+// Writes `card` as DIR/<card's name>.json, as the exporter names it, and loads it back.
+ModelCard load_written(const ScratchDir& dir, const json& card) {
+  const fs::path p = dir / (card.at("name").get<std::string>() + ".json");
+  write_text(p, card.dump());
+  return load_model_card(p);
+}
+
+// Loading `card` (load_written) must fail with a message naming `field`, the file and `cause`.
+void expect_refused(const ScratchDir& dir, const json& card, const std::string& field,
+                    const std::string& cause = "") {
+  const fs::path p = dir / (card.at("name").get<std::string>() + ".json");
+  const std::string msg = error_of([&] { load_written(dir, card); });
+  EXPECT_NE(msg.find("'" + field + "'"), std::string::npos) << card.dump() << ": " << msg;
+  EXPECT_NE(msg.find(p.string()), std::string::npos) << msg;
+  EXPECT_NE(msg.find(cause), std::string::npos) << "expected '" << cause << "' in: " << msg;
+}
+
+// Review defect: a min cosine of 2.5 was accepted and shown as meeting the bar. Figures outside
+// what they can be are refused, naming the field; the limits themselves are accepted.
+TEST(ModelCard, ImpossibleFidelityFiguresAreRefused) {
+  ScratchDir dir;
+  const std::vector<std::tuple<std::string, json, std::string>> fidelity_cases = {
+      {"min_cosine", 2.5, "precisions.bf16.fidelity.min_cosine"},
+      {"min_cosine", -1.01, "precisions.bf16.fidelity.min_cosine"},
+      {"mean_cosine", 1.5, "precisions.bf16.fidelity.mean_cosine"},
+      {"recall_at_1", 1.2, "precisions.bf16.fidelity.recall_at_1"},
+      {"map", -0.1, "precisions.bf16.fidelity.map"},
+      {"fp32_map", 7, "precisions.bf16.fidelity.fp32_map"},
+      {"recall_at_1_delta", 3, "precisions.bf16.fidelity.recall_at_1_delta"},
+      {"images", -1, "precisions.bf16.fidelity.images"}};
+  for (const auto& [key, value, field] : fidelity_cases) {
+    json j = documented_card();
+    j["precisions"]["bf16"]["fidelity"] = record(372);
+    j["precisions"]["bf16"]["fidelity"][key] = value;
+    expect_refused(dir, j, field, "out of range");
+  }
+  json j = documented_card();
+  j["precisions"]["bf16"]["images_per_s"] = -5;
+  expect_refused(dir, j, "precisions.bf16.images_per_s", "out of range");
+  j = documented_card();
+  j["precisions"]["fp32"] = {{"images_per_s", -0.5}};
+  expect_refused(dir, j, "precisions.fp32.images_per_s", "out of range");
+
+  j = documented_card();
+  j["precisions"]["bf16"]["fidelity"] = record(0);
+  j["precisions"]["bf16"]["fidelity"]["min_cosine"] = -1;
+  j["precisions"]["bf16"]["fidelity"]["mean_cosine"] = 1;
+  j["precisions"]["bf16"]["fidelity"]["recall_at_1"] = 0;
+  j["precisions"]["bf16"]["fidelity"]["map"] = 1;
+  j["precisions"]["bf16"]["images_per_s"] = 0;
+  EXPECT_NO_THROW(load_written(dir, j));
+}
+
+// Review defect: embedding_dim 4294968576 read as 1280 and format 4294967297 as 1 (get<int>
+// wrapped), and input_size 2000000 ended in a bare "out of memory".
+TEST(ModelCard, OutOfRangeIntegersAreRefusedNotWrapped) {
+  ScratchDir dir;
+  const std::vector<std::tuple<std::string, json, std::string>> cases = {
+      {"embedding_dim", 4294968576ULL, "out of range"},
+      {"format", 4294967297LL, "out of range"},
+      {"embedding_dim", -4294967296LL, "out of range"},
+      {"input_size", 2000000, "out of range"},
+      {"input_size", kMaxInputSize + 1, "out of range"},
+      {"resize_shorter", kMaxResizeShorter + 1, "out of range"},
+      {"resize_shorter", 18446744073709551615ULL, "out of range"}};
+  for (const auto& [field, value, cause] : cases) {
+    json j = documented_card();
+    j[field] = value;
+    expect_refused(dir, j, field, cause);
+  }
+  json j = documented_card();
+  j["input_size"] = kMaxInputSize;
+  j["resize_shorter"] = kMaxResizeShorter;
+  const ModelCard c = load_written(dir, j);
+  EXPECT_EQ(c.input_size, kMaxInputSize);
+  EXPECT_EQ(c.resize_shorter, kMaxResizeShorter);
+}
+
+// Review defect: "fp16" and "BF16" entries were accepted, then misreported by `models`.
+TEST(ModelCard, UnknownPrecisionKeysAreRefused) {
+  ScratchDir dir;
+  for (const std::string key : {"fp16", "BF16", "Int8", ""}) {
+    json j = documented_card();
+    j["precisions"][key] = j["precisions"]["bf16"];
+    j["precisions"].erase("bf16");
+    expect_refused(dir, j, "precisions." + key, "not a precision");
+  }
+}
+
+// Review defect: a bf16 entry naming the card's own FP32 archive, or another model's archive,
+// hid models from `models` (list_models took them for companions).
+TEST(ModelCard, APrecisionArchiveIsItsOwnFile) {
+  ScratchDir dir;
+  json j = documented_card();
+  j["precisions"]["bf16"]["archive"] = "mobilenet_v2.pt";
+  expect_refused(dir, j, "precisions.bf16.archive", "own FP32 archive");
+  j["precisions"]["bf16"]["archive"] = "../elsewhere/mobilenet_v2.bf16.pt";
+  expect_refused(dir, j, "precisions.bf16.archive", "not a file name");
+  j = documented_card();
+  j["precisions"]["fp32"] = {{"archive", "mobilenet_v2.bf16.pt"}};
+  expect_refused(dir, j, "precisions.fp32.archive", "always mobilenet_v2.pt");
+
+  // Another model's archive: it has a card of its own.
+  json other = documented_card();
+  other["name"] = "other";
+  other.erase("precisions");
+  write_text(dir / "other.pt", "archive");
+  load_written(dir, other);
+  write_text(dir / "mobilenet_v2.pt", "archive");
+  j = documented_card();
+  j["precisions"]["bf16"]["archive"] = "other.pt";
+  expect_refused(dir, j, "precisions.bf16.archive", (dir / "other.json").string());
+
+  // Listed: the other model, and this card as broken; neither hidden.
+  std::vector<BrokenModel> broken;
+  const auto models = list_models({dir.path}, &broken);
+  ASSERT_EQ(models.size(), 1u);
+  EXPECT_EQ(models[0].archive, dir / "other.pt");
+  ASSERT_EQ(broken.size(), 1u);
+  EXPECT_EQ(broken[0].archive, dir / "mobilenet_v2.pt");
+}
+
+// Review defect: a name with '+' locked its own collection out (the id is NAME@DIGEST+P, split at
+// the '+'). A name may hold neither delimiter. It need not be the file stem: a copy under another
+// stem keeps the card's name, and so its model id (`models` shows the stem, which selects it).
+TEST(ModelCard, NameHasNoIdDelimiters) {
+  ScratchDir dir;
+  for (const std::string name : {"my+net", "my@net"}) {
+    json j = documented_card();
+    j["name"] = name;
+    j["precisions"]["bf16"]["archive"] = name + ".bf16.pt";
+    expect_refused(dir, j, "name", std::string("contains '") + name[2] + "'");
+  }
+  write_text(dir / "copy.json", documented_card().dump());
+  EXPECT_EQ(load_model_card(dir / "copy.json").name, "mobilenet_v2");
+}
+
+// A fidelity record names the digest of the archive it measured: a replaced (or damaged) archive
+// voids it, so `auto` no longer takes it and an explicit run gets its own model id. Records
+// without a digest (calibrated before digests were recorded) stand as before.
+TEST(Precision, AReplacedArchiveVoidsItsFidelityRecord) {
+  ScratchDir dir;
+  write_text(dir / "m.bf16.pt", "the archive that was calibrated");
+  json precisions = {{"fp32", {{"images_per_s", 10}}},
+                     {"bf16",
+                      {{"archive", "m.bf16.pt"},
+                       {"images_per_s", 20},
+                       {"requires", {"avx512_bf16|amx_bf16"}},
+                       {"fidelity", record(372)}}}};
+  precisions["bf16"]["fidelity"]["archive_digest"] = archive_digest(dir / "m.bf16.pt");
+  const std::set<std::string> flags = {"avx512_bf16"};
+  EXPECT_EQ(void_fidelity_reason(precisions["bf16"], dir.path), "");
+  EXPECT_EQ(choose_precision("auto", precisions, flags, "card", dir.path).precision,
+            Precision::BF16);
+
+  write_text(dir / "m.bf16.pt", "another archive since");
+  const std::string why = void_fidelity_reason(precisions["bf16"], dir.path);
+  EXPECT_NE(why.find("changed since it was calibrated"), std::string::npos) << why;
+  auto c = choose_precision("auto", precisions, flags, "card", dir.path);
+  EXPECT_EQ(c.precision, Precision::FP32);
+  EXPECT_NE(c.reason.find("bf16: not calibrated: its archive m.bf16.pt changed"), std::string::npos)
+      << c.reason;
+  c = choose_precision("bf16", precisions, flags, "card", dir.path);
+  EXPECT_EQ(c.precision, Precision::BF16);
+  EXPECT_FALSE(c.interchangeable) << c.reason;
+  EXPECT_NE(c.reason.find("not calibrated"), std::string::npos) << c.reason;
+
+  precisions["bf16"]["fidelity"].erase("archive_digest");  // an older card
+  EXPECT_EQ(choose_precision("auto", precisions, flags, "card", dir.path).precision,
+            Precision::BF16);
+}
+
+TEST(Precision, ArchiveDigestIsTheModelIdsContentHash) {
+  const auto m = EmbeddingModel::load(kMobileNetArchive, {.threads = 1, .precision = "fp32"});
+  EXPECT_EQ(m->id(), "mobilenet_v2@" + archive_digest(kMobileNetArchive));
+  EXPECT_EQ(m->running_archive(), kMobileNetArchive);
+  EXPECT_NE(error_of([] { archive_digest("/nonexistent/x.pt"); }).find("/nonexistent/x.pt"),
+            std::string::npos);
+}
+
+// What calibrate writes for a precision whose output was not finite: no figures, a failure.
+TEST(Precision, AFailedCalibrationIsBelowTheBar) {
+  ScratchDir dir;
+  json failed = {{"images", 372},
+                 {"meets_bar", false},
+                 {"failure", "m.bf16.pt: returned NaN"},
+                 {"archive_digest", "0123456789abcdef"}};
+  EXPECT_FALSE(meets_bar(failed));
+  failed.erase("meets_bar");
+  EXPECT_FALSE(meets_bar(failed));
+  json j = documented_card();
+  j["precisions"]["bf16"]["fidelity"] = failed;
+  EXPECT_NO_THROW(load_written(dir, j));
+  json precisions = {{"bf16", {{"archive", "m.bf16.pt"}, {"fidelity", failed}}}};
+  const auto c = choose_precision("auto", precisions, {"avx512_bf16"}, "card");
+  EXPECT_EQ(c.precision, Precision::FP32);
+  EXPECT_NE(c.reason.find("calibration failed: m.bf16.pt: returned NaN"), std::string::npos)
+      << c.reason;
+}
+
 // Each archive here is a real bad file next to a valid card.
 TEST(ModelArchive, CorruptArchivesAreRefusedNamingTheFile) {
   ScratchDir dir;

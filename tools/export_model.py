@@ -193,7 +193,8 @@ def parse_args(argv):
     src.add_argument("--random-weights", action="store_true",
                      help="untrained weights, for tests only (the card says so)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--name", help="model name and file stem (default: the architecture)")
+    p.add_argument("--name", help="model name and file stem (default: the architecture); no "
+                                  "'/', '+' or '@'")
     p.add_argument("--variant", choices=["v1", "v1.5"],
                    help="resnet50 only: v1 = stride 2 on the first 1x1 conv of each downsampling "
                         "block (the original network), v1.5 = torchvision's layout. Default v1.5, "
@@ -404,6 +405,12 @@ def main(argv):
     name = args.name or args.architecture
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"--name {name!r}: must be a plain file stem")
+    # The model id is NAME@DIGEST[+PRECISION]: the loader refuses a card whose name holds either
+    # delimiter (docs/model-card.md), so exporting one would write a model nothing can load.
+    for ch in "+@":
+        if ch in name:
+            raise ExportError(f"--name {name!r}: may not contain '{ch}' (it delimits the model "
+                              f"id, NAME@DIGEST+PRECISION)")
     model, prep, info = build(args)
     wanted = [p for p in args.precisions.split(",") if p and p != "none"]
     for p in wanted:

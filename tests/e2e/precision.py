@@ -94,6 +94,17 @@ def main():
         print(f"{photo.name}: fp32 vs bf16 cosine {cos:.6f}")
         assert cos >= bf["min_cosine"] - 1e-6, cos
 
+        # The record names the archive it measured by the content hash model ids use (a replaced
+        # archive voids it): the BF16 archive loaded as a model of its own has that digest.
+        digest = written["precisions"]["bf16"]["fidelity"]["archive_digest"]
+        probe = tmp / "probe"
+        probe.mkdir()
+        shutil.copy(tmp / (src.stem + ".bf16.pt"), probe / "probe.pt")
+        (probe / "probe.json").write_text(json.dumps(
+            {**{k: v for k, v in card.items() if k != "precisions"}, "name": "probe"}))
+        out, _ = run_json("embed", photo, model=probe / "probe.pt", check=0)
+        assert out["model"] == "probe@" + digest, (out["model"], digest)
+
         # A precision the card does not list: a clear error naming the card and the fix.
         bad = run("embed", photo, "--precision", "int8", model=model, check=1)
         assert "no int8 archive" in bad.stderr and "not offered" in bad.stderr, bad.stderr

@@ -1,17 +1,22 @@
 """Reduced-precision defects a review found, through the real binary (docs/precision.md): which
 collections accept which precision after a calibration changes, `info`'s two precisions, `auto`
 with a missing companion archive, calibration records over too few or unlabelled photos, bad
-cards in `models`, and the messages of bad arguments. Each case runs on a copy of the exported
-MobileNetV2 and its card in a temporary folder, with real cards written into it."""
+cards in `models` (impossible figures, wrapped integers, unknown precision keys, an archive that
+is not the precision's own, names with '+'), the file stem in `models`, the messages of bad
+arguments, LOOKALIKE_CPU_MASK's spelling, `info --precision int8`, and a damaged BF16 archive whose
+output is NaN (run, calibrated, replaced: the record's digest). Each case runs on a copy of the
+exported MobileNetV2 and its card in a temporary folder, with real cards written into it."""
 import json
 import os
 import shutil
 import sqlite3
+import struct
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
-from harness import DATASET, MODEL, run, run_json
+from harness import DATASET, MODEL, json_lines, run, run_json
 
 SRC = Path(MODEL)
 # As `lookalike models calibrate` records a precision that meets the bar, on enough photos, and
@@ -20,6 +25,8 @@ MEETS = {"min_cosine": 0.9997, "mean_cosine": 0.9999, "images": 372, "labelled":
          "retrieval_measured": True, "recall_at_1_delta": 0.0027, "map_delta": 0.001,
          "meets_bar": True, "worst_file": "x.jpg", "measured_at": "2026-12-05T07:12:00Z"}
 BELOW = {**MEETS, "min_cosine": 0.99, "meets_bar": False}
+CPU_FLAGS = set(open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split())
+HAS_BF16 = bool({"avx512_bf16", "amx_bf16"} & CPU_FLAGS)
 
 
 def copy_model(dst):
@@ -151,12 +158,132 @@ def calibration_limits(tmp):
     print("calibrate: 1 photo is recorded below the bar; unlabelled photos say so")
 
 
+def damage(archive):
+    """Overwrites the largest tensor of a TorchScript archive with 0xFF bytes (NaN in float32 and
+    bfloat16), as a bad disk or download might: it still loads (the zip's CRC is not checked) and
+    computes NaN."""
+    with zipfile.ZipFile(archive) as z:
+        big = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(archive.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[big.header_offset + 26:big.header_offset + 30])
+    start = big.header_offset + 30 + name_len + extra_len
+    data[start:start + big.file_size] = b"\xff" * big.file_size
+    archive.write_bytes(bytes(data))
+
+
+def auto_of(model, env=None):
+    out, _ = run_json("models", env={"LOOKALIKE_MODELS": str(model.parent), **(env or {})},
+                      model=False, check=0)
+    return out["auto_precision"]
+
+
+def non_finite_archive(tmp, photos):
+    """A damaged BF16 archive whose output is NaN. Running it fails naming that archive (`embed`
+    printed null and `search` found nothing, with exit status 0; errors named the FP32 archive).
+    Calibrating it records a failure below the bar (it recorded min cosine 2.0, mean null and
+    meets_bar true, and the card then failed to load for every command, fp32 included). The
+    record names the archive's digest: with the good archive back, it is void."""
+    model = copy_model(tmp / "nan")
+    bf16 = model.parent / (SRC.stem + ".bf16.pt")
+    coll = tmp / "coll-nan"
+    run("index", *photos[:2], "--precision", "fp32", collection=coll, model=model, check=0)
+    damage(bf16)
+    for args, kw in ((["embed", photos[0]], {}), (["search", photos[0]], {"collection": coll})):
+        bad = run(*args, "--precision", "bf16", model=model, check=1, **kw)
+        assert f"{bf16}: 'forward' returned NaN or infinity" in bad.stderr, bad.stderr
+        assert f"{model}:" not in bad.stderr, bad.stderr  # the FP32 archive did not run
+    run("embed", photos[0], "--precision", "fp32", model=model, check=0)
+
+    rep, proc = run_json("models", "calibrate", DATASET / "test", "--limit", "50", model=model,
+                         check=0)
+    assert rep["images"] == 50 and rep["precisions"]["bf16"]["meets_bar"] is False, rep
+    assert any(str(bf16) in n and "NaN" in n for n in rep["notes"]), rep["notes"]
+    assert str(bf16) in proc.stderr, proc.stderr
+    text = card_path(model).read_text()
+    assert "null" not in text, text  # how nlohmann writes NaN, which the card then refused
+    rec = json.loads(text)["precisions"]["bf16"]["fidelity"]
+    assert rec["meets_bar"] is False and str(bf16) in rec["failure"], rec
+    assert "min_cosine" not in rec and "mean_cosine" not in rec, rec
+    assert len(rec["archive_digest"]) == 16, rec
+    run("embed", photos[0], "--precision", "fp32", model=model, check=0)  # the card loads
+    run("embed", photos[0], model=model, check=0)  # auto passes over the failed bf16
+    auto = auto_of(model)
+    assert auto["precision"] == "fp32", auto
+    assert "calibration failed" in auto["reason"] or not HAS_BF16, auto
+    human = run("models", env={"LOOKALIKE_MODELS": str(model.parent)}, model=False, check=0)
+    assert "bf16 (calibration failed, below the bar" in human.stdout, human.stdout
+
+    # The good archive back, under a record that meets the bar but names the damaged archive's
+    # digest: the record is void (not calibrated), and `models` says why.
+    shutil.copy(SRC.parent / bf16.name, bf16)
+    set_fidelity(model, {**MEETS, "archive_digest": rec["archive_digest"]})
+    auto = auto_of(model)
+    assert auto["precision"] == "fp32", auto
+    assert "changed since it was calibrated" in auto["reason"] or not HAS_BF16, auto
+    human = run("models", env={"LOOKALIKE_MODELS": str(model.parent)}, model=False, check=0)
+    assert f"bf16 (not calibrated: its archive {bf16.name} changed" in human.stdout, human.stdout
+    refused = run("search", photos[0], "--precision", "bf16", collection=coll, model=model,
+                  check=1)
+    assert "not interchangeable" in refused.stderr, refused.stderr
+    # The same record without a digest (a card calibrated before digests): taken as before.
+    set_fidelity(model, MEETS)
+    if HAS_BF16:
+        assert auto_of(model)["precision"] == "bf16"
+    run("search", photos[0], "--precision", "bf16", collection=coll, model=model, check=0)
+    print("NaN bf16 archive: embed/search fail naming it; calibrate records the failure; "
+          "a replaced archive voids its record")
+
+
+def cpu_mask_spelling(tmp):
+    """LOOKALIKE_CPU_MASK entries are trimmed and lower-cased ("amx_bf16, avx512_bf16" did not
+    mask avx512_bf16)."""
+    model = copy_model(tmp / "mask")
+    set_fidelity(model, MEETS)
+    for mask in ("amx_bf16, avx512_bf16", " AVX512_BF16 ,AMX_BF16"):
+        auto = auto_of(model, {"LOOKALIKE_CPU_MASK": mask})
+        assert auto["precision"] == "fp32" and "CPU lacks" in auto["reason"], (mask, auto)
+    if HAS_BF16:
+        assert auto_of(model)["precision"] == "bf16"
+    print("LOOKALIKE_CPU_MASK: spaces and capitals mask as the flags are spelt")
+
+
+def info_impossible_precision(tmp, photos):
+    """`info --precision int8` on a model without int8 said precision null with an empty reason."""
+    coll = tmp / "coll-int8"
+    run("index", photos[0], "--precision", "fp32", collection=coll, check=0)
+    i, _ = run_json("info", "--precision", "int8", collection=coll, check=0)
+    assert i["precision"] is None and "no int8 archive" in i["precision_reason"], i
+    assert i["collection_precision"].startswith("fp32"), i
+    text = run("info", "--precision", "int8", collection=coll, check=0).stdout
+    line = next(l for l in text.splitlines() if l.startswith("precision"))
+    assert "cannot run" in line and "no int8 archive" in line, text
+    print("info --precision int8: " + i["precision_reason"][:80] + "...")
+
+
 def bad_cards(tmp):
     """A wrong type in a precisions entry, or a truncated card: `models` shows one BROKEN row,
     names the field, and still lists the other models."""
-    cases = {"numarch": lambda c: c["precisions"]["bf16"].__setitem__("archive", 5),
-             "strcos": lambda c: c["precisions"]["bf16"].__setitem__(
-                 "fidelity", {"min_cosine": "high"})}
+    def put(key, value, where=lambda c: c["precisions"]["bf16"]):
+        return lambda c: where(c).__setitem__(key, value)
+
+    def rename_bf16(key):
+        return lambda c: c["precisions"].__setitem__(key, c["precisions"].pop("bf16"))
+
+    cases = {"numarch": put("archive", 5),
+             "strcos": put("fidelity", {"min_cosine": "high"}),
+             # impossible figures, wrapped integers and unknown keys (they were accepted)
+             "cos25": put("fidelity", {**MEETS, "min_cosine": 2.5}),
+             "dimwrap": put("embedding_dim", 4294968576, where=lambda c: c),
+             "bigcrop": put("input_size", 2000000, where=lambda c: c),
+             "fp16key": rename_bf16("fp16"),
+             "BF16key": rename_bf16("BF16"),
+             # an archive that is not the precision's own (it hid models from `models`)
+             "ownarch": put("archive", SRC.name),
+             "otherarch": put("archive", "zzz.pt")}
+    fields = {"numarch": "precisions.bf16.archive", "strcos": "precisions.bf16.fidelity.min_cosine",
+              "cos25": "precisions.bf16.fidelity.min_cosine", "dimwrap": "embedding_dim",
+              "bigcrop": "input_size", "fp16key": "precisions.fp16", "BF16key": "precisions.BF16",
+              "ownarch": "precisions.bf16.archive", "otherarch": "precisions.bf16.archive"}
     for name, edit in cases.items():
         model = copy_model(tmp / name)
         card = json.loads(card_path(model).read_text())
@@ -169,10 +296,12 @@ def bad_cards(tmp):
         (model.parent / "zzz.json").write_text(json.dumps(other))
         env = {"LOOKALIKE_MODELS": str(model.parent)}
         out = run("models", env=env, model=False, check=0).stdout
-        field = {"numarch": "precisions.bf16.archive",
-                 "strcos": "precisions.bf16.fidelity.min_cosine"}[name]
+        field = fields[name]
         assert f"'{field}'" in out and "BROKEN" in out and "zzz" in out, out
         assert "json.exception" not in out, out
+        listed = json_lines(run("models", "--json", env=env, model=False, check=0).stdout)
+        assert {m["name"] for m in listed} == {SRC.stem, "zzz"}, listed
+        assert "error" not in next(m for m in listed if m["name"] == "zzz"), listed
         bad = run("embed", next(DATASET.glob("test/*/*.jpg")), model=model, check=1)
         assert f"'{field}'" in bad.stderr and str(card_path(model)) in bad.stderr, bad.stderr
     model = copy_model(tmp / "trunc")
@@ -180,7 +309,38 @@ def bad_cards(tmp):
     card_path(model).write_text(text[: len(text) // 2])
     out = run("models", env={"LOOKALIKE_MODELS": str(model.parent)}, model=False, check=0).stdout
     assert out.count("BROKEN") == 1 and "not valid JSON" in out, out
+    names_and_stems(tmp)
     print("bad cards: one BROKEN row naming the field, the rest listed")
+
+
+def names_and_stems(tmp):
+    """The file stem selects a model (--model NAME): `models` shows it for every model, as it did
+    for broken ones (it showed the card's name for good ones), and the card's name, the model id's
+    first part, as card_name. A name with '+' or '@' is refused (a '+' in the name locked a
+    collection out of its own model)."""
+    d = tmp / "stems"
+    d.mkdir()
+    card = json.loads(SRC.with_suffix(".json").read_text())
+    card.pop("precisions")
+    for stem, name in (("renamed", SRC.stem), ("my+net", "my+net"), ("my@net", "my@net")):
+        shutil.copy(SRC, d / f"{stem}.pt")
+        (d / f"{stem}.json").write_text(json.dumps({**card, "name": name}))
+    env = {"LOOKALIKE_MODELS": str(d)}
+    listed = {m["name"]: m for m in json_lines(
+        run("models", "--json", env=env, model=False, check=0).stdout)}
+    assert set(listed) == {"renamed", "my+net", "my@net"}, listed
+    assert "error" not in listed["renamed"], listed["renamed"]
+    assert listed["renamed"]["card_name"] == SRC.stem, listed["renamed"]
+    for bad in ("+", "@"):
+        err = listed[f"my{bad}net"]["error"]
+        assert "'name'" in err and f"contains '{bad}'" in err, err
+    human = run("models", env=env, model=False, check=0).stdout
+    assert human.count("BROKEN") == 2, human
+    assert any(line.startswith("renamed ") for line in human.splitlines()), human
+    assert f"card name: {SRC.stem}" in human, human
+    out, _ = run_json("embed", next(DATASET.glob("test/*/*.jpg")), "--model", "renamed", env=env,
+                      model=False, check=0)
+    assert out["model"].startswith(SRC.stem + "@"), out  # the same model as the original
 
 
 def messages(tmp):
@@ -205,6 +365,9 @@ def main():
         photos = sorted((DATASET / "test").glob("*/*.jpg"))[:: 50][:5]
         bad_cards(tmp)
         messages(tmp)
+        cpu_mask_spelling(tmp)
+        info_impossible_precision(tmp, photos)
+        non_finite_archive(tmp, photos)
         calibrated_after_bf16_index(tmp, photos)
         fp32_collection_after_bf16_drops(tmp, photos)
         missing_companion(tmp, photos)
