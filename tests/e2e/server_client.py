@@ -114,6 +114,15 @@ def error_of(data):
     return obj["error"]
 
 
+def expect_error(srv, status, code, method, path, body=None, headers=None):
+    """Sends one request to `srv` and asserts its status and error code: (error, headers)."""
+    got, hdrs, data = srv.request(method, path, body, headers)
+    assert got == status, f"{method} {path}: {got}, expected {status}: {data[:300]!r}"
+    err = error_of(data)
+    assert err["code"] == code, err
+    return err, hdrs
+
+
 def indexed_gallery(name, per_class):
     """A fresh collection of `per_class` clothing-small train photos of each class, indexed
     through a CSV manifest with their class as `category`: (work folder, collection, photos)."""

@@ -15,17 +15,9 @@ import numpy as np
 from PIL import Image
 
 from harness import images, tempdir
-from server_client import Server, encode_multipart, error_of, indexed_gallery
+from server_client import Server, encode_multipart, error_of, expect_error, indexed_gallery
 
 JSON = {"Content-Type": "application/json"}
-
-
-def expect_error(srv, status, code, method, path, body=None, headers=None):
-    got, hdrs, data = srv.request(method, path, body, headers)
-    assert got == status, f"{method} {path}: {got}, expected {status}: {data[:300]!r}"
-    err = error_of(data)
-    assert err["code"] == code, err
-    return err, hdrs
 
 
 def exchange(port, data, timeout=5):

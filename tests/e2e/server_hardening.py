@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from harness import BIN, MODEL, images
-from server_client import Server, encode_multipart, error_of, indexed_gallery
+from server_client import Server, encode_multipart, error_of, expect_error, indexed_gallery
 
 work, collection, gallery = indexed_gallery("server-hardening", per_class=4)
 uploads = collection / "uploads"
@@ -22,14 +22,6 @@ uploads = collection / "uploads"
 
 def upload_files():
     return sorted(uploads.iterdir()) if uploads.exists() else []
-
-
-def expect_error(srv, status, code, method, path, body=None, headers=None):
-    got, hdrs, data = srv.request(method, path, body, headers)
-    assert got == status, f"{method} {path}: {got}, expected {status}: {data[:300]!r}"
-    err = error_of(data)
-    assert err["code"] == code, err
-    return err, hdrs
 
 
 srv = Server(collection, "--request-timeout-s", "3", "--workers", "4")
