@@ -11,9 +11,8 @@
 #include "cli/commands.h"
 #include "cli/output.h"
 #include "dedup/duplicates.h"
+#include "engine/engine.h"
 #include "image/decode.h"
-#include "model/embedding_model.h"
-#include "model/model_card.h"
 #include "store/collection.h"
 
 namespace lookalike::cli {
@@ -30,13 +29,6 @@ struct DuplicatesArgs {
   bool json = false;
 };
 
-// What became of the perceptual hashes computed from files during the run.
-struct Backfill {
-  std::int64_t computed = 0;
-  std::int64_t stored = 0;
-  std::string not_stored;  // why they could not be stored (locked, read-only); empty otherwise
-};
-
 json member_json(const dedup::DuplicateMember& m) {
   json out = {{"id", m.id}};
   set_path(out, "path", m.path);
@@ -51,7 +43,8 @@ json member_json(const dedup::DuplicateMember& m) {
   return out;
 }
 
-json report_json(const dedup::DuplicateReport& r, const Backfill& b) {
+json report_json(const engine::DuplicatesResult& result) {
+  const auto& r = result.report;
   json groups = json::array();
   for (const auto& g : r.groups) {
     json members = json::array();
@@ -66,9 +59,9 @@ json report_json(const dedup::DuplicateReport& r, const Backfill& b) {
                   {"threshold_source", r.threshold_source},
                   {"k", r.k},
                   {"search_params", store::search_params_json(r.params)},
-                  {"hashes_computed", b.computed},
-                  {"hashes_stored", b.stored}};
-  if (!b.not_stored.empty()) summary["hashes_not_stored"] = b.not_stored;
+                  {"hashes_computed", result.hashes_computed},
+                  {"hashes_stored", result.hashes_stored}};
+  if (!result.hashes_not_stored.empty()) summary["hashes_not_stored"] = result.hashes_not_stored;
   return {{"type", "duplicates"}, {"groups", groups}, {"summary", summary}};
 }
 
@@ -82,7 +75,8 @@ std::string verdict(const dedup::DuplicateMember& m) {
   return m.note.empty() ? "similar" : "similar (" + m.note + ")";
 }
 
-void print_human(const dedup::DuplicateReport& r, const Backfill& b, bool quiet) {
+void print_human(const engine::DuplicatesResult& result, bool quiet) {
+  const auto& r = result.report;
   for (const auto& g : r.groups) {
     const auto& rep = g.members.front();
     std::cout << fmt::format("group of {} (representative {}, {} x {})\n  * {:>8}  {}\n",
@@ -99,41 +93,12 @@ void print_human(const dedup::DuplicateReport& r, const Backfill& b, bool quiet)
       "{} groups, {} of {} images in groups, {} exact groups (threshold {:g}, {}; k {})\n",
       r.groups.size(), r.images_in_groups, r.images, r.exact_groups, r.threshold,
       r.threshold_source, r.k);
-  if (b.computed > 0) {
-    std::cout << fmt::format("{} perceptual hashes computed from files, {} stored{}\n", b.computed,
-                             b.stored, b.not_stored.empty() ? "" : " (" + b.not_stored + ")");
+  if (result.hashes_computed > 0) {
+    const auto& why = result.hashes_not_stored;
+    std::cout << fmt::format("{} perceptual hashes computed from files, {} stored{}\n",
+                             result.hashes_computed, result.hashes_stored,
+                             why.empty() ? "" : " (" + why + ")");
   }
-}
-
-// What the collection's model is, from its card (found as `search` finds the model): the
-// measured thresholds hold for the pretrained networks, not for a head trained with `lookalike
-// train`, whatever its file is called. Only the card is read; no model is loaded.
-dedup::ModelKind model_kind(const store::CatalogConfig& config, std::string* note) {
-  try {
-    const auto archive = model::resolve_model(config.model_name, model::default_model_dirs());
-    const auto card =
-        model::load_model_card(std::filesystem::path(archive).replace_extension(".json"));
-    return card.training.is_null() ? dedup::ModelKind::kPretrained : dedup::ModelKind::kTrained;
-  } catch (const model::ModelError& e) {
-    *note = e.what();
-    return dedup::ModelKind::kUnknown;
-  }
-}
-
-// Rows indexed before schema 4 have no perceptual hash: what the run computed is stored now,
-// through a short write-mode open (the writer lock is not held during the search itself).
-Backfill store_hashes(const GlobalOptions& g, const dedup::DuplicateReport& report) {
-  Backfill b;
-  b.computed = static_cast<std::int64_t>(report.computed_hashes.size());
-  if (b.computed == 0) return b;
-  try {
-    auto writer = store::Collection::open(g.collection, store::Collection::Mode::Write);
-    b.stored = dedup::store_computed_hashes(*writer, report);
-  } catch (const store::StoreError& e) {
-    b.not_stored = fmt::format("not stored: {}", e.what());
-    spdlog::warn("perceptual hashes {}; they will be computed again next time", b.not_stored);
-  }
-  return b;
 }
 
 int run(const GlobalOptions& g, const DuplicatesArgs& a, bool threshold_given) {
@@ -147,22 +112,21 @@ int run(const GlobalOptions& g, const DuplicatesArgs& a, bool threshold_given) {
   o.params.nprobe = a.nprobe;
   o.params.ef_search = a.ef_search;
   image::init_decoder();
-  dedup::DuplicateReport report;
-  {
-    auto collection = store::Collection::open(g.collection, store::Collection::Mode::Read);
-    try {
-      o.model_kind = model_kind(collection->config(), &o.model_note);
-      report = dedup::find_duplicates(*collection, o);
-    } catch (const dedup::DuplicateOptionError& e) {
-      spdlog::error("lookalike duplicates: {}", e.what());
-      return kUsage;
-    }
+  engine::DuplicatesResult r;
+  try {
+    r = engine::Engine::open(engine_options(g), engine::Access::Read)->duplicates(o);
+  } catch (const dedup::DuplicateOptionError& e) {
+    spdlog::error("lookalike duplicates: {}", e.what());
+    return kUsage;
   }
-  const auto backfill = store_hashes(g, report);
+  if (!r.hashes_not_stored.empty()) {
+    spdlog::warn("perceptual hashes {}; they will be computed again next time",
+                 r.hashes_not_stored);
+  }
   if (g.json || a.json) {
-    std::cout << report_json(report, backfill).dump() << "\n";
+    std::cout << report_json(r).dump() << "\n";
   } else {
-    print_human(report, backfill, g.quiet);
+    print_human(r, g.quiet);
   }
   return kOk;
 }

@@ -776,6 +776,44 @@ index::SpecChoice resolve_index_spec(const IndexSpec& spec, std::int64_t vectors
   return c;
 }
 
+namespace {
+
+// What the collection's model is, from its installed card (found as the model is: by name, or
+// the path a collection stores); kUnknown with the reason when the card cannot be read.
+dedup::ModelKind model_kind(const std::string& model_name, std::string* note) {
+  try {
+    const auto archive = model::resolve_model(model_name, model::default_model_dirs());
+    const auto card = model::load_model_card(fs::path(archive).replace_extension(".json"));
+    return card.training.is_null() ? dedup::ModelKind::kPretrained : dedup::ModelKind::kTrained;
+  } catch (const model::ModelError& e) {
+    *note = e.what();
+    return dedup::ModelKind::kUnknown;
+  }
+}
+
+}  // namespace
+
+DuplicatesResult Engine::duplicates(dedup::DuplicateOptions options) {
+  const auto& c = collection();
+  // The model the vectors came from, not --model: duplicates embeds nothing.
+  options.model_kind = model_kind(c.config().model_name, &options.model_note);
+  DuplicatesResult r;
+  r.report = dedup::find_duplicates(c, options);
+  r.hashes_computed = static_cast<std::int64_t>(r.report.computed_hashes.size());
+  if (r.hashes_computed == 0) return r;
+  try {
+    if (access_ == Access::Write) {
+      r.hashes_stored = dedup::store_computed_hashes(writable(), r.report);
+    } else {
+      auto writer = store::Collection::open(options_.collection, store::Collection::Mode::Write);
+      r.hashes_stored = dedup::store_computed_hashes(*writer, r.report);
+    }
+  } catch (const store::StoreError& e) {
+    r.hashes_not_stored = fmt::format("not stored: {}", e.what());
+  }
+  return r;
+}
+
 ReindexResult Engine::reindex(const IndexSpec& spec) {
   auto& c = writable();
   const auto choice = resolve_index_spec(spec, c.index_size(), c.config().dim);

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "dedup/duplicates.h"
 #include "engine/embed_batcher.h"
 #include "index/index_spec.h"
 #include "model/embedding_model.h"
@@ -162,6 +163,16 @@ struct IndexSpec {
   std::string spec = "Flat";             // factory string, or "auto" (index::choose_index_spec)
   std::int64_t memory_budget_bytes = 0;  // for "auto"; 0 = no budget
   index::SearchParams defaults;          // non-zero fields override the choice's defaults
+};
+
+struct DuplicatesResult {
+  dedup::DuplicateReport report;
+  // Perceptual hashes computed from files during the run (rows indexed before schema 4 have
+  // none; report.computed_hashes), how many were stored, and why not when they could not be
+  // (the collection locked by a writer, read-only): they are computed again next time.
+  std::int64_t hashes_computed = 0;
+  std::int64_t hashes_stored = 0;
+  std::string hashes_not_stored;
 };
 
 struct ReindexResult {
@@ -316,6 +327,13 @@ class Engine {
   ReindexResult reindex(const IndexSpec& spec);
   // Stores new search-time defaults for the collection (Write access).
   void set_search_defaults(const index::SearchParams& defaults);
+  // Exact and near-duplicate groups (dedup::find_duplicates). Whether the default threshold was
+  // measured for this model is read from its card (a head trained with `lookalike train` is not
+  // the measured network, whatever its file is called); no model is loaded. Hashes computed
+  // from files are stored afterwards (with Write access here, else through a short write-mode
+  // open, so that no writer lock is held during the search). Throws
+  // dedup::DuplicateOptionError for bad options, EngineError NotFound without a collection.
+  DuplicatesResult duplicates(dedup::DuplicateOptions options);
   // Saves the index cache file, so that the next open need not rebuild it.
   void checkpoint();
 
