@@ -386,11 +386,14 @@ int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
   auto embedded = e->embed_files(a.images);
   const std::size_t n = a.images.size();
   const auto dim = static_cast<std::size_t>(embedded.dim);
-  if (!g.json) {
+  // With --npy the errors have no JSON records to go in: stderr, whatever --json says.
+  if (!g.json || !a.npy.empty()) {
     for (const auto& err : embedded.errors) {
       if (!err.empty()) spdlog::error("{}", err);
     }
   }
+  const std::size_t failed = embedded.failed();
+  if (failed == n && !a.npy.empty()) return kError;  // nothing embedded: no file, none replaced
   if (!a.npy.empty()) {
     write_npy(a.npy, embedded.embeddings, n, dim);
     if (!g.quiet) {
@@ -417,7 +420,6 @@ int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
       std::cout << "\n";
     }
   }
-  std::size_t failed = embedded.failed();
   if (failed == 0) return kOk;
   return failed == n ? kError : kPartial;
 }

@@ -62,6 +62,14 @@ assert not e[1].any()
 out, _ = run_json("embed", photos[2], check=0)
 assert out["type"] == "embedding" and out["path"] == str(photos[2]), out
 assert np.allclose(np.array(out["embedding"]), e[0], atol=1e-5), "json != npy"
+# --json with --npy: the failures still reach stderr (they have no JSON records to go in).
+proc = run("--json", "embed", photos[2], bad_text, "--npy", work / "j.npy", check=3)
+assert str(bad_text) in proc.stderr, proc.stderr
+# Nothing embedded: exit 1 and no file, not a file of zero rows over the one already there.
+before = npy.read_bytes()
+proc = run("embed", bad_text, "--npy", npy, check=1)
+assert str(bad_text) in proc.stderr and "wrote" not in proc.stderr, proc.stderr
+assert npy.read_bytes() == before, "a failed embed replaced the .npy"
 
 # A different model on an existing collection is refused, naming both.
 other = work / "models"
