@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -53,7 +54,7 @@ std::vector<std::string> read_list(const std::string& path) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
   if (argc < 3) {
     std::cerr << "usage: bench_stages MODEL.pt FILELIST [--threads N] [--batch-size B] "
                  "[--precision auto|fp32|bf16] [--prepack on|off] [--channels-last-input on|off] "
@@ -193,4 +194,13 @@ int main(int argc, char** argv) {
       {"decode_share_of_embed_cpu", decode_s / (embed_s * model->threads() * passes)}};
   std::cout << out.dump(2) << "\n";
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {  // a bad model, file list or flag value
+    std::cerr << "bench_stages: error: " << e.what() << "\n";
+    return 1;
+  }
 }

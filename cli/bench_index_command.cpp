@@ -77,7 +77,7 @@ int write_plot(const std::filesystem::path& plot, const eval::BenchResult& resul
         fmt::format("recall@{} against single-query QPS, d = {}", result.k, result.dim));
     return kOk;
   } catch (const std::exception& e) {
-    std::cerr << "lookalike bench-index: " << e.what() << "\n";
+    std::cerr << "lookalike: error: " << e.what() << "\n";
     return kError;
   }
 }
@@ -87,13 +87,13 @@ int check_args(const BenchIndexArgs& a) {
   try {
     eval::validate(a.options);
   } catch (const eval::BenchOptionError& e) {
-    std::cerr << "lookalike bench-index: " << e.what() << "\n";
+    std::cerr << "lookalike: error: " << e.what() << "\n";
     return kUsage;
   }
   try {
     if (!a.plot.empty()) eval::check_plot_path(a.plot);
   } catch (const std::exception& e) {
-    std::cerr << "lookalike bench-index: " << e.what() << "\n";
+    std::cerr << "lookalike: error: " << e.what() << "\n";
     return kError;
   }
   return kOk;
@@ -109,10 +109,10 @@ int run(const GlobalOptions& g, BenchIndexArgs& a) {
   try {
     result = eval::run_bench_index(o);
   } catch (const eval::BenchOptionError& e) {
-    std::cerr << "lookalike bench-index: " << e.what() << "\n";
+    std::cerr << "lookalike: error: " << e.what() << "\n";
     return kUsage;
   } catch (const std::exception& e) {
-    std::cerr << "lookalike bench-index: " << e.what() << "\n";
+    std::cerr << "lookalike: error: " << e.what() << "\n";
     return kError;
   }
   // The results first: a plot that cannot be written must not cost the measurements.

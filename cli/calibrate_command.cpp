@@ -20,7 +20,7 @@ nlohmann::json metrics_json(const std::optional<eval::Metrics>& m) {
 }
 
 void print_human(const eval::CalibrationReport& r, bool recorded) {
-  std::cout << fmt::format("{} photos{}{}\n", r.images,
+  std::cout << fmt::format("{}{}{}\n", plural(r.images, "photo"),
                            r.labelled ? " (labelled, leave-one-out)" : "",
                            r.failed ? fmt::format(", {} could not be decoded", r.failed) : "");
   std::cout << fmt::format("{:<6} {:>10} {:>11} {:>10} {:>8} {:>9}  {}\n", "", "min cos",

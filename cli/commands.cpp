@@ -10,7 +10,9 @@
 #include <cstring>
 #include <ctime>
 #include <iostream>
+#include <iterator>
 #include <memory>
+#include <set>
 
 #include "cli/output.h"
 #include "engine/engine.h"
@@ -143,42 +145,40 @@ json summary_json(const pipeline::IndexSummary& s, const engine::Engine& e) {
 void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
   const std::string metadata_note =
       s.metadata_updated > 0 ? fmt::format(" ({} with new metadata)", s.metadata_updated) : "";
+  // The failures themselves are on stderr (run_index), in every mode: here only their count.
   std::cout << fmt::format(
-      "{} {} files in {:.1f} s: {} added, {} updated, {} unchanged{}, {} removed, {} failed\n",
-      s.interrupted ? "interrupted after" : "indexed", s.scanned, s.seconds, s.added, s.updated,
-      s.unchanged, metadata_note, s.removed, s.failures.size());
+      "{} {} in {:.1f} s: {} added, {} updated, {} unchanged{}, {} removed, {} failed\n",
+      s.interrupted ? "interrupted after" : "indexed", plural(s.scanned, "file"), s.seconds,
+      s.added, s.updated, s.unchanged, metadata_note, s.removed, s.failures.size());
   if (e.has_collection()) {
     std::cout << fmt::format(
-        "embedded {} images at {:.1f} images/s (inference threads: {}, passes side by side: {}, "
-        "decode threads: {}); collection {} now holds {} images\n",
-        s.embedded, s.images_per_s, s.model_threads, s.passes, s.decode_threads,
-        e.collection().dir().string(), e.collection().count());
+        "embedded {} at {:.1f} images/s (inference threads: {}, passes side by side: {}, "
+        "decode threads: {}); collection {} now holds {}\n",
+        plural(s.embedded, "image"), s.images_per_s, s.model_threads, s.passes, s.decode_threads,
+        e.collection().dir().string(), plural(e.collection().count(), "image"));
   } else {
     std::cout << "nothing to index; no collection was created\n";
   }
   if (!s.index_choice.empty()) std::cout << s.index_choice << "\n";
   if (auto p = e.model_precision())
     std::cout << fmt::format("precision {}: {}\n", model::to_string(p->precision), p->reason);
-  if (!s.failures.empty()) {
-    std::cout << "failed:\n";
-    for (const auto& f : s.failures) std::cout << "  " << f.where << ": " << f.reason << "\n";
-  }
   if (!s.vanished.empty() && s.removed == 0) {
-    std::cout << fmt::format("{} indexed files no longer exist (run with --prune to remove):\n",
-                             s.vanished.size());
+    const auto n = static_cast<std::int64_t>(s.vanished.size());
+    std::cout << fmt::format("{} no longer {} (run with --prune to remove):\n",
+                             plural(n, "indexed file"), n == 1 ? "exists" : "exist");
     for (const auto& v : s.vanished) std::cout << "  " << v << "\n";
   } else if (s.removed > 0) {
-    std::cout << fmt::format("removed {} vanished files\n", s.removed);
+    std::cout << fmt::format("removed {}\n", plural(s.removed, "vanished file"));
   }
   if (!s.unchecked.empty()) {
     std::int64_t n = 0;
     for (const auto& u : s.unchecked) n += u.images;
     std::cout << fmt::format(
-        "{} indexed files under paths that failed were not checked and are kept (--prune removes "
-        "only files that are definitely gone):\n",
-        n);
+        "{} under paths that failed {} not checked and {} kept (--prune removes only files that "
+        "are definitely gone):\n",
+        plural(n, "indexed file"), n == 1 ? "was" : "were", n == 1 ? "is" : "are");
     for (const auto& u : s.unchecked)
-      std::cout << fmt::format("  {}: {} indexed files\n", u.where, u.images);
+      std::cout << fmt::format("  {}: {}\n", u.where, plural(u.images, "indexed file"));
   }
 }
 
@@ -210,6 +210,7 @@ json response_json(const engine::SearchResponse& r) {
     out["plan"]["filter_matches"] = r.report.filter_matches;
     out["plan"]["filter_ms"] = r.report.filter_ms;
   }
+  if (!r.warnings.empty()) out["warnings"] = r.warnings;
   out["timings_ms"] = {{"decode", r.timings.decode_ms},
                        {"embed", r.timings.embed_ms},
                        {"search", r.timings.search_ms},
@@ -217,8 +218,14 @@ json response_json(const engine::SearchResponse& r) {
   return out;
 }
 
-void print_response(const engine::SearchResponse& r, const std::string& metric, bool as_json) {
+// `warned`: the warnings already printed by this run (every query of a run shares its filter,
+// and so its warnings: each is printed once).
+void print_response(const engine::SearchResponse& r, const std::string& metric, bool as_json,
+                    std::set<std::string>& warned) {
   if (!r.error.empty()) spdlog::error("{}", r.error);  // messages go to stderr in every mode
+  for (const auto& w : r.warnings) {
+    if (warned.insert(w).second) spdlog::warn("--where: {}", w);
+  }
   if (as_json) {
     print_record(response_json(r));
     return;
@@ -271,6 +278,8 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   auto summary = e->index(r);
   if (g_interrupted) summary.interrupted = true;  // also a signal after the last batch
   progress.finish();
+  // Failures reach stderr in every mode (docs/cli.md, "JSON output"); --json also lists them.
+  for (const auto& f : summary.failures) spdlog::error("{}: {}", f.where, f.reason);
 
   if (g.json) {
     print_record(summary_json(summary, *e));
@@ -282,8 +291,9 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
                  summary.cache_warning);
   }
   if (!summary.fatal_error.empty()) {
-    spdlog::error("{} (the {} batches committed before it are kept)", summary.fatal_error,
-                  summary.committed_batches);
+    spdlog::error("{} (the {} committed before it {} kept)", summary.fatal_error,
+                  plural(summary.committed_batches, "batch", "batches"),
+                  summary.committed_batches == 1 ? "is" : "are");
     return kCommittedThenFailed;
   }
   if (summary.interrupted) return kInterrupted;
@@ -314,6 +324,7 @@ int run_search(const GlobalOptions& g, const SearchArgs& a) {
   if (a.min_score_given) r.min_score = static_cast<float>(a.min_score);
   engine::check_min_score(r.min_score, metric);  // a usage error (exit 2), not one per query
   std::size_t failed = 0;
+  std::set<std::string> warned;
   for (std::int64_t id : a.ids) {
     engine::SearchResponse resp;
     try {
@@ -328,12 +339,12 @@ int run_search(const GlobalOptions& g, const SearchArgs& a) {
       resp.error = err.what();
     }
     if (!resp.error.empty()) ++failed;
-    print_response(resp, metric, g.json);
+    print_response(resp, metric, g.json, warned);
   }
   if (!a.images.empty()) {
     for (const auto& resp : e->search_files(a.images, r)) {
       if (!resp.error.empty()) ++failed;
-      print_response(resp, metric, g.json);
+      print_response(resp, metric, g.json, warned);
     }
   }
   if (failed == 0) return kOk;
@@ -372,10 +383,11 @@ int run_reindex(const GlobalOptions& g, const ReindexArgs& a) {
     std::cout << fmt::format("auto picked \"{}\": {}\n", r.summary.new_factory, r.choice_reason);
   }
   std::cout << fmt::format(
-      "reindexed {} vectors from \"{}\" to \"{}\" in {:.1f} s (no image re-embedded): {}; "
+      "reindexed {} from \"{}\" to \"{}\" in {:.1f} s (no image re-embedded): {}; "
       "search {}; index memory {}\n",
-      r.summary.vectors, r.summary.old_factory, r.summary.new_factory, r.summary.build_seconds,
-      r.summary.status, params_line(info.index_params), human_bytes(info.index_memory_bytes));
+      plural(r.summary.vectors, "vector"), r.summary.old_factory, r.summary.new_factory,
+      r.summary.build_seconds, r.summary.status, params_line(info.index_params),
+      human_bytes(info.index_memory_bytes));
   return kOk;
 }
 
@@ -386,11 +398,10 @@ int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
   auto embedded = e->embed_files(a.images);
   const std::size_t n = a.images.size();
   const auto dim = static_cast<std::size_t>(embedded.dim);
-  // With --npy the errors have no JSON records to go in: stderr, whatever --json says.
-  if (!g.json || !a.npy.empty()) {
-    for (const auto& err : embedded.errors) {
-      if (!err.empty()) spdlog::error("{}", err);
-    }
+  // Errors reach stderr whatever --json says (docs/cli.md, "JSON output"); the JSON records
+  // carry them too (with --npy they have none to go in).
+  for (const auto& err : embedded.errors) {
+    if (!err.empty()) spdlog::error("{}", err);
   }
   const std::size_t failed = embedded.failed();
   if (failed == n && !a.npy.empty()) return kError;  // nothing embedded: no file, none replaced
@@ -413,11 +424,20 @@ int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
       print_record(row);
     }
   } else {
+    // The path, a tab, the values separated by spaces: a path may hold spaces (and even tabs:
+    // the values hold none, so the last tab ends it). Each value in the shortest form that reads
+    // back as the same float32 (fmt's "{}"), so the text holds what the .npy holds.
+    fmt::memory_buffer line;
     for (std::size_t i = 0; i < n; ++i) {
       if (!embedded.errors[i].empty()) continue;
-      std::cout << a.images[i].string();
-      for (std::size_t d = 0; d < dim; ++d) std::cout << ' ' << embedded.embeddings[i * dim + d];
-      std::cout << "\n";
+      line.clear();
+      const std::string path = a.images[i].string();
+      line.append(path.data(), path.data() + path.size());
+      const float* v = embedded.embeddings.data() + i * dim;
+      for (std::size_t d = 0; d < dim; ++d)
+        fmt::format_to(std::back_inserter(line), "{}{}", d == 0 ? '\t' : ' ', v[d]);
+      line.push_back('\n');
+      std::cout.write(line.data(), static_cast<std::streamsize>(line.size()));
     }
   }
   if (failed == 0) return kOk;
@@ -425,6 +445,7 @@ int run_embed(const GlobalOptions& g, const EmbedArgs& a) {
 }
 
 int run_info(const GlobalOptions& g) {
+  auto nullable = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
   auto e = engine::Engine::open(engine_options(g), engine::Access::Read);
   e->collection().check_integrity();  // info is where a user looks for damage
   const auto full = e->info();
@@ -444,6 +465,13 @@ int run_info(const GlobalOptions& g) {
                  full.precision.empty() ? json(nullptr) : json(full.precision_refusal.empty())},
                 {"precision_refusal",
                  full.precision_refusal.empty() ? json(nullptr) : json(full.precision_refusal)},
+                {"preprocess_fingerprint", nullable(info.config.preprocess_fingerprint)},
+                {"preprocess", nullable(info.config.preprocess)},
+                {"model_preprocess_fingerprint", nullable(full.model_preprocess_fingerprint)},
+                {"preprocess_accepted", full.model_preprocess_fingerprint.empty()
+                                            ? json(nullptr)
+                                            : json(full.preprocess_refusal.empty())},
+                {"preprocess_refusal", nullable(full.preprocess_refusal)},
                 {"dim", info.config.dim},
                 {"metric", info.config.metric},
                 {"index_factory", info.config.factory},
@@ -491,6 +519,19 @@ int run_info(const GlobalOptions& g) {
   else if (!full.precision_reason.empty())
     std::cout << fmt::format("; this run cannot run: {}", full.precision_reason);
   std::cout << "\n";
+  // The preprocessing the vectors were made with (docs/model-card.md, "Preprocessing
+  // fingerprint"), and whether this run's card agrees.
+  if (info.config.preprocess_fingerprint.empty()) {
+    std::cout << "preprocess  not recorded (a collection from before schema 5): the next "
+                 "`index` records its model card's";
+  } else {
+    std::cout << fmt::format(
+        "preprocess  {} ({})", info.config.preprocess_fingerprint,
+        info.config.preprocess.empty() ? "canonical text not recorded" : info.config.preprocess);
+  }
+  if (!full.preprocess_refusal.empty())
+    std::cout << fmt::format("; refused for this run: {}", full.preprocess_refusal);
+  std::cout << "\n";
   for (const auto& c : info.corrupt) {
     std::cout << fmt::format("corrupt     image {}: {} (left out of the index; re-index it)\n",
                              c.id, c.reason);
@@ -535,8 +576,9 @@ int run_remove(const GlobalOptions& g, const RemoveArgs& a) {
     }
     print_record(out);
   } else {
-    std::cout << fmt::format("removed {} images; collection {} now holds {} images\n",
-                             result.removed.size(), g.collection.string(), count);
+    std::cout << fmt::format("removed {}; collection {} now holds {}\n",
+                             plural(static_cast<std::int64_t>(result.removed.size()), "image"),
+                             g.collection.string(), plural(count, "image"));
   }
   if (result.missing_ids.empty() && result.missing_paths.empty()) return kOk;
   return result.removed.empty() ? kError : kPartial;  // nothing found: nothing was done
@@ -590,6 +632,10 @@ int run_models(const GlobalOptions& g) {
   auto dirs = model::default_model_dirs();
   std::vector<model::BrokenModel> broken;  // listed with their error, not hidden
   auto models = model::list_models(dirs, &broken);
+  // Listed below (--json: with their "error"), and on stderr in every mode.
+  for (const auto& b : broken)
+    spdlog::warn("{}: model {} cannot be used: {}", b.archive.string(), b.archive.stem().string(),
+                 b.error);
   if (g.json) {
     for (const auto& b : broken) {
       json rec = {{"type", "model"}, {"name", b.archive.stem().string()}, {"error", b.error}};

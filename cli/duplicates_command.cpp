@@ -80,7 +80,8 @@ void print_human(const engine::DuplicatesResult& result, bool quiet) {
   for (const auto& g : r.groups) {
     const auto& rep = g.members.front();
     std::cout << fmt::format("group of {} (representative {}, {} x {})\n  * {:>8}  {}\n",
-                             g.members.size(), rep.id, rep.width, rep.height, rep.id, rep.path);
+                             plural(static_cast<std::int64_t>(g.members.size()), "image"), rep.id,
+                             rep.width, rep.height, rep.id, rep.path);
     for (std::size_t i = 1; i < g.members.size(); ++i) {
       const auto& m = g.members[i];
       std::cout << fmt::format("    {:>8}  {}  similarity {:.4f}, {}\n", m.id, m.path, m.similarity,
@@ -89,15 +90,16 @@ void print_human(const engine::DuplicatesResult& result, bool quiet) {
     std::cout << "\n";
   }
   if (quiet) return;
-  std::cout << fmt::format(
-      "{} groups, {} of {} images in groups, {} exact groups (threshold {:g}, {}; k {})\n",
-      r.groups.size(), r.images_in_groups, r.images, r.exact_groups, r.threshold,
-      r.threshold_source, r.k);
+  std::cout << fmt::format("{}, {} of {} in groups, {} (threshold {:g}, {}; k {})\n",
+                           plural(static_cast<std::int64_t>(r.groups.size()), "group"),
+                           r.images_in_groups, plural(r.images, "image"),
+                           plural(r.exact_groups, "exact group"), r.threshold, r.threshold_source,
+                           r.k);
   if (result.hashes_computed > 0) {
     const auto& why = result.hashes_not_stored;
-    std::cout << fmt::format("{} perceptual hashes computed from files, {} stored{}\n",
-                             result.hashes_computed, result.hashes_stored,
-                             why.empty() ? "" : " (" + why + ")");
+    std::cout << fmt::format("{} computed from files, {} stored{}\n",
+                             plural(result.hashes_computed, "perceptual hash", "perceptual hashes"),
+                             result.hashes_stored, why.empty() ? "" : " (" + why + ")");
   }
 }
 
@@ -116,8 +118,16 @@ int run(const GlobalOptions& g, const DuplicatesArgs& a, bool threshold_given) {
   try {
     r = engine::Engine::open(engine_options(g), engine::Access::Read)->duplicates(o);
   } catch (const dedup::DuplicateOptionError& e) {
-    spdlog::error("lookalike duplicates: {}", e.what());
+    spdlog::error("{}", e.what());
     return kUsage;
+  }
+  // Files that could not be read for the perceptual hash: a note on their member (text and
+  // --json), and on stderr in every mode (docs/cli.md, "JSON output").
+  for (const auto& group : r.report.groups) {
+    for (const auto& m : group.members) {
+      if (!m.note.empty() && m.note.rfind("representative ", 0) != 0)
+        spdlog::warn("{}: {}", m.path, m.note);
+    }
   }
   if (!r.hashes_not_stored.empty()) {
     spdlog::warn("perceptual hashes {}; they will be computed again next time",

@@ -151,13 +151,14 @@ void print_table(const std::vector<eval::EvalRow>& rows) {
 // "gallery images skipped: 1 could not be decoded, ..." or "" when nothing was skipped.
 std::string skipped_note(const char* name, const eval::SetCounts& c) {
   std::vector<std::string> parts;
-  auto add = [&](std::int64_t n, const char* what) {
-    if (n > 0) parts.push_back(fmt::format("{} {}", n, what));
+  auto add = [&](std::int64_t n, const char* what, const char* many = nullptr) {
+    if (n > 0)
+      parts.push_back(many != nullptr ? plural(n, what, many) : fmt::format("{} {}", n, what));
   };
   add(c.failed, "could not be decoded");
   add(c.unlabelled, "directly in the folder (no label)");
   add(c.empty_labels, "with an empty label");
-  add(c.unreadable, "unreadable entries");
+  add(c.unreadable, "unreadable entry", "unreadable entries");
   if (parts.empty()) return "";
   return fmt::format("{} images skipped: {}\n", name, fmt::join(parts, ", "));
 }
@@ -174,8 +175,9 @@ void print_notes(const std::vector<eval::EvalRow>& rows) {
     std::cout << fmt::format("{} ({}) / {}: {}{}", r.model, r.model_id, r.index_spec,
                              r.index_status, params_note(r.search_params));
     if (r.metrics.queries_without_relevant > 0) {
-      std::cout << fmt::format("; {} queries have no same-label gallery image (misses, not in mAP)",
-                               r.metrics.queries_without_relevant);
+      const std::int64_t n = r.metrics.queries_without_relevant;
+      std::cout << fmt::format("; {} no same-label gallery image (misses, not in mAP)",
+                               n == 1 ? "1 query has" : fmt::format("{} queries have", n));
     }
     std::cout << "\n";
   }

@@ -1,5 +1,6 @@
 // lookalike: index folders or CSV catalogues of images with a pretrained network and search
 // them by example. Usage: docs/cli.md, or `lookalike --help`.
+#include <fmt/format.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -11,6 +12,8 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <memory>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -47,10 +50,108 @@ std::string unknown_command_message(const CLI::App& app, const std::string& word
       closest = name;
     }
   }
-  return "lookalike: '" + word + "' is not a command" +
+  return "lookalike: error: '" + word + "' is not a command" +
          (closest.empty() ? "" : "; did you mean '" + closest + "'?") + "\nCommands: " + names +
          " (lookalike --help says more)\n";
 }
+
+// The commands a parse reached, outermost first (`models calibrate`: models, then calibrate).
+std::vector<const CLI::App*> parsed_chain(const CLI::App& app) {
+  std::vector<const CLI::App*> chain{&app};
+  for (;;) {
+    const auto subs = chain.back()->get_subcommands();
+    if (subs.empty()) return chain;
+    chain.push_back(subs.front());
+  }
+}
+
+// "an integer", "a number", ... for an option's CLI11 type name ("INT", "FLOAT:FLOAT in [0 -
+// 1]"); empty when unknown.
+std::string kind_of_value(const CLI::Option& opt) {
+  const std::string type = opt.get_type_name().substr(0, opt.get_type_name().find(':'));
+  if (type == "INT") return "an integer";
+  if (type == "UINT") return "a whole number (0 or more)";
+  if (type == "FLOAT") return "a number";
+  return {};
+}
+
+// CLI11's own usage errors in the project's words: "lookalike: error: ..." (as every error),
+// the options and positionals as --help and docs/cli.md name them, what a value should have
+// been ("--id: 'abc' is not an integer" for CLI11's "Could not convert: --id = abc"), and where
+// to read more.
+std::string usage_error_message(const CLI::App& app, const CLI::ParseError& e) {
+  const auto chain = parsed_chain(app);
+  auto find_option = [&](const std::string& name) -> const CLI::Option* {
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      if (const CLI::Option* opt = (*it)->get_option_no_throw(name)) return opt;
+    }
+    return nullptr;
+  };
+  std::string command = "lookalike";
+  for (std::size_t i = 1; i < chain.size(); ++i) command += " " + chain[i]->get_name();
+  std::string message = e.what();
+  std::smatch m;
+  static const std::regex conversion(R"(^Could not convert: (\S+) = ([\s\S]*)$)");
+  // CLI::Range's message, also for a value that is no number at all ("--threads abc").
+  static const std::regex range(R"(^(\S+): Value ([\s\S]*) not in range (\S+) to (\S+)$)");
+  if (std::regex_match(message, m, conversion)) {
+    const CLI::Option* opt = find_option(m[1].str());
+    const std::string kind = opt != nullptr ? kind_of_value(*opt) : std::string();
+    message = fmt::format("{}: '{}' is not {}", m[1].str(), m[2].str(),
+                          kind.empty() ? "a valid value" : kind);
+  } else if (std::regex_match(message, m, range)) {
+    const CLI::Option* opt = find_option(m[1].str());
+    const std::string kind = opt != nullptr ? kind_of_value(*opt) : std::string();
+    double value = 0;
+    const std::string text = m[2].str();
+    const auto [at, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    const bool numeric = ec == std::errc() && at == text.data() + text.size();
+    message = numeric || kind.empty() ? fmt::format("{}: {} is out of range ({} to {})", m[1].str(),
+                                                    text, m[3].str(), m[4].str())
+                                      : fmt::format("{}: '{}' is not {}", m[1].str(), text, kind);
+  } else if (message == "A subcommand is required") {
+    std::string names;
+    for (const CLI::App* sub : chain.back()->get_subcommands([](const CLI::App*) { return true; }))
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    message = "give a command: " + names;
+  } else if (!message.empty() && message[0] >= 'A' && message[0] <= 'Z' &&
+             (message.size() < 2 || (message[1] >= 'a' && message[1] <= 'z'))) {
+    message[0] = static_cast<char>(message[0] - 'A' + 'a');  // "The following arguments ..."
+  }
+  return fmt::format("lookalike: error: {}\nRun '{} --help' for more information.\n", message,
+                     command);
+}
+
+// --help shows every option's default, as CLI11 captures it from the variable (for options
+// whose text does not already say it), in the house style "(default 10)" at the end of the
+// description rather than CLI11's "INT=10"; empty defaults (a string, a vector) show nothing.
+class HelpFormatter : public CLI::Formatter {
+ public:
+  std::string make_option_opts(const CLI::Option* opt) const override {
+    // CLI::Formatter::make_option_opts without "=DEFAULT".
+    std::string out;
+    if (!opt->get_option_text().empty()) return " " + opt->get_option_text();
+    if (opt->get_type_size() != 0) {
+      if (!opt->get_type_name().empty()) out += " " + get_label(opt->get_type_name());
+      if (opt->get_expected_max() == CLI::detail::expected_max_vector_size)
+        out += " ...";
+      else if (opt->get_expected_min() > 1)
+        out += " x " + std::to_string(opt->get_expected());
+      if (opt->get_required()) out += " " + get_label("REQUIRED");
+    }
+    if (!opt->get_envname().empty())
+      out += " (" + get_label("Env") + ":" + opt->get_envname() + ")";
+    return out;
+  }
+  std::string make_option_desc(const CLI::Option* opt) const override {
+    std::string desc = opt->get_description();
+    const std::string value = opt->get_default_str();
+    if (opt->get_type_size() == 0 || opt->get_required() || value.empty() || value == "[]" ||
+        desc.find("default") != std::string::npos || desc.find("Default") != std::string::npos)
+      return desc;
+    return desc + " (default " + value + ")";
+  }
+};
 
 }  // namespace
 
@@ -98,6 +199,9 @@ static int run(int argc, char** argv) {
   CLI::App app{
       "lookalike: find similar images with a pretrained network, exact or approximate "
       "vector search, from one binary"};
+  // Before any option or command: both are inherited by the commands added below.
+  app.option_defaults()->always_capture_default();
+  app.formatter(std::make_shared<HelpFormatter>());
   app.require_subcommand(1);
   app.fallthrough();
   app.set_version_flag("--version",
@@ -110,7 +214,7 @@ static int run(int argc, char** argv) {
   app.add_option("-m,--model", g.model,
                  "Model name (looked up in $LOOKALIKE_MODELS, ~/.local/share/lookalike/models) or "
                  "path to a .pt archive; default: the collection's model, else mobilenet_v2");
-  app.add_option("--threads", g.threads, "Inference threads (0 = all cores)")
+  app.add_option("--threads", g.threads, "Inference threads (default 0 = all cores)")
       ->check(CLI::Range(0, 1024));
   // $LOOKALIKE_PRECISION is read after parsing (precision_from_env), not by CLI11's envname,
   // whose error for a bad value names only --precision.
@@ -119,15 +223,15 @@ static int run(int argc, char** argv) {
                  "fidelity meets the bar, else fp32), fp32, bf16, int8 (default: "
                  "$LOOKALIKE_PRECISION, else auto)")
       ->check(CLI::IsMember({"auto", "fp32", "bf16", "int8"}));
-  app.add_option("--decode-threads", g.decode_threads, "Image decoding threads (1-64)")
+  app.add_option("--decode-threads", g.decode_threads, "Image decoding threads")
       ->check(CLI::Range(1, 64));
   app.add_option("--batch-size", g.batch_size, "Images per forward pass")
       ->check(CLI::Range(1, 1024));
   app.add_option(
          "--passes", g.passes,
          "Forward passes side by side when embedding many images, each on its share of "
-         "--threads (0 = auto: 2 given two threads and two batches, else 1); searches use all "
-         "threads")
+         "--threads (default 0 = auto: 2 given two threads and two batches, else 1); searches "
+         "use all threads")
       ->check(CLI::Range(0, 16));
   app.add_option("--max-pixels", g.max_pixels,
                  "Refuse images with more pixels (decompression-bomb guard; default 89478485, "
@@ -146,7 +250,8 @@ static int run(int argc, char** argv) {
 
   IndexArgs ia;
   auto* index = app.add_subcommand("index", "Add or update folders, image files or CSV manifests");
-  index->add_option("paths", ia.inputs, "Folders (recursive), image files or CSV manifests")
+  // Positionals are named as --help and docs/cli.md spell them: CLI11's "PATH is required".
+  index->add_option("PATH", ia.inputs, "Folders (recursive), image files or CSV manifests")
       ->required();
   index->add_flag("--prune", ia.prune,
                   "Remove entries whose file no longer exists, under the given paths only (never "
@@ -158,7 +263,8 @@ static int run(int argc, char** argv) {
                     "IVF1024,SQ8, HNSW32, SQ8, ...) or auto (picked by size and --memory-budget)");
   index
       ->add_option("--memory-budget", ia.memory_budget,
-                   "With --index-spec auto: index memory to stay within (e.g. 2GB, 512MiB)")
+                   "With --index-spec auto: index memory to stay within (e.g. 2GB, 512MiB; "
+                   "default: no budget)")
       ->transform(CLI::AsSizeValue(false));
   add_search_params(*index, ia.params, "Collection default: ");
   index->add_option("--file-column", ia.file_column, "CSV manifests: column with the image path");
@@ -166,7 +272,7 @@ static int run(int argc, char** argv) {
 
   SearchArgs sa;
   auto* search = app.add_subcommand("search", "Find the images most similar to a query image");
-  search->add_option("images", sa.images, "Query image files");
+  search->add_option("IMAGE", sa.images, "Query image files");
   // expected(1): `--id 1 photo.jpg` is id 1 and the query photo.jpg, not two ids.
   search->add_option("--id", sa.ids, "Query with an indexed image's id (repeatable)")
       ->expected(1)
@@ -174,7 +280,8 @@ static int run(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   search->add_option("-k,--top-k", sa.k, "Results per query (1-10000; default 10)");
   search->add_option("--min-score", sa.min_score,
-                     "Only results with cosine similarity >= this (l2: distance <= this)");
+                     "Only results with cosine similarity >= this (l2: distance <= this; default: "
+                     "no limit)");
   search
       ->add_option("--where", sa.where,
                    "Only images whose metadata matches: field=value, \"field IN [a, b]\", "
@@ -184,7 +291,7 @@ static int run(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   search->add_flag("--include-self", sa.include_self,
                    "With --id: keep the query image itself in the results");
-  add_search_params(*search, sa.params, "This query: ");
+  add_search_params(*search, sa.params, "This query (default: the collection's): ");
 
   ReindexArgs rx;
   auto* reindex = app.add_subcommand(
@@ -192,13 +299,14 @@ static int run(int argc, char** argv) {
   reindex->add_option("--index-spec", rx.spec, "FAISS factory string, or auto")->required();
   reindex
       ->add_option("--memory-budget", rx.memory_budget,
-                   "With auto: index memory to stay within (e.g. 2GB, 512MiB)")
+                   "With auto: index memory to stay within (e.g. 2GB, 512MiB; default: no "
+                   "budget)")
       ->transform(CLI::AsSizeValue(false));
   add_search_params(*reindex, rx.params, "Collection default: ");
 
   EmbedArgs ea;
   auto* embed = app.add_subcommand("embed", "Print the embeddings of image files, in input order");
-  embed->add_option("images", ea.images, "Image files")->required();
+  embed->add_option("IMAGE", ea.images, "Image files")->required();
   embed->add_option("--npy", ea.npy, "Write an n x dim float32 NumPy .npy file instead");
 
   auto* info = app.add_subcommand("info", "Describe the collection");
@@ -206,7 +314,7 @@ static int run(int argc, char** argv) {
   RemoveArgs ra;
   auto* remove =
       app.add_subcommand("remove", "Remove images (a file, or every file under a folder)");
-  remove->add_option("paths", ra.paths, "Indexed files or folders");
+  remove->add_option("PATH", ra.paths, "Indexed files or folders");
   remove->add_option("--id", ra.ids, "Image ids (repeatable)")
       ->expected(1)
       ->allow_extra_args(false)
@@ -219,7 +327,7 @@ static int run(int argc, char** argv) {
       "Measure each reduced-precision archive of --model against FP32 on your photos (cosine, "
       "Recall@1, mAP, images/s) and record it in the model card for --precision auto");
   calibrate
-      ->add_option("images", ca.images,
+      ->add_option("PHOTOS", ca.images,
                    "Folder of photos (a folder per class adds Recall@1 and mAP) or CSV")
       ->required();
   calibrate
@@ -227,7 +335,8 @@ static int run(int argc, char** argv) {
                    "Precisions to measure (default: every one the card lists)")
       ->delimiter(',')
       ->check(CLI::IsMember({"bf16", "int8"}));
-  calibrate->add_option("--limit", ca.limit, "At most this many photos, spread evenly (0 = all)")
+  calibrate
+      ->add_option("--limit", ca.limit, "At most this many photos, spread evenly (default 0 = all)")
       ->check(CLI::NonNegativeNumber);
   calibrate->add_flag("--dry-run", ca.dry_run, "Measure and print, leave the card as it is");
 
@@ -264,7 +373,7 @@ static int run(int argc, char** argv) {
                    "--host 127.0.0.1, localhost and ::1 only, else any")
       ->envname("LOOKALIKE_ALLOWED_HOSTS")
       ->delimiter(',')
-      ->transform([](std::string name) {
+      ->transform([](const std::string& name) {
         const auto first = name.find_first_not_of(" \t");
         if (first == std::string::npos) return std::string();
         return name.substr(first, name.find_last_not_of(" \t") - first + 1);
@@ -315,8 +424,12 @@ static int run(int argc, char** argv) {
       std::cerr << unknown_command_message(app, app.remaining().front());
       return kUsage;
     }
-    int code = app.exit(e);
-    return code == 0 ? kOk : kUsage;
+    if (e.get_exit_code() == 0) {  // --help, --version
+      app.exit(e);
+      return kOk;
+    }
+    std::cerr << usage_error_message(app, e);
+    return kUsage;
   }
 
   if (app.count("--precision") == 0 && !precision_from_env(g)) return kUsage;
@@ -339,7 +452,7 @@ static int run(int argc, char** argv) {
     if (*search) {
       sa.min_score_given = search->count("--min-score") > 0;
       if (sa.images.empty() && sa.ids.empty()) {
-        std::cerr << "lookalike search: give a query image or --id ID\n";
+        std::cerr << "lookalike: error: give a query IMAGE or --id ID\n";
         return kUsage;
       }
       return run_search(g, sa);
@@ -349,7 +462,7 @@ static int run(int argc, char** argv) {
     if (*info) return run_info(g);
     if (*remove) {
       if (ra.paths.empty() && ra.ids.empty()) {
-        std::cerr << "lookalike remove: give a path or --id ID\n";
+        std::cerr << "lookalike: error: give a PATH or --id ID\n";
         return kUsage;
       }
       return run_remove(g, ra);

@@ -72,15 +72,16 @@ json point_json(const viz::MapPoint& p) {
 }
 
 void print_human(const viz::CollectionMap& m, const MapArgs& a, double seconds) {
-  std::cout << fmt::format("{} points of {} ({} images matching), {} of {}, coloured by {}\n",
-                           m.points.size(), m.collection, m.matching,
+  std::cout << fmt::format("{} of {} ({} matching), {} of {}, coloured by {}\n",
+                           plural(static_cast<std::int64_t>(m.points.size()), "point"),
+                           m.collection, plural(m.matching, "image"),
                            m.method == viz::Method::Pca ? "PCA" : "t-SNE", m.model, m.color_by);
   if (m.method == viz::Method::Pca && m.explained_ratio.size() == 2) {
     std::cout << fmt::format("explained variance: PC1 {:.2f}%, PC2 {:.2f}%\n",
                              100 * m.explained_ratio[0], 100 * m.explained_ratio[1]);
   } else if (m.method == viz::Method::Tsne) {
-    std::cout << fmt::format("perplexity {:g}, {} iterations, KL divergence {:.4f}\n", m.perplexity,
-                             a.iterations, m.kl_divergence);
+    std::cout << fmt::format("perplexity {:g}, {}, KL divergence {:.4f}\n", m.perplexity,
+                             plural(a.iterations, "iteration"), m.kl_divergence);
   }
   for (const auto& g : m.groups)
     std::cout << fmt::format("  {:>6}  {}  {}\n", g.count, g.color, g.name);
@@ -99,17 +100,17 @@ int run(const GlobalOptions& g, const MapArgs& a) {
     if (!a.out.empty()) viz::check_output(a.out);
     o.filter = store::parse_where(a.where);
   } catch (const viz::MapUsageError& e) {
-    spdlog::error("lookalike map: {}", e.what());
+    spdlog::error("{}", e.what());
     return kUsage;
   } catch (const store::StoreError& e) {  // a --where term
-    spdlog::error("lookalike map: {}", e.what());
+    spdlog::error("{}", e.what());
     return kUsage;
   } catch (const viz::MapError& e) {
-    spdlog::error("lookalike map: {}", e.what());
+    spdlog::error("{}", e.what());
     return kError;
   }
   if (!store::Collection::exists(g.collection)) {
-    spdlog::error("lookalike map: {}: no collection here", g.collection.string());
+    spdlog::error("{}: no collection here", g.collection.string());
     return kError;
   }
   o.method = a.method == "tsne" ? viz::Method::Tsne : viz::Method::Pca;
@@ -129,10 +130,10 @@ int run(const GlobalOptions& g, const MapArgs& a) {
       viz::write_map(a.out, viz::render_svg(map, a.style));
     }
   } catch (const viz::MapUsageError& e) {
-    spdlog::error("lookalike map: {}", e.what());
+    spdlog::error("{}", e.what());
     return kUsage;
   } catch (const viz::MapError& e) {
-    spdlog::error("lookalike map: {}", e.what());
+    spdlog::error("{}", e.what());
     return kError;
   }
   for (const auto& w : map.warnings) spdlog::warn("{}", w);

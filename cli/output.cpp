@@ -120,6 +120,12 @@ void ProgressPrinter::finish() {
   drawn_ = false;
 }
 
+std::string plural(std::int64_t n, std::string_view noun, std::string_view plural_noun) {
+  if (n == 1) return fmt::format("1 {}", noun);
+  if (plural_noun.empty()) return fmt::format("{} {}s", n, noun);
+  return fmt::format("{} {}", n, plural_noun);
+}
+
 std::string human_bytes(std::int64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(bytes);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "pipeline/indexer.h"
@@ -43,6 +44,10 @@ class ProgressPrinter {
 void set_path(nlohmann::json& obj, const std::string& key, const std::string& name);
 // Prints one JSON Lines record (one object, one line) on stdout.
 void print_record(const nlohmann::json& record);
+
+// "1 image", "2 images", "0 images": a count and its noun, plural unless the count is 1 (nouns
+// whose plural is not noun + "s" give it: plural(n, "entry", "entries")).
+std::string plural(std::int64_t n, std::string_view noun, std::string_view plural_noun = {});
 
 std::string human_bytes(std::int64_t bytes);
 std::string format_seconds(double s);

@@ -70,11 +70,12 @@ json skipped_json(const train::TrainResult& r) {
 // ": 2 not read, 1 with an empty label, ..." after "N left out", or "" when nothing was.
 std::string left_out_note(const train::TrainResult& r) {
   std::vector<std::string> parts;
-  auto add = [&](std::int64_t n, const char* what) {
-    if (n > 0) parts.push_back(fmt::format("{} {}", n, what));
+  auto add = [&](std::int64_t n, const char* what, const char* many = nullptr) {
+    if (n > 0)
+      parts.push_back(many != nullptr ? plural(n, what, many) : fmt::format("{} {}", n, what));
   };
   add(static_cast<std::int64_t>(r.failed.size()), "could not be read or decoded");
-  add(r.unreadable, "unreadable entries");
+  add(r.unreadable, "unreadable entry", "unreadable entries");
   add(r.empty_labels, "with an empty label");
   add(r.unlabelled, "directly in the folder (no label)");
   return parts.empty() ? "" : fmt::format(": {}", fmt::join(parts, ", "));
@@ -109,8 +110,8 @@ void install_train_signal_handler() {
   ::sigaction(SIGTERM, &sa, nullptr);
 }
 
-int report_error(const char* command, const std::exception& e, int code) {
-  spdlog::error("lookalike {}: {}", command, e.what());
+int report_error(const std::exception& e, int code) {
+  spdlog::error("{}", e.what());  // "lookalike: error: ...", as every error
   return code;
 }
 
@@ -143,11 +144,11 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
   try {
     r = train::train_model(o, cb);
   } catch (const train::TrainError& e) {
-    return report_error("train", e, e.usage() ? kUsage : kError);
+    return report_error(e, e.usage() ? kUsage : kError);
   } catch (const model::ModelError& e) {
-    return report_error("train", e, kError);
+    return report_error(e, kError);
   } catch (const engine::EngineError& e) {
-    return report_error("train", e, kError);
+    return report_error(e, kError);
   }
   const auto& v = r.training["validation"];
   if (json_out) {
@@ -173,10 +174,11 @@ int run_train(const GlobalOptions& g, TrainArgs& a) {
                           r.training.value("epochs_run", 0),
                           ft.is_object() ? " (no fine-tuning epoch beat it)" : "");
     std::cout << fmt::format(
-        "wrote {} and {}\n{} images ({} base embeddings from the cache, {} decoded, {} left "
-        "out{}); {}, validation Recall@1 {}; {}\n",
-        r.archive.string(), r.card.string(), r.images, r.cached, r.decoded,
-        r.failed.size() + r.skipped.size(), left_out_note(r), best,
+        "wrote {} and {}\n{} ({} from the cache, {} decoded, {} left out{}); {}, validation "
+        "Recall@1 {}; {}\n",
+        r.archive.string(), r.card.string(), plural(r.images, "image"),
+        plural(r.cached, "base embedding"), r.decoded, r.failed.size() + r.skipped.size(),
+        left_out_note(r), best,
         v["recall_at_1"].is_null() ? "-" : fmt::format("{:.3f}", v["recall_at_1"].get<double>()),
         format_seconds(r.seconds));
   }
@@ -196,11 +198,11 @@ int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
   try {
     r = train::reembed_collection(o);
   } catch (const train::TrainError& e) {
-    return report_error("reembed", e, e.usage() ? kUsage : kError);
+    return report_error(e, e.usage() ? kUsage : kError);
   } catch (const model::ModelError& e) {
-    return report_error("reembed", e, kError);
+    return report_error(e, kError);
   } catch (const engine::EngineError& e) {
-    return report_error("reembed", e, kError);
+    return report_error(e, kError);
   }
   for (const auto& f : r.failed) spdlog::warn("left out: {}", f);
   if (g.json) {
@@ -221,8 +223,8 @@ int run_reembed(const GlobalOptions& g, const ReembedArgs& a) {
         r.head_only ? fmt::format("{} from cached base embeddings (head only), ", r.from_cache)
                     : std::string();
     std::cout << fmt::format(
-        "wrote {} with {} at {} ({}): {} images, {}{} decoded{}, {} left out\n", a.out.string(),
-        r.model_id, r.precision, r.precision_reason, r.images, cached, r.decoded,
+        "wrote {} with {} at {} ({}): {}, {}{} decoded{}, {} left out\n", a.out.string(),
+        r.model_id, r.precision, r.precision_reason, plural(r.images, "image"), cached, r.decoded,
         r.head_only && r.decoded ? " (not in the cache)" : "", r.failed.size());
   }
   return r.failed.empty() ? kOk : kPartial;

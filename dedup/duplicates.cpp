@@ -218,7 +218,7 @@ DuplicateGroup make_group(const store::Collection& c, const std::vector<Row>& ro
       }
       m.similarity = dot;
       m.hamming = to_rep[i];
-      if (m.note.empty() && notes[rep_at].size() && o.perceptual_hash) {
+      if (m.note.empty() && !notes[rep_at].empty() && o.perceptual_hash) {
         m.note = fmt::format("representative {}: {}", rep.path, notes[rep_at]);
       }
     }

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <malloc.h>
 #include <omp.h>
 #include <unistd.h>
@@ -325,6 +326,43 @@ void check_collection_model(const model::EmbeddingModel& m, const std::string& c
                   path.string(), m.id(), collection.string(), collection_id, refusal));
 }
 
+// Why vectors preprocessed as `canonical` (fingerprint `fingerprint`, from `card`) may not join
+// `collection`, which recorded `config`'s preprocessing; empty when they may, or when nothing
+// is recorded (a collection older than schema 5: not refused, docs/collection-format.md).
+std::string preprocess_refusal(const store::CatalogConfig& config, const std::string& canonical,
+                               const std::string& fingerprint, const std::string& card,
+                               const std::string& model) {
+  if (config.preprocess_fingerprint.empty() || config.preprocess_fingerprint == fingerprint) {
+    return "";
+  }
+  std::string differ = model::preprocess_differences(config.preprocess, canonical);
+  if (differ.empty()) {  // a fingerprint without its text: show both texts whole
+    differ = fmt::format("recorded \"{}\", now \"{}\"",
+                         config.preprocess.empty() ? "(unknown)" : config.preprocess, canonical);
+  }
+  return fmt::format(
+      "the model card {} preprocesses images differently from the collection's stored vectors "
+      "(recorded -> this card: {}; preprocessing fingerprint {} -> {}), so their vectors would "
+      "not compare: restore the card's preprocessing, or re-embed the collection with this "
+      "card (`lookalike reembed --model {} --out NEW_DIR`)",
+      card, differ, config.preprocess_fingerprint, fingerprint, model);
+}
+
+// Refuses `m` when `c` recorded another preprocessing; records `m`'s when `c` recorded none and
+// is open for writing (the migration of a collection from before schema 5: its first writer's).
+void check_collection_preprocess(const model::EmbeddingModel& m, store::Collection& c,
+                                 const std::string& model_reference) {
+  const auto card = fs::path(m.archive()).replace_extension(".json").string();
+  const auto refusal = preprocess_refusal(c.config(), m.preprocess_canonical(),
+                                          m.preprocess_fingerprint(), card, model_reference);
+  if (!refusal.empty()) {
+    throw model::ModelError(fmt::format("{}: {}", c.dir().string(), refusal));
+  }
+  if (c.config().preprocess_fingerprint.empty() && c.mode() == store::Collection::Mode::Write) {
+    c.record_preprocess(m.preprocess_canonical(), m.preprocess_fingerprint());
+  }
+}
+
 }  // namespace
 
 model::EmbeddingModel& Engine::model() {
@@ -345,8 +383,10 @@ model::EmbeddingModel& Engine::model() {
   });
   // Embeddings are stored under the collection's model id (config), not m->id(), so a model
   // that passes this check adds vectors the collection already counts as its own.
-  if (config != nullptr && access_ != Access::ModelOnly)
+  if (config != nullptr && access_ != Access::ModelOnly) {
     check_collection_model(*m, config->model_id, path, options_.collection);
+    check_collection_preprocess(*m, *collection_, name);
+  }
   model_ = std::move(m);
   batcher_ = std::make_unique<EmbedBatcher>(*model_, options_.batch_size, options_.batch_wait);
   return *model_;
@@ -374,7 +414,11 @@ void Engine::ensure_collection() {
   if (collection_) return;
   store::CatalogConfig config{m.id(), reference, m.dim(), fresh_.metric, fresh_.factory};
   config.search_defaults = store::search_defaults_json(fresh_.defaults);
+  config.preprocess = m.preprocess_canonical();
+  config.preprocess_fingerprint = m.preprocess_fingerprint();
   collection_ = store::Collection::create_or_open(options_.collection, config, &creation_);
+  // Another process may have created it meanwhile, with its own card.
+  check_collection_preprocess(m, *collection_, reference);
 }
 
 std::string Engine::model_reference() {
@@ -577,7 +621,32 @@ SearchResponse Engine::run_search(const float* embedding, const SearchRequest& r
       return similarity ? h.score < *r.min_score : h.score > *r.min_score;
     });
   }
+  if (!r.where.empty() && out.report.filter_matches == 0) out.warnings = filter_warnings(r.where);
   out.timings.search_ms = ms_since(start);
+  return out;
+}
+
+std::vector<std::string> Engine::filter_warnings(const store::MetadataFilter& where) const {
+  const auto& c = collection();
+  std::vector<std::string> missing;
+  for (const auto& term : where.terms) {
+    if (std::find(missing.begin(), missing.end(), term.field) != missing.end()) continue;
+    if (!c.has_metadata_field(term.field)) missing.push_back(term.field);
+  }
+  std::vector<std::string> out;
+  if (missing.empty()) return out;
+  auto fields = c.metadata_fields(kMaxFieldsListed + 1);
+  std::string present;
+  if (fields.empty()) {
+    present = "the images have no metadata";
+  } else {
+    const bool more = fields.size() > static_cast<std::size_t>(kMaxFieldsListed);
+    if (more) fields.resize(kMaxFieldsListed);
+    present = fmt::format("fields present: {}{}", fmt::join(fields, ", "), more ? ", ..." : "");
+  }
+  for (const auto& field : missing) {
+    out.push_back(fmt::format("no image has metadata field '{}'; {}", field, present));
+  }
   return out;
 }
 
@@ -611,6 +680,7 @@ SearchResponse Engine::search_bytes(std::span<const std::uint8_t> bytes, const s
                                     const SearchRequest& r) {
   check_k(r.k);
   collection();
+  model();  // loaded (once, lazily) before the clock starts: timings are per query, not start-up
   auto start = Clock::now();
   Timings t;
   auto embedding = embed_buffer(bytes, name, t);
@@ -626,6 +696,7 @@ std::vector<SearchResponse> Engine::search_files(const std::vector<fs::path>& im
                                                  const SearchRequest& r) {
   check_k(r.k);
   collection();
+  model();  // loaded (once, lazily) before the clock starts: timings are per query, not start-up
   auto start = Clock::now();
   auto embedded = embed_files(images);
   const double embed_total = ms_since(start);
@@ -847,6 +918,12 @@ EngineInfo Engine::info() const {
     i.precision = model::to_string(model_->precision().precision);
     i.precision_reason = model_->precision().reason;
     i.precision_refusal = precision_refusal(i.collection.config.model_id, model_->precision());
+    i.model_preprocess = model_->preprocess_canonical();
+    i.model_preprocess_fingerprint = model_->preprocess_fingerprint();
+    i.preprocess_refusal = preprocess_refusal(
+        i.collection.config, i.model_preprocess, i.model_preprocess_fingerprint,
+        fs::path(model_->archive()).replace_extension(".json").string(),
+        !options_.model.empty() ? options_.model : i.collection.config.model_name);
   } else {
     // Resolved from the card alone: info should not pay for loading LibTorch weights.
     const std::string name =
@@ -868,6 +945,11 @@ EngineInfo Engine::info() const {
       i.precision = model::to_string(c.precision);
       i.precision_reason = c.reason;
       i.precision_refusal = precision_refusal(i.collection.config.model_id, c);
+      i.model_preprocess = model::preprocess_canonical(card);
+      i.model_preprocess_fingerprint = model::preprocess_fingerprint(i.model_preprocess);
+      i.preprocess_refusal = preprocess_refusal(
+          i.collection.config, i.model_preprocess, i.model_preprocess_fingerprint,
+          fs::path(archive).replace_extension(".json").string(), name);
     } catch (const model::ModelError& e) {
       i.precision_reason = e.what();
     }

@@ -144,6 +144,9 @@ struct SearchResponse {
   std::int64_t generation = 0;  // the collection generation the results come from
   Timings timings;
   store::SearchReport report;  // the plan (index or exact-subset), parameters, filter matches
+  // Hints about a query that ran but may not do what was meant: Engine::filter_warnings when
+  // the filter selected no image. Results are unaffected.
+  std::vector<std::string> warnings;
 };
 
 struct AddResult {
@@ -202,6 +205,13 @@ struct EngineInfo {
   // refused by it (empty when accepted or unknown; docs/precision.md, "Which vectors mix").
   std::string collection_precision;
   std::string precision_refusal;
+  // The preprocessing of this run's model card (model::preprocess_canonical and its
+  // fingerprint; empty when the card cannot be read here), and why the collection would refuse
+  // it: its recorded fingerprint (CollectionInfo::config.preprocess_fingerprint) differs, with
+  // the fields that differ; empty when accepted, unknown, or nothing is recorded yet.
+  std::string model_preprocess;
+  std::string model_preprocess_fingerprint;
+  std::string preprocess_refusal;
   std::optional<BatcherStats> batcher;  // when the model is loaded
 };
 
@@ -312,6 +322,15 @@ class Engine {
   // category filter's choices); limit 1..10,000. EngineError Invalid for a bad field name.
   std::vector<std::pair<std::string, std::int64_t>> facet(const std::string& field,
                                                           int limit) const;
+  // For a filter that selects no image: one warning per field of its terms that no image has
+  // (Catalog::has_metadata_field: no string, number or boolean value, nor an array holding one,
+  // under that top-level field), most likely a typo, naming it and listing the fields present:
+  // "no image has metadata field 'colour'; fields present: category, description". Empty when
+  // every field is present (the values simply match nothing). O(terms log rows), and
+  // O(kMaxFieldsListed log rows) to list the fields. search_* fill SearchResponse::warnings
+  // with it when the filter matched nothing.
+  static constexpr int kMaxFieldsListed = 20;
+  std::vector<std::string> filter_warnings(const store::MetadataFilter& where) const;
   // Replaces (merge = false) or merges (merge = true: top-level keys, null deletes a key) an
   // image's metadata; false when there is no such id. EngineError Invalid for a non-object, one
   // nested deeper than kMaxMetadataDepth, or a result longer than kMaxMetadataBytes. Updates of

@@ -12,6 +12,7 @@
 #include <queue>
 #include <random>
 #include <regex>
+#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -150,17 +151,32 @@ Data generate(std::int64_t n, int nq, const BenchIndexOptions& o) {
 }
 
 Data read_collection(const BenchIndexOptions& o) {
+  // A collection that is missing or unusable is a runtime error (exit 1), as for every command
+  // that reads one; only the option values themselves are usage errors.
+  const auto& dir = o.from_collection;
+  auto refuse = [&](const std::string& why) {
+    return BenchDataError(fmt::format("--from-collection {}: {}", dir.string(), why));
+  };
+  std::error_code ec;
+  const auto status = std::filesystem::status(dir, ec);
+  if (status.type() == std::filesystem::file_type::not_found) throw refuse("no such folder");
+  if (!ec && !std::filesystem::is_directory(status)) throw refuse("not a folder");
+  bool found = false;
+  try {
+    found = store::Collection::exists(dir);  // throws naming the cause when it cannot tell
+  } catch (const store::StoreError& e) {
+    throw BenchDataError(fmt::format("--from-collection: {}", e.what()));
+  }
+  if (!found) {
+    throw refuse(std::filesystem::exists(dir / "catalog.db", ec)
+                     ? "no collection in this folder (its catalog.db is what an interrupted "
+                       "creation left: no configuration, no images)"
+                     : "no collection in this folder (no catalog.db)");
+  }
   // The catalog alone: Collection::open would also load or rebuild the collection's index.
-  if (!store::Collection::exists(o.from_collection)) {
-    throw BenchOptionError("--from-collection",
-                           o.from_collection.string() + " is not a collection");
-  }
-  auto catalog = store::Catalog::open_read_only(o.from_collection / "catalog.db");
+  auto catalog = store::Catalog::open_read_only(dir / "catalog.db");
   const auto config = catalog->config();
-  if (!config) {
-    throw BenchOptionError("--from-collection",
-                           o.from_collection.string() + " has no configuration yet (empty)");
-  }
+  if (!config) throw refuse("the collection has no configuration yet (nothing indexed)");
   Data data;
   data.dim = config->dim;
   data.metric = index::parse_metric(config->metric);

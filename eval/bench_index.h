@@ -48,6 +48,14 @@ class BenchOptionError : public std::invalid_argument {
   std::string option_;
 };
 
+// Data that cannot be benchmarked: a --from-collection folder that does not exist, holds no
+// collection, cannot be read or has no configuration. A runtime error (CLI exit 1), not a usage
+// one; what() names the folder and the cause.
+class BenchDataError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 struct BenchIndexOptions {
   std::vector<std::int64_t> sizes{1000, 10000, 100000};  // vectors per run, 1..1,000,000
   int dim = 512;                                         // generated data only
@@ -102,8 +110,9 @@ struct BenchResult {
 // VectorIndex::validate_factory refuses.
 void validate(const BenchIndexOptions& options);
 
-// Runs every size and method. Throws BenchOptionError (validate), store::StoreError for an
-// unreadable collection, index::IndexError when FAISS fails.
+// Runs every size and method. Throws BenchOptionError (validate; a collection too small for
+// --queries and -k), BenchDataError for a missing or unusable --from-collection, store::StoreError
+// for a catalog that cannot be read, index::IndexError when FAISS fails.
 BenchResult run_bench_index(const BenchIndexOptions& options);
 
 // The default factory strings for n vectors of dimension dim: Flat, IVF{nlist},Flat,

@@ -99,6 +99,16 @@ LabelledSet from_manifest(const fs::path& csv, const std::string& label_column,
   } catch (const std::exception& e) {
     throw LabelError(e.what());
   }
+  // One image, one label: read_manifest keeps a repeated path once, with the later row's
+  // metadata (what `index` wants), which would silently drop the first row's label.
+  if (!scan.repeated_rows.empty()) {
+    const auto& d = scan.repeated_rows.front();
+    const auto more = scan.repeated_rows.size() - 1;
+    throw LabelError(fmt::format(
+        "{}: {} and {} both list {}; list each image once, with its label{}", csv.string(),
+        d.first_row, d.repeat_row, d.path.string(),
+        more > 0 ? fmt::format(" ({} more rows repeat an earlier row's path)", more) : ""));
+  }
   LabelledSet out;
   out.source = csv;
   add_problems(scan.problems, out);

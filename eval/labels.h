@@ -11,7 +11,9 @@
 // else the first of file, path, image, ...; paths relative to the manifest's folder) and the
 // label is the column `label_column` (exact name, else the one name matching it
 // case-insensitively). Rows with an empty label are skipped and counted (empty_labels); rows
-// that read_manifest refuses (missing file, wrong field count, ...) are skipped and listed.
+// that read_manifest refuses (missing file, wrong field count, ...) are skipped and listed. A
+// path listed by two rows (however spelled: the paths are compared resolved and lexically
+// normal) refuses the manifest, naming both rows and the path.
 #pragma once
 
 #include <cstdint>
@@ -39,9 +41,9 @@ struct LabelledSet {
 };
 
 // Throws LabelError (naming `source`) when it does not exist, is neither a folder nor a ".csv"
-// file, has no labelled image, or (manifest) lacks the label column: the message lists the
-// columns it has. Manifest parse errors come from read_manifest (std::runtime_error naming the
-// file) and are rethrown as LabelError.
+// file, has no labelled image, or (manifest) repeats a path (naming both rows and the path) or
+// lacks the label column (the message lists the columns it has). Manifest parse errors come from
+// read_manifest (std::runtime_error naming the file) and are rethrown as LabelError.
 LabelledSet load_labelled_set(const std::filesystem::path& source,
                               const std::string& label_column = "label",
                               const std::string& file_column = "");

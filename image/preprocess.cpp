@@ -71,7 +71,9 @@ Taps compute_taps(int in_size, std::int64_t out_size, std::int64_t out_first, in
     // Pillow: center = (xx + 0.5) * scale in double; exact for any 64-bit output index here.
     const double center = (double(out_first + e) + 0.5) * scale;
     // Truncation toward zero matches Pillow's (int) casts.
+    // NOLINTNEXTLINE(bugprone-incorrect-roundings): Pillow's rounding, bit-exact on purpose
     const int lo = std::max(int(center - support + 0.5), 0);
+    // NOLINTNEXTLINE(bugprone-incorrect-roundings)
     const int hi = std::min(int(center + support + 0.5), in_size);
     const int n = hi - lo;
     double total = 0.0;

@@ -34,8 +34,7 @@ void check_file(const struct stat& st, const DecodeOptions& options, const std::
   }
   if (st.st_size > options.max_file_bytes) {
     throw DecodeError(name, "file is " + std::to_string(st.st_size) + " bytes, over the limit of " +
-                                std::to_string(options.max_file_bytes) +
-                                " (the file size limit)");
+                                std::to_string(options.max_file_bytes) + " (the file size limit)");
   }
   if (st.st_size == 0) throw DecodeError(name, "empty file (0 bytes)");
 }

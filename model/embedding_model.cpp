@@ -137,6 +137,8 @@ struct EmbeddingModel::Impl {
                      // name it, as the FP32 archive is not where a BF16 fault lies
   ModelCard card;
   std::string id;
+  std::string preprocess;              // preprocess_canonical(card)
+  std::string preprocess_fingerprint;  // of `preprocess`
   PrecisionChoice precision;
   int threads = 1;
   int max_batch = 32;
@@ -205,7 +207,7 @@ fs::path resolve_model(const std::string& name_or_path, const std::vector<fs::pa
   }
   std::string tried;
   for (const auto& dir : search_dirs) {
-    const fs::path p = dir / (name_or_path + ".pt");
+    fs::path p = dir / (name_or_path + ".pt");
     if (fs::is_regular_file(p, ec)) return p;
     tried += "\n  " + p.string();
   }
@@ -326,6 +328,8 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
     throw ModelError(card_path.string() + ": model card field 'tower': '" + impl->card.tower +
                      "' is not an image model");
   impl->id = impl->card.name + "@" + archive_digest(archive);
+  impl->preprocess = model::preprocess_canonical(impl->card);
+  impl->preprocess_fingerprint = model::preprocess_fingerprint(impl->preprocess);
   impl->precision = choose_precision(options.precision, impl->card.precisions, cpu_flags(),
                                      card_path.string(), archive.parent_path());
   if (!impl->precision.interchangeable) impl->id += "+" + to_string(impl->precision.precision);
@@ -403,6 +407,10 @@ const ModelCard& EmbeddingModel::card() const { return impl_->card; }
 int EmbeddingModel::dim() const { return impl_->card.embedding_dim; }
 int EmbeddingModel::threads() const { return impl_->threads; }
 const std::string& EmbeddingModel::id() const { return impl_->id; }
+const std::string& EmbeddingModel::preprocess_canonical() const { return impl_->preprocess; }
+const std::string& EmbeddingModel::preprocess_fingerprint() const {
+  return impl_->preprocess_fingerprint;
+}
 const fs::path& EmbeddingModel::archive() const { return impl_->archive; }
 const fs::path& EmbeddingModel::running_archive() const { return impl_->runs; }
 const PrecisionChoice& EmbeddingModel::precision() const { return impl_->precision; }

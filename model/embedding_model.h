@@ -102,6 +102,13 @@ class EmbeddingModel {
   // recorded fidelity meets the bar keeps this id (its vectors are interchangeable with FP32
   // ones); one that does not appends "+<precision>", so the collection refuses to mix them.
   const std::string& id() const;
+  // The card's preprocessing as canonical text (model::preprocess_canonical) and its 16-hex-digit
+  // digest (model::preprocess_fingerprint): not part of id(), which names the archive only, so
+  // a hand-edited card (mean, std, sizes, interpolation, colour order) keeps its id but changes
+  // these. A collection records the fingerprint and refuses a model whose fingerprint differs
+  // (engine::Engine; docs/model-card.md, "Preprocessing fingerprint"). Fixed at load.
+  const std::string& preprocess_canonical() const;
+  const std::string& preprocess_fingerprint() const;
   // The FP32 archive (the model's identity), whatever precision runs.
   const std::filesystem::path& archive() const;
   // The archive that runs: archive(), or the reduced-precision archive precision() chose.

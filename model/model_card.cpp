@@ -1,13 +1,18 @@
 #include "model/model_card.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <initializer_list>
 #include <limits>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 namespace lookalike::model {
 namespace {
@@ -341,6 +346,80 @@ image::PreprocessSpec preprocess_spec(const ModelCard& c) {
   spec.mean = c.mean;
   spec.std = c.std;
   return spec;
+}
+
+namespace {
+
+// Shortest text that reads back as the same float: 0.485f prints "0.485", whatever the locale.
+std::string shortest(float x) {
+  char buf[32];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, x);
+  return ec == std::errc() ? std::string(buf, end) : std::string("?");
+}
+
+std::string triple(const std::array<float, 3>& v) {
+  return shortest(v[0]) + "," + shortest(v[1]) + "," + shortest(v[2]);
+}
+
+// "key=value" fields of a canonical text, in order; the leading "preprocess/N" as its own key.
+std::vector<std::pair<std::string, std::string>> canonical_fields(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto end = text.find(';', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(start, end - start);
+    const auto eq = item.find('=');
+    if (!item.empty()) {
+      if (eq == std::string::npos) {
+        out.emplace_back("format", item);
+      } else {
+        out.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+      }
+    }
+    start = end + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string preprocess_canonical(const ModelCard& c) {
+  return "preprocess/1;resize_policy=" + c.resize_policy +
+         ";resize_shorter=" + std::to_string(c.resize_shorter) +
+         ";input_size=" + std::to_string(c.input_size) + ";interpolation=" + c.interpolation +
+         ";antialias=" + (c.antialias ? "true" : "false") + ";color_order=" + c.color_order +
+         ";mean=" + triple(c.mean) + ";std=" + triple(c.std);
+}
+
+std::string preprocess_fingerprint(const std::string& canonical) {
+  const XXH64_hash_t h = XXH3_64bits(canonical.data(), canonical.size());
+  static const char* hex = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 0; i < 16; ++i) out[i] = hex[(h >> (60 - 4 * i)) & 15];
+  return out;
+}
+
+std::string preprocess_differences(const std::string& before, const std::string& after) {
+  const auto a = canonical_fields(before);
+  const auto b = canonical_fields(after);
+  auto value_in = [](const auto& fields, const std::string& key) -> std::string {
+    for (const auto& [k, v] : fields)
+      if (k == key) return v;
+    return "(none)";
+  };
+  std::vector<std::string> keys;
+  for (const auto* side : {&a, &b}) {
+    for (const auto& [k, v] : *side)
+      if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(k);
+  }
+  std::string out;
+  for (const auto& k : keys) {
+    const auto x = value_in(a, k), y = value_in(b, k);
+    if (x == y) continue;
+    out += (out.empty() ? "" : "; ") + k + " " + x + " -> " + y;
+  }
+  return out;
 }
 
 }  // namespace lookalike::model

@@ -87,4 +87,23 @@ void save_model_card(const ModelCard& card, const std::filesystem::path& path);
 // field) for settings image::preprocess cannot reproduce, e.g. antialias = false.
 image::PreprocessSpec preprocess_spec(const ModelCard& card);
 
+// The card's preprocessing as canonical text: every field that changes what the network is fed
+// (so what vectors come out), in this fixed order, ';'-separated, numbers in their shortest
+// round-trip form (std::to_chars of the float the card's number was read as):
+//   preprocess/1;resize_policy=resize_shorter_center_crop;resize_shorter=256;input_size=224;
+//   interpolation=bilinear;antialias=true;color_order=RGB;mean=0.485,0.456,0.406;
+//   std=0.229,0.224,0.225
+// (one line). Not in it: what does not change the values (channels_last, precision, threads) and
+// what the model id already covers (the archive). docs/model-card.md, "Preprocessing
+// fingerprint". O(1); never throws for a card load_model_card accepted.
+std::string preprocess_canonical(const ModelCard& card);
+// A short stable digest of a canonical text: 16 lowercase hex digits, XXH3-64 (seed 0) of its
+// bytes, big-endian. Stored in a collection's catalog (meta.preprocess_fingerprint) so that
+// vectors made with a hand-edited card's preprocessing are not mixed with the collection's.
+std::string preprocess_fingerprint(const std::string& canonical);
+// The fields whose values differ between two canonical texts, "mean 0.485,0.456,0.406 ->
+// 0.5,0.5,0.5; input_size 224 -> 256" (`before` -> `after`, in canonical order, a field missing
+// from one side shown as "(none)"); empty when they agree field for field. For error messages.
+std::string preprocess_differences(const std::string& before, const std::string& after);
+
 }  // namespace lookalike::model

@@ -139,8 +139,11 @@ void run_batched(std::size_t n, model::EmbeddingModel& model, const RunOptions& 
       for (std::size_t job; !cancelled() && (job = next.fetch_add(1)) < n;) {
         std::vector<float> input = pool.take(input_floats);
         Prepared kind = prepare(job, input.data());
-        if (kind != Prepared::Embed) pool.give(std::move(input));
-        if (kind == Prepared::Drop) continue;
+        if (kind != Prepared::Embed) {
+          pool.give(std::move(input));  // nothing to embed: the buffer goes back unused
+          if (kind != Prepared::Drop && !queue.push({job, kind, {}})) return;
+          continue;
+        }
         if (!queue.push({job, kind, std::move(input)})) return;
       }
     } catch (...) {

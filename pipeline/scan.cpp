@@ -50,6 +50,7 @@ struct Collector {
   void merge(ScanResult&& other) {
     for (auto& f : other.files) add(std::move(f));
     for (auto& p : other.problems) result.problems.push_back(std::move(p));
+    for (auto& r : other.repeated_rows) result.repeated_rows.push_back(std::move(r));
   }
 };
 
@@ -414,6 +415,7 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
   fs::path base = normalize_path(csv).parent_path();
 
   Collector out;
+  std::unordered_map<std::string, std::size_t> first_row;  // path -> row index
   for (std::size_t r = 1; r < rows.size(); ++r) {
     const auto& row = rows[r];
     std::string where = fmt::format("{} {}", csv.string(), row_name(r));
@@ -453,6 +455,9 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
       out.result.problems.push_back({where, fmt::format("metadata: {} bytes as JSON, at most {}",
                                                         size, store::kMaxMetadataBytes)});
       continue;
+    }
+    if (auto [it, fresh] = first_row.emplace(p.string(), r); !fresh) {
+      out.result.repeated_rows.push_back({p, row_name(it->second), row_name(r)});
     }
     out.add({p, std::move(meta)});
   }

@@ -26,9 +26,20 @@ struct ScanProblem {
   bool dangling_symlink = false;
 };
 
+// A manifest row that lists a path an earlier row of the same manifest lists: "row N" names
+// as in ScanProblem::where ("row 4 (line 6)").
+struct RepeatedRow {
+  std::filesystem::path path;  // absolute, lexically normal
+  std::string first_row;
+  std::string repeat_row;
+};
+
 struct ScanResult {
   std::vector<SourceFile> files;  // unique paths, in input order
   std::vector<ScanProblem> problems;
+  // Manifest rows that repeat a path (read_manifest; kept as scan_inputs says: first position,
+  // later metadata). `index` goes by that; `eval` refuses such a manifest.
+  std::vector<RepeatedRow> repeated_rows;
   // Folder inputs (as given) whose walk found no image file at all: what an unmounted drive's
   // mount point looks like. index_files keeps the stored images under them unchecked.
   std::vector<std::filesystem::path> empty_folders;
@@ -86,13 +97,14 @@ ScanResult scan_inputs(const std::vector<std::filesystem::path>& inputs,
 // column C: not valid UTF-8" (C counted from 1); a row with the wrong number of fields, an
 // empty file cell, a file cell holding a NUL byte ("... contains a NUL byte"), or naming a
 // missing or non-regular file is skipped with its problem too; the other rows load. Duplicate
-// rows: as scan_inputs (first position, later metadata). Every column other than the file
-// column is metadata under its header name; a column with no name is ignored when every row
-// leaves it empty (a trailing comma, as spreadsheets write), and refuses the manifest otherwise.
-// Throws std::runtime_error naming the file and the cause for an unreadable file, bad quoting,
-// an empty manifest, a header cell that is not UTF-8, a header without a file column or with two
-// (case-insensitively), two metadata columns of the same name ("columns 2 and 3 are both named
-// 'tag'"), or a column with no name that holds a value ("column 4 has no name, ...").
+// rows: as scan_inputs (first position, later metadata), each listed in repeated_rows. Every column
+// other than the file column is metadata under its header name; a column with no name is ignored
+// when every row leaves it empty (a trailing comma, as spreadsheets write), and refuses the
+// manifest otherwise. Throws std::runtime_error naming the file and the cause for an unreadable
+// file, bad quoting, an empty manifest, a header cell that is not UTF-8, a header without a file
+// column or with two (case-insensitively), two metadata columns of the same name ("columns 2 and 3
+// are both named 'tag'"), or a column with no name that holds a value ("column 4 has no name,
+// ...").
 ScanResult read_manifest(const std::filesystem::path& csv, const ScanOptions& options = {});
 
 }  // namespace lookalike::pipeline

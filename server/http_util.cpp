@@ -186,6 +186,9 @@ void send_error(httplib::Response& res, std::exception_ptr error, const httplib:
   using engine::EngineError;
   try {
     std::rethrow_exception(error);
+  } catch (const MethodNotAllowed& e) {
+    res.set_header("Allow", e.allow);
+    write_error(res, e.status, e.code, e.what());
   } catch (const HttpError& e) {
     write_error(res, e.status, e.code, e.what());
   } catch (const EngineError& e) {
@@ -354,18 +357,39 @@ std::uint64_t content_length_or_zero(const httplib::Request& req) {
 
 }  // namespace
 
+namespace {
+
+// The methods a known path takes, comma-separated, when `method` is not one of them; none when
+// it is, or when no route has this path.
+std::optional<std::string> disallowed(const RouteTable& table, const std::string& method,
+                                      const std::string& path) {
+  const auto methods = table.methods_for(path);
+  if (methods.empty() || methods.count(method)) return std::nullopt;
+  std::string allow;
+  for (const auto& m : methods) allow += (allow.empty() ? "" : ", ") + m;
+  return allow;
+}
+
+}  // namespace
+
+void check_method(const RouteTable& table, const httplib::Request& req) {
+  if (req.method == "OPTIONS") return;  // the preflight route, on every path
+  const auto& method = req.method == "HEAD" ? std::string("GET") : req.method;
+  if (auto allow = disallowed(table, method, req.path)) {
+    throw MethodNotAllowed(req.method + " " + req.path + ": not allowed (allowed: " + *allow + ")",
+                           *allow);
+  }
+}
+
 void handle_unrouted(const RouteTable& table, const httplib::Request& req, httplib::Response& res,
                      std::size_t max_upload_bytes) {
   if (res.status == 404 || res.status == 400) {
     // httplib answers 404 for a known method without a handler on this path and 400 for a
     // method it has no handlers for at all (PUT here): both are 405 on a known path.
-    auto methods = table.methods_for(req.path);
-    if (!methods.empty() && !methods.count(req.method)) {
-      std::string allow;
-      for (const auto& m : methods) allow += (allow.empty() ? "" : ", ") + m;
-      res.set_header("Allow", allow);
+    if (auto allow = disallowed(table, req.method, req.path)) {
+      res.set_header("Allow", *allow);
       write_error(res, 405, "method_not_allowed",
-                  req.method + " " + req.path + ": not allowed (allowed: " + allow + ")");
+                  req.method + " " + req.path + ": not allowed (allowed: " + *allow + ")");
       return;
     }
     if (res.status == 404) {

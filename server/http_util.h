@@ -95,6 +95,20 @@ class RouteTable {
   std::vector<Route> routes_;
 };
 
+// 405 method_not_allowed; send_error sets the `Allow` header from `allow`.
+class MethodNotAllowed : public HttpError {
+ public:
+  MethodNotAllowed(const std::string& message, std::string allow)
+      : HttpError(405, "method_not_allowed", message), allow(std::move(allow)) {}
+  std::string allow;
+};
+
+// Throws MethodNotAllowed for a known path asked with a method none of its routes takes (HEAD
+// goes with GET, OPTIONS with every route: the preflight handler answers it). Called before
+// check_body_framing: the method decides, whatever the body's framing (a PUT without
+// Content-Length is 405, not 411).
+void check_method(const RouteTable& table, const httplib::Request& req);
+
 // The JSON error for a response httplib produced itself: 404 (or 405 with Allow when the path
 // is known), 413 over the upload limit (415 for its 8,192-byte limit on form bodies), 400 for
 // a request it could not parse.

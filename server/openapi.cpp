@@ -33,6 +33,7 @@ constexpr const char* kDocument = R"json({
         "generation": {"type": "integer"},
         "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
         "plan": {"type": "object", "description": "how the search ran (docs/indexes.md)", "properties": {"method": {"type": "string", "enum": ["index", "exact-subset", "subset-decoded", "subset-reranked"]}, "params": {"type": "object", "properties": {"nprobe": {"type": "integer"}, "ef_search": {"type": "integer"}, "rerank": {"type": "integer"}}}, "candidates": {"type": "integer"}, "filter_matches": {"type": "integer"}, "filter_ms": {"type": "number"}}},
+        "warnings": {"type": "array", "items": {"type": "string"}, "description": "present when a filter matched no image because a field it names is in no image's metadata: the field, and the fields present"},
         "timings": {"type": "object", "properties": {"decode_ms": {"type": "number"}, "embed_ms": {"type": "number"}, "search_ms": {"type": "number"}, "total_ms": {"type": "number"}}}}},
       "SearchById": {"type": "object", "required": ["id"], "properties": {
         "id": {"type": "integer"}, "k": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 10},

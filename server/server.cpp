@@ -102,15 +102,18 @@ json search_json(const engine::SearchResponse& s) {
     r["score"] = h.score;
     results.push_back(std::move(r));
   }
-  return {{"query", {{"name", s.query}, {"id", s.query_id ? json(*s.query_id) : json(nullptr)}}},
-          {"generation", s.generation},
-          {"results", std::move(results)},
-          {"plan", plan_json(s.report)},
-          {"timings",
-           {{"decode_ms", s.timings.decode_ms},
-            {"embed_ms", s.timings.embed_ms},
-            {"search_ms", s.timings.search_ms},
-            {"total_ms", s.timings.total_ms}}}};
+  json out = {
+      {"query", {{"name", s.query}, {"id", s.query_id ? json(*s.query_id) : json(nullptr)}}},
+      {"generation", s.generation},
+      {"results", std::move(results)},
+      {"plan", plan_json(s.report)},
+      {"timings",
+       {{"decode_ms", s.timings.decode_ms},
+        {"embed_ms", s.timings.embed_ms},
+        {"search_ms", s.timings.search_ms},
+        {"total_ms", s.timings.total_ms}}}};
+  if (!s.warnings.empty()) out["warnings"] = s.warnings;  // Engine::filter_warnings
+  return out;
 }
 
 // ---- request parsing -----------------------------------------------------------------------
@@ -635,6 +638,12 @@ void load_engine(State& st) {
     std::vector<float> zeros(static_cast<std::size_t>(3) * s * s, 0.0f);
     st.engine->batcher().embed(zeros.data(), 1);
     refresh_collection_metrics(st);
+    if (!st.engine->has_collection()) {
+      // Not an error (docs/api.md: the first upload creates it), but a mistyped -c looks the
+      // same: say so before the `ready:` line.
+      spdlog::info("no collection at {} yet: the first upload creates it",
+                   st.engine_options.collection.string());
+    }
     st.ready.store(true);
     const char* wait = std::getenv("OMP_WAIT_POLICY");  // engine::use_short_omp_spin
     const char* spin = std::getenv("GOMP_SPINCOUNT");
@@ -706,8 +715,11 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   });
   // Before httplib reads a body (check_body_framing). A refused request's body is left unread,
   // so its connection is closed after the response.
-  svr.set_pre_routing_handler([&st](const httplib::Request& req, httplib::Response& res) {
+  // The method first: a method the route does not take is 405 whatever its body's framing.
+  RouteTable table;
+  svr.set_pre_routing_handler([&st, &table](const httplib::Request& req, httplib::Response& res) {
     try {
+      check_method(table, req);
       if (check_body_framing(req, st.options.max_upload_bytes)) close_after_response();
       return httplib::Server::HandlerResponse::Unhandled;
     } catch (...) {
@@ -718,20 +730,21 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   // "Expect: 100-continue" (curl sends it for bodies over 1 MB): httplib answers 100 before the
   // pre-routing handler runs, and the client then sends a body that is refused unread; refused
   // here, the client sends none.
-  svr.set_expect_100_continue_handler([&st](const httplib::Request& req, httplib::Response& res) {
-    try {
-      check_body_framing(req, st.options.max_upload_bytes);
-      return 100;
-    } catch (...) {
-      refuse_unread(st, req, res, std::current_exception());
-      return res.status;
-    }
-  });
+  svr.set_expect_100_continue_handler(
+      [&st, &table](const httplib::Request& req, httplib::Response& res) {
+        try {
+          check_method(table, req);
+          check_body_framing(req, st.options.max_upload_bytes);
+          return 100;
+        } catch (...) {
+          refuse_unread(st, req, res, std::current_exception());
+          return res.status;
+        }
+      });
   // httplib adds Keep-Alive after the handlers, also beside our Connection: close.
   svr.set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
     if (res.get_header_value("Connection") == "close") res.headers.erase("Keep-Alive");
   });
-  RouteTable table;
   add_routes(svr, st, table);
   // httplib calls this for every response with status >= 400, ours included: those already
   // carry a JSON body and pass through; httplib's own (404 unrouted, 413, 400) get one here.
@@ -800,6 +813,8 @@ int serve(const engine::EngineOptions& engine_options, const ServerOptions& opti
   done_cv.notify_all();
   watcher.join();
   stopped.store(true);
+  // The signal is blocked in every thread and taken by the stopper's sigwait: nothing terminates.
+  // NOLINTNEXTLINE(bugprone-bad-signal-to-kill-thread)
   pthread_kill(stopper.native_handle(), SIGTERM);  // wakes the stopper if it still waits
   stopper.join();
   if (!st.ready.load()) return 1;

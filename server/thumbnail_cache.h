@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 namespace lookalike::server {
 
@@ -24,11 +25,12 @@ class ThumbnailCache {
   }
 
   void put(const std::string& key, std::shared_ptr<const std::string> value) {
+    const std::size_t size = value->size();
     std::lock_guard lock(mu_);
-    if (map_.count(key) || value->size() > max_bytes_) return;
-    order_.emplace_front(key, value);
+    if (map_.count(key) || size > max_bytes_) return;
+    order_.emplace_front(key, std::move(value));
     map_[key] = order_.begin();
-    bytes_ += value->size();
+    bytes_ += size;
     while (bytes_ > max_bytes_) {
       bytes_ -= order_.back().second->size();
       map_.erase(order_.back().first);

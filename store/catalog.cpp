@@ -62,6 +62,10 @@ constexpr const char* kMigrations[] = {
     // 3 -> 4: the perceptual hash columns (migrate_to_4), NULL for the rows already there:
     // computing them needs every file, so `duplicates` fills them lazily.
     nullptr,
+    // 4 -> 5: meta.preprocess and meta.preprocess_fingerprint stay absent: only a model knows its
+    // preprocessing, so the first one that opens the catalog for writing records its own
+    // (Catalog::set_preprocess; run_migration does nothing for this step).
+    nullptr,
 };
 static_assert(std::size(kMigrations) == kCatalogSchemaVersion - 1);
 
@@ -148,21 +152,6 @@ void decode_vector(const void* blob, std::size_t floats, float* out) {
       out[i] = std::bit_cast<float>(bits);
     }
   }
-}
-
-// The checks made on every vector read back (a flipped byte must not be used silently).
-std::optional<std::string> vector_problem(const float* v, int dim, bool cosine) {
-  double sq = 0;
-  for (int i = 0; i < dim; ++i) {
-    if (!std::isfinite(v[i])) return "embedding has a non-finite value";
-    sq += double{v[i]} * v[i];
-  }
-  if (cosine && std::abs(std::sqrt(sq) - 1.0) > 1e-3) {
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "embedding norm %.4f, not 1 (cosine collection)", std::sqrt(sq));
-    return std::string(buf);
-  }
-  return std::nullopt;
 }
 
 ImageRecord read_record(SQLite::Statement& q) {
@@ -287,6 +276,7 @@ void migrate_to_4(SQLite::Database& db) {
 void run_migration(SQLite::Database& db, int from) {
   if (from == 2) return migrate_to_3(db);
   if (from == 3) return migrate_to_4(db);
+  if (from == 4) return;  // nothing to add (kMigrations)
   db.exec(kMigrations[from - 1]);
 }
 
@@ -359,6 +349,18 @@ bool is_json_object(const std::string& text) {
   return !j.is_discarded() && j.is_object();
 }
 
+// Both empty (nothing recorded; allowed when `optional`), or a canonical text and a fingerprint
+// of 16 lowercase hex digits.
+void check_preprocess(const std::string& canonical, const std::string& fingerprint, bool optional) {
+  if (optional && canonical.empty() && fingerprint.empty()) return;
+  if (canonical.empty()) throw StoreError("config.preprocess: must not be empty");
+  if (fingerprint.size() != 16 ||
+      fingerprint.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    throw StoreError("config.preprocess_fingerprint: expected 16 lowercase hex digits, got '" +
+                     fingerprint + "'");
+  }
+}
+
 void validate_config(const CatalogConfig& c) {
   if (c.model_id.empty()) throw StoreError("config.model_id: must not be empty");
   if (c.dim < 1) throw StoreError("config.dim: must be positive, got " + std::to_string(c.dim));
@@ -370,6 +372,7 @@ void validate_config(const CatalogConfig& c) {
     throw StoreError("config.search_defaults: must be a JSON object, got '" + c.search_defaults +
                      "'");
   }
+  check_preprocess(c.preprocess, c.preprocess_fingerprint, /*optional=*/true);
 }
 
 void write_config(SQLite::Database& db, const CatalogConfig& c) {
@@ -380,6 +383,12 @@ void write_config(SQLite::Database& db, const CatalogConfig& c) {
                       {"factory", c.factory}};
   set_meta(db, "config", j.dump());
   set_meta(db, "search_defaults", c.search_defaults);
+  // Recorded once (create_atomic, set_config, set_preprocess) and kept by set_index_config,
+  // whose config, read back by parse_config, carries none.
+  if (!c.preprocess_fingerprint.empty()) {
+    set_meta(db, "preprocess", c.preprocess);
+    set_meta(db, "preprocess_fingerprint", c.preprocess_fingerprint);
+  }
 }
 
 bool same_config(const CatalogConfig& a, const CatalogConfig& b) {
@@ -387,25 +396,60 @@ bool same_config(const CatalogConfig& a, const CatalogConfig& b) {
          a.metric == b.metric && a.factory == b.factory;
 }
 
-void validate_put(const Put& put, std::size_t i, int dim) {
-  const std::string where = "put[" + std::to_string(i) + "] (" + put.record.path + "): ";
-  if (put.record.path.empty()) throw StoreError("put[" + std::to_string(i) + "]: path is empty");
-  if (put.embedding.size() != static_cast<std::size_t>(dim)) {
-    throw StoreError(where + "embedding has " + std::to_string(put.embedding.size()) +
-                     " floats, the collection's dim is " + std::to_string(dim));
+}  // namespace
+
+// The checks made on every vector written and read back (a flipped byte must not be used
+// silently, and a write must not store what a read would leave out).
+std::optional<std::string> vector_problem(const float* v, std::size_t n, int dim, bool cosine) {
+  if (n != static_cast<std::size_t>(dim)) {
+    return "embedding has " + std::to_string(n) + " floats, not " + std::to_string(dim);
   }
-  for (float x : put.embedding) {
-    if (!std::isfinite(x)) throw StoreError(where + "embedding has a non-finite value");
+  double sq = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!std::isfinite(v[i])) return "embedding has a non-finite value";
+    sq += double{v[i]} * v[i];
+  }
+  if (cosine && std::abs(std::sqrt(sq) - 1.0) > 1e-3) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "embedding norm %.4f, not 1 (cosine collection)", std::sqrt(sq));
+    return std::string(buf);
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// Refuses a put that must not be stored: the message names the catalog, the put (its index in
+// the batch, its path, and the image id when the path is stored already) and the reason.
+void validate_put(const Catalog& catalog, const Put& put, std::size_t i, const CatalogConfig& cfg) {
+  auto refuse = [&](const std::string& why) {
+    std::string who = "put[" + std::to_string(i) + "]";
+    if (!put.record.path.empty()) {
+      who += " (" + put.record.path;
+      std::optional<std::int64_t> id;
+      if (put.keep_id) {
+        id = put.record.id;
+      } else if (auto stored = catalog.find_path(put.record.path)) {
+        id = stored->id;
+      }
+      if (id) who += ", image " + std::to_string(*id);
+      who += ")";
+    }
+    return error(catalog.path(), who + ": " + why + "; nothing written");
+  };
+  if (put.record.path.empty()) throw refuse("path is empty");
+  if (auto why = vector_problem(put.embedding.data(), put.embedding.size(), cfg.dim,
+                                cfg.metric == "cosine")) {
+    throw refuse(*why);
   }
   nlohmann::json meta;
   try {
     meta = nlohmann::json::parse(put.record.metadata);
   } catch (const nlohmann::json::parse_error& e) {
-    throw StoreError(where + "metadata is not valid JSON: " + e.what());
+    throw refuse(std::string("metadata is not valid JSON: ") + e.what());
   }
   if (!meta.is_object()) {
-    throw StoreError(where + "metadata must be a JSON object, got " +
-                     std::string(meta.type_name()));
+    throw refuse("metadata must be a JSON object, got " + std::string(meta.type_name()));
   }
 }
 
@@ -968,6 +1012,53 @@ std::vector<std::pair<std::string, std::int64_t>> Catalog::facet(const std::stri
   });
 }
 
+std::vector<std::string> Catalog::metadata_fields(int limit) const {
+  return reading(path_, [&] {
+    std::vector<std::string> out;
+    if (limit <= 0) return out;
+    if (!terms_indexed()) {
+      SQLite::Statement q(*db_, "SELECT DISTINCT field FROM (" +
+                                    term_rows_sql("images AS i, ", "i.metadata", "i.id", "") +
+                                    ") ORDER BY field LIMIT ?1");
+      q.bind(1, limit);
+      while (q.executeStep()) out.push_back(q.getColumn(0).getString());
+      return out;
+    }
+    // A skip scan by hand: the next field after the last one, one index probe each, so that the
+    // cost follows the number of fields, not of rows.
+    SQLite::Statement first(*db_,
+                            "SELECT field FROM metadata_terms INDEXED BY metadata_terms_value "
+                            "ORDER BY field LIMIT 1");
+    SQLite::Statement next(*db_,
+                           "SELECT field FROM metadata_terms INDEXED BY metadata_terms_value "
+                           "WHERE field > ?1 ORDER BY field LIMIT 1");
+    if (!first.executeStep()) return out;
+    out.push_back(first.getColumn(0).getString());
+    while (static_cast<int>(out.size()) < limit) {
+      next.reset();
+      next.bind(1, out.back());
+      if (!next.executeStep()) break;
+      out.push_back(next.getColumn(0).getString());
+    }
+    return out;
+  });
+}
+
+bool Catalog::has_metadata_field(const std::string& field) const {
+  return reading(path_, [&] {
+    const std::string sql =
+        terms_indexed()
+            ? "SELECT 1 FROM metadata_terms INDEXED BY metadata_terms_value WHERE field = ?1 "
+              "LIMIT 1"
+            : "SELECT 1 FROM (" +
+                  term_rows_sql("images AS i, ", "i.metadata", "i.id", "j.key = ?1 AND ") +
+                  ") LIMIT 1";
+    SQLite::Statement q(*db_, sql);
+    q.bind(1, field);
+    return q.executeStep();
+  });
+}
+
 Snapshot Catalog::snapshot(const std::vector<std::int64_t>& ids) const {
   return reading(path_, [&] {
     SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::DEFERRED);
@@ -1051,8 +1142,37 @@ std::optional<CatalogConfig> Catalog::config() const {
     if (!text) return std::nullopt;
     auto c = parse_config(path_, *text);
     c.search_defaults = meta_value(*db_, "search_defaults").value_or("{}");
+    c.preprocess = meta_value(*db_, "preprocess").value_or("");
+    c.preprocess_fingerprint = meta_value(*db_, "preprocess_fingerprint").value_or("");
     return c;
   });
+}
+
+bool Catalog::set_preprocess(const std::string& canonical, const std::string& fingerprint) {
+  try {
+    check_preprocess(canonical, fingerprint, /*optional=*/false);
+  } catch (const StoreError& e) {
+    throw error(path_, e.what());
+  }
+  try {
+    SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);
+    if (!meta_value(*db_, "config")) {
+      throw error(path_, "catalog has no config yet; cannot record its preprocessing");
+    }
+    if (auto stored = meta_value(*db_, "preprocess_fingerprint")) {
+      if (*stored == fingerprint) return false;
+      throw error(path_, "preprocessing fingerprint " + *stored + " is recorded already, not " +
+                             fingerprint + " (" +
+                             meta_value(*db_, "preprocess").value_or("no canonical text") + ")");
+    }
+    set_meta(*db_, "preprocess", canonical);
+    set_meta(*db_, "preprocess_fingerprint", fingerprint);
+    tx.commit();
+    return true;
+  } catch (const SQLite::Exception& e) {
+    throw error(path_,
+                std::string("cannot record the preprocessing, nothing written: ") + e.what());
+  }
 }
 
 void Catalog::set_index_config(const std::string& factory, const std::string& search_defaults) {
@@ -1174,7 +1294,7 @@ std::vector<float> read_vector(SQLite::Column blob, int dim, bool cosine,
   }
   v.resize(static_cast<std::size_t>(dim));
   decode_vector(blob.getBlob(), v.size(), v.data());
-  problem = vector_problem(v.data(), dim, cosine);
+  problem = vector_problem(v.data(), v.size(), dim, cosine);
   return v;
 }
 }  // namespace
@@ -1214,7 +1334,7 @@ void Catalog::embeddings(const std::int64_t* ids, std::int64_t n, float* out, bo
       if (static_cast<std::size_t>(col.getBytes()) != dim * sizeof(float)) continue;
       float* row = out + static_cast<std::size_t>(i) * dim;
       std::memcpy(row, col.getBlob(), dim * sizeof(float));
-      found[i] = !vector_problem(row, cfg->dim, cfg->metric == "cosine");
+      found[i] = !vector_problem(row, dim, cfg->dim, cfg->metric == "cosine");
     }
     return 0;
   });
@@ -1245,7 +1365,7 @@ std::vector<std::int64_t> Catalog::write_batch(const std::vector<Put>& puts,
   if (puts.empty() && removes.empty()) return {};
   auto cfg = config();
   if (!cfg) throw error(path_, "catalog has no config yet; cannot add images");
-  for (std::size_t i = 0; i < puts.size(); ++i) validate_put(puts[i], i, cfg->dim);
+  for (std::size_t i = 0; i < puts.size(); ++i) validate_put(*this, puts[i], i, *cfg);
 
   std::vector<std::int64_t> ids;
   try {

@@ -31,7 +31,11 @@ class StoreError : public std::runtime_error {
 //    top-level metadata fields), and meta.search_defaults.
 // 4: images.phash, phash_95 and phash_90, the perceptual hash of each image (dedup/phash.h);
 //    NULL until computed (rows written by an older lookalike get theirs from `duplicates`).
-inline constexpr int kCatalogSchemaVersion = 4;
+// 5: meta.preprocess and meta.preprocess_fingerprint, the preprocessing of the model card the
+//    vectors were made with; absent in a catalog from before until the first model that opens
+//    it for writing records its own (Catalog::set_preprocess). A lookalike that does not check
+//    them must not write to a collection that has them, hence the bump.
+inline constexpr int kCatalogSchemaVersion = 5;
 
 // Perceptual DCT hash of an image's pixels (dedup/phash.h computes it; the catalog only stores
 // it): 64 bits each of the whole frame, its central 95% x 95% and its central 90% x 90%.
@@ -76,6 +80,14 @@ struct CatalogConfig {
   // {"nprobe":32,"ef_search":128,"rerank":100}); meta.search_defaults. Tuning, not identity:
   // not compared when a collection is reopened with a config. Changed by set_index_config.
   std::string search_defaults = "{}";
+  // The preprocessing the vectors were made with (schema 5): the model card's canonical text
+  // (model::preprocess_canonical, e.g. "preprocess/1;resize_policy=...;mean=0.485,0.456,0.406;
+  // std=...") in meta.preprocess and its 16-hex-digit digest (model::preprocess_fingerprint) in
+  // meta.preprocess_fingerprint. Both empty when not recorded (a catalog older than schema 5 that
+  // no model has opened for writing yet; set_preprocess records them). Not identity for
+  // set_config / create_or_open: engine::Engine compares them with the model's.
+  std::string preprocess;
+  std::string preprocess_fingerprint;
 };
 
 // A vector that failed the checks made as vectors are read: a blob of dim * 4 bytes, finite
@@ -87,6 +99,13 @@ struct CorruptVector {
   // "embedding has 5116 bytes, not 5120 (1280 floats)"
   std::string reason;
 };
+
+// The one check of a vector, made as vectors are written (Catalog::write_batch refuses the
+// batch) and as they are read (the vector is a CorruptVector, left out): `n` floats at `v` for a
+// collection of `dim` floats; nullopt when usable, else why not: "embedding has 1279 floats, not
+// 1280", "embedding has a non-finite value" (NaN or infinity), or, when `cosine`, "embedding
+// norm 0.8711, not 1 (cosine collection)" for an L2 norm off 1 by more than 1e-3. O(n).
+std::optional<std::string> vector_problem(const float* v, std::size_t n, int dim, bool cosine);
 
 // Metadata filter: an image matches when every term holds (AND). Terms look at the top-level
 // fields of the metadata object; a field whose value is an array matches a term when any of its
@@ -180,6 +199,13 @@ class Catalog {
   // if a field is invalid (dim < 1, unknown metric, empty model_id or factory, search_defaults
   // not a JSON object).
   void set_config(const CatalogConfig& config);
+  // Records the preprocessing of the model that writes to this catalog (CatalogConfig::
+  // preprocess, preprocess_fingerprint; both non-empty, the fingerprint 16 lowercase hex digits)
+  // when none is recorded yet: true when it wrote them, false when the same fingerprint was
+  // there already. Does not bump the generation (no vector changes). O(1). Throws StoreError for
+  // invalid values, a catalog without a config, a different fingerprint already recorded (naming
+  // both), a read-only connection or a failed write (nothing written then).
+  bool set_preprocess(const std::string& canonical, const std::string& fingerprint);
   // Replaces config.factory and meta.search_defaults in one transaction and bumps the
   // generation (an index cache built for the old factory no longer matches). O(1). Throws
   // StoreError for an empty factory, search_defaults that is not a JSON object, a catalog
@@ -226,6 +252,14 @@ class Catalog {
   // O(rows of the field). Field checks as parse_where.
   std::vector<std::pair<std::string, std::int64_t>> facet(const std::string& field,
                                                           int limit) const;
+  // The top-level metadata fields that a filter can match in some image (a string, number or
+  // boolean value, or an array holding one: the side table's fields), sorted bytewise, at most
+  // `limit`. O(limit log rows): one index probe per field. A JSON1 scan, O(images), on a
+  // read-only pre-v3 catalog.
+  std::vector<std::string> metadata_fields(int limit) const;
+  // Whether some image's metadata has `field` with a value a filter can match (as
+  // metadata_fields). O(log rows).
+  bool has_metadata_field(const std::string& field) const;
   // The records of `ids` that exist and the generation, in one read transaction.
   Snapshot snapshot(const std::vector<std::int64_t>& ids) const;
   // Ids of the image at `path` and of every image under the folder `path` (a prefix match on
@@ -256,9 +290,11 @@ class Catalog {
 
   // One transaction: deletes `removes` (ids; unknown ids are ignored), then upserts `puts` (by
   // path) with their embeddings. Returns the id of each put, in order. Bumps the generation
-  // once; an empty batch changes nothing. Throws StoreError naming the put (index and path) and
-  // field when the catalog has no config, an embedding is not `dim` finite floats, or metadata
-  // is not a JSON object; nothing is written then. Durable when it returns (synchronous=FULL).
+  // once; an empty batch changes nothing. Every put is checked before the transaction starts:
+  // throws StoreError "<catalog>: put[i] (<path>[, image <id>]): <reason>; nothing written" when
+  // the catalog has no config, an embedding fails vector_problem (wrong length, NaN/infinity, a
+  // cosine norm off 1: what a read would leave out), or metadata is not a JSON object; nothing
+  // is written then. Durable when it returns (synchronous=FULL).
   std::vector<std::int64_t> write_batch(const std::vector<Put>& puts,
                                         const std::vector<std::int64_t>& removes);
 

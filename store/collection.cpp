@@ -47,19 +47,6 @@ std::string describe(const CatalogConfig& c) {
          " factory=" + c.factory;
 }
 
-void check_normalised(const std::vector<Put>& puts) {
-  for (std::size_t i = 0; i < puts.size(); ++i) {
-    double sq = 0;
-    for (float x : puts[i].embedding) sq += double{x} * x;
-    double norm = std::sqrt(sq);
-    if (std::abs(norm - 1.0) > 1e-3) {
-      throw StoreError("put[" + std::to_string(i) + "] (" + puts[i].record.path +
-                       "): embedding is not L2-normalised (norm " + std::to_string(norm) +
-                       ") but the collection's metric is cosine");
-    }
-  }
-}
-
 // Whether dir/catalog.db is a non-empty regular file. Only "no such file" reads as "no": any
 // other failure to look (EACCES, ENOTDIR, EIO) throws, naming the folder and the system's
 // words, rather than pass for an empty folder.
@@ -499,8 +486,10 @@ void Collection::refresh_if_stale(std::int64_t catalog_generation) const {
 std::vector<std::int64_t> Collection::apply(const std::vector<Put>& puts,
                                             const std::vector<std::int64_t>& removes) {
   require_write("apply");
-  if (config_.metric == "cosine") check_normalised(puts);
   std::lock_guard writer(write_mu_);
+  // write_batch checks every put (store::vector_problem: length, finite, cosine norm) before
+  // its transaction starts, and the index is touched only after the commit: a refused batch
+  // leaves both as they were.
   auto ids = writer_->write_batch(puts, removes);
   if (puts.empty() && removes.empty()) return ids;
   const auto after = writer_->generation();
@@ -742,6 +731,16 @@ void Collection::set_search_defaults(const index::SearchParams& defaults) {
   index_saved_ = false;
 }
 
+bool Collection::record_preprocess(const std::string& canonical, const std::string& fingerprint) {
+  require_write("record_preprocess");
+  std::lock_guard writer(write_mu_);
+  const bool wrote = writer_->set_preprocess(canonical, fingerprint);
+  std::unique_lock lock(index_lock_);
+  config_.preprocess = canonical;
+  config_.preprocess_fingerprint = fingerprint;
+  return wrote;
+}
+
 std::optional<ImageRecord> Collection::get(std::int64_t id) const {
   return reading([&](const Catalog& c) { return c.get(id); });
 }
@@ -764,6 +763,12 @@ std::vector<ImageRecord> Collection::list_page(std::int64_t after_id, int limit,
 std::vector<std::pair<std::string, std::int64_t>> Collection::facet(const std::string& field,
                                                                     int limit) const {
   return reading([&](const Catalog& c) { return c.facet(field, limit); });
+}
+std::vector<std::string> Collection::metadata_fields(int limit) const {
+  return reading([&](const Catalog& c) { return c.metadata_fields(limit); });
+}
+bool Collection::has_metadata_field(const std::string& field) const {
+  return reading([&](const Catalog& c) { return c.has_metadata_field(field); });
 }
 std::vector<std::int64_t> Collection::ids_under(const std::string& path) const {
   return reading([&](const Catalog& c) { return c.ids_under(path); });

@@ -178,6 +178,8 @@ class Collection {
                                      const MetadataFilter* filter = nullptr) const;
   std::vector<std::pair<std::string, std::int64_t>> facet(const std::string& field,
                                                           int limit) const;
+  std::vector<std::string> metadata_fields(int limit) const;
+  bool has_metadata_field(const std::string& field) const;
   std::vector<std::int64_t> ids_under(const std::string& path) const;
   std::optional<std::vector<float>> embedding(std::int64_t id) const;
   std::optional<std::vector<float>> embedding_by_hash(const std::string& content_hash) const;
@@ -200,8 +202,11 @@ class Collection {
   // applies the batch to the in-memory index under the exclusive lock: O(puts + removes)
   // index work, whatever the collection's size. When the index's tombstoned share passes
   // index::kCompactFraction, the index is rebuilt from the catalog beside the live one and
-  // swapped in. Throws StoreError as Catalog::write_batch does, and for a metric cosine
-  // collection when an embedding's L2 norm is not 1 (+-1e-3); nothing is written then.
+  // swapped in. Every embedding of the batch is checked first, as reads check stored vectors
+  // (store::vector_problem: `dim` floats, all finite, L2 norm 1 +-1e-3 for metric cosine): one
+  // that fails throws StoreError "<dir>/catalog.db: put[i] (<path>[, image <id>]): <reason>;
+  // nothing written", as do the other refusals of Catalog::write_batch, and then neither the
+  // catalog nor the index changes.
   std::vector<std::int64_t> apply(const std::vector<Put>& puts,
                                   const std::vector<std::int64_t>& removes);
   // Write mode only. Replaces an image's metadata (a JSON object's text); false when no such
@@ -243,6 +248,12 @@ class Collection {
   ReindexSummary reindex(const std::string& factory, const index::SearchParams& defaults);
   // Write mode only. Stores new search-time defaults (keeps the index).
   void set_search_defaults(const index::SearchParams& defaults);
+  // Write mode only (else StoreError). Catalog::set_preprocess: records the preprocessing of the
+  // model that writes here (canonical text and fingerprint, CatalogConfig::preprocess*) when none
+  // is recorded (a collection from before schema 5), and config() reports it from then on. True
+  // when it wrote, false when the same fingerprint was recorded already; throws StoreError when
+  // another one is. The generation and the index are untouched. O(1).
+  bool record_preprocess(const std::string& canonical, const std::string& fingerprint);
   CollectionInfo info() const;
   // Reads every page of the catalog (SQLite quick_check, O(file size)); throws StoreError naming
   // catalog.db and the first problem when it is damaged. Write-mode opens run it already.
@@ -273,7 +284,8 @@ class Collection {
   Mode mode_ = Mode::Read;
   int lock_fd_ = -1;
   // factory and search_defaults change on reindex (and, in Read mode, when another process
-  // reindexed): written under index_lock_ held exclusively.
+  // reindexed), preprocess* when record_preprocess records them: written under index_lock_ held
+  // exclusively.
   mutable CatalogConfig config_;
   std::string collection_id_;
   std::unique_ptr<Catalog> writer_;  // Write mode; used under write_mu_

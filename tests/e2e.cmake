@@ -46,6 +46,8 @@ lookalike_e2e(e2e_server_api server_api.py TIMEOUT 900 REQUIRES model_mobilenet_
 lookalike_e2e(e2e_server_hardening server_hardening.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 # What a second review found: compressed bodies, slow downloads cut off, Range, Content-Length, ...
 lookalike_e2e(e2e_server_defects server_defects.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+# What a review of the page and server found: 405 before body framing, a missing collection at start.
+lookalike_e2e(e2e_server_defects2 server_defects2.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 # The browser test skips (77) where Chromium, Node or playwright-core is missing.
 lookalike_e2e(e2e_browser browser.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 set_tests_properties(e2e_browser PROPERTIES SKIP_RETURN_CODE 77)
@@ -71,3 +73,13 @@ lookalike_e2e(e2e_train_resnet50 train_resnet50.py TIMEOUT 1800
 lookalike_e2e(e2e_precision_fidelity precision_fidelity.py TIMEOUT 2400
               REQUIRES "model_mobilenet_v2;gallery;model_resnet50;gallery_resnet50")
 lookalike_e2e(e2e_cli_defects2 cli_defects2.py TIMEOUT 600 REQUIRES "model_mobilenet_v2;model_resnet50")
+# A third review: embed's text output (tab, exact floats), bench-index on a missing collection
+# (exit 1), an eval manifest that repeats a path, search --where on a field no image has (a hint).
+lookalike_e2e(e2e_cli_defects3 cli_defects3.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+# A hand-edited model card's preprocessing is refused by a collection built with another
+# (meta.preprocess_fingerprint); a catalog without one records its first writer's.
+lookalike_e2e(e2e_preprocess_fingerprint preprocess_fingerprint.py TIMEOUT 600
+              REQUIRES model_mobilenet_v2)
+# A review of the command line's manners: --json failures also on stderr, CLI11's usage errors
+# as "lookalike: error: ..." with the documented names, plurals, defaults in --help.
+lookalike_e2e(e2e_cli_manners cli_manners.py TIMEOUT 600 REQUIRES model_mobilenet_v2)

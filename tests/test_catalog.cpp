@@ -634,6 +634,72 @@ TEST(Catalog, DamagedOlderCatalogIsRefusedBeforeItIsMigrated) {
       << "the refused open wrote to the WAL";
 }
 
+// Schema 5: the preprocessing of the vectors' model card (meta.preprocess and
+// meta.preprocess_fingerprint). Written with the config at creation, kept by set_index_config,
+// recorded once by set_preprocess (no generation bump), never replaced by another one; a
+// version-4 catalog migrates without them (only a model knows its preprocessing) and is read
+// as having none.
+TEST(Catalog, PreprocessingIsRecordedOnceAndKept) {
+  const std::string canonical = "preprocess/1;resize_policy=resize_shorter_center_crop;mean=1,2,3";
+  const std::string fp = "0123456789abcdef";
+  auto cfg = test_config();
+  cfg.preprocess = canonical;
+  cfg.preprocess_fingerprint = fp;
+  const auto created = scratch_dir("catalog_preprocess_created") / "catalog.db";
+  Catalog::create_atomic(created, cfg);
+  {
+    auto c = Catalog::open(created, false);
+    EXPECT_EQ(c->config()->preprocess, canonical);
+    EXPECT_EQ(c->config()->preprocess_fingerprint, fp);
+    c->set_index_config("IVF16,Flat", "{\"nprobe\":4}");
+    EXPECT_EQ(c->config()->preprocess_fingerprint, fp) << "set_index_config dropped it";
+    EXPECT_FALSE(c->set_preprocess(canonical, fp));
+    const auto generation = c->generation();
+    auto what = error_of([&] { c->set_preprocess("preprocess/1;mean=4,5,6", "fedcba9876543210"); });
+    EXPECT_NE(what.find(created.string()), std::string::npos) << what;
+    EXPECT_NE(what.find(fp), std::string::npos) << what;
+    EXPECT_NE(what.find("fedcba9876543210"), std::string::npos) << what;
+    EXPECT_EQ(c->config()->preprocess_fingerprint, fp);
+    EXPECT_EQ(c->generation(), generation);
+  }
+  EXPECT_EQ(Catalog::open_read_only(created)->config()->preprocess, canonical);
+
+  // A catalog as schema 4 left it: no keys.
+  const auto path = scratch_dir("catalog_preprocess_v4") / "catalog.db";
+  {
+    auto c = Catalog::open(path, true);
+    c->set_config(test_config());
+    c->write_batch({make_put("/a.jpg", 1)}, {});
+  }
+  raw_sql(path,
+          "DELETE FROM meta WHERE key IN ('preprocess', 'preprocess_fingerprint');"
+          "UPDATE meta SET value = '4' WHERE key = 'schema_version';");
+  {
+    auto ro = Catalog::open_read_only(path);
+    EXPECT_EQ(ro->config()->preprocess, "");
+    EXPECT_EQ(ro->config()->preprocess_fingerprint, "");
+    EXPECT_THROW(ro->set_preprocess(canonical, fp), StoreError);
+  }
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"), "4");
+  auto c = Catalog::open(path, false);
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'schema_version'"),
+            std::to_string(lookalike::store::kCatalogSchemaVersion));
+  EXPECT_EQ(lookalike::store::kCatalogSchemaVersion, 5);
+  EXPECT_EQ(c->config()->preprocess_fingerprint, "") << "the migration made one up";
+  for (const auto& [text, digest] : std::vector<std::pair<std::string, std::string>>{
+           {"", fp}, {canonical, ""}, {canonical, "0123"}, {canonical, "0123456789ABCDEF"}}) {
+    auto what = error_of([&] { c->set_preprocess(text, digest); });
+    EXPECT_NE(what.find("preprocess"), std::string::npos) << what;
+  }
+  EXPECT_EQ(c->config()->preprocess_fingerprint, "");
+  const auto generation = c->generation();
+  EXPECT_TRUE(c->set_preprocess(canonical, fp));
+  EXPECT_EQ(c->generation(), generation);
+  EXPECT_EQ(c->config()->preprocess, canonical);
+  EXPECT_EQ(raw_text(path, "SELECT value FROM meta WHERE key = 'preprocess_fingerprint'"), fp);
+  EXPECT_EQ(c->embedding(c->find_path("/a.jpg")->id), seeded_vector(1, kDim));
+}
+
 TEST(Catalog, ListPagePaginatesByIdAcrossGaps) {
   auto c = fresh_catalog("catalog_pages");
   std::vector<Put> puts;
@@ -822,6 +888,74 @@ TEST(Catalog, L2CatalogChecksOnlyFiniteness) {
   EXPECT_EQ(n, 1);
   ASSERT_EQ(corrupt.size(), 1u);
   EXPECT_EQ(corrupt[0].id, ids[1]);
+}
+
+// The write side and the read side check a vector with one function: whatever a write
+// refuses, reading the same vector back (smuggled in by SQL) leaves out with the same reason,
+// and whatever a write accepts reads back; the cosine norm tolerance (1e-3) is the same. A put
+// written straight to the catalog is checked too (not only through Collection::apply).
+TEST(Catalog, WritesRefuseExactlyWhatReadsLeaveOut) {
+  auto c = fresh_catalog("catalog_same_checks");
+  auto keep = c->write_batch({make_put("/keep.jpg", 1)}, {});
+  auto scaled = [](std::uint64_t seed, float by) {
+    auto v = seeded_vector(seed, kDim);
+    for (auto& x : v) x *= by;
+    return v;
+  };
+  auto with = [](std::vector<float> v, int i, float x) {
+    v[static_cast<std::size_t>(i)] = x;
+    return v;
+  };
+  const std::vector<std::pair<std::vector<float>, bool>> vectors = {
+      {scaled(2, 1.0009f), true},
+      {scaled(3, 0.9991f), true},
+      {scaled(4, 1.0011f), false},
+      {scaled(5, 0.9989f), false},
+      {scaled(6, 0.5f), false},
+      {with(seeded_vector(7, kDim), 9, std::nanf("")), false},
+      {with(seeded_vector(8, kDim), 0, -std::numeric_limits<float>::infinity()), false},
+  };
+  for (std::size_t i = 0; i < vectors.size(); ++i) {
+    const auto& [v, valid] = vectors[i];
+    SCOPED_TRACE(i);
+    auto put = make_put("/v" + std::to_string(i) + ".jpg", 100 + i);
+    put.embedding = v;
+    std::string refused;
+    try {
+      c->write_batch({make_put("/good.jpg", 50), put}, {});
+    } catch (const StoreError& e) {
+      refused = e.what();
+    }
+    EXPECT_EQ(refused.empty(), valid) << refused;
+    if (!valid) {
+      EXPECT_NE(refused.find(c->path().string()), std::string::npos) << refused;
+      EXPECT_NE(refused.find("put[1] (" + put.record.path + ")"), std::string::npos) << refused;
+      EXPECT_FALSE(c->find_path("/good.jpg")) << "a refused batch wrote its good put";
+    }
+    c->write_batch({}, c->find_path("/good.jpg") ? std::vector{c->find_path("/good.jpg")->id}
+                                                 : std::vector<std::int64_t>{});
+    // The same vector stored behind the writer's back, and read.
+    auto carrier = make_put("/carrier.jpg", 200 + i);
+    const auto id = c->write_batch({carrier}, {})[0];
+    std::string blob(v.size() * 4, '\0');
+    for (std::size_t k = 0; k < v.size(); ++k) set_float_at(blob, static_cast<int>(k), v[k]);
+    raw_set_blob(c->path(), id, blob);
+    std::vector<lookalike::store::CorruptVector> corrupt;
+    c->for_each_embedding([](std::int64_t, const float*) {}, &corrupt);
+    if (valid) {
+      EXPECT_TRUE(corrupt.empty());
+      if (!refused.empty()) ADD_FAILURE() << "refused a vector reads accept";
+    } else {
+      ASSERT_EQ(corrupt.size(), 1u);
+      EXPECT_EQ(corrupt[0].id, id);
+      EXPECT_NE(refused.find(": " + corrupt[0].reason), std::string::npos)
+          << "write: " << refused << "\nread: " << corrupt[0].reason;
+    }
+    c->write_batch({}, {id});
+    if (valid) c->write_batch({}, {c->find_path(put.record.path)->id});
+  }
+  EXPECT_EQ(c->count(), 1);
+  EXPECT_EQ(c->embedding(keep[0]), seeded_vector(1, kDim));
 }
 
 // ---- Metadata filters (store::MetadataFilter) over the metadata_terms side table.

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -1340,10 +1341,83 @@ TEST(Collection, CosineRequiresNormalisedVectors) {
     c->apply(puts(0, 3, false), {});
     FAIL();
   } catch (const StoreError& e) {
-    EXPECT_NE(std::string(e.what()).find("not L2-normalised"), std::string::npos);
+    // The reason the read side gives for such a stored vector (CorruptVector).
+    EXPECT_NE(std::string(e.what()).find(", not 1 (cosine collection)"), std::string::npos)
+        << e.what();
   }
   EXPECT_EQ(c->count(), 0);
   EXPECT_EQ(c->generation(), 0);
+}
+
+// Every embedding of a batch is checked before anything is written, with the checks (and the
+// 1e-3 norm tolerance) that reading a vector back applies: a NaN, an infinity, a wrong size or
+// a cosine norm off 1 anywhere in a batch fails the whole batch with a StoreError naming the
+// catalog, the image and the reason; the catalog, the index and its cache file are unchanged,
+// and the collection opens and searches as before.
+TEST(Collection, InvalidVectorsAreRefusedBeforeAnythingIsWritten) {
+  const auto dir = scratch_dir("collection_invalid_vectors");
+  auto c = Collection::create_or_open(dir, config());
+  const Ids ids = c->apply(puts(0, 6), {});
+  c->save_index();
+  const auto before_results = search_ids(*c, 3);
+  const auto before_generation = c->generation();
+  const auto stored_vector = *c->embedding(ids[2]);
+
+  auto nan = make_put(photo(101), 101);
+  nan.embedding[7] = std::nanf("");
+  auto inf = make_put(photo(102), 102);
+  inf.embedding[0] = std::numeric_limits<float>::infinity();
+  auto short_vec = make_put(photo(103), 103, kDim - 1);
+  auto long_vec = make_put(photo(104), 104, kDim + 1);
+  auto half = make_put(photo(105), 105);
+  for (auto& x : half.embedding) x *= 0.5f;
+  auto just_off = make_put(photo(106), 106);  // norm 1.0011: past the 1e-3 tolerance
+  for (auto& x : just_off.embedding) x *= 1.0011f;
+  auto update = make_put(photo(2), 107);  // an existing image: named by its id too
+  update.embedding[3] = -std::numeric_limits<float>::infinity();
+  const std::vector<std::pair<Put, std::string>> cases = {
+      {nan, "embedding has a non-finite value"},
+      {inf, "embedding has a non-finite value"},
+      {short_vec, "embedding has 1279 floats, not 1280"},
+      {long_vec, "embedding has 1281 floats, not 1280"},
+      {half, "embedding norm 0.5000, not 1 (cosine collection)"},
+      {just_off, "embedding norm 1.0011, not 1 (cosine collection)"},
+      {update, "image " + std::to_string(ids[2])},
+  };
+  for (const auto& [bad, reason] : cases) {
+    SCOPED_TRACE(reason);
+    try {
+      c->apply({make_put(photo(100), 100), bad}, {ids[0]});
+      ADD_FAILURE() << "accepted " << bad.record.path;
+    } catch (const StoreError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find((dir / "catalog.db").string()), std::string::npos) << what;
+      EXPECT_NE(what.find(bad.record.path), std::string::npos) << what;
+      EXPECT_NE(what.find(reason), std::string::npos) << what;
+      EXPECT_NE(what.find("nothing written"), std::string::npos) << what;
+    }
+    EXPECT_EQ(c->count(), 6);
+    EXPECT_EQ(c->index_size(), 6);
+    EXPECT_EQ(c->generation(), before_generation);
+    EXPECT_FALSE(c->find_path(photo(100))) << "the good put of the batch was written";
+    EXPECT_TRUE(c->get(ids[0])) << "the batch's removal was applied";
+    EXPECT_EQ(*c->embedding(ids[2]), stored_vector);
+    EXPECT_EQ(search_ids(*c, 3), before_results);
+  }
+  // Within the tolerance is accepted, as reading it back accepts it.
+  auto within = make_put(photo(108), 108);
+  for (auto& x : within.embedding) x *= 1.0009f;
+  EXPECT_NO_THROW(c->apply({within}, {}));
+  EXPECT_TRUE(c->corrupt_ids().empty());
+  c->apply({}, c->ids_under(photo(108)));
+  c.reset();
+
+  for (auto mode : {Mode::Read, Mode::Write}) {
+    auto again = Collection::open(dir, mode);
+    EXPECT_EQ(again->count(), 6);
+    EXPECT_TRUE(again->corrupt_ids().empty());
+    EXPECT_EQ(search_ids(*again, 3), before_results);
+  }
 }
 
 TEST(Collection, L2ReportsDistances) {

@@ -1,7 +1,9 @@
 // Model cards (format in docs/model-card.md), model lookup, and archives that must be refused.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <set>
 #include <tuple>
 
@@ -201,6 +203,85 @@ TEST(ModelCard, PreprocessSpecFollowsTheCard) {
   c.antialias = true;
   c.color_order = "BGR";
   EXPECT_NE(error_of([&] { preprocess_spec(c); }).find("'color_order'"), std::string::npos);
+}
+
+// The preprocessing fingerprint (docs/model-card.md): its canonical text is pinned, it changes
+// with every field that changes the network's input and with no other, it is the same however
+// often the card is read, and the loaded model reports it without it entering the model id.
+TEST(ModelCard, PreprocessFingerprintFollowsEveryPreprocessingFieldOnly) {
+  const ModelCard base = model_card_from_json(documented_card(), "card");
+  const std::string canonical = preprocess_canonical(base);
+  EXPECT_EQ(canonical,
+            "preprocess/1;resize_policy=resize_shorter_center_crop;resize_shorter=256;"
+            "input_size=224;interpolation=bilinear;antialias=true;color_order=RGB;"
+            "mean=0.485,0.456,0.406;std=0.229,0.224,0.225");
+  const std::string fp = preprocess_fingerprint(canonical);
+  ASSERT_EQ(fp.size(), 16u);
+  EXPECT_EQ(fp.find_first_not_of("0123456789abcdef"), std::string::npos) << fp;
+  // Pinned: a collection stores it, so it may never change for the same card.
+  EXPECT_EQ(fp, "f82d9115bd32eea3");
+
+  const std::vector<std::pair<std::string, std::function<void(ModelCard&)>>> edits = {
+      {"mean 0.485,0.456,0.406 -> 0.485,0.5,0.406", [](ModelCard& c) { c.mean[1] = 0.5f; }},
+      {"mean 0.485,0.456,0.406 -> 0.48500004,0.456,0.406",
+       [](ModelCard& c) { c.mean[0] = std::nextafter(0.485f, 1.f); }},
+      {"std 0.229,0.224,0.225 -> 0.229,0.224,0.25", [](ModelCard& c) { c.std[2] = 0.25f; }},
+      {"input_size 224 -> 240", [](ModelCard& c) { c.input_size = 240; }},
+      {"resize_shorter 256 -> 232", [](ModelCard& c) { c.resize_shorter = 232; }},
+      {"resize_shorter 256 -> 0", [](ModelCard& c) { c.resize_shorter = 0; }},
+      {"interpolation bilinear -> bicubic", [](ModelCard& c) { c.interpolation = "bicubic"; }},
+      {"antialias true -> false", [](ModelCard& c) { c.antialias = false; }},
+      {"color_order RGB -> BGR", [](ModelCard& c) { c.color_order = "BGR"; }},
+      {"resize_policy resize_shorter_center_crop -> other",
+       [](ModelCard& c) { c.resize_policy = "other"; }},
+  };
+  std::set<std::string> seen = {fp};
+  for (const auto& [difference, edit] : edits) {
+    ModelCard c = base;
+    edit(c);
+    const std::string text = preprocess_canonical(c);
+    EXPECT_TRUE(seen.insert(preprocess_fingerprint(text)).second) << difference;
+    EXPECT_EQ(preprocess_differences(canonical, text), difference);
+  }
+  EXPECT_EQ(preprocess_differences(canonical, canonical), "");
+  EXPECT_EQ(preprocess_differences("preprocess/1;mean=1,2,3", "preprocess/1;std=1,1,1"),
+            "mean 1,2,3 -> (none); std (none) -> 1,1,1");
+
+  // Fields that do not change the input leave it alone.
+  ModelCard other = base;
+  other.name = "renamed";
+  other.weights_source = "elsewhere";
+  other.embedding_dim = 2048;
+  other.normalized = true;
+  other.precisions = nullptr;
+  other.training = json{{"epochs", 3}};
+  EXPECT_EQ(preprocess_canonical(other), canonical);
+
+  // Stable across loads: the exported card read twice, and after a save and reload.
+  ScratchDir dir;
+  const auto exported = load_model_card(fs::path(kMobileNetArchive).replace_extension(".json"));
+  EXPECT_EQ(preprocess_canonical(exported),
+            preprocess_canonical(
+                load_model_card(fs::path(kMobileNetArchive).replace_extension(".json"))));
+  ModelCard saved = base;
+  saved.precisions = nullptr;
+  save_model_card(saved, dir / "m.json");
+  EXPECT_EQ(preprocess_fingerprint(preprocess_canonical(load_model_card(dir / "m.json"))), fp);
+
+  // The loaded model: same archive, edited mean -> same id, another fingerprint.
+  const auto original = EmbeddingModel::load(kMobileNetArchive, {.threads = 1, .optimize = false});
+  EXPECT_EQ(original->preprocess_canonical(), preprocess_canonical(exported));
+  EXPECT_EQ(original->preprocess_fingerprint(),
+            preprocess_fingerprint(preprocess_canonical(exported)));
+  fs::copy_file(kMobileNetArchive, dir / "edited.pt");
+  json edited = model_card_to_json(exported);
+  edited["precisions"] = nullptr;
+  edited["mean"] = {0.5, 0.5, 0.5};
+  write_text(dir / "edited.json", edited.dump());
+  const auto changed = EmbeddingModel::load(dir / "edited.pt", {.threads = 1, .optimize = false});
+  EXPECT_EQ(changed->id(), original->id());
+  EXPECT_NE(changed->preprocess_fingerprint(), original->preprocess_fingerprint());
+  EXPECT_NE(changed->preprocess_canonical().find("mean=0.5,0.5,0.5"), std::string::npos);
 }
 
 TEST(ModelLookup, ResolvesNamesAndPaths) {

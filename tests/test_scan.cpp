@@ -71,7 +71,7 @@ struct TempDir {
     fs::remove_all(path, ec);
   }
   fs::path file(const std::string& rel, const std::string& content = "x") const {
-    const fs::path p = path / rel;
+    fs::path p = path / rel;
     fs::create_directories(p.parent_path());
     std::ofstream(p, std::ios::binary) << content;
     return p;

@@ -213,6 +213,9 @@ ReembedResult reembed_collection(const ReembedOptions& o,
   config.model_id = model->id();
   config.model_name = engine->model_reference();
   config.dim = dim;
+  // The new vectors' preprocessing, not the source's (the collection refuses any other card).
+  config.preprocess = model->preprocess_canonical();
+  config.preprocess_fingerprint = model->preprocess_fingerprint();
   // Built beside `out` and renamed into place once whole: an interrupted reembed leaves no
   // half collection at `out` (a rerun would refuse it), only a folder the next run replaces.
   const auto partial = fs::path(out.string() + ".partial");

@@ -14,7 +14,8 @@
     query: $('query'), queryImage: $('query-image'), queryCaption: $('query-caption'),
     dropHint: $('drop-hint'),
     searchOptions: $('search-options'), k: $('k-select'), category: $('category-filter'),
-    minScore: $('min-score'), minScoreValue: $('min-score-value'), searchAgain: $('search-again'),
+    minScore: $('min-score'), minScoreValue: $('min-score-value'), minScoreLabel: $('min-score-label'),
+    searchAgain: $('search-again'),
     timings: $('timings'), results: $('results'), resultsEmpty: $('results-empty'),
     resultsHeading: $('results-heading'),
     browseCategory: $('browse-category'), browseLimit: $('browse-limit'),
@@ -36,7 +37,15 @@
     browseLoaded: false,
     browseReq: 0,        // page requests made (a stale answer is dropped)
     browseSeq: 0,        // pages shown so far (data-seq on the grid, for tests)
+    metric: 'cosine',    // the collection's (GET /v1/stats): cosine similarity or l2 distance
+    images: null,        // the collection's image count (GET /v1/stats), null until known
   };
+
+  // Scores are cosine similarities (higher is closer, -1..1) or, for a collection with metric
+  // l2, L2 distances (lower is closer; 0..2 between unit-length embeddings). min_score is a
+  // lower bound on the first and an upper bound on the second (docs/api.md).
+  const isDistance = () => state.metric === 'l2';
+  const L2_SLIDER_MAX = 2;
 
   // ---- status area -------------------------------------------------------------------------
 
@@ -150,6 +159,9 @@
       if (s.dim) parts.push(`${s.dim}-d`);
       if (s.metric) parts.push(s.metric);
       el.stats.textContent = parts.filter(Boolean).join(' · ');
+      state.images = typeof s.images === 'number' ? s.images : null;
+      // A folder with no collection yet has no metric: the first upload creates it as cosine.
+      setMetric(s.metric === 'l2' ? 'l2' : 'cosine');
       const cats = Object.entries(s.categories || {}).sort((a, b) => a[0].localeCompare(b[0]));
       fillCategorySelect(el.category, cats);
       fillCategorySelect(el.browseCategory, cats);
@@ -172,12 +184,34 @@
     }
   }
 
+  // The score slider follows the metric: "Minimum similarity" 0..1 (0: any) for cosine,
+  // "Maximum distance" 0..2 (2: any) for l2.
+  function showMin() {
+    const v = parseFloat(el.minScore.value);
+    const any = isDistance() ? v >= L2_SLIDER_MAX : !(v > 0);
+    el.minScoreValue.textContent = any ? 'any' : v.toFixed(2);
+  }
+
+  function setMetric(metric) {
+    if (metric === state.metric && el.minScore.dataset.metric === metric) return;
+    state.metric = metric;
+    el.minScore.dataset.metric = metric;
+    const dist = isDistance();
+    el.minScoreLabel.textContent = dist ? 'Maximum distance' : 'Minimum similarity';
+    el.minScore.max = String(dist ? L2_SLIDER_MAX : 1);
+    el.minScore.value = String(dist ? L2_SLIDER_MAX : 0);
+    el.minScore.setAttribute('aria-description', dist
+      ? 'L2 distance: lower is closer; results farther than this are left out'
+      : 'cosine similarity: higher is closer; results less similar than this are left out');
+    showMin();
+  }
+
   // ---- tiles -------------------------------------------------------------------------------
 
   function metadataText(md) {
     if (!md) return '';
     return Object.entries(md)
-      .filter(([k]) => k !== 'category' && k !== 'description')
+      .filter(([k]) => k !== 'category' && k !== 'description' && k !== 'filename')
       .map(([k, v]) => `${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' · ');
   }
 
@@ -190,18 +224,24 @@
     const main = node.querySelector('.tile-main');
     const img = node.querySelector('img');
     setImage(img, rec.thumbnail_url);
-    const name = rec.name || `#${rec.id}`;
+    // The name the page uploaded it with (metadata "filename", see addImage), else the stored
+    // file's (an upload's is its content hash).
+    const name = (typeof md.filename === 'string' && md.filename) || rec.name || `#${rec.id}`;
     node.querySelector('.name').textContent = name;
     node.querySelector('.name').title = rec.path || name;
     const scoreEl = node.querySelector('.score');
     if (score !== undefined && score !== null) {
       node.dataset.score = String(score);
       scoreEl.textContent = Number(score).toFixed(3);
-      scoreEl.title = 'cosine similarity';
-      const pct = Math.max(0, Math.min(1, Number(score))) * 100;
+      const dist = isDistance();
+      scoreEl.title = dist ? 'L2 distance (lower is closer)' : 'cosine similarity';
+      node.dataset.scoreKind = dist ? 'distance' : 'similarity';
+      // The bar grows with closeness: a similarity's value, a distance's share of 0..2 left.
+      const closeness = dist ? 1 - Number(score) / L2_SLIDER_MAX : Number(score);
+      const pct = Math.max(0, Math.min(1, closeness)) * 100;
       node.querySelector('.bar > span').style.width = `${pct.toFixed(1)}%`;
       main.setAttribute('aria-label',
-        `#${rec.rank || ''} ${name}, similarity ${Number(score).toFixed(3)}` +
+        `#${rec.rank || ''} ${name}, ${dist ? 'distance' : 'similarity'} ${Number(score).toFixed(3)}` +
         `${md.category ? ', ' + md.category : ''}. Search for more like this`);
     } else {
       node.querySelector('.score-line').remove();
@@ -219,9 +259,11 @@
     open.href = rec.file_url;
     open.setAttribute('aria-label', `Open full image ${name}`);
     open.addEventListener('click', (e) => openFile(e, rec.file_url));
+    // The button is replaced (or hidden with its view) by the results it asks for: focus
+    // then goes to the results heading, not to the page's start.
     main.addEventListener('click', () => {
       showView('search');
-      searchBy({ id: rec.id, name, thumb: rec.thumbnail_url });
+      searchBy({ id: rec.id, name, thumb: rec.thumbnail_url }, true, true);
     });
     return node;
   }
@@ -238,7 +280,8 @@
   function searchParams() {
     const p = { k: parseInt(el.k.value, 10) || 10 };
     const min = parseFloat(el.minScore.value);
-    if (min > 0) p.min_score = min;
+    // The slider's "any" end: 0 for a similarity, its maximum for a distance.
+    if (isDistance() ? min < L2_SLIDER_MAX : min > 0) p.min_score = min;
     if (el.category.value) p.category = el.category.value;
     return p;
   }
@@ -260,7 +303,9 @@
 
   // reveal: a new query (not a changed option) scrolls the results into view where they start
   // below the screen (a phone shows the query panel and options first).
-  async function searchBy(q, reveal = true) {
+  // focusResults: move the keyboard focus to the results heading once they are shown (the
+  // search was started from a result tile, which the new results replace).
+  async function searchBy(q, reveal = true, focusResults = false) {
     state.lastQuery = q;
     el.searchAgain.disabled = false;
     showQuery(q);
@@ -285,12 +330,13 @@
     try {
       const res = await api('/v1/search', req);
       if (seq !== state.searchSeq) return;  // a later search superseded this one
-      renderResults(res, q);
+      const empty = renderResults(res, q, p);
       if (reveal) revealResults();
+      if (focusResults) el.resultsHeading.focus();
       el.results.dataset.seq = String(seq);
       el.results.dataset.state = 'ok';
       const n = res.results.length;
-      setStatus(`${n} result${n === 1 ? '' : 's'}` +
+      setStatus(empty || `${n} result${n === 1 ? '' : 's'}` +
                 (p.category ? ` in ${p.category}` : '') +
                 (q.id !== undefined ? ` like #${q.id}` : ''), 'ok');
     } catch (err) {
@@ -302,6 +348,7 @@
       el.resultsHeading.textContent = 'Results';
       el.resultsEmpty.textContent = 'The search failed: see the message above.';
       el.resultsEmpty.hidden = false;
+      if (focusResults) el.resultsHeading.focus();
       el.results.dataset.seq = String(seq);
       el.results.dataset.state = 'error';
     } finally {
@@ -309,26 +356,46 @@
     }
   }
 
-  function renderResults(res, q) {
+  // Returns the message for an answer with no results and no filter (an empty collection),
+  // else ''.
+  function renderResults(res, q, p) {
     revokeBlobs(el.results);
     const query = res.query || {};
     el.results.dataset.queryId = query.id === null || query.id === undefined ? '' : String(query.id);
     el.results.dataset.queryName = query.name || '';
     el.results.dataset.generation = res.generation === undefined ? '' : String(res.generation);
     el.results.replaceChildren(...res.results.map((r) => makeTile(r, r.score)));
-    el.resultsEmpty.hidden = res.results.length > 0;
-    el.resultsEmpty.textContent = res.results.length ? '' : 'No images match these filters.';
-    el.resultsHeading.textContent = `Results (${res.results.length})`;
+    const n = res.results.length;
+    const filtered = p.category !== undefined || p.min_score !== undefined;
     const t = res.timings || {};
-    const fmt = (v) => (typeof v === 'number' ? `${v.toFixed(1)} ms` : '–');
+    // The server answers a search on a collection that does not exist yet without running one
+    // (all timings 0); a collection with no image, or none but the query, finds nothing either.
+    const ranNothing = t.total_ms === 0;
+    let empty = '';
+    if (!n && !filtered) {
+      empty = q.id !== undefined && !ranNothing && state.images !== 0
+        ? 'No other images in the collection yet: add some under "Add image".'
+        : 'The collection is empty: add images first under "Add image".';
+    }
+    el.resultsEmpty.hidden = n > 0;
+    el.resultsEmpty.textContent = n ? '' : empty || 'No images match these filters.';
+    el.results.dataset.empty = empty ? 'collection' : n ? '' : 'filters';
+    el.resultsHeading.textContent = `Results (${n})`;
     el.timings.replaceChildren();
+    if (ranNothing) return empty;
+    // A search by id decodes and embeds nothing: the API sends 0 for those stages.
+    const byId = q.id !== undefined;
+    const fmt = (v, key) => (typeof v !== 'number' || (byId && (key === 'decode_ms' || key === 'embed_ms'))
+      ? '–' : `${v.toFixed(1)} ms`);
     for (const [label, key] of [['decode', 'decode_ms'], ['embed', 'embed_ms'],
                                 ['search', 'search_ms'], ['total', 'total_ms']]) {
       const span = document.createElement('span');
       span.dataset.timing = key;
-      span.textContent = `${label} ${fmt(t[key])}`;
+      span.textContent = `${label} ${fmt(t[key], key)}`;
+      if (span.textContent.endsWith('–')) span.title = 'not run: a search by id reuses the stored embedding';
       el.timings.appendChild(span);
     }
+    return empty;
   }
 
   function revealResults() {
@@ -367,13 +434,22 @@
   }
 
   async function loadBrowse(after, stack) {
-    const params = new URLSearchParams({ after: String(after), limit: el.browseLimit.value });
-    if (el.browseCategory.value) params.append('where', categoryTerm(el.browseCategory.value));
+    const limit = parseInt(el.browseLimit.value, 10);
+    const params = new URLSearchParams({ after: String(after), limit: String(limit) });
+    const filtered = !!el.browseCategory.value;
+    if (filtered) params.append('where', categoryTerm(el.browseCategory.value));
     el.browseGrid.setAttribute('aria-busy', 'true');
     const req = ++state.browseReq;
     try {
-      const res = await api(`/v1/images?${params}`);
+      // Unfiltered, the collection's image count (GET /v1/stats, asked with the page so that it
+      // is current) gives the number of pages; a filtered list has no total.
+      const [res, stats] = await Promise.all([
+        api(`/v1/images?${params}`),
+        filtered ? null : api('/v1/stats').catch(() => null),
+      ]);
       if (req !== state.browseReq) return;  // a later page request superseded this one
+      const total = stats && typeof stats.images === 'number' ? stats.images : null;
+      if (total !== null) state.images = total;
       if (!res.images.length && after > 0 && stack.length > state.browseStack.length) {
         // next_after named a page that turned out empty (the last page was exactly full).
         state.browseNextAfter = null;
@@ -388,12 +464,18 @@
       revokeBlobs(el.browseGrid);
       el.browseGrid.replaceChildren(...res.images.map((r) => makeTile(r)));
       const page = state.browseStack.length + 1;
-      const cat = el.browseCategory.value ? ` in ${el.browseCategory.value}` : '';
+      const pages = total === null ? null : Math.max(1, Math.ceil(total / limit));
+      // The last page, exactly full, still has a next_after: its next page would be empty.
+      if (pages !== null && page >= pages) state.browseNextAfter = null;
+      const cat = filtered ? ` in ${el.browseCategory.value}` : '';
+      const of = pages === null ? '' : ` of ${pages} (${total} image${total === 1 ? '' : 's'})`;
       el.browseInfo.textContent = res.images.length
-        ? `Page ${page}${cat}: images #${res.images[0].id} to #${res.images[res.images.length - 1].id}`
-        : `No images${cat}.`;
+        ? `Page ${page}${of}${cat}: images #${res.images[0].id} to #${res.images[res.images.length - 1].id}`
+        : (total === 0 ? 'The collection is empty: add images first under "Add image".' : `No images${cat}.`);
       el.browseGrid.dataset.seq = String(++state.browseSeq);
       el.browseGrid.dataset.after = String(after);
+      el.browseGrid.dataset.page = String(page);
+      el.browseGrid.dataset.pages = pages === null ? '' : String(pages);
       el.browseNext.disabled = state.browseNextAfter === null;
       el.browsePrev.disabled = el.browseFirst.disabled = state.browseStack.length === 0;
     } catch (err) {
@@ -415,6 +497,9 @@
     if (!file) { setStatus('Error: choose an image to add', 'error'); el.addFile.focus(); return; }
     const form = new FormData();
     form.append('image', file, file.name);
+    // The API stores an upload under its content hash and keeps no name: the page keeps the
+    // file's own in metadata "filename" and shows it in place of the stored name (docs/api.md).
+    if (file.name) form.append('metadata', JSON.stringify({ filename: file.name }));
     const desc = el.addDescription.value.trim();
     const cat = el.addCategory.value.trim();
     if (desc) form.append('description', desc);
@@ -556,10 +641,6 @@
     const rerun = () => { if (state.lastQuery) searchBy(state.lastQuery, false); };
     el.k.addEventListener('change', rerun);
     el.category.addEventListener('change', rerun);
-    const showMin = () => {
-      const v = parseFloat(el.minScore.value);
-      el.minScoreValue.textContent = v > 0 ? v.toFixed(2) : 'any';
-    };
     el.minScore.addEventListener('input', showMin);
     // Each arrow key on the slider is a change: search once the keys stop (a search by file
     // re-embeds the image every time).
@@ -569,7 +650,7 @@
       clearTimeout(minTimer);
       minTimer = setTimeout(rerun, 400);
     });
-    showMin();
+    setMetric('cosine');
 
     el.browseCategory.addEventListener('change', browseFromStart);
     el.browseLimit.addEventListener('change', browseFromStart);

@@ -11,6 +11,10 @@
 // API's 401 in the status area, with a wrong key its 403, and the key saved in the page must
 // survive a reload. --mode private runs the short check for a server with --api-key KEY --private
 // instead: the page shows the 401, and with the key saved searches and thumbnails work.
+// --mode l2 --total N: a collection with metric l2 of N images (N = a page of 12): scores are
+// distances (ascending, labelled so, bars shrinking), the slider a maximum distance, and browse
+// shows "Page 1 of 1 (N images)" with Next disabled. --mode empty: a server on a folder with no
+// collection yet: a search says the collection is empty and shows no timings.
 // The collection must hold at least k images in several categories (metadata "category"), and
 // --add must be a photo not in it. Screenshots (PNG) go to DIR. Exit 0 when every check passes,
 // 1 with "FAIL: ..." otherwise.
@@ -25,7 +29,7 @@ for (let i = 2; i < process.argv.length; i += 2) {
   if (process.argv[i + 1] === undefined) throw new Error(`${process.argv[i]} needs a value`);
   opts[key] = process.argv[i + 1];
 }
-for (const need of ['base', 'query', 'out', ...(opts.mode === 'private' ? [] : ['add'])]) {
+for (const need of ['base', 'query', 'out', ...(opts.mode && opts.mode !== 'main' ? [] : ['add'])]) {
   if (!opts[need]) {
     console.error(`usage: node browser.mjs --base URL --query IMG --add IMG --out DIR [--k N]\nmissing --${need}`);
     process.exit(2);
@@ -35,7 +39,7 @@ const BASE = opts.base.replace(/\/$/, '');
 const K = parseInt(opts.k, 10);
 const OUT = opts.out;
 const API_KEY = opts['api-key'] || '';
-const MODE = opts.mode || 'main';  // main | private (a server with --api-key KEY --private)
+const MODE = opts.mode || 'main';  // main | private (--api-key KEY --private) | l2 | empty
 if (MODE === 'private' && !API_KEY) throw new Error('--mode private needs --api-key');
 const ADDED_CATEGORY = 'test-added';
 const ADDED_DESCRIPTION = `added by the browser test ${Date.now()}`;
@@ -196,6 +200,137 @@ async function privateChecks() {
   failedResponses.length = 0;
 }
 
+async function sliderTo(value) {
+  await page.$eval('#min-score', (el, v) => {
+    el.value = String(v);
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+    el.dispatchEvent(new Event('change', { bubbles: true }));
+  }, value);
+}
+
+// A collection with metric l2: scores are distances (lower is closer).
+async function l2Checks() {
+  step(`open ${BASE}/ (collection with metric l2)`);
+  // Records what the page sends to /v1/search (multipart fields or JSON), for the checks below.
+  await page.addInitScript(() => {
+    window.__searches = [];
+    const real = window.fetch;
+    window.fetch = (url, init = {}) => {
+      if (String(url).endsWith('/v1/search')) {
+        const b = init.body;
+        window.__searches.push(b instanceof FormData
+          ? Object.fromEntries([...b.entries()].filter(([, v]) => typeof v === 'string'))
+          : JSON.parse(b));
+      }
+      return real(url, init);
+    };
+  });
+  await page.goto(BASE + '/', { waitUntil: 'load' });
+  await waitStats();
+  await page.waitForFunction(() => /\bl2\b/.test(document.getElementById('stats').textContent));
+  await page.waitForFunction(() => document.getElementById('min-score-label').textContent === 'Maximum distance')
+    .catch(() => { throw new CheckFailed('l2: the slider is not labelled "Maximum distance"'); });
+  const slider = await page.$eval('#min-score', (e) => ({ min: e.min, max: e.max, value: e.value }));
+  check(slider.min === '0' && slider.max === '2' && slider.value === '2', `l2: slider ${JSON.stringify(slider)}, expected 0..2 at 2`);
+  check(await page.locator('#min-score-value').innerText() === 'any', 'l2: the slider does not start at "any"');
+
+  step('l2: search by file shows distances, closest first');
+  let seq = await resultsSeq();
+  // The parameters of the last search the page sent (its fields other than the image).
+  const lastSent = () => page.evaluate(() => window.__searches[window.__searches.length - 1]);
+  await page.setInputFiles('#file-input', opts.query);
+  let results = await waitSearch(seq, 'l2 search');
+  check(results.length === K, `l2 search: ${results.length} results, expected ${K}`);
+  let params = await lastSent();
+  check(params && params.k === String(K) && !('min_score' in params),
+        `l2 search: sent ${JSON.stringify(params)} with the slider at "any"`);
+  if (opts.expect) {
+    const want = opts.expect.split(',').map((e) => e.split(':').map(Number));
+    check(want.every(([id, d], i) => results[i] && results[i].id === id && Math.abs(results[i].score - d) < 1e-4),
+          `l2 search: the page shows ${JSON.stringify(results.map((r) => [r.id, r.score]))}, the CLI ${JSON.stringify(want)}`);
+  }
+  const tiles = await page.$$eval('#results [data-testid=result]', (ts) => ts.map((t) => ({
+    kind: t.dataset.scoreKind, title: t.querySelector('.score').title,
+    bar: parseFloat(t.querySelector('.bar > span').style.width),
+    label: t.querySelector('.tile-main').getAttribute('aria-label') })));
+  for (let i = 0; i < results.length; i++) {
+    check(tiles[i].kind === 'distance' && /distance/i.test(tiles[i].title) && !/similarity/i.test(tiles[i].title),
+          `l2: tile ${i} says "${tiles[i].title}" (${tiles[i].kind}), expected a distance`);
+    check(/distance \d/.test(tiles[i].label) && !/similarity/.test(tiles[i].label), `l2: tile ${i} aria-label "${tiles[i].label}"`);
+    if (i > 0) {
+      check(results[i].score >= results[i - 1].score - 1e-6, `l2: distances not ascending: ${results.map((r) => r.score)}`);
+      check(tiles[i].bar <= tiles[i - 1].bar + 1e-6, `l2: the bar grows with the distance: ${tiles.map((t) => t.bar)}`);
+    }
+  }
+  check(tiles[0].bar > tiles[tiles.length - 1].bar, `l2: bars all ${tiles[0].bar}%`);
+  await waitThumbnails('#results img', 'l2 search');
+  await shot('l2-1-search');
+
+  step('l2: the slider is a maximum distance');
+  const all = results;
+  const max = Math.round(((all[0].score + all[all.length - 1].score) / 2) * 100) / 100;
+  seq = await resultsSeq();
+  await sliderTo(max);
+  results = await waitSearch(seq, `max distance ${max}`);
+  params = await lastSent();
+  check(params && Number(params.min_score) === max, `l2: sent ${JSON.stringify(params)}, expected min_score ${max}`);
+  check(results.length >= 1 && results.length < all.length, `max distance ${max}: ${results.length} of ${all.length} results`);
+  check(results.every((r) => r.score <= max + 1e-6), `max distance ${max}: results ${results.map((r) => r.score)} farther`);
+  // The closest ones are kept, the farthest dropped.
+  check(results.every((r, i) => r.id === all[i].id), 'max distance: not the closest of the unfiltered results');
+  check((await page.locator('#min-score-value').innerText()) === max.toFixed(2), 'max distance: the value is not shown');
+  console.log(`  max distance ${max}: ${results.length} of ${all.length} results`);
+  await shot('l2-2-slider');
+  seq = await resultsSeq();
+  await sliderTo(2);
+  results = await waitSearch(seq, 'max distance any');
+  check(results.length === all.length, `max distance any: ${results.length} results`);
+
+  step('l2: more like this keeps distances, ascending');
+  seq = await resultsSeq();
+  await page.locator(`#results [data-testid=result][data-id="${all[0].id}"] .tile-main`).click();
+  results = await waitSearch(seq, 'l2 more like this');
+  for (let i = 1; i < results.length; i++) check(results[i].score >= results[i - 1].score - 1e-6, 'l2 by id: not ascending');
+
+  step('browse: a single page, exactly full');
+  await page.click('#tab-browse');
+  await page.waitForSelector('#browse-grid[data-seq]');
+  const bseq = Number(await page.locator('#browse-grid').getAttribute('data-seq'));
+  await page.selectOption('#browse-limit', '12');
+  await page.waitForFunction((b) => Number(document.getElementById('browse-grid').dataset.seq) > b, bseq);
+  const total = Number(opts.total);
+  const count = await page.locator('#browse-grid [data-testid=result]').count();
+  const info = await page.locator('#browse-info').innerText();
+  check(count === total && info.startsWith(`Page 1 of 1 (${total} images)`), `l2 browse: ${count} tiles, info "${info}"`);
+  check(await page.isDisabled('#browse-next'), `l2 browse: Next enabled on the only page (${info})`);
+  await waitThumbnails('#browse-grid img', 'l2 browse');
+  await shot('l2-3-browse-one-page');
+}
+
+// A server on a folder with no collection yet.
+async function emptyChecks() {
+  step(`open ${BASE}/ (no collection yet)`);
+  await page.goto(BASE + '/', { waitUntil: 'load' });
+  await page.waitForFunction(() => /\b0 images\b/.test(document.getElementById('stats').textContent));
+  const seq = await resultsSeq();
+  await page.setInputFiles('#file-input', opts.query);
+  await waitSearch(seq, 'search an empty collection');
+  const empty = await page.locator('#results-empty').innerText();
+  check(/collection is empty/.test(empty) && /add images/i.test(empty) && !/filter/.test(empty),
+        `empty: the page says "${empty}", expected that the collection is empty`);
+  check(/collection is empty/.test(await page.locator('#status').innerText()), 'empty: the status does not say so');
+  const timings = await page.locator('#timings').innerText();
+  check(timings.trim() === '' && !(await page.locator('#timings').isVisible()),
+        `empty: timings "${timings}" shown for a search that never ran`);
+  await shot('empty-1-search', false);
+  await page.click('#tab-browse');
+  await page.waitForSelector('#browse-grid[data-seq]', { state: 'attached' });  // empty: no height
+  const info = await page.locator('#browse-info').innerText();
+  check(/collection is empty/.test(info), `empty browse: "${info}"`);
+  check(await page.isDisabled('#browse-next'), 'empty browse: Next enabled');
+  await shot('empty-2-browse', false);
+}
+
 async function mainChecks() {
   step(`open ${BASE}/`);
   const resp = await page.goto(BASE + '/', { waitUntil: 'load' });
@@ -249,6 +384,11 @@ async function mainChecks() {
   check(await page.locator('#query-caption').innerText().then((t) => t.includes(`#${clicked.id}`)),
         'more like this: the query panel does not show the clicked image');
   await waitThumbnails('#results img', 'more like this');
+  // A search by id decodes and embeds nothing: "–" for those stages, not "0.0 ms".
+  const idTimings = await page.locator('#timings').innerText();
+  check(/decode –/.test(idTimings) && /embed –/.test(idTimings) &&
+        /search \d+(\.\d+)? ms/.test(idTimings) && /total \d+(\.\d+)? ms/.test(idTimings),
+        `more like this: timings "${idTimings}", expected decode – embed – and search/total in ms`);
   await shot('2-more-like-this');
 
   step('keyboard: Tab to a result and press Enter');
@@ -260,6 +400,23 @@ async function mainChecks() {
   results = await waitSearch(seq, 'more like this (Enter)');
   q = await queryInfo();
   check(q.id === String(target.id), `Enter on a result: query id is "${q.id}", expected ${target.id}`);
+  // The tile that had the focus is gone: the focus moves to the results heading, not the body.
+  const focused = await page.evaluate(() => {
+    const a = document.activeElement;
+    return { id: a.id, tag: a.tagName, visible: !!a.offsetParent };
+  });
+  check(focused.id === 'results-heading' && focused.visible,
+        `Enter on a result: the focus went to ${JSON.stringify(focused)}, not the results heading`);
+  await shot('3a-focus-after-enter', false);
+  // Space does the same (a button's own key).
+  const spaceTarget = results[0];
+  await page.locator(`#results [data-testid=result][data-id="${spaceTarget.id}"] .tile-main`).focus();
+  seq = await resultsSeq();
+  await page.keyboard.press(' ');
+  results = await waitSearch(seq, 'more like this (Space)');
+  check((await queryInfo()).id === String(spaceTarget.id), 'Space on a result: wrong query');
+  check(await page.evaluate(() => document.activeElement.id) === 'results-heading',
+        'Space on a result: the focus is not on the results heading');
   // A real Tab from the previous element reaches the tiles and shows a focus ring.
   await page.locator('#search-again').focus();
   await page.keyboard.press('Tab');
@@ -371,7 +528,18 @@ async function mainChecks() {
   await page.waitForFunction((c) => [...document.querySelectorAll('#browse-category option')]
     .some((o) => o.value === c), ADDED_CATEGORY);
   await waitThumbnails('#add-result img', 'add');
-  console.log(`  added #${addedId}`);
+  // The upload is stored under its content hash: the page keeps and shows the file's own name.
+  const addedName = await page.locator('#add-result .name').innerText();
+  check(addedName === path.basename(opts.add),
+        `add: the new tile is named "${addedName}", expected the uploaded file's "${path.basename(opts.add)}"`);
+  const addedRecord = await page.evaluate(async ([id, key]) =>
+    (await fetch(`/v1/images/${id}`, { headers: key ? { Authorization: `Bearer ${key}` } : {} })).json(),
+  [addedId, API_KEY]);
+  check(addedRecord.metadata && addedRecord.metadata.filename === path.basename(opts.add) &&
+        addedRecord.metadata.category === ADDED_CATEGORY &&
+        addedRecord.metadata.description === ADDED_DESCRIPTION,
+        `add: stored metadata ${JSON.stringify(addedRecord.metadata)} lacks filename/category/description`);
+  console.log(`  added #${addedId} as ${addedName}`);
   await shot('5-add');
   if (API_KEY) {
     step('the API key survives a reload (localStorage)');
@@ -397,6 +565,27 @@ async function mainChecks() {
   };
   let tiles = await waitBrowse(bseq, 'browse page 1 (12 per page)');
   check(tiles.length === 12, `browse: page 1 holds ${tiles.length} images, expected 12`);
+  // Totals from GET /v1/stats: "Page 1 of M (T images)"; Next disabled on page M only.
+  const total = await page.evaluate(async (key) =>
+    (await (await fetch('/v1/stats', { headers: key ? { Authorization: `Bearer ${key}` } : {} })).json()).images,
+  API_KEY);
+  const pages = Math.ceil(total / 12);
+  let info = await page.locator('#browse-info').innerText();
+  check(info.startsWith(`Page 1 of ${pages} (${total} images)`), `browse: info "${info}", expected "Page 1 of ${pages} (${total} images)"`);
+  check(!(await page.isDisabled('#browse-next')), 'browse: Next disabled on page 1');
+  for (let n = 2; n <= pages; n++) {
+    const before = Number(await page.locator('#browse-grid').getAttribute('data-seq'));
+    await page.click('#browse-next');
+    tiles = await waitBrowse(before, `browse page ${n}`);
+  }
+  info = await page.locator('#browse-info').innerText();
+  check(info.startsWith(`Page ${pages} of ${pages} (${total} images)`), `browse: last page info "${info}"`);
+  check(await page.isDisabled('#browse-next'), `browse: Next enabled on the last page (${info})`);
+  check(tiles.length === total - 12 * (pages - 1), `browse: the last page holds ${tiles.length} images`);
+  console.log(`  ${info}`);
+  bseq = Number(await page.locator('#browse-grid').getAttribute('data-seq'));
+  await page.click('#browse-first');
+  tiles = await waitBrowse(bseq, 'browse first page');
   const page1 = tiles.map((t) => t.id);
   bseq = Number(await page.locator('#browse-grid').getAttribute('data-seq'));
   await page.click('#browse-next');
@@ -412,6 +601,8 @@ async function mainChecks() {
   check(tiles.some((t) => t.id === addedId && t.category === ADDED_CATEGORY && t.text.includes(ADDED_DESCRIPTION)),
         `browse ${ADDED_CATEGORY}: #${addedId} with its description not found among ${JSON.stringify(tiles)}`);
   check(tiles.every((t) => t.category === ADDED_CATEGORY), `browse ${ADDED_CATEGORY}: other categories shown`);
+  check(tiles.some((t) => t.id === addedId && t.text.includes(path.basename(opts.add))),
+        `browse ${ADDED_CATEGORY}: #${addedId} is not shown under its file name ${path.basename(opts.add)}`);
   await waitThumbnails('#browse-grid img', 'browse');
   await shot('6-browse');
 
@@ -489,6 +680,22 @@ async function mainChecks() {
   await shot('10-phone-dark', false);
   await page.emulateMedia({ colorScheme: 'light' });
 
+  step('phone 375x740: the API key panel opens inside the screen');
+  await page.setViewportSize({ width: 375, height: 740 });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  if (!(await page.locator('#api-key').isVisible())) await page.click('#settings summary');
+  for (const sel of ['#key-form', '#api-key', '#api-key-save', '#api-key-clear']) {
+    const box = await page.locator(sel).boundingBox();
+    check(box && box.x >= 0 && box.y >= 0 && box.x + box.width <= 375 + 0.5,
+          `phone 375: ${sel} at ${JSON.stringify(box)} is not inside the 375 px viewport`);
+  }
+  const keyOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(keyOverflow <= 0, `phone 375: with the key panel open the page is ${keyOverflow} px too wide`);
+  await page.focus('#api-key');
+  await shot('12-phone-key-panel', false);
+  await page.click('#settings summary');
+  await page.setViewportSize({ width: 390, height: 844 });
+
   step('phone: a new search brings its results into view');
   await page.evaluate(() => window.scrollTo(0, 0));
   seq = await resultsSeq();
@@ -511,6 +718,8 @@ async function mainChecks() {
 let exitCode = 0;
 try {
   if (MODE === 'private') await privateChecks();
+  else if (MODE === 'l2') await l2Checks();
+  else if (MODE === 'empty') await emptyChecks();
   else await mainChecks();
   check(pageErrors.length === 0, `JavaScript errors on the page: ${pageErrors.join('; ')}`);
   check(foreignRequests.length === 0, `the page fetched from other hosts: ${foreignRequests.join(', ')}`);

@@ -3,7 +3,10 @@ manifest), starts `lookalike serve`, and runs tests/browser/browser.mjs (Debian'
 playwright-core) against it: search by file, drag and drop, paste, more-like-this by click and
 Enter, category filter, min-score slider, k, add an image, browse by page, an API error, a phone
 layout, the API key (401/403 shown, key kept in localStorage); then, restarted with --private,
-thumbnails and searches with the key. Screenshots go to <build>/test-artifacts/browser/. Skips
+thumbnails and searches with the key; then a 12-photo collection with metric l2 (scores shown as
+distances, the slider a maximum distance, browse totals with an exactly full last page); then a
+folder with no collection yet (the page says the collection is empty, shows no timings).
+Screenshots go to <build>/test-artifacts/browser/. Skips
 (exit 77) without chromium, node or tests/browser/node_modules/playwright-core."""
 import csv
 import os
@@ -60,6 +63,15 @@ expected, _ = run_json("search", query, "-k", 10, collection=coll, check=0)
 expect = ",".join(f"{r['id']}:{r['score']:.6f}" for r in expected["results"])
 assert len(expected["results"]) == 10, expected
 
+# A collection with metric l2: 12 photos (one page of 12 exactly), for distances and totals.
+coll_l2 = work / "collection-l2"
+gallery_l2 = images("train", per_class=2)[:12]
+summary, _ = run_json("index", "--metric", "l2", *gallery_l2, collection=coll_l2, check=0)
+assert summary["added"] == 12 and summary["failed"] == 0, summary
+expected_l2, _ = run_json("search", query, "-k", 10, collection=coll_l2, check=0)
+expect_l2 = ",".join(f"{r['id']}:{r['score']:.6f}" for r in expected_l2["results"])
+assert len(expected_l2["results"]) == 10, expected_l2
+
 API_KEY = secrets.token_urlsafe(16)
 if ARTIFACTS.exists():
     shutil.rmtree(ARTIFACTS)
@@ -72,13 +84,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve_and_drive(name, serve_args, browser_args):
+def serve_and_drive(name, serve_args, browser_args, collection=coll):
     """Starts `lookalike serve` on a free port, waits for /readyz, runs browser.mjs, stops the
     server with SIGTERM and checks that it exits 0. Returns the seconds browser.mjs took."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server_log = ARTIFACTS / f"server-{name}.log"
-    cmd = [BIN, "serve", "--port", str(port), "--collection", str(coll), "--model", MODEL,
+    cmd = [BIN, "serve", "--port", str(port), "--collection", str(collection), "--model", MODEL,
            *serve_args]
     if os.environ.get("LOOKALIKE_WEB_DIR"):  # development: the page from a folder, not the binary
         cmd += ["--web-dir", os.environ["LOOKALIKE_WEB_DIR"]]
@@ -143,6 +155,11 @@ serve_and_drive("main", ["--api-key", API_KEY],
 # Everything under /v1 needs it (--private): thumbnails and searches with the saved key.
 serve_and_drive("private", ["--api-key", API_KEY, "--private"],
                 ["--mode", "private", "--api-key", API_KEY])
+# Metric l2: distances, not similarities; the slider is a maximum distance.
+serve_and_drive("l2", [], ["--mode", "l2", "--expect", expect_l2, "--total", "12"],
+                collection=coll_l2)
+# No collection yet (the first upload would create it): "empty", not "no match", no timings.
+serve_and_drive("empty", [], ["--mode", "empty"], collection=work / "not-yet")
 
 shots = sorted(p.name for p in ARTIFACTS.glob("*.png"))
 assert len(shots) >= 10 and not any(n.startswith("failure") for n in shots), shots
