@@ -38,21 +38,29 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
+// The names of `app`'s commands, in the order they were added.
+std::vector<std::string> command_names(const CLI::App& app) {
+  std::vector<std::string> names;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
+    names.push_back(sub->get_name());
+  return names;
+}
+
 // "lookalike: 'serch' is not a command; did you mean 'search'? Commands: index, search, ..."
 std::string unknown_command_message(const CLI::App& app, const std::string& word) {
-  std::string names, closest;
+  const auto names = command_names(app);
+  std::string closest;
   std::size_t best = 3;  // suggest only within two edits
-  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
-    const std::string& name = sub->get_name();
-    names += (names.empty() ? "" : ", ") + name;
+  for (const auto& name : names) {
     if (const std::size_t d = edit_distance(word, name); d < best) {
       best = d;
       closest = name;
     }
   }
-  return "lookalike: error: '" + word + "' is not a command" +
-         (closest.empty() ? "" : "; did you mean '" + closest + "'?") + "\nCommands: " + names +
-         " (lookalike --help says more)\n";
+  return fmt::format(
+      "lookalike: error: '{}' is not a command{}\nCommands: {} (lookalike --help "
+      "says more)\n",
+      word, closest.empty() ? "" : "; did you mean '" + closest + "'?", fmt::join(names, ", "));
 }
 
 // The commands a parse reached, outermost first (`models calibrate`: models, then calibrate).
@@ -81,11 +89,12 @@ std::string kind_of_value(const CLI::Option& opt) {
 // to read more.
 std::string usage_error_message(const CLI::App& app, const CLI::ParseError& e) {
   const auto chain = parsed_chain(app);
-  auto find_option = [&](const std::string& name) -> const CLI::Option* {
+  // What the named option's value should be ("an integer"), innermost command first.
+  auto kind_for = [&](const std::string& name) -> std::string {
     for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
-      if (const CLI::Option* opt = (*it)->get_option_no_throw(name)) return opt;
+      if (const CLI::Option* opt = (*it)->get_option_no_throw(name)) return kind_of_value(*opt);
     }
-    return nullptr;
+    return {};
   };
   std::string command = "lookalike";
   for (std::size_t i = 1; i < chain.size(); ++i) command += " " + chain[i]->get_name();
@@ -95,13 +104,11 @@ std::string usage_error_message(const CLI::App& app, const CLI::ParseError& e) {
   // CLI::Range's message, also for a value that is no number at all ("--threads abc").
   static const std::regex range(R"(^(\S+): Value ([\s\S]*) not in range (\S+) to (\S+)$)");
   if (std::regex_match(message, m, conversion)) {
-    const CLI::Option* opt = find_option(m[1].str());
-    const std::string kind = opt != nullptr ? kind_of_value(*opt) : std::string();
+    const std::string kind = kind_for(m[1].str());
     message = fmt::format("{}: '{}' is not {}", m[1].str(), m[2].str(),
                           kind.empty() ? "a valid value" : kind);
   } else if (std::regex_match(message, m, range)) {
-    const CLI::Option* opt = find_option(m[1].str());
-    const std::string kind = opt != nullptr ? kind_of_value(*opt) : std::string();
+    const std::string kind = kind_for(m[1].str());
     double value = 0;
     const std::string text = m[2].str();
     const auto [at, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -110,10 +117,7 @@ std::string usage_error_message(const CLI::App& app, const CLI::ParseError& e) {
                                                     text, m[3].str(), m[4].str())
                                       : fmt::format("{}: '{}' is not {}", m[1].str(), text, kind);
   } else if (message == "A subcommand is required") {
-    std::string names;
-    for (const CLI::App* sub : chain.back()->get_subcommands([](const CLI::App*) { return true; }))
-      names += (names.empty() ? "" : ", ") + sub->get_name();
-    message = "give a command: " + names;
+    message = fmt::format("give a command: {}", fmt::join(command_names(*chain.back()), ", "));
   } else if (!message.empty() && message[0] >= 'A' && message[0] <= 'Z' &&
              (message.size() < 2 || (message[1] >= 'a' && message[1] <= 'z'))) {
     message[0] = static_cast<char>(message[0] - 'A' + 'a');  // "The following arguments ..."

@@ -38,6 +38,8 @@ PhotoSet load_photos(const CalibrateOptions& o) {
     auto labelled = load_labelled_set(o.images);
     set.files = std::move(labelled.files);
     set.labels = std::move(labelled.labels);
+  } catch (const RepeatedImageError&) {
+    throw;
   } catch (const LabelError&) {
     auto scan = pipeline::scan_inputs({o.images});
     for (auto& f : scan.files) set.files.push_back(f.path);

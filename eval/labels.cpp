@@ -104,7 +104,7 @@ LabelledSet from_manifest(const fs::path& csv, const std::string& label_column,
   if (!scan.repeated_rows.empty()) {
     const auto& d = scan.repeated_rows.front();
     const auto more = scan.repeated_rows.size() - 1;
-    throw LabelError(fmt::format(
+    throw RepeatedImageError(fmt::format(
         "{}: {} and {} both list {}; list each image once, with its label{}", csv.string(),
         d.first_row, d.repeat_row, d.path.string(),
         more > 0 ? fmt::format(" ({} more rows repeat an earlier row's path)", more) : ""));

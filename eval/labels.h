@@ -30,6 +30,14 @@ class LabelError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A manifest that lists one image twice: its labels contradict or repeat each other, so no
+// command may read it as unlabelled photos instead (`models calibrate` falls back to that for
+// other label errors).
+class RepeatedImageError : public LabelError {
+ public:
+  using LabelError::LabelError;
+};
+
 struct LabelledSet {
   std::filesystem::path source;              // the folder or manifest given
   std::vector<std::filesystem::path> files;  // absolute, lexically normal, unique
@@ -41,9 +49,10 @@ struct LabelledSet {
 };
 
 // Throws LabelError (naming `source`) when it does not exist, is neither a folder nor a ".csv"
-// file, has no labelled image, or (manifest) repeats a path (naming both rows and the path) or
-// lacks the label column (the message lists the columns it has). Manifest parse errors come from
-// read_manifest (std::runtime_error naming the file) and are rethrown as LabelError.
+// file, has no labelled image, or (manifest) lacks the label column (the message lists the
+// columns it has); RepeatedImageError when a manifest repeats a path (naming both rows and the
+// path). Manifest parse errors come from read_manifest (std::runtime_error naming the file) and
+// are rethrown as LabelError.
 LabelledSet load_labelled_set(const std::filesystem::path& source,
                               const std::string& label_column = "label",
                               const std::string& file_column = "");

@@ -327,7 +327,15 @@ std::unique_ptr<EmbeddingModel> EmbeddingModel::load(const fs::path& archive_or_
   if (impl->card.tower != "image")
     throw ModelError(card_path.string() + ": model card field 'tower': '" + impl->card.tower +
                      "' is not an image model");
-  impl->id = impl->card.name + "@" + archive_digest(archive);
+  const auto digest = archive_digest(archive);
+  if (!impl->card.archive_digest.empty() && impl->card.archive_digest != digest) {
+    throw ModelError(card_path.string() + ": describes another archive (archive_digest " +
+                     impl->card.archive_digest + "; " + archive.string() + " is " + digest +
+                     "): the two files were not written together (a `lookalike train` stopped "
+                     "between its two renames, or one of them was copied over); write both "
+                     "again");
+  }
+  impl->id = impl->card.name + "@" + digest;
   impl->preprocess = model::preprocess_canonical(impl->card);
   impl->preprocess_fingerprint = model::preprocess_fingerprint(impl->preprocess);
   impl->precision = choose_precision(options.precision, impl->card.precisions, cpu_flags(),

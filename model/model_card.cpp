@@ -264,6 +264,7 @@ ModelCard model_card_from_json(const json& j, const std::string& source) {
   read(j, source, "method", true, c.method);
   read(j, source, "tower", false, c.tower);
   read(j, source, "exported_by", false, c.exported_by);
+  read(j, source, "archive_digest", false, c.archive_digest);
   read_object(j, source, "training", c.training);
   read_object(j, source, "precisions", c.precisions);
   validate(c, source);
@@ -295,6 +296,7 @@ json model_card_to_json(const ModelCard& c) {
            {"method", c.method},
            {"tower", c.tower},
            {"exported_by", c.exported_by}};
+  if (!c.archive_digest.empty()) out["archive_digest"] = c.archive_digest;
   if (!c.training.is_null()) out["training"] = c.training;
   if (!c.precisions.is_null()) out["precisions"] = c.precisions;
   return out;

@@ -59,6 +59,11 @@ struct ModelCard {
   std::string method = "forward";   // TorchScript method that returns n x embedding_dim
   std::string tower = "image";      // (optional) modality of this archive
   std::string exported_by;          // (optional) tool and versions that wrote the archive
+  // (optional, "" when absent) model::archive_digest of the archive this card was written with
+  // (`lookalike train` records it). The loader refuses a card whose digest is not its archive's:
+  // the two files are renamed into place one after the other, and a crash between the renames
+  // would otherwise pair a new archive with the old card.
+  std::string archive_digest;
   // (optional, null when absent) How a trained model was made (`lookalike train`): base model,
   // head, loss, margin, mining, epochs, a hash of the training labels, validation metrics.
   // docs/model-card.md lists its keys.

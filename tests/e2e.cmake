@@ -76,6 +76,9 @@ lookalike_e2e(e2e_cli_defects2 cli_defects2.py TIMEOUT 600 REQUIRES "model_mobil
 # A third review: embed's text output (tab, exact floats), bench-index on a missing collection
 # (exit 1), an eval manifest that repeats a path, search --where on a field no image has (a hint).
 lookalike_e2e(e2e_cli_defects3 cli_defects3.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+# Left open by earlier reviews and found by the sixth: models calibrate on a manifest that repeats
+# a path.
+lookalike_e2e(e2e_cli_defects4 cli_defects4.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
 # A hand-edited model card's preprocessing is refused by a collection built with another
 # (meta.preprocess_fingerprint); a catalog without one records its first writer's.
 lookalike_e2e(e2e_preprocess_fingerprint preprocess_fingerprint.py TIMEOUT 600

@@ -141,6 +141,36 @@ TEST_F(ModelEmbed, CardThatDisagreesWithTheArchiveIsRefused) {
   }
 }
 
+// `lookalike train` records the archive's digest in the card; a card whose digest is another
+// archive's (a crash between train's two renames) is refused, one with its own loads.
+TEST_F(ModelEmbed, CardRecordingAnotherArchivesDigestIsRefused) {
+  ScratchDir dir;
+  const fs::path archive = dir / "paired.pt";
+  fs::copy_file(kMobileNetArchive, archive);
+  json card = json::parse(read_text(fs::path(kMobileNetArchive).replace_extension(".json")));
+  card.erase("precisions");
+  const std::string id = model().id();
+  const std::string digest = id.substr(id.find('@') + 1);
+  ASSERT_EQ(digest.size(), 16U) << id;
+
+  card["archive_digest"] = "0123456789abcdef";
+  write_text(dir / "paired.json", card.dump());
+  try {
+    EmbeddingModel::load(archive, {.threads = 1});
+    ADD_FAILURE() << "a card recording another archive's digest was accepted";
+  } catch (const ModelError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find((dir / "paired.json").string() +
+                       ": describes another archive (archive_digest 0123456789abcdef; " +
+                       archive.string() + " is " + digest + ")"),
+              std::string::npos)
+        << msg;
+  }
+  card["archive_digest"] = digest;
+  write_text(dir / "paired.json", card.dump());
+  EXPECT_EQ(EmbeddingModel::load(archive, {.threads = 1})->id(), id);
+}
+
 TEST_F(ModelEmbed, BadEmbedArgumentsAreErrors) {
   EXPECT_TRUE(model().embed(ref().input.data(), 0).empty());
   EXPECT_THROW(model().embed(ref().input.data(), -1), ModelError);

@@ -568,6 +568,8 @@ void check_loaded(const fs::path& archive, const TrainOptions& o) {
 // Archive and card go to temporary names beside --out, are loaded as a model, and only then
 // renamed over it: a failure (disk full, a model that does not load) leaves any old files whole,
 // and so does SIGINT / SIGTERM (the guards remove the temporary files; the renames finish first).
+// A crash between the two renames (power loss, kill -9) pairs the new archive with the old card:
+// the card's archive_digest makes the loader refuse that pair instead of using it.
 void write_model(const fs::path& base_archive, const std::string& base_method,
                  const detail::Head& head, const model::ModelCard& card, const TrainOptions& o) {
   const fs::path tmp = temp_path(o.out, ".pt");
@@ -579,7 +581,9 @@ void write_model(const fs::path& base_archive, const std::string& base_method,
   };
   try {
     detail::save_archive(base_archive, base_method, head, tmp);
-    model::save_model_card(card, card_of(tmp));
+    model::ModelCard written = card;
+    written.archive_digest = model::archive_digest(tmp);  // pairs the card with this archive
+    model::save_model_card(written, card_of(tmp));
     check_loaded(tmp, o);
     const CommitGuard commit;
     fs::rename(tmp, o.out);

@@ -15,7 +15,8 @@
 import json
 import shutil
 
-from harness import DATASET, FIXTURES, MODEL, copy_images, images, json_lines, run, tempdir
+from harness import (DATASET, FIXTURES, MODEL, copy_images, images, json_lines, run, run_json,
+                     tempdir)
 
 work = tempdir("train")
 FULL_EPOCHS = 3
@@ -137,5 +138,25 @@ for q in (small[0], extra[0]):
     hit = json_lines(proc.stdout)[0]["results"][0]
     assert hit["path"] == str(q) and hit["score"] > 0.9999, hit
 print("reembed: 40 images from cached base embeddings, 0 decoded; 1 new image decoded")
+
+# --- The card names its archive -----------------------------------------------------------------
+# train records the archive's digest in the card (the id's DIGEST), so a crash between its two
+# renames, which pairs the new archive with the old card, is refused at load, not run.
+info, _ = run_json("info", collection=work / "coll-new2", model=final, check=0)
+final_card = json.loads(final.with_suffix(".json").read_text())
+assert info["model_id"] == f"{final_card['name']}@{final_card['archive_digest']}", (
+    info["model_id"], final_card.get("archive_digest"))
+assert card["archive_digest"] != final_card["archive_digest"], card["archive_digest"]
+torn = work / "torn"
+torn.mkdir()
+shutil.copy(final, torn / "clothing_final.pt")
+shutil.copy(out.with_suffix(".json"), torn / "clothing_final.json")  # the older run's card
+proc = run("embed", small[0], model=torn / "clothing_final.pt", check=1)
+assert (f"{torn / 'clothing_final.json'}: describes another archive (archive_digest "
+        f"{card['archive_digest']}; {torn / 'clothing_final.pt'} is "
+        f"{final_card['archive_digest']})") in proc.stderr, proc.stderr
+shutil.copy(final.with_suffix(".json"), torn / "clothing_final.json")
+run("embed", small[0], model=torn / "clothing_final.pt", check=0)
+print("the card records its archive's digest; an older run's card beside it is refused")
 
 shutil.rmtree(work, ignore_errors=True)
