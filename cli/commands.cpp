@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -146,10 +147,17 @@ void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
   const std::string metadata_note =
       s.metadata_updated > 0 ? fmt::format(" ({} with new metadata)", s.metadata_updated) : "";
   // The failures themselves are on stderr (run_index), in every mode: here only their count.
+  // Interrupted: the files dealt with so far, of those found ("interrupted after 50 of 200
+  // files"), not the files found alone.
+  // (failures also count files the walk could not list, which `scanned` leaves out)
+  const auto handled = std::min(
+      s.scanned, s.added + s.updated + s.unchanged + static_cast<std::int64_t>(s.failures.size()));
+  const std::string files =
+      s.interrupted ? fmt::format("interrupted after {} of {}", handled, plural(s.scanned, "file"))
+                    : "indexed " + plural(s.scanned, "file");
   std::cout << fmt::format(
-      "{} {} in {:.1f} s: {} added, {} updated, {} unchanged{}, {} removed, {} failed\n",
-      s.interrupted ? "interrupted after" : "indexed", plural(s.scanned, "file"), s.seconds,
-      s.added, s.updated, s.unchanged, metadata_note, s.removed, s.failures.size());
+      "{} in {:.1f} s: {} added, {} updated, {} unchanged{}, {} removed, {} failed\n", files,
+      s.seconds, s.added, s.updated, s.unchanged, metadata_note, s.removed, s.failures.size());
   if (e.has_collection()) {
     std::cout << fmt::format(
         "embedded {} at {:.1f} images/s (inference threads: {}, passes side by side: {}, "
@@ -166,7 +174,7 @@ void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
     const auto n = static_cast<std::int64_t>(s.vanished.size());
     std::cout << fmt::format("{} no longer {} (run with --prune to remove):\n",
                              plural(n, "indexed file"), n == 1 ? "exists" : "exist");
-    for (const auto& v : s.vanished) std::cout << "  " << v << "\n";
+    for (const auto& v : s.vanished) std::cout << "  " << terminal_text(v) << "\n";
   } else if (s.removed > 0) {
     std::cout << fmt::format("removed {}\n", plural(s.removed, "vanished file"));
   }
@@ -178,7 +186,8 @@ void print_summary(const pipeline::IndexSummary& s, const engine::Engine& e) {
         "are definitely gone):\n",
         plural(n, "indexed file"), n == 1 ? "was" : "were", n == 1 ? "is" : "are");
     for (const auto& u : s.unchecked)
-      std::cout << fmt::format("  {}: {}\n", u.where, plural(u.images, "indexed file"));
+      std::cout << fmt::format("  {}: {}\n", terminal_text(u.where),
+                               plural(u.images, "indexed file"));
   }
 }
 
@@ -232,11 +241,11 @@ void print_response(const engine::SearchResponse& r, const std::string& metric, 
   }
   if (!r.error.empty()) return;
   const char* score_name = metric == "l2" ? "distance" : "similarity";
-  std::cout << "query: " << r.query << "\n";
+  std::cout << "query: " << terminal_text(r.query) << "\n";
   std::cout << fmt::format("{:>5}  {:>10}  {}\n", "rank", score_name, "path  metadata");
   for (const auto& h : r.results) {
-    std::cout << fmt::format("{:>5}  {:>10.4f}  {}  {}\n", h.rank, h.score, h.image.path,
-                             metadata_line(metadata_of(h.image)));
+    std::cout << fmt::format("{:>5}  {:>10.4f}  {}  {}\n", h.rank, h.score,
+                             terminal_text(h.image.path), metadata_line(metadata_of(h.image)));
   }
   std::cout << "\n";
 }
@@ -279,7 +288,8 @@ int run_index(const GlobalOptions& g, const IndexArgs& a) {
   if (g_interrupted) summary.interrupted = true;  // also a signal after the last batch
   progress.finish();
   // Failures reach stderr in every mode (docs/cli.md, "JSON output"); --json also lists them.
-  for (const auto& f : summary.failures) spdlog::error("{}: {}", f.where, f.reason);
+  for (const auto& f : summary.failures)
+    spdlog::error("{}: {}", terminal_text(f.where), terminal_text(f.reason));
 
   if (g.json) {
     print_record(summary_json(summary, *e));

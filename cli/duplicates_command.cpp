@@ -84,8 +84,8 @@ void print_human(const engine::DuplicatesResult& result, bool quiet) {
                              rep.width, rep.height, rep.id, rep.path);
     for (std::size_t i = 1; i < g.members.size(); ++i) {
       const auto& m = g.members[i];
-      std::cout << fmt::format("    {:>8}  {}  similarity {:.4f}, {}\n", m.id, m.path, m.similarity,
-                               verdict(m));
+      std::cout << fmt::format("    {:>8}  {}  similarity {:.4f}, {}\n", m.id,
+                               terminal_text(m.path), m.similarity, verdict(m));
     }
     std::cout << "\n";
   }
@@ -126,7 +126,7 @@ int run(const GlobalOptions& g, const DuplicatesArgs& a, bool threshold_given) {
   for (const auto& group : r.report.groups) {
     for (const auto& m : group.members) {
       if (!m.note.empty() && m.note.rfind("representative ", 0) != 0)
-        spdlog::warn("{}: {}", m.path, m.note);
+        spdlog::warn("{}: {}", terminal_text(m.path), terminal_text(m.note));
     }
   }
   if (!r.hashes_not_stored.empty()) {

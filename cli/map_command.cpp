@@ -84,9 +84,9 @@ void print_human(const viz::CollectionMap& m, const MapArgs& a, double seconds) 
                              plural(a.iterations, "iteration"), m.kl_divergence);
   }
   for (const auto& g : m.groups)
-    std::cout << fmt::format("  {:>6}  {}  {}\n", g.count, g.color, g.name);
-  std::cout << fmt::format("wrote {} in {:.1f} s (projection {:.1f} s)\n", a.out.string(), seconds,
-                           m.projection_seconds);
+    std::cout << fmt::format("  {:>6}  {}  {}\n", g.count, g.color, terminal_text(g.name));
+  std::cout << fmt::format("wrote {} in {:.1f} s (projection {:.1f} s)\n",
+                           terminal_text(a.out.string()), seconds, m.projection_seconds);
 }
 
 int run(const GlobalOptions& g, const MapArgs& a) {

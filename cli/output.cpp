@@ -37,11 +37,49 @@ namespace fs = std::filesystem;
 // never a user's file.
 std::string temp_suffix() { return fmt::format(".tmp-{}", ::getpid()); }
 
+// Printed on stderr as is: the path (and the system's text, which may quote it) made safe.
 [[noreturn]] void refuse_npy(const fs::path& path, const std::string& why) {
-  throw std::runtime_error(fmt::format("--npy {}: cannot write: {}", path.string(), why));
+  throw std::runtime_error(
+      fmt::format("--npy {}: cannot write: {}", terminal_text(path.string()), terminal_text(why)));
+}
+
+// The escape for one control character: \n, \t, \r by name, other C0 and DEL as \xNN.
+void escape_ascii_control(unsigned char c, std::string& out) {
+  switch (c) {
+    case '\n':
+      out += "\\n";
+      return;
+    case '\t':
+      out += "\\t";
+      return;
+    case '\r':
+      out += "\\r";
+      return;
+    default:
+      out += fmt::format("\\x{:02x}", c);
+  }
 }
 
 }  // namespace
+
+std::string terminal_text(std::string_view raw) {
+  const std::string text = pipeline::utf8_display(raw);
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7F) {
+      escape_ascii_control(c, out);
+    } else if (c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) < 0xA0) {
+      // U+0080..U+009F (C1: U+009B is CSI, U+009D OSC on terminals that honour them); the text
+      // is valid UTF-8 here, so 0xC2 is followed by a continuation byte.
+      out += fmt::format("\\u{:04x}", static_cast<unsigned char>(text[++i]));
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
 
 void check_npy_target(const fs::path& path) {
   std::error_code ec;
@@ -148,7 +186,11 @@ std::string metadata_line(const nlohmann::json& metadata) {
   std::string out;
   for (const auto& [key, value] : metadata.items()) {
     if (!out.empty()) out += "  ";
-    out += key + "=" + (value.is_string() ? value.get<std::string>() : value.dump());
+    // replace: an invalid byte nested in an array or object becomes U+FFFD instead of throwing.
+    const std::string shown =
+        value.is_string() ? value.get<std::string>()
+                          : value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    out += terminal_text(key) + "=" + terminal_text(shown);
   }
   return out;
 }

@@ -51,7 +51,15 @@ std::string plural(std::int64_t n, std::string_view noun, std::string_view plura
 
 std::string human_bytes(std::int64_t bytes);
 std::string format_seconds(double s);
-// "key=value key=value" for a JSON object of metadata (strings unquoted).
+// "key=value  key=value" for a JSON object of metadata (strings unquoted), each key and value
+// through terminal_text.
 std::string metadata_line(const nlohmann::json& metadata);
+
+// User data (paths, metadata, messages that quote them) made safe to print on a terminal, for
+// human (non --json) output: one value stays on one line and no control sequence reaches the
+// terminal. Invalid UTF-8 becomes U+FFFD (pipeline::utf8_display); C0 controls and DEL become
+// \n, \t, \r or \xNN (ESC: \x1b), C1 controls (U+0080..U+009F) \u00NN. Everything else,
+// a backslash included, is kept: this is for reading, --json is the exact form.
+std::string terminal_text(std::string_view raw);
 
 }  // namespace lookalike::cli

@@ -95,6 +95,8 @@ std::string checked_metadata(const nlohmann::json& metadata) {
                                                  depth, kMaxMetadataDepth));
   }
   auto text = dump_metadata(metadata);
+  if (auto why = store::metadata_problem(text))
+    throw EngineError(Kind::Invalid, "metadata: " + *why);
   if (text.size() > kMaxMetadataBytes) {
     throw EngineError(Kind::Invalid,
                       fmt::format("metadata: {} bytes as JSON, at most {} (keep large values in "
@@ -102,6 +104,23 @@ std::string checked_metadata(const nlohmann::json& metadata) {
                                   text.size(), kMaxMetadataBytes));
   }
   return text;
+}
+
+// A write that failed because the disk or the quota is full. The file and catalog layers
+// throw the system's words (strerror, SQLite's SQLITE_FULL message), so they are told by those.
+bool out_of_space(const std::string& what) {
+  return what.find(std::strerror(ENOSPC)) != std::string::npos ||
+         what.find(std::strerror(EDQUOT)) != std::string::npos ||
+         what.find("database or disk is full") != std::string::npos;
+}
+
+// Rethrows `e` as EngineError NoSpace when it is a full disk; returns otherwise.
+void rethrow_if_full(const std::exception& e, const fs::path& where) {
+  if (!out_of_space(e.what())) return;
+  throw EngineError(Kind::NoSpace,
+                    fmt::format("{}: no space left to store the image (the disk or the quota is "
+                                "full: ENOSPC/EDQUOT); free some space and retry",
+                                where.string()));
 }
 
 }  // namespace
@@ -259,8 +278,6 @@ Engine::~Engine() {
   batcher_.reset();  // before the model it serves
 }
 
-bool Engine::has_collection() const { return collection_ != nullptr; }
-
 const store::Collection& Engine::collection() const {
   if (!collection_) {
     throw EngineError(Kind::NotFound, options_.collection.string() + ": no collection here (yet)");
@@ -365,6 +382,52 @@ void check_collection_preprocess(const model::EmbeddingModel& m, store::Collecti
 
 }  // namespace
 
+bool Engine::has_collection() const { return collection_ != nullptr; }
+
+namespace {
+
+// Collection::lock's refusal when another process writes the collection. The store throws it as
+// a plain StoreError, so it is told by its words.
+bool locked_by_another(const store::StoreError& e) {
+  return std::strstr(e.what(), "is locked by another lookalike process") != nullptr;
+}
+
+[[noreturn]] void throw_busy(const fs::path& dir) {
+  throw EngineError(Kind::Busy,
+                    fmt::format("{}: another lookalike process (an `index` or `reindex` run?) is "
+                                "writing the collection; retry when it has finished",
+                                dir.string()));
+}
+
+}  // namespace
+
+bool Engine::adopt_collection() {
+  if (collection_) return true;
+  if (access_ == Access::ModelOnly || options_.collection.empty() ||
+      !store::Collection::exists(options_.collection)) {
+    return false;
+  }
+  auto& m = model();  // before model_mu_, which model() and model_reference() take
+  const auto reference = model_reference();
+  std::lock_guard lock(model_mu_);
+  if (collection_) return true;
+  const auto mode =
+      access_ == Access::Write ? store::Collection::Mode::Write : store::Collection::Mode::Read;
+  std::unique_ptr<store::Collection> c;
+  try {
+    c = store::Collection::open(options_.collection, mode);
+  } catch (const store::StoreError& e) {
+    if (locked_by_another(e)) return false;  // still being written: seen once it is done
+    throw;
+  }
+  // The other process chose the model: its vectors must be this engine's.
+  check_collection_model(m, c->config().model_id, m.archive(), options_.collection);
+  check_collection_preprocess(m, *c, reference);
+  creation_ = {};  // not this engine's creation: index() must never take it back
+  collection_ = std::move(c);
+  return true;
+}
+
 model::EmbeddingModel& Engine::model() {
   std::lock_guard lock(model_mu_);
   if (model_) return *model_;
@@ -408,6 +471,8 @@ void Engine::ensure_collection() {
   if (access_ != Access::Write) {
     throw EngineError(Kind::ReadOnly, options_.collection.string() + ": opened read-only");
   }
+  // One another process made meanwhile is opened as it is (its config, not fresh_'s).
+  if (adopt_collection()) return;
   auto& m = model();
   const auto reference = model_reference();
   std::lock_guard lock(model_mu_);
@@ -416,7 +481,13 @@ void Engine::ensure_collection() {
   config.search_defaults = store::search_defaults_json(fresh_.defaults);
   config.preprocess = m.preprocess_canonical();
   config.preprocess_fingerprint = m.preprocess_fingerprint();
-  collection_ = store::Collection::create_or_open(options_.collection, config, &creation_);
+  try {
+    collection_ = store::Collection::create_or_open(options_.collection, config, &creation_);
+  } catch (const store::StoreError& e) {
+    if (locked_by_another(e)) throw_busy(options_.collection);
+    rethrow_if_full(e, options_.collection);
+    throw;
+  }
   // Another process may have created it meanwhile, with its own card.
   check_collection_preprocess(m, *collection_, reference);
 }
@@ -544,36 +615,100 @@ std::vector<float> Engine::embed_buffer(std::span<const std::uint8_t> bytes,
 }
 
 namespace {
-fs::path uploads_dir(const store::Collection& c) {
-  return (fs::absolute(c.dir()) / "uploads").lexically_normal();
+fs::path uploads_dir(const fs::path& collection_dir) {
+  return (fs::absolute(collection_dir) / "uploads").lexically_normal();
 }
 }  // namespace
+
+bool is_upload(const store::ImageRecord& rec) {
+  const fs::path p(rec.path);
+  return !rec.content_hash.empty() && p.parent_path().filename() == "uploads" &&
+         p.filename().string().starts_with(rec.content_hash + ".");
+}
+
+fs::path image_file(const fs::path& collection_dir, const store::ImageRecord& rec) {
+  if (!is_upload(rec)) return rec.path;
+  return uploads_dir(collection_dir) / fs::path(rec.path).filename();
+}
+
+std::optional<std::string> upload_damage(const fs::path& collection_dir,
+                                         const store::ImageRecord& rec) {
+  if (!is_upload(rec)) return std::nullopt;
+  std::error_code ec;
+  const auto size = fs::file_size(image_file(collection_dir, rec), ec);
+  if (ec) return ec == std::errc::no_such_file_or_directory ? "missing" : ec.message();
+  if (static_cast<std::int64_t>(size) == rec.bytes) return std::nullopt;
+  return fmt::format("{} bytes where the record says {}", size, rec.bytes);
+}
+
+fs::path Engine::image_file(const store::ImageRecord& rec) const {
+  return engine::image_file(collection().dir(), rec);
+}
+
+void Engine::check_stored_file(const store::ImageRecord& rec) const {
+  if (auto why = upload_damage(collection().dir(), rec)) {
+    throw EngineError(Kind::Damaged,
+                      fmt::format("image {}: its stored upload {} is damaged ({}); uploading the "
+                                  "same image again repairs it",
+                                  rec.id, fs::path(rec.path).filename().string(), *why));
+  }
+}
+
+namespace {
+
+// Writes `bytes` to the uploaded file `path` (atomically, creating uploads/ when needed);
+// EngineError NoSpace on a full disk.
+void write_upload(const fs::path& path, std::span<const std::uint8_t> bytes) {
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  if (ec == std::errc::no_space_on_device || ec.value() == EDQUOT) {
+    rethrow_if_full(std::runtime_error(std::strerror(ENOSPC)), path.parent_path());
+  }
+  if (ec)
+    throw std::runtime_error(path.parent_path().string() + ": cannot create: " + ec.message());
+  try {
+    pipeline::write_file_atomically(path, {bytes});
+  } catch (const std::exception& e) {
+    rethrow_if_full(e, path.parent_path());
+    throw;
+  }
+}
+
+}  // namespace
+
+std::optional<AddResult> Engine::stored_copy(store::Collection& c, const std::string& hash,
+                                             std::span<const std::uint8_t> bytes) {
+  auto same = c.find_hash(hash);
+  if (same.empty()) return std::nullopt;
+  AddResult out{same.front(), false, {}};
+  // An upload's file can only be rewritten from its own bytes, which these are (same hash).
+  if (upload_damage(c.dir(), out.record)) {
+    write_upload(engine::image_file(c.dir(), out.record), bytes);
+    out.repaired = true;
+  }
+  return out;
+}
 
 AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::string& name,
                             const nlohmann::json& metadata) {
   auto metadata_text = checked_metadata(metadata);
   auto& c = writable();
   const auto hash = pipeline::content_hash(bytes);
-  const auto stored_copy = [&]() -> std::optional<AddResult> {
-    auto same = c.find_hash(hash);
-    if (same.empty()) return std::nullopt;
+  // Without the lock first: the common repeat of intact bytes needs no write.
+  if (auto same = c.find_hash(hash); !same.empty() && !upload_damage(c.dir(), same.front())) {
     return AddResult{same.front(), false, {}};
-  };
-  if (auto existing = stored_copy()) return *existing;
+  }
   Timings t;
   store::Put put;
   std::string format;
   put.embedding = embed_buffer(bytes, name, t, &put.record, &format);  // refuses non-images
   put.record.metadata = std::move(metadata_text);
   // Absolute: catalog paths always are (the collection may have been given as a relative path).
-  const auto dir = uploads_dir(c);
-  const auto path = dir / (hash + "." + format);
+  const auto path = uploads_dir(c.dir()) / (hash + "." + format);
   std::lock_guard lock(upload_mu_);
-  if (auto existing = stored_copy()) return *existing;  // a concurrent upload of these bytes won
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw std::runtime_error(dir.string() + ": cannot create: " + ec.message());
-  pipeline::write_file_atomically(path, {bytes});
+  // A concurrent upload of these bytes won, or they were stored with a damaged file (repaired).
+  if (auto existing = stored_copy(c, hash, bytes)) return *existing;
+  write_upload(path, bytes);
   put.record.path = path.string();
   put.record.content_hash = hash;
   put.record.bytes = static_cast<std::int64_t>(bytes.size());
@@ -582,8 +717,10 @@ AddResult Engine::add_image(std::span<const std::uint8_t> bytes, const std::stri
   std::vector<std::int64_t> ids;
   try {
     ids = c.apply({put}, {});
-  } catch (...) {
+  } catch (const std::exception& e) {
+    std::error_code ec;
     fs::remove(path, ec);  // refused: no file without its record
+    rethrow_if_full(e, c.dir());
     throw;
   }
   auto stored = c.get(ids.at(0));
@@ -812,16 +949,21 @@ RemoveResult Engine::remove(const std::vector<std::int64_t>& ids,
   std::sort(out.removed.begin(), out.removed.end());
   out.removed.erase(std::unique(out.removed.begin(), out.removed.end()), out.removed.end());
   if (out.removed.empty()) return out;
-  const auto uploads = uploads_dir(c).string() + "/";
-  std::vector<std::string> files;
-  for (const auto& rec : c.get_many(out.removed)) {
-    if (rec.path.rfind(uploads, 0) == 0) files.push_back(rec.path);
+  std::vector<store::ImageRecord> uploads;
+  for (auto& rec : c.get_many(out.removed)) {
+    if (is_upload(rec)) uploads.push_back(std::move(rec));
   }
   c.apply({}, out.removed);
   // After the commit: a crash in between leaves an orphan file, never a row without its file.
+  // A file another row still holds (the same bytes, by name) stays.
   std::error_code ec;
-  for (const auto& f : files) {
-    if (!c.find_path(f)) fs::remove(f, ec);
+  for (const auto& rec : uploads) {
+    const auto file = engine::image_file(c.dir(), rec);
+    const auto others = c.find_hash(rec.content_hash);
+    const bool held = std::any_of(others.begin(), others.end(), [&](const auto& other) {
+      return is_upload(other) && engine::image_file(c.dir(), other) == file;
+    });
+    if (!held) fs::remove(file, ec);
   }
   return out;
 }

@@ -56,7 +56,11 @@ void check_min_score(std::optional<float> min_score, const std::string& metric);
 // (CLI exit code, HTTP status). what() names the field or file and the cause.
 class EngineError : public std::runtime_error {
  public:
-  enum class Kind { Invalid, NotFound, ReadOnly };
+  // Busy: another lookalike process holds the collection's writer lock (transient: the same
+  // request succeeds once that process has finished). NoSpace: the disk or the quota is full
+  // (ENOSPC, EDQUOT); nothing was stored. Damaged: an uploaded image's stored file is missing
+  // or not the size its record says (upload_damage); uploading the same bytes again repairs it.
+  enum class Kind { Invalid, NotFound, ReadOnly, Busy, NoSpace, Damaged };
   EngineError(Kind kind, const std::string& what) : std::runtime_error(what), kind_(kind) {}
   Kind kind() const { return kind_; }
 
@@ -153,7 +157,28 @@ struct AddResult {
   store::ImageRecord record;
   bool created = false;  // false: identical bytes were already stored (the existing image)
   Timings timings;       // decode and embed of a new image (zero when it was already stored)
+  // The bytes were stored already, but their uploaded file was missing or damaged
+  // (upload_damage) and has been written again from these bytes.
+  bool repaired = false;
 };
+
+// Whether `rec` is an uploaded image (Engine::add_image) rather than one indexed from the user's
+// files: its file is named <content hash>.<format> in a folder named uploads.
+bool is_upload(const store::ImageRecord& rec);
+
+// Where the file of `rec`, an image of the collection in `collection_dir`, is now. An upload's
+// file belongs to its collection: <collection_dir>/uploads/<name>, whatever folder the record
+// names (the catalog holds the absolute path at upload time, and a moved collection must find
+// its files, a copied one read its own rather than the original's). Any other image's file is
+// where the record says. Every reader of an image's file goes through this.
+std::filesystem::path image_file(const std::filesystem::path& collection_dir,
+                                 const store::ImageRecord& rec);
+
+// Why the stored file of upload `rec` cannot be served as its record describes ("missing",
+// "5000 bytes where the record says 12534"); nullopt when it is intact or `rec` is no upload.
+// One stat: the size, not the content.
+std::optional<std::string> upload_damage(const std::filesystem::path& collection_dir,
+                                         const store::ImageRecord& rec);
 
 struct RemoveResult {
   std::vector<std::int64_t> removed;
@@ -269,8 +294,19 @@ class Engine {
   ~Engine();
 
   bool has_collection() const;
+  // has_collection(), after opening the collection that another process (`lookalike index`)
+  // created in the folder since this engine was opened without one: one stat while there is
+  // none. False while that process still holds the writer lock (a Write engine opens the
+  // collection for writing; reads see nothing until then), and EngineError Busy is what a
+  // write gets meanwhile. Throws model::ModelError when its model is not this engine's.
+  bool adopt_collection();
   // Throws EngineError NotFound when there is no collection (yet).
   const store::Collection& collection() const;
+  // image_file for an image of this collection; EngineError NotFound without a collection.
+  std::filesystem::path image_file(const store::ImageRecord& rec) const;
+  // Throws EngineError Damaged (naming the image, the cause, and that uploading the same bytes
+  // repairs it) when `rec` is an upload whose stored file is missing or of the wrong size.
+  void check_stored_file(const store::ImageRecord& rec) const;
   // Loads the model on first use (resolution: options.model, else the collection's, else
   // kDefaultModel) and checks it matches the collection.
   model::EmbeddingModel& model();
@@ -293,10 +329,12 @@ class Engine {
   // embeds it and commits it with `metadata` (a JSON object). The same bytes again return the
   // stored image (created = false; metadata unchanged), and so do bytes that `index` stored from
   // a file (the same content hash): one image, one record. Concurrent uploads of the same bytes
-  // store one. Throws image::DecodeError naming `name` for bytes that are not a supported image,
-  // EngineError Invalid for metadata that is not an object, nests deeper than kMaxMetadataDepth
-  // or is longer than kMaxMetadataBytes, EngineError ReadOnly without Write access; nothing is
-  // stored then.
+  // store one. The same bytes whose uploaded file is missing or damaged (upload_damage) write it
+  // again (repaired = true). Throws image::DecodeError naming `name` for bytes that are not a
+  // supported image, EngineError Invalid for metadata that is not an object, nests deeper than
+  // kMaxMetadataDepth or is longer than kMaxMetadataBytes, EngineError ReadOnly without Write
+  // access, NoSpace when the disk or quota is full, Busy when another process holds the writer
+  // lock; nothing is stored then.
   AddResult add_image(std::span<const std::uint8_t> bytes, const std::string& name,
                       const nlohmann::json& metadata);
 
@@ -359,6 +397,10 @@ class Engine {
  private:
   Engine() = default;
   void ensure_collection();
+  // The stored image with `hash` (upload_mu_ held): its file written again from `bytes` when it
+  // is an upload whose file is missing or damaged.
+  std::optional<AddResult> stored_copy(store::Collection& c, const std::string& hash,
+                                       std::span<const std::uint8_t> bytes);
   store::Collection& writable();
   image::DecodeOptions decode_options();
   void check_k(int k) const;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "image/formats.h"
+#include "image/gif_decode.h"
 #include "image/jpeg_fast.h"
 
 namespace lookalike::image {
@@ -63,8 +64,7 @@ VipsPtr open_lazy(Format f, Bytes bytes, int shrink, VipsAccess access = VIPS_AC
     case Format::webp:
       rc = vips_webpload_buffer(buf, len, &out, "fail_on", fail, "access", access, nullptr);
       break;
-    case Format::gif:
-      rc = vips_gifload_buffer(buf, len, &out, "fail_on", fail, "access", access, nullptr);
+    case Format::gif:  // giflib instead (gif_decode.h): libvips blackens transparent pixels
       break;
     case Format::tiff:
       rc = vips_tiffload_buffer(buf, len, &out, "fail_on", fail, "access", access, nullptr);
@@ -258,15 +258,24 @@ std::string out_of_memory(const char* doing, std::int64_t width, std::int64_t he
          std::to_string(height) + " image (" + std::to_string(mib) + " MiB of RGB pixels)";
 }
 
+Decoded decode_gif_image(Bytes bytes, const std::string& name, const DecodeOptions& options,
+                         std::int64_t& width, std::int64_t& height) {
+  Decoded result;
+  result.format = format_name(Format::gif);
+  result.rgb = detail::decode_gif(bytes, name, options, width, height);
+  result.source_width = result.rgb.width;
+  result.source_height = result.rgb.height;
+  return result;
+}
+
 // decode_buffer's work; `width`/`height` are set as soon as the header is read, for the
 // out-of-memory message.
 Decoded decode_opened(Bytes bytes, const std::string& name, const DecodeOptions& options,
                       std::int64_t& width, std::int64_t& height) {
+  if (detail::sniff(bytes) == Format::gif)
+    return decode_gif_image(bytes, name, options, width, height);
   Opened opened = open_checked(bytes, name);
   VipsPtr im = std::move(opened.image);
-  if (detail::gif_zero_screen(bytes)) {
-    throw DecodeError(name, "image is 0 pixels wide or high (GIF logical screen): zero size");
-  }
   width = im->Xsize;
   height = im->Ysize;
   check_pixel_limit(im->Xsize, im->Ysize, options, name);
@@ -346,6 +355,10 @@ Decoded decode_file(const std::filesystem::path& path, const DecodeOptions& opti
 ImageHeader read_header(const std::filesystem::path& path, const DecodeOptions& options) {
   init_decoder();
   const auto bytes = detail::read_checked(path, options, false);
+  if (detail::sniff(bytes) == Format::gif) {  // the canvas decode_gif gives, from giflib
+    const auto canvas = detail::read_gif_canvas(bytes, path.string());
+    return {canvas.width, canvas.height, format_name(Format::gif)};
+  }
   Opened opened = open_checked(bytes, path.string());
   return {upright_width(opened.image.get()), upright_height(opened.image.get()),
           format_name(opened.format)};

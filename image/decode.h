@@ -2,22 +2,35 @@
 //
 // Formats: JPEG (libjpeg-turbo, with DCT-domain downscaling when the image is much larger than
 // needed; plain JPEGs through its own API, CMYK or EXIF-rotated ones through libvips), PNG,
-// WebP, BMP (libvips' ImageMagick loader), TIFF, GIF (first frame), HEIF/HEIC and AVIF (libvips'
-// heifload: Debian's libheif 1.15 decodes HEVC through libde265 and AV1 through dav1d/AOM).
+// WebP, BMP (libvips' ImageMagick loader), TIFF, GIF (first frame, through giflib: see
+// gif_decode.h), HEIF/HEIC and AVIF (libvips' heifload: Debian's libheif 1.15 decodes HEVC
+// through libde265 and AV1 through dav1d/AOM).
 // The format is sniffed from the bytes (never the file name) against that whitelist.
 // The EXIF orientation is applied; greyscale, 16-bit and CMYK sources become 8-bit RGB, and an
 // alpha channel is dropped, as PIL's Image.convert("RGB") does (the reference pipeline). For
-// plain RGB/greyscale JPEGs, CMYK and 16-bit RGB the pixels are PIL's exactly; 16-bit greyscale
-// keeps the high byte (PIL would clip the 16-bit value to 255).
+// plain RGB/greyscale JPEGs decoded at full size, CMYK, 16-bit RGB and GIFs (transparent pixels
+// keep their palette colour, a first frame smaller than the screen is placed on a canvas of the
+// transparent index's colour, else index 0's, as Pillow 9.4 does) the pixels are PIL's exactly;
+// 16-bit greyscale keeps the high byte (PIL would clip the 16-bit value to 255).
+//
+// Not exact: a JPEG decoded at 1/2, 1/4 or 1/8 scale is downscaled in the DCT domain, which PIL
+// does not do. The commands set DecodeOptions::min_shorter_side to the model's resize, so this
+// is every JPEG whose shorter side is at least 4 x that - 1 (1,023 px for the shipped 256-px
+// models). Measured embedding cosine to PIL + torchvision (MobileNetV2, FP32): 1100x1466
+// 0.99930, 2400x3204 0.99976, 3000x4000 0.99971; smaller JPEGs 1.00000. To reproduce:
+// tests/e2e/decode_defects.py (section large_jpeg) measures a 2000x2668 JPEG made from a
+// clothing-small photo (0.99995) and requires >= 0.999.
 //
 // Memory per image: the file's bytes (<= max_file_bytes, default 256 MiB) plus the decoded
 // raster, 3 bytes a pixel (<= max_pixels, default 89.5 M pixels, so <= 256 MiB). Images that
-// go through libvips (all but plain JPEGs) transiently hold up to about 8 bytes a pixel more:
-// the loader's samples (4 bytes a pixel for CMYK, 1 for grey) and, when an EXIF rotation is
-// applied, a second copy. Worst case with the defaults: about 256 MiB + 11 x 89.5 M = 1.2 GiB;
-// a plain JPEG costs its file plus 3 bytes a pixel. Width and height are each at most
-// 10,000,000 (libvips' VIPS_MAX_COORD) whatever max_pixels says. An allocation failure becomes
-// a DecodeError ("out of memory decoding a W x H image"), never std::bad_alloc.
+// go through libvips (all but plain JPEGs and GIFs) transiently hold up to about 8 bytes a
+// pixel more: the loader's samples (4 bytes a pixel for CMYK, 1 for grey) and, when an EXIF
+// rotation is applied, a second copy. Worst case with the defaults: about 256 MiB + 11 x 89.5 M
+// = 1.2 GiB; a plain JPEG or a GIF costs its file plus 3 bytes a pixel (a GIF's canvas: its
+// logical screen, widened to hold the first frame, checked against max_pixels). Width and
+// height are each at most 10,000,000 (libvips' VIPS_MAX_COORD) whatever max_pixels says. An
+// allocation failure becomes a DecodeError ("out of memory decoding a W x H image"), never
+// std::bad_alloc.
 #pragma once
 
 #include <cstdint>

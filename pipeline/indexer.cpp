@@ -39,6 +39,25 @@ struct JobState {
   std::string error;
   bool committed = false;
   bool metadata_changed = false;  // Refresh: the metadata differs from the stored one
+  // NoEmbed without `reused`: the job of this run that embeds the same bytes (RunTwins); the
+  // consumer copies that job's vector and pixel size once it has them.
+  std::optional<std::size_t> twin_of;
+};
+
+// The first job of this run to embed each content hash. The catalog (Known::by_hash) knows only
+// what was stored before the run, so identical files new in one run would each be embedded;
+// a later one becomes a twin of the first instead. Shared by the decode workers.
+class RunTwins {
+ public:
+  // The job that embeds `hash` in this run: `job` itself when it is the first to ask.
+  std::size_t claim(const std::string& hash, std::size_t job) {
+    std::lock_guard lock(mu_);
+    return first_.emplace(hash, job).first->second;
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<std::string, std::size_t> first_;
 };
 
 struct Known {
@@ -90,7 +109,7 @@ std::optional<store::StoredPictureHash> picture_hash_of(const image::RgbImage& r
 }
 
 // Runs on a decode worker: hash the file, compare with the catalog, decode only if needed.
-Prepared prepare_file(const SourceFile& src, const Known& known,
+Prepared prepare_file(const SourceFile& src, std::size_t job, const Known& known, RunTwins& twins,
                       const store::Collection& collection, const IndexOptions& options,
                       const image::PreprocessSpec& spec, JobState& state, float* input) {
   store::ImageRecord& rec = state.record;
@@ -145,6 +164,10 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
         return Prepared::NoEmbed;
       }
     }
+    if (const std::size_t first = twins.claim(rec.content_hash, job); first != job) {
+      state.twin_of = first;  // same bytes as a file of this run: its vector, once embedded
+      return Prepared::NoEmbed;
+    }
     // The whole frame (no rows_for): the hash needs the rows outside the model's centre crop.
     // Skipping their IDCT saved 0.08 ms of a 0.50 ms decode (400 x 533), but the second decode
     // for the hash cost 0.34 ms, against 0.23 for hashing these pixels (docs/duplicates.md,
@@ -164,6 +187,13 @@ Prepared prepare_file(const SourceFile& src, const Known& known,
     state.error = e.what();
   }
   state.change = Change::Failed;
+  // The stored entry is kept (a half-written copy must not lose its image), but searches still
+  // find it with the vector of what the file held before: say so, or it looks indexed anew.
+  if (auto old = known.by_path.find(rec.path); old != known.by_path.end()) {
+    state.error += fmt::format(
+        "; its earlier entry (id {}) stays searchable with the vector of its earlier content",
+        old->second->id);
+  }
   return Prepared::Drop;
 }
 
@@ -174,6 +204,25 @@ std::string catalog_form(const std::filesystem::path& p) {
   std::string s = normalize_path(p).string();
   while (s.size() > 1 && s.back() == '/') s.pop_back();
   return s;
+}
+
+// The failure a scan problem becomes; an empty `where` when it is none.
+Failure failure_of(const ScanProblem& p, const Known& known, const IndexOptions& options) {
+  // An indexed symlink whose target was deleted, or an indexed path that is a FIFO or socket
+  // now, is gone like a deleted file: find_vanished reports it and --prune removes it, instead
+  // of a failure on every run.
+  if ((p.dangling_symlink || p.not_regular) && !options.inputs.empty() &&
+      known.by_path.count(catalog_form(p.where)) > 0) {
+    return {};
+  }
+  if (p.listed.empty()) return {p.where, p.reason};
+  Failure f{p.where, p.reason, catalog_form(p.listed)};
+  if (auto old = known.by_path.find(f.kept_path); old != known.by_path.end()) {
+    f.reason += fmt::format(
+        "; its indexed entry (id {}) is kept, never pruned, while a manifest row lists it",
+        old->second->id);
+  }
+  return f;
 }
 
 // Calls `visit` with `path`, then with each folder above it ("/a/b/c.jpg", "/a/b", "/a", "/"),
@@ -189,6 +238,15 @@ bool up_from(const std::string& path, Visit&& visit) {
   }
 }
 
+// How many of `records` lie under the folder `root` (catalog form).
+std::int64_t images_under(const std::vector<store::ImageRecord>& records, const std::string& root) {
+  std::int64_t images = 0;
+  for (const auto& r : records) {
+    if (up_from(r.path, [&](const std::string& p) { return p == root; })) ++images;
+  }
+  return images;
+}
+
 // An input folder whose walk found no image file while the collection holds images under it
 // looks like an unmounted drive's mount point: those images are kept unchecked (find_vanished
 // skips what lies under a failed input), never reported vanished nor pruned.
@@ -199,16 +257,33 @@ void keep_empty_folders(const std::vector<store::ImageRecord>& records,
   for (const auto& folder : empty_folders) {
     const std::string root = catalog_form(folder);
     if (!seen.insert(root).second) continue;
-    std::int64_t images = 0;
-    for (const auto& r : records) {
-      if (up_from(r.path, [&](const std::string& p) { return p == root; })) ++images;
-    }
+    const std::int64_t images = images_under(records, root);
     if (images == 0) continue;
     failures.push_back(
         {folder.string(),
          fmt::format("holds no image files now; its {} indexed images are kept (an unmounted "
                      "drive?). Remove them with `lookalike remove {}`",
                      images, folder.string())});
+  }
+}
+
+// A manifest none of whose rows could be read, some naming missing files, is what a manifest
+// on an unmounted drive looks like, as an empty folder is: it fails, so that find_vanished
+// skips its whole scope (its folder) and nothing there is pruned.
+void keep_unread_manifests(const std::vector<store::ImageRecord>& records,
+                           const std::vector<UnreadManifest>& manifests,
+                           std::vector<Failure>& failures) {
+  std::unordered_set<std::string> seen;  // a manifest given twice is named once
+  for (const auto& m : manifests) {
+    if (!seen.insert(catalog_form(m.manifest)).second) continue;
+    const std::string root = normalize_path(m.manifest).parent_path().string();
+    const std::int64_t images = images_under(records, root);
+    if (images == 0) continue;
+    failures.push_back({m.manifest.string(),
+                        fmt::format("none of its {} rows could be read; the {} indexed images "
+                                    "under {} are kept (an unmounted drive?). Fix the paths, or "
+                                    "remove images with `lookalike remove PATH...`",
+                                    m.rows, images, root)});
   }
 }
 
@@ -221,11 +296,13 @@ VanishedCheck find_vanished(const std::vector<store::ImageRecord>& records,
   // Every path a failure names, and the inputs that failed themselves (named exactly as given).
   std::unordered_set<std::string> failed_as_given;
   std::unordered_map<std::string, std::size_t> failed;  // catalog form -> index in `skipped`
+  std::unordered_set<std::string> kept;                 // files failed manifest rows still list
   VanishedCheck out;
   auto note_failed = [&](const std::string& key, const std::string& where) {
     if (failed.emplace(key, out.skipped.size()).second) out.skipped.push_back({where, 0});
   };
   for (const auto& f : failures) {
+    if (!f.kept_path.empty()) kept.insert(f.kept_path);
     if (f.where.empty() || f.where == kEmptyPathName) continue;
     failed_as_given.insert(f.where);
     note_failed(catalog_form(f.where), f.where);
@@ -262,9 +339,13 @@ VanishedCheck find_vanished(const std::vector<store::ImageRecord>& records,
       continue;
     }
     struct stat st;
-    if (::stat(r.path.c_str(), &st) == 0) continue;
-    const int err = errno;
-    if (err == ENOENT || err == ENOTDIR) {
+    const int err = ::stat(r.path.c_str(), &st) == 0 ? 0 : errno;
+    // A regular file no more (now a folder, a FIFO): no image stands behind the stored vector.
+    const bool gone = err == ENOENT || err == ENOTDIR || (err == 0 && !S_ISREG(st.st_mode));
+    if (err == 0 && !gone) continue;
+    if (gone) {
+      // A manifest row still lists it: the row's failure says it is kept.
+      if (kept.count(r.path) > 0) continue;
       out.ids.push_back(r.id);
       out.paths.push_back(r.path);
     } else {
@@ -287,15 +368,8 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   summary.passes = options.passes;
   const auto records = collection.list();
   const Known known = index_records(records, collection.corrupt_ids());
-  for (const auto& p : scan.problems) {
-    // An indexed symlink whose target was deleted is gone like a deleted file: find_vanished
-    // reports it (stat: ENOENT) and --prune removes it, instead of a failure on every run.
-    if (p.dangling_symlink && !options.inputs.empty() &&
-        known.by_path.count(catalog_form(p.where)) > 0) {
-      continue;
-    }
-    summary.failures.push_back({p.where, p.reason});
-  }
+  for (const auto& p : scan.problems) summary.failures.push_back(failure_of(p, known, options));
+  std::erase_if(summary.failures, [](const Failure& f) { return f.where.empty(); });
   std::int64_t unknown = 0;  // files new to the collection: each adds a vector
   for (const auto& f : scan.files) unknown += known.by_path.count(catalog_form(f.path)) == 0;
   collection.reserve_index(unknown);
@@ -319,10 +393,16 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   std::int64_t embedded_at_steady_from = 0;
   int embedded_batches = 0;
 
+  RunTwins twins;
+  // Consumer thread only: the jobs committed so far, and the twins whose first job is not yet
+  // (it may still be decoding, or land in a later batch): first job -> its twins.
+  std::unordered_set<std::size_t> consumed;
+  std::unordered_map<std::size_t, std::vector<std::size_t>> waiting;
+
   auto prepare = [&](std::size_t job, float* input) {
     const auto t0 = Clock::now();
-    Prepared p =
-        prepare_file(scan.files[job], known, collection, options, spec, states[job], input);
+    Prepared p = prepare_file(scan.files[job], job, known, twins, collection, options, spec,
+                              states[job], input);
     prepare_ns += ns_since(t0);
     ++examined;
     return p;
@@ -339,8 +419,45 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     const int dim = model.dim();
     std::vector<store::Put> puts;
     std::vector<JobState*> put_states;
+    std::unordered_map<std::size_t, const float*> rows;  // jobs embedded in this batch
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      if (kinds[i] == Prepared::Embed) rows[jobs[i]] = embeddings.data() + i * dim;
+    }
+    // A twin takes the pixel size and hashes of its first job, whose prepare is done (it is in
+    // this batch or committed), and that job's vector.
+    auto put_twin = [&](std::size_t twin, std::vector<float> vector) {
+      JobState& s = states[twin];
+      const store::ImageRecord& first = states[*s.twin_of].record;
+      s.record.width = first.width;
+      s.record.height = first.height;
+      s.record.picture_hash = first.picture_hash;
+      puts.push_back({s.record, std::move(vector)});
+      put_states.push_back(&s);
+      ++summary.reused;
+    };
     for (std::size_t i = 0; i < jobs.size(); ++i) {
       JobState& s = states[jobs[i]];
+      if (s.twin_of) {
+        const std::size_t first = *s.twin_of;
+        if (auto row = rows.find(first); row != rows.end()) {
+          put_twin(jobs[i], {row->second, row->second + dim});
+        } else if (consumed.count(first) > 0) {
+          // Committed in an earlier batch: read back by hash (this thread writes the catalog).
+          auto v = collection.embedding_by_hash(s.record.content_hash);
+          if (!v) {
+            s.change = Change::Failed;  // not expected: it was committed in this run
+            s.error = fmt::format(
+                "the embedding of the same content, stored for {} in this run, "
+                "cannot be read back",
+                states[first].record.path);
+            continue;
+          }
+          put_twin(jobs[i], std::move(*v));
+        } else {
+          waiting[first].push_back(jobs[i]);
+        }
+        continue;
+      }
       store::Put put{s.record, {}};
       if (kinds[i] == Prepared::Embed) {
         const float* row = embeddings.data() + i * dim;
@@ -352,6 +469,15 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
       }
       puts.push_back(std::move(put));
       put_states.push_back(&s);
+    }
+    // Twins that came before their first job: committed with it (in batch order, so that ids
+    // follow the order the files were prepared in).
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      auto w = waiting.find(jobs[i]);
+      if (w == waiting.end() || kinds[i] != Prepared::Embed) continue;
+      const float* row = embeddings.data() + i * dim;
+      for (std::size_t twin : w->second) put_twin(twin, {row, row + dim});
+      waiting.erase(w);
     }
     const auto t0 = Clock::now();
     collection.apply(puts, {});
@@ -366,6 +492,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
       }
     }
     for (JobState* s : put_states) s->committed = true;
+    for (std::size_t job : jobs) consumed.insert(job);
     progress.done = examined.load();
     progress.embedded = summary.embedded;
     if (options.on_progress) {
@@ -384,6 +511,21 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
     summary.fatal_error = e.what();
   }
   summary.interrupted = options.cancel != nullptr && options.cancel->load();
+  // Twins still waiting: their first job failed (the same bytes fail the same way), or the run
+  // stopped before it was committed (then they count as nothing, as it does).
+  for (const auto& [first, twin_jobs] : waiting) {
+    if (states[first].change != Change::Failed || states[first].error.empty()) continue;
+    for (std::size_t twin : twin_jobs) {
+      states[twin].change = Change::Failed;
+      states[twin].error = fmt::format("same content as {}, which failed: {}",
+                                       states[first].record.path, states[first].error);
+      if (states[twin].record.id != 0) {
+        states[twin].error += fmt::format(
+            "; its earlier entry (id {}) stays searchable with the vector of its earlier content",
+            states[twin].record.id);
+      }
+    }
+  }
 
   // Tally after the run: a job whose batch was never committed (Ctrl-C) counts as nothing.
   for (std::size_t i = 0; i < states.size(); ++i) {
@@ -402,6 +544,7 @@ IndexSummary index_files(store::Collection& collection, model::EmbeddingModel& m
   if (!summary.interrupted && summary.fatal_error.empty() && !options.inputs.empty()) {
     try {
       keep_empty_folders(records, scan.empty_folders, summary.failures);
+      keep_unread_manifests(records, scan.unread_manifests, summary.failures);
       auto gone = find_vanished(records, options.inputs, summary.failures);
       for (auto& f : gone.unreadable) summary.failures.push_back(std::move(f));
       summary.unchecked = std::move(gone.skipped);

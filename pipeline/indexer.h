@@ -43,6 +43,9 @@ struct IndexOptions {
 struct Failure {
   std::string where;  // file path, or "<manifest> row N"
   std::string reason;
+  // For a manifest row: the file it names (catalog form; ScanProblem::listed). Its stored
+  // entry is never reported vanished nor pruned in this run, since the manifest still lists it.
+  std::string kept_path = {};  // defaulted: a Failure is mostly built as {where, reason}
 };
 
 // A path that failed in this run (a missing input, an unreadable folder or manifest, ...) and
@@ -95,7 +98,9 @@ struct IndexSummary {
 
 // Scans nothing itself: `scan` comes from scan_inputs(). Catalog writes are committed one batch
 // at a time, so an interrupted or killed run keeps every batch it reported. A bad image file
-// becomes a Failure and the run goes on. A collection or model failure throws when nothing was
+// becomes a Failure and the run goes on; when its path is indexed already, the failure says
+// that the earlier entry (its id) stays searchable with the vector of the earlier content (a
+// half-written copy must not lose its image). A collection or model failure throws when nothing was
 // committed yet, else ends the run with summary.fatal_error set.
 // Metadata: a file that comes with none (from a folder, not a manifest) keeps what is stored.
 // Embeddings are reused by content hash from whatever image holds that content at the time
@@ -104,8 +109,15 @@ struct IndexSummary {
 // With options.inputs, the run ends (unless interrupted or stopped by a failure) with
 // find_vanished over the stored images and, with options.prune, removes the vanished ones;
 // stored images it could not check become failures and are kept. Two cases are decided here:
-// - a folder walk's broken symlink (ScanProblem::dangling_symlink) that is in the collection is
-//   no failure: find_vanished sees it gone (ENOENT), so it is reported vanished and pruned;
+// - a folder walk's broken symlink (ScanProblem::dangling_symlink) or entry that is no regular
+//   file (ScanProblem::not_regular: a FIFO, a socket) that is in the collection is no failure:
+//   find_vanished sees it gone, so it is reported vanished and pruned;
+// - a manifest row that fails keeps the stored entry of the file it names (Failure::kept_path),
+//   whatever became of the file: the failure says so, with the entry's id;
+// - a manifest with rows none of which could be read, some naming missing files
+//   (ScanResult::unread_manifests), while the collection holds images under its folder, becomes
+//   a failure naming it ("none of its N rows could be read ...; the M indexed images under DIR
+//   are kept (an unmounted drive?)"), so that nothing under its folder is checked or pruned;
 // - a folder input whose walk found no image file (ScanResult::empty_folders) while the
 //   collection holds images under it becomes a failure naming it ("holds no image files now;
 //   its N indexed images are kept (an unmounted drive?) ..."), so that those images are kept
@@ -127,9 +139,11 @@ struct VanishedCheck {
 // count of stored images under each path): everything under an input that failed (a `failures`
 // entry names it exactly: missing, unreadable, a manifest that cannot be read; a typo or an
 // unmounted drive must not wipe a collection) and under any path a failure names (a subfolder
-// that cannot be read, a broken symlink). A file counts as vanished only when stat() says it
-// does not exist (ENOENT or ENOTDIR); any other error (EACCES, EIO, ...) keeps it, as an
-// `unreadable` failure with the cause. Input paths are compared lexically (normalize_path), as
+// that cannot be read, a broken symlink). Never vanished either: a failure's kept_path (a
+// manifest row still lists it). A file counts as vanished when stat() says it does not exist
+// (ENOENT or ENOTDIR) or that it is no regular file now (a directory, a FIFO, a socket, ...:
+// symlinks followed); any other error (EACCES, EIO, ...) keeps it, as an `unreadable` failure
+// with the cause. Input paths are compared lexically (normalize_path), as
 // the catalog stores them.
 VanishedCheck find_vanished(const std::vector<store::ImageRecord>& records,
                             const std::vector<std::filesystem::path>& inputs,

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <functional>
 #include <optional>
 #include <stdexcept>
@@ -51,6 +52,7 @@ struct Collector {
     for (auto& f : other.files) add(std::move(f));
     for (auto& p : other.problems) result.problems.push_back(std::move(p));
     for (auto& r : other.repeated_rows) result.repeated_rows.push_back(std::move(r));
+    for (auto& m : other.unread_manifests) result.unread_manifests.push_back(std::move(m));
   }
 };
 
@@ -122,6 +124,8 @@ struct Walk {
       found.push_back(normalize_path(p));
     } else {
       problem(p, "not a regular file (" + file_kind(target.type()) + ")");
+      // No image file any more: an indexed one is reported vanished (index_files).
+      problems.back().not_regular = true;
     }
   }
 
@@ -272,8 +276,37 @@ struct CsvRows {
   std::vector<std::size_t> lines;  // the line each row starts on (empty if not known)
 };
 
+// "the header looks separated by ';' ..." when the first line of `text` has no comma but a
+// semicolon or a tab: a spreadsheet's export for a locale whose decimal separator is a comma,
+// or a TSV named .csv. Empty otherwise.
+std::string separator_hint(std::string_view text) {
+  const std::string_view line = text.substr(0, text.find_first_of("\r\n"));
+  if (line.find(',') != std::string_view::npos) return "";
+  const char* sep = line.find(';') != std::string_view::npos    ? "';'"
+                    : line.find('\t') != std::string_view::npos ? "tabs"
+                                                                : nullptr;
+  if (sep == nullptr) return "";
+  return fmt::format(
+      "the header looks separated by {}, and lookalike reads comma-separated CSV: export the "
+      "file with commas as separators",
+      sep);
+}
+
+// A UTF-16 file (a byte order mark FF FE or FE FF: Excel's "Unicode text", PowerShell's
+// Export-Csv) would fail later as "not valid UTF-8" with no hint of why.
+void refuse_utf16(const std::vector<std::uint8_t>& bytes, const fs::path& csv) {
+  if (bytes.size() < 2) return;
+  const bool le = bytes[0] == 0xFF && bytes[1] == 0xFE, be = bytes[0] == 0xFE && bytes[1] == 0xFF;
+  if (!le && !be) return;
+  throw std::runtime_error(
+      fmt::format("{}: the file is UTF-16 ({} byte order mark {}); lookalike reads UTF-8 CSV: "
+                  "save it as UTF-8 (in Excel: \"CSV UTF-8\")",
+                  csv.string(), le ? "little-endian," : "big-endian,", le ? "FF FE" : "FE FF"));
+}
+
 CsvRows parse_csv(const fs::path& csv) {
   auto bytes = read_file(csv);
+  refuse_utf16(bytes, csv);
   csv_parser parser;
   if (csv_init(&parser, CSV_STRICT | CSV_STRICT_FINI) != 0) {
     throw std::runtime_error(fmt::format("{}: cannot initialise the CSV parser", csv.string()));
@@ -294,8 +327,13 @@ CsvRows parse_csv(const fs::path& csv) {
       const auto fault =
           find_csv_fault(std::string_view(reinterpret_cast<const char*>(bytes.data()) + start, n));
       if (fault) {
-        throw std::runtime_error(fmt::format("{}: malformed CSV in row {} (line {}): {}",
-                                             csv.string(), row, fault->line, fault->cause));
+        const std::string hint = fault->line == 1
+                                     ? separator_hint(std::string_view(
+                                           reinterpret_cast<const char*>(bytes.data()) + start, n))
+                                     : "";
+        throw std::runtime_error(fmt::format("{}: malformed CSV in row {} (line {}): {}{}{}",
+                                             csv.string(), row, fault->line, fault->cause,
+                                             hint.empty() ? "" : "; ", hint));
       }
     }
     throw std::runtime_error(
@@ -325,6 +363,11 @@ std::size_t find_file_column(const std::vector<std::string>& header, const fs::p
       }
       return i;
     }
+  }
+  // A one-column header "file;label" is a file separated by something other than commas.
+  if (const auto hint = header.size() == 1 ? separator_hint(header.front()) : ""; !hint.empty()) {
+    throw std::runtime_error(fmt::format("{}: no file column in the header (looked for {}): {}",
+                                         csv.string(), fmt::join(wanted, ", "), hint));
   }
   throw std::runtime_error(
       fmt::format("{}: no file column in the header (looked for {}); name it with --file-column",
@@ -387,11 +430,122 @@ std::optional<std::string> not_a_file(const fs::path& p) {
   return std::nullopt;
 }
 
+// Whether nothing exists at `p` (ENOENT, ENOTDIR; a symlink to such a path too): what every
+// row of a manifest whose drive is unmounted looks like.
+bool is_missing(const fs::path& p) {
+  std::error_code ec;
+  return fs::status(p, ec).type() == fs::file_type::not_found;
+}
+
+// The scheme of `cell` (lower case) when it starts like a URL, "scheme://"; empty otherwise.
+// At least two characters, so that a drive letter ("C://photos") is no scheme.
+std::string url_scheme(std::string_view cell) {
+  std::size_t i = 0;
+  auto scheme_char = [](unsigned char c) {
+    return std::isalnum(c) || c == '+' || c == '-' || c == '.';
+  };
+  while (i < cell.size() && scheme_char(cell[i])) ++i;
+  if (i < 2 || !std::isalpha(static_cast<unsigned char>(cell[0])) || cell.substr(i, 3) != "://") {
+    return "";
+  }
+  return lower(std::string(cell.substr(0, i)));
+}
+
+// `s` with each %XX replaced by its byte (RFC 3986); nullopt for a '%' not followed by two hex
+// digits.
+std::optional<std::string> percent_decode(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size() || !std::isxdigit(static_cast<unsigned char>(s[i + 1])) ||
+        !std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      return std::nullopt;
+    }
+    out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
+    i += 2;
+  }
+  return out;
+}
+
+// What a manifest's file cell names: a path (resolved against `base`, lexically normal), or
+// why it names none. Catalogue exports often hold URLs: read as paths they would be mangled
+// ("https:/example.com/a.jpg", "file not found"), so they are refused by name, except a local
+// file URL (RFC 8089: "file:///abs/path" or "file://localhost/abs/path"), which is its path.
+struct CellTarget {
+  fs::path path;        // set when the cell names a local file
+  std::string problem;  // set otherwise
+};
+CellTarget cell_target(const std::string& cell, const fs::path& base) {
+  const std::string scheme = url_scheme(cell);
+  if (scheme.empty()) {
+    const fs::path p = cell;
+    return {normalize_path(p.is_absolute() ? p : base / p), ""};
+  }
+  if (scheme != "file") {
+    return {{},
+            fmt::format("{}: a URL, and lookalike indexes local files only: download the "
+                        "images and list their paths",
+                        cell)};
+  }
+  const std::string_view rest = std::string_view(cell).substr(std::string_view("file://").size());
+  const auto slash = rest.find('/');
+  const std::string host(rest.substr(0, slash));
+  if (slash == std::string_view::npos || (!host.empty() && lower(host) != "localhost")) {
+    return {{},
+            fmt::format("{}: a file URL of another host ('{}'); only a local one "
+                        "(file:///path) names a file here",
+                        cell, host)};
+  }
+  const auto path = percent_decode(rest.substr(slash));
+  if (!path || path->find('\0') != std::string::npos) {
+    return {{},
+            fmt::format("{}: a file URL with a malformed %-escape (or one of a NUL byte)", cell)};
+  }
+  return {normalize_path(*path), ""};
+}
+
+// A hint for a file cell holding '\' whose file is not found: when the same path with '/'
+// names a file, it was written on Windows. '\' may be part of a file name here, so the cell
+// is not rewritten, only explained. Empty otherwise.
+std::string backslash_hint(const std::string& cell, const fs::path& base) {
+  if (cell.find('\\') == std::string::npos) return "";
+  std::string slashed = cell;
+  std::replace(slashed.begin(), slashed.end(), '\\', '/');
+  const fs::path alt = cell_target(slashed, base).path;
+  if (alt.empty() || not_a_file(alt)) return "";
+  return fmt::format(
+      " (the path holds '\\', which is no folder separator here: with '/' it names {}, which "
+      "exists; write the paths with '/')",
+      alt.string());
+}
+
+// The file a manifest row names, as far as its file cell tells (the row may be malformed
+// otherwise); empty when it names none. A failed row keeps this file's stored entry.
+fs::path listed_path(const std::vector<std::string>& row, std::size_t file_col,
+                     const fs::path& base) {
+  if (file_col >= row.size() || row[file_col].empty()) return {};
+  if (row[file_col].find('\0') != std::string::npos) return {};
+  return cell_target(row[file_col], base).path;
+}
+
+// Rows after the header, leaving out lines holding only "" (no record of any use).
+std::size_t data_rows(const std::vector<std::vector<std::string>>& rows) {
+  return static_cast<std::size_t>(std::count_if(rows.begin() + 1, rows.end(), [](const auto& row) {
+    return !(row.size() == 1 && row[0].empty());
+  }));
+}
+
 }  // namespace
 
 const std::vector<std::string>& image_extensions() {
-  static const std::vector<std::string> exts = {".jpg", ".jpeg", ".jpe", ".png",  ".webp", ".bmp",
-                                                ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif"};
+  // .jfif and .jpe: JPEG files as some browsers and cameras name them (decoding goes by
+  // content, not by name).
+  static const std::vector<std::string> exts = {".jpg",  ".jpeg", ".jpe", ".jfif", ".png",
+                                                ".webp", ".bmp",  ".tif", ".tiff", ".gif",
+                                                ".heic", ".heif", ".avif"};
   return exts;
 }
 
@@ -411,55 +565,80 @@ ScanResult read_manifest(const fs::path& csv, const ScanOptions& options) {
     return fmt::format("row {} (line {})", r + 1, lines[r]);
   };
   std::size_t file_col = find_file_column(header, csv, options);
+  const std::size_t n_rows = data_rows(rows);
+  if (n_rows == 0) {
+    // An export with the header only: say so, not "no image file found in the inputs".
+    throw std::runtime_error(
+        fmt::format("{}: no rows after the header: the manifest lists no image", csv.string()));
+  }
   const auto meta_cols = metadata_columns(rows, file_col, csv, row_name);
   fs::path base = normalize_path(csv).parent_path();
 
   Collector out;
   std::unordered_map<std::string, std::size_t> first_row;  // path -> row index
+  std::size_t missing_rows = 0;                            // rows naming a file that does not exist
   for (std::size_t r = 1; r < rows.size(); ++r) {
     const auto& row = rows[r];
     std::string where = fmt::format("{} {}", csv.string(), row_name(r));
     if (row.size() == 1 && row[0].empty()) continue;  // a line holding only ""
-    if (row.size() != header.size()) {
+    const fs::path listed = listed_path(row, file_col, base);
+    auto fail = [&](std::string at, std::string reason) {
       out.result.problems.push_back(
-          {where, fmt::format("{} fields, the header has {}", row.size(), header.size())});
+          ScanProblem{.where = std::move(at), .reason = std::move(reason), .listed = listed});
+    };
+    if (row.size() != header.size()) {
+      fail(where, fmt::format("{} fields, the header has {}", row.size(), header.size()));
       continue;
     }
     // nlohmann::json refuses to serialise invalid UTF-8 (type_error.316), which would fail the
     // whole run later: such a row is refused here, alone.
     if (auto bad = first_invalid_cell(row)) {
-      out.result.problems.push_back(
-          {fmt::format("{}, column {}", where, *bad + 1), "not valid UTF-8"});
+      fail(fmt::format("{}, column {}", where, *bad + 1), "not valid UTF-8");
       continue;
     }
     if (row[file_col].empty()) {
-      out.result.problems.push_back({where, fmt::format("empty '{}' field", header[file_col])});
+      fail(where, fmt::format("empty '{}' field", header[file_col]));
       continue;
     }
     if (row[file_col].find('\0') != std::string::npos) {
       // The system would read the name only up to the NUL: another file than the one stored.
-      out.result.problems.push_back(
-          {where, fmt::format("the '{}' field contains a NUL byte, which no file name can hold",
-                              header[file_col])});
+      fail(where, fmt::format("the '{}' field contains a NUL byte, which no file name can hold",
+                              header[file_col]));
       continue;
     }
-    fs::path p = row[file_col];
-    p = normalize_path(p.is_absolute() ? p : base / p);
+    const CellTarget target = cell_target(row[file_col], base);
+    if (!target.problem.empty()) {
+      fail(where, target.problem);
+      continue;
+    }
+    const fs::path& p = target.path;
     if (auto why = not_a_file(p)) {
-      out.result.problems.push_back({where, fmt::format("{}: {}", p.string(), *why)});
+      const bool missing = is_missing(p);
+      missing_rows += missing;
+      fail(where, fmt::format("{}: {}{}", p.string(), *why,
+                              missing ? backslash_hint(row[file_col], base) : ""));
       continue;
     }
     nlohmann::json meta = nlohmann::json::object();
     for (std::size_t c : meta_cols) meta[header[c]] = row[c];
-    if (const auto size = meta.dump().size(); size > store::kMaxMetadataBytes) {
-      out.result.problems.push_back({where, fmt::format("metadata: {} bytes as JSON, at most {}",
-                                                        size, store::kMaxMetadataBytes)});
+    const auto text = meta.dump();
+    if (text.size() > store::kMaxMetadataBytes) {
+      fail(where, fmt::format("metadata: {} bytes as JSON, at most {}", text.size(),
+                              store::kMaxMetadataBytes));
+      continue;
+    }
+    if (auto why = store::metadata_problem(text)) {  // e.g. a NUL byte in a cell
+      fail(where, "metadata: " + *why);
       continue;
     }
     if (auto [it, fresh] = first_row.emplace(p.string(), r); !fresh) {
       out.result.repeated_rows.push_back({p, row_name(it->second), row_name(r)});
     }
     out.add({p, std::move(meta)});
+  }
+  // Not one file there, some of them missing: an unmounted drive, or a folder moved away.
+  if (out.result.files.empty() && missing_rows > 0) {
+    out.result.unread_manifests.push_back({csv, n_rows});
   }
   return std::move(out.result);
 }

@@ -24,6 +24,22 @@ struct ScanProblem {
   // A symlink met in a folder walk whose target does not exist (stat: ENOENT): when it is in
   // the collection, index_files counts it as vanished rather than as a failure.
   bool dangling_symlink = false;
+  // An entry with an image name met in a folder walk that is no regular file (a FIFO, a socket,
+  // a device): when it is in the collection, index_files counts it as vanished, as it does a
+  // dangling symlink (its stored vector no longer stands for any image file).
+  bool not_regular = false;
+  // The file a manifest row names (absolute, lexically normal) when the row fails: its stored
+  // entry is kept whatever became of the file (index_files never prunes it), since the row still
+  // lists it. Empty for other problems and for rows whose file cell names no path.
+  std::filesystem::path listed = {};
+};
+
+// A manifest that has rows but none of whose rows could be read (every one a ScanProblem):
+// what a manifest of an unmounted drive looks like. index_files keeps the stored images under
+// its folder unchecked.
+struct UnreadManifest {
+  std::filesystem::path manifest;  // as given
+  std::size_t rows = 0;            // rows after the header
 };
 
 // A manifest row that lists a path an earlier row of the same manifest lists: "row N" names
@@ -43,6 +59,8 @@ struct ScanResult {
   // Folder inputs (as given) whose walk found no image file at all: what an unmounted drive's
   // mount point looks like. index_files keeps the stored images under them unchecked.
   std::vector<std::filesystem::path> empty_folders;
+  // Manifest inputs with rows, none of which could be read (see UnreadManifest).
+  std::vector<UnreadManifest> unread_manifests;
 };
 
 // The text a ScanProblem gives an empty input (an empty argument, `index ""`) as its `where`.
@@ -93,6 +111,10 @@ ScanResult scan_inputs(const std::vector<std::filesystem::path>& inputs,
 // too when it differs ("row 3 (line 6)"). The file column's paths are resolved against the
 // manifest's folder
 // ("../x.jpg" and "sub/../x.jpg" included) and made lexically normal; absolute paths are kept.
+// A local file URL ("file:///abs/path", or "file://localhost/abs/path"; %XX decoded) is its
+// path; any other URL ("https://...") fails its row ("a URL, and lookalike indexes local files
+// only ..."). A path holding '\' that is not found gets a hint when its '/' form exists.
+// Every failed row's problem carries the file its file cell names (ScanProblem::listed).
 // A row with a cell that is not valid UTF-8 is skipped, with the ScanProblem "<manifest> row N,
 // column C: not valid UTF-8" (C counted from 1); a row with the wrong number of fields, an
 // empty file cell, a file cell holding a NUL byte ("... contains a NUL byte"), or naming a
@@ -100,11 +122,14 @@ ScanResult scan_inputs(const std::vector<std::filesystem::path>& inputs,
 // rows: as scan_inputs (first position, later metadata), each listed in repeated_rows. Every column
 // other than the file column is metadata under its header name; a column with no name is ignored
 // when every row leaves it empty (a trailing comma, as spreadsheets write), and refuses the
-// manifest otherwise. Throws std::runtime_error naming the file and the cause for an unreadable
-// file, bad quoting, an empty manifest, a header cell that is not UTF-8, a header without a file
-// column or with two (case-insensitively), two metadata columns of the same name ("columns 2 and 3
-// are both named 'tag'"), or a column with no name that holds a value ("column 4 has no name,
-// ...").
+// manifest otherwise. A manifest with rows none of which loaded, some naming missing files, is
+// listed in unread_manifests. Throws std::runtime_error naming the file and the cause for an
+// unreadable file, a UTF-16 file (a byte order mark FF FE or FE FF: "the file is UTF-16 ..."),
+// bad quoting, an empty manifest, a header and no rows ("no rows after the header"), a header
+// cell that is not UTF-8, a header without a file column (saying so when it looks separated by
+// ';' or tabs) or with two (case-insensitively), two metadata columns of the same name
+// ("columns 2 and 3 are both named 'tag'"), or a column with no name that holds a value
+// ("column 4 has no name, ...").
 ScanResult read_manifest(const std::filesystem::path& csv, const ScanOptions& options = {});
 
 }  // namespace lookalike::pipeline

@@ -13,6 +13,8 @@ PACKAGES=(
   libfaiss-dev
   # images
   libvips-dev libjpeg62-turbo-dev libexif-dev
+  # GIFs: giflib gives palette indices, so transparent pixels keep their colour as in PIL
+  libgif-dev
   # catalog, CSV manifests, JSON, CLI, logging, hashing
   libsqlite3-dev libsqlitecpp-dev sqlite3 libcsv-dev nlohmann-json3-dev libcli11-dev
   libspdlog-dev libfmt-dev libxxhash-dev

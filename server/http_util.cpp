@@ -202,6 +202,24 @@ void send_error(httplib::Response& res, std::exception_ptr error, const httplib:
       case EngineError::Kind::ReadOnly:
         write_error(res, 403, "read_only", e.what());
         break;
+      case EngineError::Kind::Busy:
+        // Transient: the other process's run ends. The engine's words name the server's
+        // folder, which the client is not told (as for a 500); the log has them.
+        spdlog::warn("{} {}: {}", req.method, req.path, e.what());
+        res.set_header("Retry-After", std::to_string(kBusyRetryAfterS));
+        write_error(res, 503, "collection_locked",
+                    "another lookalike process (an `index` or `reindex` run) is writing the "
+                    "collection; retry when it has finished");
+        break;
+      case EngineError::Kind::NoSpace:
+        spdlog::error("{} {}: {}", req.method, req.path, e.what());
+        write_error(res, 507, "insufficient_storage",
+                    "no space left on the server's disk (ENOSPC or EDQUOT): the image was not "
+                    "stored; retry once space has been freed");
+        break;
+      case EngineError::Kind::Damaged:
+        write_error(res, 409, "stored_file_damaged", e.what());
+        break;
     }
   } catch (const image::DecodeError& e) {
     // The bytes passed the format sniff (require_image): a real image that cannot be used.

@@ -59,6 +59,9 @@ std::span<const std::uint8_t> as_bytes(const std::string& s);
 void require_image(std::span<const std::uint8_t> bytes, const std::string& field);
 std::string mime_of_format(const std::string& format);  // "jpeg" -> "image/jpeg", ...
 
+// Retry-After of a 503 collection_locked (another process writes the collection).
+inline constexpr int kBusyRetryAfterS = 5;
+
 void send_json(httplib::Response& res, int status, const nlohmann::json& body);
 // Maps an exception to the status of docs/api.md and writes the error body; 500s are logged.
 void send_error(httplib::Response& res, std::exception_ptr error, const httplib::Request& req);

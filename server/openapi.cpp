@@ -56,6 +56,7 @@ constexpr const char* kDocument = R"json({
       "NotAnImage": {"description": "the bytes are not a supported image (code unsupported_media_type), a compressed body (code unsupported_content_encoding), or an application/x-www-form-urlencoded body over 8,192 bytes (code unsupported_media_type)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "UnsupportedBody": {"description": "a compressed body (code unsupported_content_encoding), or an application/x-www-form-urlencoded body over 8,192 bytes (code unsupported_media_type): send JSON as application/json", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "Unprocessable": {"description": "an image that cannot be used (bomb, aspect ratio, corrupt)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+      "Damaged": {"description": "the image's stored upload is missing or not the size its record says (code stored_file_damaged): uploading the same image again repairs it", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "NotReady": {"description": "still loading", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
       "LengthRequired": {"description": "a chunked body, or none and no Content-Length: send a Content-Length", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     }
@@ -70,10 +71,12 @@ constexpr const char* kDocument = R"json({
     "/v1/images": {
       "post": {"summary": "Upload an image with metadata (stored, embedded, indexed, durable before the response)", "security": [{"bearer": []}, {"apiKey": []}],
         "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"$ref": "#/components/schemas/Upload"}}}},
-        "responses": {"201": {"description": "stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
-          "200": {"description": "the same bytes are already in the collection (uploaded, or indexed from a file): the existing image", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
+        "responses": {"201": {"description": "stored", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "repaired": {"type": "boolean", "description": "true when the bytes were stored already but their uploaded file was missing or damaged, and has been written again"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
+          "200": {"description": "the same bytes are already in the collection (uploaded, or indexed from a file): the existing image", "content": {"application/json": {"schema": {"type": "object", "properties": {"created": {"type": "boolean"}, "repaired": {"type": "boolean", "description": "true when the bytes were stored already but their uploaded file was missing or damaged, and has been written again"}, "image": {"$ref": "#/components/schemas/Image"}}}}}},
           "400": {"$ref": "#/components/responses/BadRequest"},
-          "411": {"$ref": "#/components/responses/LengthRequired"}, "413": {"$ref": "#/components/responses/TooLarge"}, "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"}}},
+          "411": {"$ref": "#/components/responses/LengthRequired"}, "413": {"$ref": "#/components/responses/TooLarge"}, "415": {"$ref": "#/components/responses/NotAnImage"}, "422": {"$ref": "#/components/responses/Unprocessable"},
+          "503": {"description": "still loading (code not_ready), or another lookalike process (an index run) is writing the collection (code collection_locked, with Retry-After): retry", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+          "507": {"description": "the server's disk or quota is full (code insufficient_storage): nothing was stored", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}},
       "get": {"summary": "List images by id, a page at a time", "parameters": [{"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}, {"$ref": "#/components/parameters/where"}],
         "responses": {"200": {"description": "a page", "content": {"application/json": {"schema": {"type": "object", "properties": {"images": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}, "next_after": {"type": "integer", "nullable": true}}}}}}, "400": {"$ref": "#/components/responses/BadRequest"}}}},
     "/v1/images/{id}": {
@@ -86,10 +89,10 @@ constexpr const char* kDocument = R"json({
         "responses": {"200": {"description": "removed", "content": {"application/json": {"schema": {"type": "object", "properties": {"removed": {"type": "integer"}}}}}}, "404": {"$ref": "#/components/responses/NotFound"}}}},
     "/v1/images/{id}/file": {"parameters": [{"$ref": "#/components/parameters/id"}],
       "get": {"summary": "The image file (one range in a Range header gets 206 with those bytes; several are ignored)", "parameters": [{"name": "Range", "in": "header", "description": "bytes=FIRST-LAST, one range; a Range that is not a valid bytes range (another unit, FIRST > LAST) is ignored, here and on every other route", "schema": {"type": "string"}}],
-        "responses": {"200": {"description": "the bytes", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}, "206": {"description": "the requested range"}, "404": {"$ref": "#/components/responses/NotFound"},
+        "responses": {"200": {"description": "the bytes", "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}, "206": {"description": "the requested range"}, "404": {"$ref": "#/components/responses/NotFound"}, "409": {"$ref": "#/components/responses/Damaged"},
           "416": {"description": "a range beyond the file (code range_not_satisfiable; Content-Range: bytes */SIZE)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}},
     "/v1/images/{id}/thumbnail": {"parameters": [{"$ref": "#/components/parameters/id"}, {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 1024, "default": 256}}],
-      "get": {"summary": "A JPEG thumbnail (longest side = size, never enlarged; cached)", "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}}}},
+      "get": {"summary": "A JPEG thumbnail (longest side = size, never enlarged; cached)", "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}, "400": {"$ref": "#/components/responses/BadRequest"}, "404": {"$ref": "#/components/responses/NotFound"}, "409": {"$ref": "#/components/responses/Damaged"}}}},
     "/v1/stats": {"get": {"summary": "Collection, model and batcher figures, category counts", "responses": {"200": {"description": "stats; categories: every category's image count, or the 10,000 most frequent with categories_truncated true", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
     "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
     "/readyz": {"get": {"summary": "The collection and the model are loaded", "responses": {"200": {"description": "ready"}, "503": {"$ref": "#/components/responses/NotReady"}}}},
@@ -203,7 +206,7 @@ void set_statuses(const std::string& path, const std::string& method, nlohmann::
     responses.erase("401");
   }
   set_forbidden(path, write, needs_key, op, access);
-  if (v1) responses["503"] = ref("NotReady");
+  if (v1 && !responses.contains("503")) responses["503"] = ref("NotReady");  // or its own
   if (op.contains("requestBody")) {
     responses["411"] = ref("LengthRequired");
     responses["413"] = ref("TooLarge");

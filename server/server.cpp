@@ -268,7 +268,7 @@ void search(State& st, const httplib::Request& req, httplib::Response& res) {
     const auto bytes = as_bytes(file.content);
     require_image(bytes, "image");
     const auto name = file.filename.empty() ? "image" : file.filename;
-    if (!e.has_collection()) {
+    if (!e.adopt_collection()) {
       send_json(res, 200, search_json(nothing_found(name)));
       return;
     }
@@ -305,7 +305,7 @@ void search(State& st, const httplib::Request& req, httplib::Response& res) {
   }
   r.where = body.contains("where") ? where_from_json(body["where"]) : where_from_params(req);
   r.params = search_params(req, body);
-  if (!e.has_collection()) {  // no images yet: no such id (the engine's error names the folder)
+  if (!e.adopt_collection()) {  // no images yet: no such id (the engine's error names the folder)
     throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
   }
   auto out = e.search_id(id, r);
@@ -333,7 +333,9 @@ void upload(State& st, const httplib::Request& req, httplib::Response& res) {
       st.engine->add_image(bytes, file.filename.empty() ? "image" : file.filename, metadata);
   if (added.created) st.metrics.embed(added.timings.embed_ms / 1000.0);
   send_json(res, added.created ? 201 : 200,
-            {{"created", added.created}, {"image", record_json(added.record)}});
+            {{"created", added.created},
+             {"repaired", added.repaired},
+             {"image", record_json(added.record)}});
 }
 
 void list_images(State& st, const httplib::Request& req, httplib::Response& res) {
@@ -347,7 +349,7 @@ void list_images(State& st, const httplib::Request& req, httplib::Response& res)
   const auto where = where_from_params(req);
   json images = json::array();
   std::vector<store::ImageRecord> page;
-  if (st.engine->has_collection()) page = st.engine->list(after, limit, where);
+  if (st.engine->adopt_collection()) page = st.engine->list(after, limit, where);
   for (const auto& r : page) images.push_back(record_json(r));
   json next = static_cast<int>(page.size()) == limit ? json(page.back().id) : json(nullptr);
   send_json(res, 200, {{"images", std::move(images)}, {"next_after", next}});
@@ -355,7 +357,7 @@ void list_images(State& st, const httplib::Request& req, httplib::Response& res)
 
 store::ImageRecord existing(State& st, std::int64_t id) {
   std::optional<store::ImageRecord> rec;
-  if (st.engine->has_collection()) rec = st.engine->get(id);
+  if (st.engine->adopt_collection()) rec = st.engine->get(id);
   if (!rec)
     throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
   return *rec;
@@ -365,9 +367,13 @@ void get_image(State& st, const httplib::Request& req, httplib::Response& res) {
   send_json(res, 200, record_json(existing(st, id_from_path(req))));
 }
 
-std::vector<std::uint8_t> image_bytes(const store::ImageRecord& rec) {
+// The bytes of an image's file, found through the engine (Engine::image_file: an upload's file
+// is in this collection's uploads/, wherever the collection has moved), after checking that a
+// stored upload is intact (409 stored_file_damaged otherwise: its bytes would be wrong).
+std::vector<std::uint8_t> image_bytes(State& st, const store::ImageRecord& rec) {
+  st.engine->check_stored_file(rec);
   try {
-    return image::read_image_file(rec.path);
+    return image::read_image_file(st.engine->image_file(rec));
   } catch (const image::DecodeError& e) {
     // The catalog names a file that is gone or changed since it was indexed.
     throw EngineError(EngineError::Kind::NotFound,
@@ -377,7 +383,7 @@ std::vector<std::uint8_t> image_bytes(const store::ImageRecord& rec) {
 
 void get_file(State& st, const httplib::Request& req, httplib::Response& res) {
   const auto rec = existing(st, id_from_path(req));
-  auto bytes = image_bytes(rec);
+  auto bytes = image_bytes(st, rec);
   const auto format = image::sniff_format(bytes);
   const auto size = static_cast<std::int64_t>(bytes.size());
   // Edited in place, as ignore_ranges does: httplib reads them when it writes the response.
@@ -410,11 +416,13 @@ void get_thumbnail(State& st, const httplib::Request& req, httplib::Response& re
         static_cast<int>(parse_int(*s, "size", image::kMinThumbnailSize, image::kMaxThumbnailSize));
   }
   const std::string key = rec.content_hash + "/" + std::to_string(size);
+  // Before the cache: a damaged upload answers as its file does, whatever was cached before.
+  st.engine->check_stored_file(rec);
   auto jpeg = st.thumbnails.get(key);
   if (!jpeg) {
-    auto bytes = image_bytes(rec);
+    auto bytes = image_bytes(st, rec);
     jpeg = std::make_shared<const std::string>([&] {
-      auto t = image::thumbnail_jpeg(bytes, rec.path, size);
+      auto t = image::thumbnail_jpeg(bytes, st.engine->image_file(rec).string(), size);
       return std::string(t.begin(), t.end());
     }());
     st.thumbnails.put(key, jpeg);
@@ -428,7 +436,7 @@ void patch_image(State& st, const httplib::Request& req, httplib::Response& res)
   const auto id = id_from_path(req);
   const json body = parse_json_body(req);
   if (!body.is_object()) throw BadRequest("body: expected a JSON object (a merge patch)");
-  if (!st.engine->has_collection() || !st.engine->update_metadata(id, body, true)) {
+  if (!st.engine->adopt_collection() || !st.engine->update_metadata(id, body, true)) {
     throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
   }
   send_json(res, 200, record_json(existing(st, id)));
@@ -436,7 +444,7 @@ void patch_image(State& st, const httplib::Request& req, httplib::Response& res)
 
 void delete_image(State& st, const httplib::Request& req, httplib::Response& res) {
   const auto id = id_from_path(req);
-  if (!st.engine->has_collection()) {
+  if (!st.engine->adopt_collection()) {
     throw EngineError(EngineError::Kind::NotFound, "no image with id " + std::to_string(id));
   }
   auto removed = st.engine->remove({id}, {});
@@ -452,7 +460,7 @@ void stats(State& st, const httplib::Request&, httplib::Response& res) {
             {"model_id", e.model().id()},
             {"dim", e.model().dim()},
             {"threads", e.model().threads()}};
-  if (e.has_collection()) {
+  if (e.adopt_collection()) {
     const auto& c = e.collection();
     j["images"] = c.index_size();
     j["generation"] = c.generation();
@@ -479,7 +487,7 @@ void stats(State& st, const httplib::Request&, httplib::Response& res) {
 // creates) and the image count, as they are now.
 void refresh_collection_metrics(State& st) {
   std::string metric = "-", factory = "-";
-  if (st.engine->has_collection()) {
+  if (st.engine->adopt_collection()) {
     const auto& c = st.engine->collection();
     metric = c.config().metric;
     factory = c.config().factory;
@@ -638,7 +646,7 @@ void load_engine(State& st) {
     std::vector<float> zeros(static_cast<std::size_t>(3) * s * s, 0.0f);
     st.engine->batcher().embed(zeros.data(), 1);
     refresh_collection_metrics(st);
-    if (!st.engine->has_collection()) {
+    if (!st.engine->adopt_collection()) {
       // Not an error (docs/api.md: the first upload creates it), but a mistyped -c looks the
       // same: say so before the `ready:` line.
       spdlog::info("no collection at {} yet: the first upload creates it",

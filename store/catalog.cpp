@@ -16,7 +16,10 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <string_view>
+#include <thread>
 #include <unordered_set>
+
+#include "store/wal_check.h"
 
 namespace lookalike::store {
 
@@ -442,15 +445,112 @@ void validate_put(const Catalog& catalog, const Put& put, std::size_t i, const C
                                 cfg.metric == "cosine")) {
     throw refuse(*why);
   }
-  nlohmann::json meta;
-  try {
-    meta = nlohmann::json::parse(put.record.metadata);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw refuse(std::string("metadata is not valid JSON: ") + e.what());
+  if (auto why = metadata_problem(put.record.metadata)) throw refuse(*why);
+}
+
+}  // namespace
+
+namespace {
+
+// The advice every message about a damaged catalog ends with.
+constexpr const char* kRestoreAdvice =
+    "Restore a backup, or recover the rows with `sqlite3 catalog.db .recover`";
+
+// SQLite's error on opening or first reading a catalog, in words that say what to do: a file
+// SQLite cannot read as a database (a zeroed header, a truncated file) is a damaged catalog.
+StoreError open_error(const std::filesystem::path& path, const SQLite::Exception& e) {
+  const int code = e.getErrorCode() & 0xff;  // the primary code of an extended one
+  if (code == SQLITE_NOTADB) {
+    return error(path, std::string("not a lookalike catalog (") + e.what() +
+                           "): the catalog is damaged, or the file is not one; nothing was "
+                           "written. " +
+                           kRestoreAdvice);
   }
-  if (!meta.is_object()) {
-    throw refuse("metadata must be a JSON object, got " + std::string(meta.type_name()));
+  if (code == SQLITE_CORRUPT) {
+    return error(path, std::string("catalog is damaged (") + e.what() + "); nothing was written. " +
+                           kRestoreAdvice);
   }
+  return error(path, std::string("cannot open catalog: ") + e.what());
+}
+
+// A file: URI for `path` (SQLite's URI rules: '%', '?' and '#' are percent-encoded).
+std::string file_uri(const std::filesystem::path& path) {
+  std::string out = "file:";
+  for (unsigned char ch : std::filesystem::absolute(path).string()) {
+    if (ch == '%' || ch == '?' || ch == '#' || ch < 0x21 || ch >= 0x7f) {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", ch);
+      out += buf;
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out;
+}
+
+// Whether this process may create files beside `path` (the -shm a WAL reader needs).
+bool folder_writable(const std::filesystem::path& path) {
+  const auto dir = path.parent_path();
+  return ::access(dir.empty() ? "." : dir.c_str(), W_OK) == 0;
+}
+
+// Whether catalog.db-wal holds data (commits that catalog.db alone lacks, or may lack).
+bool wal_holds_data(const std::filesystem::path& path) {
+  std::error_code ec;
+  const auto bytes = std::filesystem::file_size(path.string() + "-wal", ec);
+  return !ec && bytes > 0;
+}
+
+// Why a reader cannot open a catalog in a folder it cannot write, and what to do.
+StoreError read_only_error(const std::filesystem::path& path, const SQLite::Exception& e) {
+  return error(path, std::string("cannot open catalog: ") + e.what() +
+                         ": its folder is read-only and catalog.db-wal holds commits that are "
+                         "not in catalog.db yet (the collection was not closed cleanly); open "
+                         "it once where its folder is writable (any lookalike command), or "
+                         "copy the folder to writable storage");
+}
+
+// Opens and identifies a catalog read-only; `immutable`: through SQLite's immutable=1 URI
+// parameter (no locks, no -shm, no -wal).
+std::unique_ptr<SQLite::Database> open_reader(const std::filesystem::path& path, bool immutable) {
+  auto db = immutable
+                ? std::make_unique<SQLite::Database>(file_uri(path) + "?immutable=1",
+                                                     SQLite::OPEN_READONLY | SQLite::OPEN_URI, 5000)
+                : std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY, 5000);
+  register_functions(*db);
+  if (db->execAndGet("SELECT count(*) FROM sqlite_master").getInt() == 0) {
+    throw error(path, "not a lookalike catalog (empty database)");
+  }
+  check_identity(*db, path);  // an older schema is read as it is
+  return db;
+}
+
+// Refuses a catalog whose write-ahead log SQLite would replay only in part, silently dropping
+// committed transactions (store/wal_check.h). Checked twice, 50 ms apart, before a reader
+// believes it: a frame a live writer was appending while it was read fails its checksum once.
+void refuse_damaged_wal(const std::filesystem::path& path) {
+  const std::filesystem::path wal = path.string() + "-wal";
+  auto check = [&]() -> std::optional<WalDamage> {
+    try {
+      return check_wal(wal);
+    } catch (const std::runtime_error&) {
+      return std::nullopt;  // unreadable: SQLite's own open reports it
+    }
+  };
+  if (!check()) return;
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto damage = check();
+  if (!damage) return;
+  throw error(wal, "frame " + std::to_string(damage->frame + 1) + " of " +
+                       std::to_string(damage->frames) +
+                       " fails its checksum, and SQLite would drop the " +
+                       std::to_string(damage->lost_commits) +
+                       " committed transactions after it without a word (images added, edited "
+                       "or removed since the last checkpoint); nothing was opened. Keep a copy of "
+                       "the collection folder. To accept the loss, run `sqlite3 " +
+                       path.string() +
+                       " 'PRAGMA wal_checkpoint(TRUNCATE)'`, which keeps the commits before that "
+                       "frame, then run the command again");
 }
 
 }  // namespace
@@ -460,6 +560,7 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path, bool c
   if (!create && !std::filesystem::exists(path, ec)) {
     throw error(path, "no such catalog");
   }
+  refuse_damaged_wal(path);
   std::unique_ptr<Catalog> c(new Catalog());
   c->path_ = path;
   try {
@@ -484,17 +585,13 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path, bool c
       auto verdict = db.execAndGet("PRAGMA quick_check(1)").getString();
       if (verdict != "ok") {
         throw error(path, "catalog is damaged (SQLite quick_check: " + verdict +
-                              "); nothing was written. Restore a backup, or recover the rows with "
-                              "`sqlite3 catalog.db .recover`");
+                              "); nothing was written. " + kRestoreAdvice);
       }
       if (version < kCatalogSchemaVersion) migrate(db, path, version);
     }
     db.exec("PRAGMA journal_mode = WAL");  // persistent; a no-op once set
   } catch (const SQLite::Exception& e) {
-    if (e.getErrorCode() == SQLITE_NOTADB) {
-      throw error(path, std::string("not a lookalike catalog (") + e.what() + ")");
-    }
-    throw error(path, std::string("cannot open catalog: ") + e.what());
+    throw open_error(path, e);
   }
   return c;
 }
@@ -502,20 +599,27 @@ std::unique_ptr<Catalog> Catalog::open(const std::filesystem::path& path, bool c
 std::unique_ptr<Catalog> Catalog::open_read_only(const std::filesystem::path& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) throw error(path, "no such catalog");
+  refuse_damaged_wal(path);
   std::unique_ptr<Catalog> c(new Catalog());
   c->path_ = path;
   try {
-    c->db_ = std::make_unique<SQLite::Database>(path, SQLite::OPEN_READONLY, 5000);
-    register_functions(*c->db_);
-    if (c->db_->execAndGet("SELECT count(*) FROM sqlite_master").getInt() == 0) {
-      throw error(path, "not a lookalike catalog (empty database)");
-    }
-    check_identity(*c->db_, path);  // an older schema is read as it is
+    c->db_ = open_reader(path, false);
   } catch (const SQLite::Exception& e) {
-    if (e.getErrorCode() == SQLITE_NOTADB) {
-      throw error(path, std::string("not a lookalike catalog (") + e.what() + ")");
+    // A WAL reader needs catalog.db-shm, which SQLite cannot create in a read-only folder
+    // ("unable to open database file"): a cleanly closed catalog is whole in catalog.db alone,
+    // and reads as an immutable file there.
+    if ((e.getErrorCode() & 0xff) != SQLITE_CANTOPEN || !std::filesystem::exists(path, ec)) {
+      throw open_error(path, e);
     }
-    throw error(path, std::string("cannot open catalog: ") + e.what());
+    if (folder_writable(path)) throw open_error(path, e);
+    // immutable=1 ignores the WAL, so only a cleanly closed catalog reads so. No writer can
+    // run meanwhile: it could not create its lock file in this folder either.
+    if (wal_holds_data(path)) throw read_only_error(path, e);
+    try {
+      c->db_ = open_reader(path, true);
+    } catch (const SQLite::Exception& again) {
+      throw open_error(path, again);
+    }
   }
   return c;
 }
@@ -1089,9 +1193,8 @@ std::vector<std::int64_t> Catalog::ids_under(const std::string& path) const {
 }
 
 bool Catalog::set_metadata(std::int64_t id, const std::string& metadata) {
-  auto parsed = nlohmann::json::parse(metadata, nullptr, false);
-  if (parsed.is_discarded() || !parsed.is_object()) {
-    throw StoreError("metadata of image " + std::to_string(id) + ": must be a JSON object");
+  if (auto why = metadata_problem(metadata)) {
+    throw StoreError("metadata of image " + std::to_string(id) + ": " + *why);
   }
   try {
     SQLite::Transaction tx(*db_, SQLite::TransactionBehavior::IMMEDIATE);

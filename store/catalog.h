@@ -107,6 +107,13 @@ struct CorruptVector {
 // norm 0.8711, not 1 (cosine collection)" for an L2 norm off 1 by more than 1e-3. O(n).
 std::optional<std::string> vector_problem(const float* v, std::size_t n, int dim, bool cosine);
 
+// The one check of metadata made wherever it enters (the engine's uploads and edits, manifest
+// rows, Catalog::write_batch and set_metadata): `json_text` must be a JSON object, and no key or
+// string in it may hold a NUL character (U+0000), which SQLite's JSON functions cut short, so the
+// filter table would store "a" for "a\u0000b" and `--where note=a` would match it. nullopt when
+// usable, else why not: "field 'note': text holds a NUL character (U+0000)". O(size).
+std::optional<std::string> metadata_problem(const std::string& json_text);
+
 // Metadata filter: an image matches when every term holds (AND). Terms look at the top-level
 // fields of the metadata object; a field whose value is an array matches a term when any of its
 // elements does (tags: ["red","summer"] matches tags=red). Nested objects, and arrays or objects
@@ -178,12 +185,17 @@ class Catalog {
   // Opens (create = true: creates if absent, or initialises an empty file) the database at
   // `path` in WAL mode with synchronous=FULL, foreign keys on and a 5 s busy timeout. Migrates
   // an older schema. Throws StoreError "<path>: not a lookalike catalog (...)" for a non-SQLite
-  // file or a SQLite file without lookalike's meta, and a StoreError naming both versions for a
-  // newer schema_version. One Catalog is used from one thread at a time.
+  // file or a SQLite file without lookalike's meta, "<path>: catalog is damaged (...)" for a
+  // file SQLite finds malformed or that fails quick_check (both with the advice "Restore a
+  // backup, or recover the rows with `sqlite3 catalog.db .recover`"), and a StoreError naming
+  // both versions for a newer schema_version. One Catalog is used from one thread at a time.
   static std::unique_ptr<Catalog> open(const std::filesystem::path& path, bool create);
   // A read-only connection (SQLITE_OPEN_READONLY) to an existing catalog: every write throws
   // StoreError. An older schema is read as it is (only a writer migrates); a v1 catalog has no
-  // collection_id yet, and collection_id() returns 32 zeros for it.
+  // collection_id yet, and collection_id() returns 32 zeros for it. In a folder it cannot write
+  // (read-only storage), where SQLite cannot create the -shm a WAL reader needs, it opens the
+  // file with SQLite's immutable=1 when no catalog.db-wal holds data (a clean close), and
+  // otherwise throws StoreError saying the folder is read-only and the -wal holds commits.
   static std::unique_ptr<Catalog> open_read_only(const std::filesystem::path& path);
   // Creates a complete catalog (schema and `config`) at `path` atomically: it is written to
   // <path>.tmp, switched to WAL and closed (checkpointed), fsynced and renamed over `path`, and

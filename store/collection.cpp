@@ -15,6 +15,7 @@
 #include <shared_mutex>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 namespace lookalike::store {
 
@@ -75,6 +76,87 @@ bool is_unfinished_catalog(const fs::path& db) {
 
 index::Metric metric_of(const CatalogConfig& c) { return index::parse_metric(c.metric); }
 
+constexpr const char* kUploads = "uploads";
+constexpr const char* kOrphaned = "orphaned";  // uploads/orphaned/: swept files, never swept again
+
+// Named like an upload (engine::Engine::add_image): <32 lowercase hex digits>.<format>.
+bool is_upload_name(const std::string& name) {
+  constexpr std::size_t kHashChars = 32;  // pipeline::content_hash: XXH3-128 in hex
+  const auto dot = name.find('.');
+  return dot == kHashChars && dot + 1 < name.size() &&
+         name.substr(0, dot).find_first_not_of("0123456789abcdef") == std::string::npos &&
+         !name.ends_with(".tmp");
+}
+
+std::int64_t count_uploads(const fs::path& folder) {
+  std::int64_t n = 0;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(folder, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    n += is_upload_name(it->path().filename().string());
+  }
+  return n;
+}
+
+// What only a collection that had a catalog leaves in `dir`: upload files, index caches (each
+// bound to a catalog's collection_id), a catalog.db-wal holding commits. An interrupted creation
+// leaves none of these (it writes catalog.db.tmp, then renames it).
+std::vector<std::string> collection_traces(const fs::path& dir) {
+  std::vector<std::string> out;
+  const auto uploads = count_uploads(dir / kUploads) + count_uploads(dir / kUploads / kOrphaned);
+  if (uploads > 0)
+    out.push_back(std::string(kUploads) + "/ with " + std::to_string(uploads) + " uploaded image" +
+                  (uploads == 1 ? "" : "s"));
+  std::error_code ec;
+  for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    if (is_index_cache(name)) out.push_back(name);
+  }
+  const auto wal = file_bytes(dir / (std::string(kCatalogFile) + "-wal"));
+  if (wal > 0)
+    out.push_back(std::string(kCatalogFile) + "-wal of " + std::to_string(wal) + " bytes");
+  return out;
+}
+
+// Refuses a folder whose catalog.db is missing or empty (0 bytes) while the rest of a collection
+// is there: the catalog was lost or damaged, and neither a new catalog nor "no collection" would
+// be the truth (a writer would start afresh and sweep the uploads). Changes nothing.
+void refuse_lost_catalog(const fs::path& dir) {
+  const auto traces = collection_traces(dir);
+  if (traces.empty()) return;
+  const auto db = dir / kCatalogFile;
+  std::error_code ec;
+  const bool missing = !fs::exists(db, ec);
+  std::string listed;
+  for (const auto& t : traces) listed += (listed.empty() ? "" : ", ") + t;
+  throw StoreError(db.string() + ": the catalog is " + (missing ? "missing" : "empty (0 bytes)") +
+                   " while the collection's other files are there (" + listed +
+                   "): it was lost or damaged. Restore catalog.db from a backup (the copy of "
+                   "the collection's catalog.db, or `sqlite3 catalog.db .backup` output); "
+                   "nothing was changed");
+}
+
+// What a write-mode open prints about stored vectors that fail their checks.
+// `what`: what became of them ("left out of the index" when the index was built from the
+// catalog, "not in the index" when it came from a cache file).
+void warn_corrupt(const fs::path& db, const Catalog& catalog,
+                  const std::vector<CorruptVector>& corrupt, const char* what) {
+  for (const auto& bad : corrupt) {
+    auto rec = catalog.get(bad.id);
+    spdlog::warn("{}: image {} ({}): stored {}; {} (re-index the file)", db.string(), bad.id,
+                 rec ? rec->path : "?", bad.reason, what);
+  }
+}
+
+// Every stored vector that fails its checks (Catalog::for_each_embedding): reads every blob,
+// O(vectors). See Collection::check_integrity for its cost.
+std::vector<CorruptVector> scan_vectors(const Catalog& catalog) {
+  std::vector<CorruptVector> corrupt;
+  catalog.for_each_embedding([](std::int64_t, const float*) {}, &corrupt);
+  return corrupt;
+}
+
 }  // namespace
 
 RwLock::RwLock() {
@@ -96,7 +178,11 @@ struct Collection::Built {
 };
 
 bool Collection::exists(const fs::path& dir) {
-  return has_catalog_file(dir) && !is_unfinished_catalog(dir / kCatalogFile);
+  if (!has_catalog_file(dir)) {
+    refuse_lost_catalog(dir);
+    return false;
+  }
+  return !is_unfinished_catalog(dir / kCatalogFile);
 }
 
 bool Collection::unfinished(const fs::path& dir) {
@@ -104,8 +190,10 @@ bool Collection::unfinished(const fs::path& dir) {
   struct stat st {};
   if (::stat(db.c_str(), &st) != 0) {
     has_catalog_file(dir);  // throws unless it is "no such file"
+    refuse_lost_catalog(dir);
     return false;
   }
+  if (st.st_size == 0) refuse_lost_catalog(dir);
   return S_ISREG(st.st_mode) && is_unfinished_catalog(db);
 }
 
@@ -154,10 +242,58 @@ void Collection::remove_leftovers(std::int64_t generation) {
                name.rfind("catalog.db.tmp", 0) == 0;  // and its -journal / -wal / -shm
     if (tmp || (is_index_cache(name) && name != keep)) fs::remove(entry.path(), ec);
   }
-  for (const auto& entry : fs::directory_iterator(dir_ / "uploads", ec)) {
+  sweep_uploads();
+}
+
+// Upload files no row lists are moved aside, never deleted: the catalog may be the one that is
+// wrong (restored from a backup older than the uploads, or replaced), and then those files are
+// the only copy of the photos. Only *.tmp files go: an upload killed while writing its file
+// (engine::Engine::add_image writes uploads/<hash>.<format>.tmp, then renames it, then commits),
+// which no row ever names and whose request never succeeded.
+void Collection::sweep_uploads() {
+  const auto uploads = dir_ / kUploads;
+  std::error_code ec;
+  std::vector<fs::path> orphans;
+  for (const auto& entry : fs::directory_iterator(uploads, ec)) {
     auto name = entry.path().filename().string();
-    if (is_tmp_upload(name) || is_orphan_upload(name)) fs::remove(entry.path(), ec);
+    if (is_tmp_upload(name)) {
+      fs::remove(entry.path(), ec);
+    } else if (is_orphan_upload(name)) {
+      orphans.push_back(entry.path());
+    }
   }
+  if (orphans.empty()) return;
+  const auto moved = quarantine(orphans);
+  spdlog::warn(
+      "{}: {} upload file{} that no catalog row lists {} moved to {} (a catalog restored from "
+      "a backup older than them, or an upload or removal cut short); nothing was deleted. To "
+      "get them back, upload them again, or restore the catalog that lists them and move them "
+      "back to {}/; delete that folder once you no longer need them",
+      uploads.string(), moved, moved == 1 ? "" : "s", moved == 1 ? "was" : "were",
+      (uploads / kOrphaned).string(), uploads.string());
+}
+
+// Moves `files` into uploads/orphaned/ (never over a file there: a taken name gets a numbered
+// suffix); returns how many moved. One that cannot be moved stays where it is, with a warning.
+std::int64_t Collection::quarantine(const std::vector<fs::path>& files) const {
+  const auto folder = dir_ / kUploads / kOrphaned;
+  std::error_code ec;
+  fs::create_directories(folder, ec);
+  std::int64_t moved = 0;
+  for (const auto& f : files) {
+    auto target = folder / f.filename();
+    for (int n = 2; fs::exists(target, ec); ++n) {
+      target = folder / (f.filename().string() + "." + std::to_string(n));
+    }
+    fs::rename(f, target, ec);
+    if (ec) {
+      spdlog::warn("{}: no catalog row lists it, and it cannot be moved to {}: {}; left as it is",
+                   f.string(), folder.string(), ec.message());
+      continue;
+    }
+    ++moved;
+  }
+  return moved;
 }
 
 // An upload killed while its file was being written (engine::Engine::add_image writes
@@ -166,18 +302,14 @@ bool Collection::is_tmp_upload(const std::string& name) {
   return name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0;
 }
 
-// An upload file that no row holds: a kill between engine::Engine::remove's commit and its
-// unlink, or between add_image's rename and its commit. Uploads are named
-// <content hash>.<format>; a file is kept while any row with that hash has that file name
-// (compared by name, not by absolute path, so that a moved collection keeps its files), and
-// anything not named like an upload is left alone.
+// An upload file that no row holds: a catalog restored from an older backup, a kill between
+// engine::Engine::remove's commit and its unlink, or between add_image's rename and its commit.
+// Uploads are named <content hash>.<format>; a file is kept while any row with that hash has
+// that file name (compared by name, not by absolute path, so that a moved collection keeps its
+// files), and anything not named like an upload (uploads/orphaned/ included) is left alone.
 bool Collection::is_orphan_upload(const std::string& name) const {
-  constexpr std::size_t kHashChars = 32;  // pipeline::content_hash: XXH3-128 in hex
-  auto dot = name.find('.');
-  if (dot != kHashChars || dot + 1 >= name.size()) return false;
-  auto hash = name.substr(0, dot);
-  if (hash.find_first_not_of("0123456789abcdef") != std::string::npos) return false;
-  for (const auto& rec : writer_->find_hash(hash)) {
+  if (!is_upload_name(name)) return false;
+  for (const auto& rec : writer_->find_hash(name.substr(0, name.find('.')))) {
     if (fs::path(rec.path).filename() == name) return false;
   }
   return true;
@@ -217,6 +349,7 @@ auto Collection::reading(F&& f) const {
 
 std::unique_ptr<Collection> Collection::open(const fs::path& dir, Mode mode) {
   if (!has_catalog_file(dir)) {
+    refuse_lost_catalog(dir);
     throw StoreError(dir.string() + ": not a lookalike collection (no " + kCatalogFile + ")");
   }
   std::unique_ptr<Collection> c(new Collection());
@@ -253,6 +386,7 @@ std::unique_ptr<Collection> Collection::create_or_open(const fs::path& dir,
                                                        const CatalogConfig& config,
                                                        Creation* creation) {
   validate_config(dir, config);
+  if (!has_catalog_file(dir)) refuse_lost_catalog(dir);  // before anything is made
   std::error_code ec;
   Creation made;
   // The folders that do not exist yet, deepest first ("a/b/" names the folder "a/b").
@@ -274,15 +408,21 @@ std::unique_ptr<Collection> Collection::create_or_open(const fs::path& dir,
     // The lock is taken before the catalog exists, so two creators cannot race.
     std::unique_ptr<Collection> guard(new Collection());
     guard->dir_ = dir;
-    guard->lock();
-    const auto db = dir / kCatalogFile;
-    if (fs::exists(db, ec) && is_unfinished_catalog(db)) {
-      for (const char* suffix : {"", "-wal", "-shm", "-journal"})
-        fs::remove(db.string() + suffix, ec);
+    try {
+      guard->lock();
+    } catch (const StoreError&) {
+      for (const auto& folder : made.folders) fs::remove(folder, ec);  // only when empty
+      throw;
     }
-    if (!fs::exists(db, ec)) {
-      Catalog::create_atomic(db, config);
-      made.catalog = true;
+    try {
+      made.catalog = create_catalog(dir, config);
+    } catch (const StoreError&) {
+      // A full disk, say: what this call made goes (the lock file before the lock is
+      // released, then the folders, each only if empty), so nothing is left behind.
+      if (made.existing.count(kLockFile) == 0) fs::remove(dir / kLockFile, ec);
+      guard.reset();
+      for (const auto& folder : made.folders) fs::remove(folder, ec);
+      throw;
     }
   }  // the guard's lock is released; open() takes it again
   if (creation) *creation = made;
@@ -292,6 +432,22 @@ std::unique_ptr<Collection> Collection::create_or_open(const fs::path& dir,
                      ", not " + describe(config));
   }
   return c;
+}
+
+// Under the writer lock: creates dir/catalog.db unless a collection is there, replacing what an
+// interrupted creation left (but not a catalog that was lost: refuse_lost_catalog). Returns
+// whether it created one.
+bool Collection::create_catalog(const fs::path& dir, const CatalogConfig& config) {
+  const auto db = dir / kCatalogFile;
+  std::error_code ec;
+  if (!has_catalog_file(dir)) refuse_lost_catalog(dir);  // again, now that no writer can run
+  if (fs::exists(db, ec) && is_unfinished_catalog(db)) {
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"})
+      fs::remove(db.string() + suffix, ec);
+  }
+  if (fs::exists(db, ec)) return false;
+  Catalog::create_atomic(db, config);
+  return true;
 }
 
 index::SearchParams parse_search_defaults(const std::string& json_text) {
@@ -334,7 +490,10 @@ bool Collection::undo_creation(std::unique_ptr<Collection>& c, const Creation& c
     return false;  // cannot tell: keep it
   }
   const auto dir = c->dir_;
-  c.reset();  // closes SQLite and releases the lock first
+  // SQLite closes first; the lock is held until the files are gone, so that no other writer
+  // opens the catalog that is about to be deleted.
+  const int lock_fd = std::exchange(c->lock_fd_, -1);
+  c.reset();
   std::error_code ec;
   std::vector<fs::path> doomed;
   for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
@@ -348,6 +507,7 @@ bool Collection::undo_creation(std::unique_ptr<Collection>& c, const Creation& c
     if (catalog || (ours && creation.existing.count(name) == 0)) doomed.push_back(it->path());
   }
   for (const auto& p : doomed) fs::remove(p, ec);
+  if (lock_fd >= 0) ::close(lock_fd);                                  // released last
   for (const auto& folder : creation.folders) fs::remove(folder, ec);  // only when empty
   return true;
 }
@@ -398,11 +558,7 @@ Collection::Built Collection::build_from_catalog(const Catalog& catalog,
       },
       &b.corrupt);
   if (!ids.empty()) flush();
-  for (const auto& bad : b.corrupt) {
-    auto rec = catalog.get(bad.id);
-    spdlog::warn("{}: image {} ({}): stored {}; left out of the index (re-index the file)",
-                 (dir_ / kCatalogFile).string(), bad.id, rec ? rec->path : "?", bad.reason);
-  }
+  warn_corrupt(dir_ / kCatalogFile, catalog, b.corrupt, "left out of the index");
   return b;
 }
 
@@ -428,13 +584,22 @@ void Collection::load_or_rebuild(const Catalog& catalog) {
     try {
       auto loaded = index::VectorIndex::load(file, config_.dim, metric_of(config_), config_.factory,
                                              collection_id_, generation, mode_ == Mode::Read);
-      auto count = catalog.count();
-      if (loaded.size() == count) {
-        install({std::make_unique<index::VectorIndex>(std::move(loaded)), generation, {}, true});
+      const auto count = catalog.count();
+      // The cache holds every stored vector but the corrupt ones. A writer always reads them
+      // all (the indexer re-embeds corrupt_ids(); the cache may predate the damage, and then
+      // holds a vector that the catalog no longer has); a reader only when the counts differ.
+      std::vector<CorruptVector> corrupt;
+      if (mode_ == Mode::Write || loaded.size() != count) corrupt = scan_vectors(catalog);
+      const auto usable = count - static_cast<std::int64_t>(corrupt.size());
+      if (loaded.size() == usable) {
+        if (mode_ == Mode::Write)
+          warn_corrupt(dir_ / kCatalogFile, catalog, corrupt, "not in the index");
+        install({std::make_unique<index::VectorIndex>(std::move(loaded)), generation,
+                 std::move(corrupt), true});
         return;
       }
-      spdlog::warn("{}: holds {} vectors, the catalog {} images; rebuilding from the catalog",
-                   file.string(), loaded.size(), count);
+      spdlog::warn("{}: holds {} vectors, the catalog {} usable ones; rebuilding from the catalog",
+                   file.string(), loaded.size(), usable);
     } catch (const index::IndexError& e) {
       spdlog::warn("{}; rebuilding the index from the catalog", e.what());
     }
@@ -816,8 +981,15 @@ void Collection::check_integrity() const {
   auto verdict = reading([&](const Catalog& c) { return c.quick_check(); });
   if (verdict != "ok") {
     throw StoreError((dir_ / kCatalogFile).string() +
-                     ": catalog is damaged (SQLite quick_check: " + verdict + ")");
+                     ": catalog is damaged (SQLite quick_check: " + verdict +
+                     "). Restore a backup, or recover the rows with `sqlite3 catalog.db "
+                     ".recover`");
   }
+  // quick_check does not look inside the blobs: read every vector, so that info() lists each
+  // corrupt one even when the index came from a cache file that predates the damage.
+  auto corrupt = reading([&](const Catalog& c) { return scan_vectors(c); });
+  std::unique_lock lock(index_lock_);
+  corrupt_ = std::move(corrupt);
 }
 
 CollectionInfo Collection::info() const {

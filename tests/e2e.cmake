@@ -79,6 +79,18 @@ lookalike_e2e(e2e_cli_defects3 cli_defects3.py TIMEOUT 600 REQUIRES model_mobile
 # Left open by earlier reviews and found by the sixth: models calibrate on a manifest that repeats
 # a path.
 lookalike_e2e(e2e_cli_defects4 cli_defects4.py TIMEOUT 600 REQUIRES model_mobilenet_v2)
+# A sixth review (report only), ingestion: manifests with --prune (a manifest whose rows all fail
+# removes nothing), paths that became folders, failed updates, catalogue-export messages, .jfif.
+lookalike_e2e(e2e_ingest_defects ingest_defects.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# GIFs decoded as Pillow does (transparent pixels keep their palette colour, the canvas), human
+# output with control characters escaped, large JPEGs against PIL + torchvision.
+lookalike_e2e(e2e_decode_defects decode_defects.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# A seventh review (report only), crash safety: upload files quarantined, not deleted; a lost
+# catalog refused; damaged stored vectors found with a valid cache; read-only storage.
+lookalike_e2e(e2e_store_defects2 store_defects2.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
+# Uploads of a moved collection, a collection another process creates, damaged stored uploads
+# repaired by a re-upload, a full disk (507).
+lookalike_e2e(e2e_server_defects3 server_defects3.py TIMEOUT 900 REQUIRES model_mobilenet_v2)
 # A hand-edited model card's preprocessing is refused by a collection built with another
 # (meta.preprocess_fingerprint); a catalog without one records its first writer's.
 lookalike_e2e(e2e_preprocess_fingerprint preprocess_fingerprint.py TIMEOUT 600

@@ -35,6 +35,7 @@ lookalike_test(test_preprocess SOURCES test_preprocess.cpp
 lookalike_test(test_scan
                SOURCES test_scan.cpp ${LOOKALIKE_ROOT}/pipeline/files.cpp
                        ${LOOKALIKE_ROOT}/pipeline/scan.cpp
+                       ${LOOKALIKE_ROOT}/store/metadata_check.cpp
                LIBS lookalike_image nlohmann_json::nlohmann_json PkgConfig::XXHASH ${CSV_LIBRARY}
                     spdlog::spdlog
                FIXTURES bad_inputs)

@@ -2,6 +2,8 @@
 lookalike_test(test_index SOURCES test_index.cpp LIBS lookalike_index OpenMP::OpenMP_CXX)
 lookalike_test(test_index_quality SOURCES test_index_quality.cpp LIBS lookalike_index)
 lookalike_test(test_catalog SOURCES test_catalog.cpp LIBS lookalike_store SQLite::SQLite3)
+# The WAL damage check on real SQLite write-ahead logs, damaged by the test.
+lookalike_test(test_wal_check SOURCES test_wal_check.cpp LIBS lookalike_store SQLite::SQLite3)
 # SQLite: the tests damage catalogs and age their schema through raw connections. spdlog: the
 # upkeep test counts index rebuilds through the warnings they log.
 lookalike_test(test_collection SOURCES test_collection.cpp

@@ -1496,3 +1496,46 @@ TEST(Catalog, SearchDefaultsAndSetIndexConfig) {
 }
 
 }  // namespace
+
+// A catalog SQLite cannot read as a database (a zeroed header, a truncated file) is a damaged
+// catalog, and its message says what to do, as quick_check's does.
+TEST(Catalog, DamagedFileSaysDamagedAndHowToRecover) {
+  auto dir = scratch_dir("catalog_damaged_file");
+  auto make = [&](const std::string& name) {
+    auto path = dir / name;
+    auto c = Catalog::open(path, true);
+    c->set_config({"m@0123456789abcdef", "m", 4, "l2", "Flat"});
+    std::vector<lookalike::store::Put> puts;
+    for (int i = 0; i < 300; ++i) {
+      lookalike::store::Put p;
+      p.record.path = "/p/" + std::to_string(i) + ".jpg";
+      p.record.content_hash = std::to_string(i);
+      p.embedding = {1, 2, 3, static_cast<float>(i)};
+      puts.push_back(p);
+    }
+    c->write_batch(puts, {});
+    c->checkpoint();
+    return path;
+  };
+  auto zeroed = make("zeroed.db");
+  {
+    std::fstream f(zeroed, std::ios::in | std::ios::out | std::ios::binary);
+    f << std::string(100, '\0');
+  }
+  auto truncated = make("truncated.db");
+  std::filesystem::resize_file(truncated, std::filesystem::file_size(truncated) / 2);
+  for (const auto& [path, want] :
+       {std::pair{zeroed, std::string(": not a lookalike catalog (file is not a database): the "
+                                      "catalog is damaged, or the file is not one")},
+        std::pair{truncated, std::string(": catalog is damaged (")}}) {
+    for (auto open : std::vector<std::function<void()>>{[&] { Catalog::open(path, false); },
+                                                        [&] { Catalog::open_read_only(path); }}) {
+      auto what = error_of(open);
+      EXPECT_NE(what.find(path.string() + want), std::string::npos) << what;
+      EXPECT_NE(what.find("Restore a backup, or recover the rows with `sqlite3 catalog.db "
+                          ".recover`"),
+                std::string::npos)
+          << what;
+    }
+  }
+}

@@ -1616,3 +1616,198 @@ TEST(Collection, FilteredSearchIsFullTopKOfTheMatchingImagesOnly) {
     EXPECT_NE(what.find("filter"), std::string::npos) << bad << ": " << what;
   }
 }
+
+// A catalog restored from a backup older than some uploads lists none of them: a writer's open
+// must not delete those files (the only copy of the photos), but move them aside, where later
+// opens leave them, under a name that is never taken twice.
+TEST(Collection, UnlistedUploadsAreMovedAsideNeverDeleted) {
+  auto dir = saved_collection("collection_orphans_kept");
+  const std::string orphan = "fedcba9876543210fedcba9876543210";
+  const auto uploads = dir / "uploads";
+  fs::create_directories(uploads / "orphaned");
+  std::ofstream(uploads / (orphan + ".png")) << "the only copy";
+  std::ofstream(uploads / "orphaned" / (orphan + ".png")) << "swept earlier";
+  std::ofstream(uploads / (orphan + ".jpeg.tmp")) << "half";
+  { auto c = Collection::open(dir, Mode::Write); }
+  EXPECT_FALSE(fs::exists(uploads / (orphan + ".png")));
+  EXPECT_FALSE(fs::exists(uploads / (orphan + ".jpeg.tmp")));  // never committed, never named
+  EXPECT_EQ(read_bytes(uploads / "orphaned" / (orphan + ".png")), "swept earlier");
+  EXPECT_EQ(read_bytes(uploads / "orphaned" / (orphan + ".png.2")), "the only copy");
+  { auto c = Collection::open(dir, Mode::Write); }  // the quarantine is not swept again
+  EXPECT_EQ(file_names(uploads / "orphaned"),
+            (std::set<std::string>{orphan + ".png", orphan + ".png.2"}));
+}
+
+// A catalog.db that is missing or empty beside the rest of a collection was lost: no open
+// replaces it or calls the folder empty, and nothing in the folder changes.
+TEST(Collection, LostCatalogIsRefusedNotReplaced) {
+  auto make = [](const std::string& name, auto&& damage) {
+    auto dir = scratch_dir(name);
+    {
+      auto c = Collection::create_or_open(dir, small_config());
+      c->apply(puts(0, 5, true, kSmallDim), {});
+      c->save_index();
+    }
+    damage(dir);
+    return dir;
+  };
+  const std::string upload = "0123456789abcdef0123456789abcdef.jpeg";
+  std::vector<std::pair<std::string, fs::path>> cases = {
+      {"the catalog is missing",
+       make("collection_lost_missing", [](const fs::path& d) { fs::remove(d / "catalog.db"); })},
+      {"the catalog is empty (0 bytes)",
+       make("collection_lost_empty",
+            [](const fs::path& d) { fs::resize_file(d / "catalog.db", 0); })},
+      {"the catalog is empty (0 bytes)", make("collection_lost_uploads",
+                                              [&](const fs::path& d) {
+                                                fs::resize_file(d / "catalog.db", 0);
+                                                for (const auto& f : cache_files(d)) fs::remove(f);
+                                                fs::create_directories(d / "uploads");
+                                                std::ofstream(d / "uploads" / upload) << "photo";
+                                              })},
+      {"the catalog is empty (0 bytes)", make("collection_lost_wal",
+                                              [](const fs::path& d) {
+                                                fs::resize_file(d / "catalog.db", 0);
+                                                for (const auto& f : cache_files(d)) fs::remove(f);
+                                                std::ofstream(d / "catalog.db-wal")
+                                                    << std::string(4096, 'w');
+                                              })},
+  };
+  for (const auto& [want, dir] : cases) {
+    SCOPED_TRACE(dir.filename().string());
+    const auto before = file_names(dir);
+    const std::vector<std::function<void()>> attempts = {
+        [&] { Collection::exists(dir); },
+        [&] { Collection::unfinished(dir); },
+        [&] { Collection::open(dir, Mode::Read); },
+        [&] { Collection::open(dir, Mode::Write); },
+        [&] { Collection::create_or_open(dir, small_config()); },
+    };
+    for (const auto& attempt : attempts) {
+      auto what = store_error(attempt);
+      EXPECT_NE(what.find((dir / "catalog.db").string() + ": " + want), std::string::npos) << what;
+      EXPECT_NE(what.find("it was lost or damaged. Restore catalog.db from a backup"),
+                std::string::npos)
+          << what;
+    }
+    EXPECT_EQ(file_names(dir), before);
+  }
+}
+
+// Stored vectors damaged after the index cache was written (the cache still verifies) are
+// corrupt vectors all the same: a writer finds them on open (the indexer re-embeds
+// corrupt_ids()), info() lists them after check_integrity, and the rebuilt cache, which leaves
+// them out, is kept by later opens instead of being rebuilt every time.
+TEST(Collection, CorruptVectorsAreFoundWhateverTheCache) {
+  auto dir = scratch_dir("collection_corrupt_cached");
+  Ids ids;
+  {
+    auto c = Collection::create_or_open(dir, small_config());
+    ids = c->apply(puts(0, 50, true, kSmallDim), {});
+    c->save_index();
+  }
+  const auto db = dir / "catalog.db";
+  set_vector_blob(db, ids[3], vector_blob(db, ids[3]).substr(0, kSmallDim * 4 - 4));
+  auto blob = vector_blob(db, ids[7]);
+  set_float_at(blob, 2, std::numeric_limits<float>::infinity());
+  set_vector_blob(db, ids[7], blob);
+  const std::unordered_set<std::int64_t> bad = {ids[3], ids[7]};
+  {
+    SCOPED_TRACE("a reader keeps the cache; check_integrity finds them");
+    auto r = Collection::open(dir, Mode::Read);
+    EXPECT_TRUE(r->index_from_cache());
+    r->check_integrity();
+    auto info = r->info();
+    ASSERT_EQ(info.corrupt.size(), 2u);
+    EXPECT_EQ(r->corrupt_ids(), bad);
+    std::map<std::int64_t, std::string> reasons;
+    for (const auto& v : info.corrupt) reasons[v.id] = v.reason;
+    EXPECT_EQ(reasons[ids[3]], "embedding has 252 bytes, not 256 (64 floats)");
+    EXPECT_EQ(reasons[ids[7]], "embedding has a non-finite value");
+  }
+  {
+    SCOPED_TRACE("a writer finds them, and rebuilds the cache that still holds them");
+    auto c = Collection::open(dir, Mode::Write);
+    EXPECT_EQ(c->corrupt_ids(), bad);
+    EXPECT_FALSE(c->index_from_cache());
+    EXPECT_EQ(c->index_size(), 48);
+  }
+  for (auto mode : {Mode::Write, Mode::Read}) {
+    SCOPED_TRACE("the cache without them is kept");
+    auto c = Collection::open(dir, mode);
+    EXPECT_TRUE(c->index_from_cache());
+    EXPECT_EQ(c->index_size(), 48);
+    EXPECT_EQ(c->corrupt_ids(), bad);
+  }
+  {
+    SCOPED_TRACE("re-embedding repairs them");
+    auto c = Collection::open(dir, Mode::Write);
+    c->apply({make_put(photo(3), 3, kSmallDim), make_put(photo(7), 7, kSmallDim)}, {});
+    EXPECT_TRUE(c->corrupt_ids().empty());
+    EXPECT_EQ(c->index_size(), 50);
+  }
+}
+
+// A cleanly closed collection on read-only storage is read (SQLite cannot create the -shm a
+// WAL reader needs there: immutable=1); one whose -wal holds commits cannot be, and says why.
+TEST(Collection, ReadOnlyStorageIsReadable) {
+  ::umount2((fs::path(LOOKALIKE_FIXTURES) / "store" / "collection_read_only").c_str(), MNT_DETACH);
+  auto mnt = scratch_dir("collection_read_only");
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
+  }
+  struct Unmount {
+    fs::path dir;
+    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  auto remount = [&](unsigned long ro) {
+    ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT | ro, "size=4m"), 0)
+        << std::strerror(errno);
+  };
+  const auto clean = mnt / "clean", unclean = mnt / "unclean";
+  Ids ids;
+  for (const auto& dir : {clean, unclean}) {
+    auto c = Collection::create_or_open(dir, small_config());
+    ids = c->apply(puts(0, 20, true, kSmallDim), {});
+  }
+  std::ofstream(unclean / "catalog.db-wal") << std::string(4096, 'w');  // as a kill leaves it
+  remount(MS_RDONLY);
+  const auto before = file_names(clean);
+  {
+    ASSERT_TRUE(Collection::exists(clean));
+    auto r = Collection::open(clean, Mode::Read);
+    EXPECT_EQ(r->count(), 20);
+    auto q = seeded_vector(5, kSmallDim);
+    EXPECT_EQ(r->search(q.data(), 1, 1)[0].at(0).image.id, ids[5]);
+    r->check_integrity();
+    EXPECT_EQ(r->get(ids[2])->path, photo(2));
+  }
+  EXPECT_EQ(file_names(clean), before);
+  auto what = store_error([&] { Collection::open(unclean, Mode::Read); });
+  EXPECT_NE(what.find("its folder is read-only and catalog.db-wal holds commits"),
+            std::string::npos)
+      << what;
+  what = store_error([&] { Collection::open(clean, Mode::Write); });
+  EXPECT_NE(what.find("Read-only file system"), std::string::npos) << what;
+  remount(0);
+}
+
+// A creation that fails for want of room takes back what it made: no folder, no lock file.
+TEST(Collection, FailedCreationLeavesNoFolderBehind) {
+  ::umount2((fs::path(LOOKALIKE_FIXTURES) / "store" / "collection_full_disk2").c_str(), MNT_DETACH);
+  auto mnt = scratch_dir("collection_full_disk2");
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
+  }
+  struct Unmount {
+    fs::path dir;
+    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  {
+    std::ofstream filler(mnt / "filler", std::ios::binary);
+    filler << std::string(fs::space(mnt).available, 'f');
+  }
+  auto what = store_error([&] { Collection::create_or_open(mnt / "a" / "c", small_config()); });
+  EXPECT_NE(what.find("catalog.db"), std::string::npos) << what;
+  EXPECT_EQ(file_names(mnt), std::set<std::string>{"filler"});
+}

@@ -714,3 +714,97 @@ TEST_F(DecodeTest, HeaderSizeIsReadFromTheFirstBlockOfEachFormat) {
     EXPECT_EQ(decode_file(fixture(name)).rgb.width, 64) << name;
   }
 }
+
+// GIFs decode as Pillow 9.4's Image.open(f).convert("RGB"): the byte strings below were written
+// by tests/e2e/decode_defects.py's write_gif (palette 0 = 10,20,30, 1 = 40,50,60, 2 = 70,80,90,
+// 3 = 100,110,120) and the expected pixels are PIL's for them.
+namespace {
+
+std::vector<std::uint8_t> from_hex(const std::string& hex) {
+  std::vector<std::uint8_t> out;
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out.push_back(std::uint8_t(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  }
+  return out;
+}
+
+std::vector<Rgb> all_pixels(const RgbImage& img) {
+  std::vector<Rgb> out;
+  for (int y = 0; y < img.height; ++y) {
+    for (int x = 0; x < img.width; ++x) out.push_back(pixel(img, x, y));
+  }
+  return out;
+}
+
+// A 4 x 3 screen, a 2 x 1 frame at (1, 1) of indices 1, 2; with and without transparent index 2.
+const std::string kGifHead = "474946383961040003009100000a141e28323c46505a646e78";
+const std::string kGifFrame = "2c01000100020001000008050003080808003b";
+
+}  // namespace
+
+TEST(GifDecodeTest, TransparentPixelsAndUncoveredCanvasTakeTheTransparentIndexColour) {
+  const auto bytes = from_hex(kGifHead + "21f904010a000200" + kGifFrame);
+  const Decoded d = decode_buffer(bytes, "t.gif", {});
+  EXPECT_EQ(d.format, "gif");
+  ASSERT_EQ(d.rgb.width, 4);
+  ASSERT_EQ(d.rgb.height, 3);
+  const Rgb t{70, 80, 90};
+  const std::vector<Rgb> want = {t, t, t, t, t, {40, 50, 60}, t, t, t, t, t, t};
+  EXPECT_EQ(all_pixels(d.rgb), want);
+}
+
+TEST(GifDecodeTest, UncoveredCanvasOfAnOpaqueFrameTakesIndexZeroColour) {
+  const Decoded d = decode_buffer(from_hex(kGifHead + kGifFrame), "o.gif", {});
+  const Rgb z{10, 20, 30};
+  const std::vector<Rgb> want = {z, z, z, z, z, {40, 50, 60}, {70, 80, 90}, z, z, z, z, z};
+  EXPECT_EQ(all_pixels(d.rgb), want);
+}
+
+// A 2 x 2 screen, a 2 x 2 frame at (1, 1): the canvas grows to 3 x 3 (as in Pillow), and that is
+// the size max_pixels judges and read_header reports.
+TEST(GifDecodeTest, FramePastTheScreenWidensTheCanvasWithinTheLimits) {
+  const auto bytes = from_hex(
+      "474946383961020002009100000a141e28323c46505a646e782c010001000200020000080700030818002020"
+      "003b");
+  const Decoded d = decode_buffer(bytes, "past.gif", {});
+  const Rgb z{10, 20, 30};
+  const std::vector<Rgb> want = {z, z, z, z, {40, 50, 60}, {70, 80, 90}, z, {100, 110, 120}, z};
+  EXPECT_EQ(all_pixels(d.rgb), want);
+  EXPECT_EQ(d.source_width, 3);
+  EXPECT_EQ(d.source_height, 3);
+  DecodeOptions small;
+  small.max_pixels = 8;
+  try {
+    decode_buffer(bytes, "past.gif", small);
+    FAIL() << "a 3 x 3 canvas passed max_pixels 8";
+  } catch (const DecodeError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "past.gif: image is 3x3 = 9 pixels, over the limit of 8 (--max-pixels; a "
+              "decompression-bomb guard)");
+  }
+  const fs::path file = fs::temp_directory_path() / ("past-" + std::to_string(::getpid()) + ".gif");
+  std::ofstream(file, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+  const auto header = read_header(file);
+  EXPECT_EQ(header.width, 3);
+  EXPECT_EQ(header.height, 3);
+  EXPECT_EQ(header.format, "gif");
+  fs::remove(file);
+}
+
+TEST(GifDecodeTest, TruncatedAndFramelessGifsNameTheCause) {
+  auto bytes = from_hex(kGifHead + kGifFrame);
+  bytes.resize(bytes.size() - 8);  // inside the image data
+  try {
+    decode_buffer(bytes, "cut.gif", {});
+    FAIL() << "a truncated GIF decoded";
+  } catch (const DecodeError& e) {
+    EXPECT_EQ(e.reason().rfind("truncated file (gif, giflib: ", 0), 0u) << e.what();
+  }
+  try {
+    decode_buffer(from_hex(kGifHead + "3b"), "empty.gif", {});
+    FAIL() << "a GIF without a frame decoded";
+  } catch (const DecodeError& e) {
+    EXPECT_EQ(std::string(e.what()), "empty.gif: corrupt image data (gif, no image in the file)");
+  }
+}

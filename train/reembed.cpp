@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "engine/engine.h"
 #include "index/vector_index.h"
 #include "model/embedding_model.h"
 #include "store/collection.h"
@@ -53,14 +54,16 @@ void check_index_spec(const store::CatalogConfig& config, int dim, const fs::pat
 
 // Uploaded images live inside the source collection (<dir>/uploads, engine::Engine::add_image):
 // the new collection gets its own copies, so that deleting the old one after the switch keeps
-// them. Points the records at `out`/uploads, where the copies end up; returns the files to copy.
+// them. An upload's file is found where engine::image_file says (the source's own uploads/,
+// also when the source was moved or copied since the upload and its records name the old
+// folder). Points the records at `out`/uploads, where the copies end up; returns the files to
+// copy.
 std::vector<fs::path> retarget_uploads(const fs::path& source_dir, const fs::path& out,
                                        std::vector<store::ImageRecord>& records) {
-  const auto prefix = (fs::absolute(source_dir) / "uploads").lexically_normal().string() + "/";
   std::vector<fs::path> files;
   for (auto& rec : records) {
-    if (rec.path.rfind(prefix, 0) != 0) continue;
-    files.emplace_back(rec.path);
+    if (!engine::is_upload(rec)) continue;
+    files.push_back(engine::image_file(source_dir, rec));
     rec.path = (out / "uploads" / files.back().filename()).string();
   }
   return files;
@@ -193,7 +196,7 @@ ReembedResult reembed_collection(const ReembedOptions& o,
     if (!done[i]) missing.push_back(i);
   if (!missing.empty()) {
     std::vector<fs::path> files;
-    for (auto i : missing) files.emplace_back(records[i].path);
+    for (auto i : missing) files.push_back(engine::image_file(o.collection, records[i]));
     auto e = engine->embed_files(files);
     for (std::size_t k = 0; k < missing.size(); ++k) {
       if (!e.errors[k].empty()) {

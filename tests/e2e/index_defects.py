@@ -38,7 +38,8 @@ assert count(coll) == 3
 print("empty path: a failed input, summary printed, exit 3; remove says it is empty: OK")
 
 # 2. A manifest named list.Csv gets the vanished check like list.csv: --prune removes the file
-#    it names that is gone.
+#    it names that is gone once no row lists it (while a row does, the row fails and the entry
+#    stays).
 coll = work / "c-case"
 m2 = work / "m2"
 m2.mkdir()
@@ -48,7 +49,11 @@ manifest = m2 / "list.Csv"
 manifest.write_text("file,tag\n" + "".join(f"{f.name},t{i}\n" for i, f in enumerate(hats[:2])))
 run("index", manifest, collection=coll, check=0)
 (m2 / hats[0].name).unlink()
-s, _ = run_json("index", manifest, "--prune", collection=coll, check=3)  # the row is a failure
+# While a row lists it the entry is kept (the row fails); with the row deleted it is pruned.
+s, _ = run_json("index", manifest, "--prune", collection=coll, check=3)
+assert (s["removed"], s["count"], s["vanished"]) == (0, 2, []), s
+manifest.write_text("file,tag\n" + f"{hats[1].name},t1\n")
+s, _ = run_json("index", manifest, "--prune", collection=coll, check=0)
 assert [v["file"] for v in s["vanished"]] == [str(m2 / hats[0].name)], s
 assert s["removed"] == 1 and s["count"] == 1, s
 print("list.Csv: vanished file reported and pruned: OK")

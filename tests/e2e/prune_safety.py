@@ -3,6 +3,7 @@
 whose existence cannot be checked is kept, a repeated SIGINT (timeout, process-group delivery)
 still ends with a summary, exit codes for nothing done, `embed --npy` errors, --max-pixels 0."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -149,6 +150,11 @@ os.killpg(proc.pid, signal.SIGINT)
 out, err = proc.communicate(timeout=120)
 if proc.returncode != 130 or "interrupted after" not in out:
     fail(f"a repeated SIGINT: exit {proc.returncode}, expected 130 with a summary\n{out}\n{err}")
+# The summary counts the files dealt with, of those found (it once said "interrupted after 3068
+# files" for a run stopped after its first batches).
+m = re.search(r"interrupted after (\d+) of (\d+) files in [\d.]+ s: (\d+) added", out)
+if not m or not int(m[3]) <= int(m[1]) < int(m[2]) == 3068:
+    fail(f"interrupted summary: expected 'interrupted after N of 3068 files', N < 3068\n{out}")
 print("SIGINT twice at once: summary, exit 130: OK")
 
 # A second SIGINT well after the first (a user pressing Ctrl-C again because the stop takes
