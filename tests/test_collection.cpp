@@ -13,6 +13,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <set>
@@ -924,20 +925,32 @@ TEST(Collection, UnreadableFolderIsNotReportedAsNoCollection) {
   EXPECT_FALSE(Collection::unfinished(dir / "missing"));
 }
 
+// A tmpfs mounted on the fresh scratch folder `name` (mount options `options`, e.g. "size=1m"),
+// unmounted when it goes out of scope; null where this process cannot mount one (not root:
+// errno says why, and the test skips).
+struct TmpfsMount {
+  fs::path dir;
+  explicit TmpfsMount(fs::path d) : dir(std::move(d)) {}
+  TmpfsMount(const TmpfsMount&) = delete;
+  TmpfsMount& operator=(const TmpfsMount&) = delete;
+  ~TmpfsMount() { ::umount2(dir.c_str(), MNT_DETACH); }
+};
+
+std::unique_ptr<TmpfsMount> mount_tmpfs(const std::string& name, const char* options) {
+  // A mount left by a killed run would make the scratch directory busy.
+  ::umount2((fs::path(LOOKALIKE_FIXTURES) / "store" / name).c_str(), MNT_DETACH);
+  auto dir = scratch_dir(name);
+  if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, options) != 0) return nullptr;
+  return std::make_unique<TmpfsMount>(dir);
+}
+
 // create_or_open on a disk that fills up at every point of the creation (a small tmpfs, filled
 // to leave 0, 4, 8, ... KiB): it either works, or throws StoreError and leaves no catalog.db (or
 // a complete one), never half of one. Once there is room again, it works.
 TEST(Collection, CreationOnAFullDiskLeavesNoHalfCollection) {
-  // A mount left by a killed run would make the scratch directory busy.
-  ::umount2((fs::path(LOOKALIKE_FIXTURES) / "store" / "collection_full_disk").c_str(), MNT_DETACH);
-  auto mnt = scratch_dir("collection_full_disk");
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) {
-    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
-  }
-  struct Unmount {
-    fs::path dir;
-    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
-  } unmount{mnt};
+  const auto tmpfs = mount_tmpfs("collection_full_disk", "size=1m");
+  if (!tmpfs) GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
+  const fs::path& mnt = tmpfs->dir;
   const auto dir = mnt / "c";
   const auto db = dir / "catalog.db";
   int clean_failures = 0, half_done = 0, successes = 0;
@@ -1751,15 +1764,9 @@ TEST(Collection, CorruptVectorsAreFoundWhateverTheCache) {
 // A cleanly closed collection on read-only storage is read (SQLite cannot create the -shm a
 // WAL reader needs there: immutable=1); one whose -wal holds commits cannot be, and says why.
 TEST(Collection, ReadOnlyStorageIsReadable) {
-  ::umount2((fs::path(LOOKALIKE_FIXTURES) / "store" / "collection_read_only").c_str(), MNT_DETACH);
-  auto mnt = scratch_dir("collection_read_only");
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=4m") != 0) {
-    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
-  }
-  struct Unmount {
-    fs::path dir;
-    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
-  } unmount{mnt};
+  const auto tmpfs = mount_tmpfs("collection_read_only", "size=4m");
+  if (!tmpfs) GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
+  const fs::path& mnt = tmpfs->dir;
   auto remount = [&](unsigned long ro) {
     ASSERT_EQ(::mount("tmpfs", mnt.c_str(), "tmpfs", MS_REMOUNT | ro, "size=4m"), 0)
         << std::strerror(errno);
@@ -1794,15 +1801,9 @@ TEST(Collection, ReadOnlyStorageIsReadable) {
 
 // A creation that fails for want of room takes back what it made: no folder, no lock file.
 TEST(Collection, FailedCreationLeavesNoFolderBehind) {
-  ::umount2((fs::path(LOOKALIKE_FIXTURES) / "store" / "collection_full_disk2").c_str(), MNT_DETACH);
-  auto mnt = scratch_dir("collection_full_disk2");
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) {
-    GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
-  }
-  struct Unmount {
-    fs::path dir;
-    ~Unmount() { ::umount2(dir.c_str(), MNT_DETACH); }
-  } unmount{mnt};
+  const auto tmpfs = mount_tmpfs("collection_full_disk2", "size=1m");
+  if (!tmpfs) GTEST_SKIP() << "cannot mount a tmpfs (needs root): " << std::strerror(errno);
+  const fs::path& mnt = tmpfs->dir;
   {
     std::ofstream filler(mnt / "filler", std::ios::binary);
     filler << std::string(fs::space(mnt).available, 'f');
