@@ -1528,8 +1528,8 @@ TEST(Catalog, DamagedFileSaysDamagedAndHowToRecover) {
        {std::pair{zeroed, std::string(": not a lookalike catalog (file is not a database): the "
                                       "catalog is damaged, or the file is not one")},
         std::pair{truncated, std::string(": catalog is damaged (")}}) {
-    for (auto open : std::vector<std::function<void()>>{[&] { Catalog::open(path, false); },
-                                                        [&] { Catalog::open_read_only(path); }}) {
+    for (const auto& open : std::vector<std::function<void()>>{
+             [&] { Catalog::open(path, false); }, [&] { Catalog::open_read_only(path); }}) {
       auto what = error_of(open);
       EXPECT_NE(what.find(path.string() + want), std::string::npos) << what;
       EXPECT_NE(what.find("Restore a backup, or recover the rows with `sqlite3 catalog.db "

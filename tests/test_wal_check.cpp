@@ -136,7 +136,7 @@ TEST(WalCheck, ABadFrameInsideTheLastTransactionIsNotDamageUntilAnotherCommitFol
   const auto frames_before = static_cast<int>((fs::file_size(live.string() + "-wal") - 32) / 4120);
   exec(db, "INSERT INTO t(v) VALUES (printf('%.*c', 20000, 'x'))");
   const auto copy = [&](const std::string& name) {
-    const auto out = dir.path / name;
+    auto out = dir.path / name;
     fs::copy_file(live, out);
     fs::copy_file(live.string() + "-wal", out.string() + "-wal");
     flip_byte(out.string() + "-wal", frame_offset(frames_before, 4096) + 24 + 100);
