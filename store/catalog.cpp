@@ -3,6 +3,7 @@
 #include <SQLiteCpp/SQLiteCpp.h>
 #include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -526,10 +527,20 @@ std::unique_ptr<SQLite::Database> open_reader(const std::filesystem::path& path,
 }
 
 // Refuses a catalog whose write-ahead log SQLite would replay only in part, silently dropping
-// committed transactions (store/wal_check.h). Checked twice, 50 ms apart, before a reader
-// believes it: a frame a live writer was appending while it was read fails its checksum once.
+// committed transactions (store/wal_check.h). A WAL that a live writer changes while it is read
+// can look damaged (a frame half appended, or the file restarted from its first frame after a
+// checkpoint while older frames still follow), so only a WAL that no one changes is judged: the
+// same size and modification time before and after two reads 50 ms apart, which found the same
+// damage. A damaged WAL has no live writer: SQLite overwrites the dropped frames on its next
+// write.
 void refuse_damaged_wal(const std::filesystem::path& path) {
   const std::filesystem::path wal = path.string() + "-wal";
+  using Stamp = std::pair<std::int64_t, std::int64_t>;  // size, mtime in ns
+  auto stamp = [&]() -> std::optional<Stamp> {
+    struct stat st {};
+    if (::stat(wal.c_str(), &st) != 0) return std::nullopt;
+    return Stamp{st.st_size, st.st_mtim.tv_sec * 1'000'000'000LL + st.st_mtim.tv_nsec};
+  };
   auto check = [&]() -> std::optional<WalDamage> {
     try {
       return check_wal(wal);
@@ -537,10 +548,12 @@ void refuse_damaged_wal(const std::filesystem::path& path) {
       return std::nullopt;  // unreadable: SQLite's own open reports it
     }
   };
-  if (!check()) return;
+  const auto before = stamp();
+  const auto first = check();
+  if (!first || !before || stamp() != before) return;
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const auto damage = check();
-  if (!damage) return;
+  if (damage != first || stamp() != before) return;
   throw error(wal, "frame " + std::to_string(damage->frame + 1) + " of " +
                        std::to_string(damage->frames) +
                        " fails its checksum, and SQLite would drop the " +

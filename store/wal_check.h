@@ -23,6 +23,8 @@ struct WalDamage {
   std::int64_t lost_frames = 0;   // valid frames of the current generation after `frame`
   std::int64_t lost_commits = 0;  // committed transactions SQLite will drop: the commit frames
                                   // among those, and `frame`'s own if it was a commit
+
+  bool operator==(const WalDamage&) const = default;
 };
 
 // Reads `wal` (a catalog's "-wal" file) and returns the damage SQLite's recovery would silently
